@@ -1,0 +1,42 @@
+# `make demo` and `make test` set everything up themselves (a Python 3.12 venv in .venv).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_WORKDIR ?= workdirs/demo
+
+.PHONY: demo test lint venv clean
+
+# A Python >= 3.12: $PYTHON, python3.12/python3 on PATH, pyenv's versions, or a clear error.
+define find_python
+for candidate in "$${PYTHON:-}" python3.12 python3.13 python3 \
+    $$(ls -d "$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)"/versions/3.1[2-9]*/bin/python3 2>/dev/null); do \
+  [ -n "$$candidate" ] || continue; \
+  if "$$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
+    echo "$$candidate"; exit 0; fi; \
+done; \
+echo "error: no Python >= 3.12 found. Install one (python.org, pyenv install 3.12, or your OS's python3.12)" \
+  "and rerun, or point to it: make PYTHON=/path/to/python3.12 ..." >&2; exit 1
+endef
+
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
+	@python_bin=$$($(find_python)) || exit 1; \
+	  echo "Creating $(VENV) with $$python_bin ($$($$python_bin --version))"; \
+	  "$$python_bin" -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	rm -rf $(DEMO_WORKDIR)
+	$(PY) -m focusclip_jax.main --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
+
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) workdirs

@@ -1,0 +1,133 @@
+"""The paper's recipe: FocusCLIP ViT-B/16 (shared) + BERT-base on MPII with pose descriptions.
+
+Variants, comma-separated after the file name (`--config=configs/pretrain.py:clip,modern`):
+  clip      the paper's CLIP baseline: the (image, text) pair alone, no heatmap guidance
+  separate  a third image tower with its own weights encodes the focused image
+  causal    a CLIP-style causal text tower (EOT pooling) instead of BERT
+  modern    CLIP's symmetric InfoNCE with a learnable temperature, AdamW with warmup + cosine
+  original  reproduce the original code's text pooling bug (mean over padding tokens too)
+"""
+
+import ml_collections
+
+MPII_TRAIN_IMAGES = 14_644  # mmpose train split, images
+VARIANTS = ("clip", "separate", "causal", "modern", "original")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 42
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "focusclip"
+    config.model.image_size = 224
+    config.model.vit_size = "B/16"
+    config.model.text_kind = "bert"
+    config.model.text_size = "bert-base"
+    config.model.vocab_size = -1  # -1: taken from the tokenizer
+    config.model.max_len = 512
+    config.model.embed_dim = 512
+    config.model.heatmap_tower = "shared"
+    config.model.text_pooling = "mean"
+    config.model.pixel_mean = (0.0, 0.0, 0.0)  # the original feeds [0, 1] pixels unnormalised
+    config.model.pixel_std = (1.0, 1.0, 1.0)
+    config.model.alpha_init = 0.5
+    config.model.logit_scale_init = 2.6592600369262695  # log(1 / 0.07)
+    config.model.dtype = "float32"
+    config.model.vit_overrides = ml_collections.ConfigDict()
+    config.model.text_overrides = ml_collections.ConfigDict()
+
+    config.heatmaps = ml_collections.ConfigDict()
+    config.heatmaps.min_sigma = 1.0  # pixels; the original divides by zero when joints align
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.kind = "nt_xent"
+    config.loss.temperature = 0.5
+    config.loss.pairs = (("focused", "image"), ("focused", "text"), ("image", "text"))
+    config.loss.weights = (1.0, 1.0, 1.0)
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 5e-4
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = False
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.98
+    config.optimizer.eps = 1e-6
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.schedule = "constant"
+    config.optimizer.warmup_steps = 0
+    config.optimizer.grad_clip_norm = 1.0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "mpii"
+    config.data.images = "data/mpii/images"
+    config.data.annotations = "data/mpii/annotations/mpii_train.json"
+    config.data.descriptions = "data/mpii/descriptions"
+    config.data.train_records = MPII_TRAIN_IMAGES
+    config.data.image_size = config.model.get_ref("image_size")
+    config.data.max_people = 8
+    config.data.worker_count = 8
+
+    config.tokenizer = ml_collections.ConfigDict()
+    config.tokenizer.kind = "bert_wordpiece"
+    config.tokenizer.vocab = "data/bert-base-uncased/vocab.txt"
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 32
+    config.train.num_epochs = 64
+    config.train.num_steps = config.train.get_ref("num_epochs") * (
+        config.data.get_ref("train_records") // config.train.get_ref("batch_size")
+    )
+
+    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    config.sharding = ml_collections.ConfigDict()
+    # Logical parameter axes → mesh axes. FSDP splits the model width over `fsdp`.
+    config.sharding.rules = (
+        ("embed", "fsdp"),
+        ("mlp", None),
+        ("heads", None),
+        ("kv", None),
+        ("vocab", None),
+        ("patch", None),
+        ("pos", None),
+    )
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 1000
+    config.checkpoint.keep = 3
+    config.checkpoint.async_save = True
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.datasets = ()  # zero-shot benchmarks come with the evaluation datasets
+    config.eval.batch_size = 256
+    config.log_every_steps = 50
+    config.eval_every_steps = 0  # 0: evaluate at the end only
+
+    apply_variants(config, arg)
+    return config
+
+
+def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> None:
+    """Apply the comma-separated variants named in `arg` (see the module docstring)."""
+    for variant in filter(None, (arg or "").split(",")):
+        if variant == "clip":
+            config.loss.pairs = (("image", "text"),)
+            config.loss.weights = (1.0,)
+        elif variant == "separate":
+            config.model.heatmap_tower = "separate"
+        elif variant == "causal":
+            config.model.text_kind = "clip"
+            config.model.text_size = "clip-b"
+            config.model.max_len = 77
+        elif variant == "modern":
+            config.loss.kind = "clip"
+            config.optimizer.name = "adamw"
+            config.optimizer.learning_rate = 5e-4
+            config.optimizer.weight_decay = 0.2
+            config.optimizer.schedule = "warmup_cosine"
+            config.optimizer.warmup_steps = 500
+        elif variant == "original":
+            config.model.text_pooling = "mean_with_padding"
+        else:
+            raise ValueError(f"unknown config variant {variant!r}; expected one of {VARIANTS}")

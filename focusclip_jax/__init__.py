@@ -1,0 +1,1 @@
+"""FocusCLIP in JAX/Flax NNX: CLIP with subject-level (pose heatmap) guidance."""

@@ -1,0 +1,64 @@
+"""orbax checkpoints of the train state *and* the grain iterator, so a resumed run sees the same data.
+
+Saves are asynchronous (the step loop goes on while orbax writes), the last `keep` are retained,
+and orbax's atomic temp-dir-then-rename protocol means a half-written step is never taken as done.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import grain
+import ml_collections
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Train state + data iterator under `<workdir>/checkpoints/<step>/{state,data}`."""
+
+    def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict):
+        self.directory = Path(workdir).absolute() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=config.keep,
+            save_interval_steps=config.every_steps,
+            enable_async_checkpointing=config.async_save,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data")
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def restore(self, abstract_state: Any, data_iterator: grain.DatasetIterator) -> Any | None:
+        """The latest state (sharded as `abstract_state`), the iterator moved in place; or None."""
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        logging.info("Restoring checkpoint of step %d from %s", step, self.directory)
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iterator),
+            ),
+        )
+        return restored.state
+
+    def save(
+        self, step: int, state: Any, data_iterator: grain.DatasetIterator, *, force: bool = False
+    ) -> bool:
+        """Save if `step` is due (every `every_steps`) or `force`; returns whether it saved."""
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+            ),
+            force=force,
+        )
+
+    def close(self) -> None:
+        """Wait for pending asynchronous writes, then release the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,1 @@
+"""Evaluators: objects with `run(params) -> {name: value}`, built from `config.evals`."""

@@ -1,0 +1,116 @@
+"""Zero-shot classification: class names × prompt templates → class embeddings; top-k accuracy.
+
+Images go through the image tower in fixed-size, padded batches split over the mesh's data axes
+(one compiled function for every batch); padding rows are masked out of the counts.
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from focusclip_jax import sharding
+from input_pipeline.pipeline import Tokenizer, ZeroShotData
+
+
+def class_prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Prompts in class-major order: row c * T + t is template t filled with class c."""
+    return [template.format(name) for name in class_names for template in templates]
+
+
+def _global_array(array: np.ndarray, array_sharding: jax.sharding.Sharding) -> jax.Array:
+    """A global array from host data every process holds in full."""
+    return jax.make_array_from_callback(array.shape, array_sharding, lambda index: array[index])
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    pad = [(0, rows - len(array))] + [(0, 0)] * (array.ndim - 1)
+    return np.pad(array, pad)
+
+
+class ZeroShotEvaluator:
+    """`run(params)` → {f"{name}/top{k}": accuracy}. Compiled functions are built on first use."""
+
+    def __init__(
+        self,
+        data: ZeroShotData,
+        *,
+        graphdef: nnx.GraphDef,
+        param_shardings: Any,
+        mesh: Mesh,
+        tokenizer: Tokenizer,
+        max_len: int,
+        batch_size: int,
+    ):
+        dp = sharding.data_parallel_size(mesh)
+        if batch_size % dp:
+            raise ValueError(f"eval batch size {batch_size} must divide over {dp} data shards")
+        self.data = data
+        self.graphdef = graphdef
+        self.param_shardings = param_shardings
+        self.mesh = mesh
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.batch_size = batch_size
+
+    @functools.cached_property
+    def _encode_images(self) -> Callable[[Any, jax.Array], jax.Array]:
+        def encode(params: Any, images: jax.Array) -> jax.Array:
+            model = nnx.merge(self.graphdef, params)
+            return model.encode_image(images.astype(jnp.float32) / 255.0)
+
+        # Replicated output: every process can read the embeddings, on one host or many.
+        rows, everywhere = sharding.batch_sharding(self.mesh), sharding.replicated(self.mesh)
+        return jax.jit(encode, in_shardings=(self.param_shardings, rows), out_shardings=everywhere)
+
+    @functools.cached_property
+    def _encode_texts(self) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+        def encode(params: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+            return nnx.merge(self.graphdef, params).encode_text(tokens, mask)
+
+        everywhere = sharding.replicated(self.mesh)
+        return jax.jit(
+            encode,
+            in_shardings=(self.param_shardings, everywhere, everywhere),
+            out_shardings=everywhere,
+        )
+
+    def class_embeddings(self, params: Any) -> jax.Array:
+        """[C, D]: each class's prompt embeddings averaged over templates, re-normalised."""
+        prompts = class_prompts(self.data.class_names, self.data.templates)
+        everywhere = sharding.replicated(self.mesh)
+        tokens, mask = (_global_array(a, everywhere) for a in self.tokenizer(prompts, self.max_len))
+        embeddings = self._encode_texts(params, tokens, mask)
+        per_class = embeddings.reshape(len(self.data.class_names), len(self.data.templates), -1)
+        mean = per_class.mean(axis=1)
+        return mean / jnp.linalg.norm(mean, axis=-1, keepdims=True)
+
+    def image_embeddings(self, params: Any) -> np.ndarray:
+        """[N, D] for the dataset's images, in padded batches sharded over the data axes."""
+        rows = sharding.batch_sharding(self.mesh)
+        images = self.data.images
+        outputs = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            batch = _global_array(_pad_rows(chunk, self.batch_size), rows)
+            outputs.append(np.asarray(jax.device_get(self._encode_images(params, batch)))[: len(chunk)])
+        return np.concatenate(outputs)
+
+    def run(self, params: Any) -> dict[str, float]:
+        classes = np.asarray(jax.device_get(self.class_embeddings(params)))
+        scores = self.image_embeddings(params) @ classes.T
+        return {
+            f"{self.data.name}/top{k}": top_k_accuracy(scores, self.data.labels, k)
+            for k in self.data.top_k
+        }
+
+
+def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the k highest scores (ties broken by lower index)."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(top == labels[:, None], axis=1)))

@@ -1,0 +1,39 @@
+"""Entry point: `python -m focusclip_jax.main --config=configs/pretrain.py --workdir=<dir>`."""
+
+import logging
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from focusclip_jax import train
+from input_pipeline.files import InputDataError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py[:variant].")
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events go here.")
+flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (multi-host TPU pods, GPU clusters)."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    logging.info("JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(),
+                 jax.devices())
+    try:
+        results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (InputDataError, train.NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if results and jax.process_index() == 0:
+        print("\nZero-shot results\n" + train.results_table(results))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,156 @@
+"""FocusCLIP: image and text towers with heatmap-guided focusing of the image during training.
+
+`focused = image * (alpha + (1 - alpha) * heatmap)` on [0, 1] pixels (before normalisation), encoded
+by the image tower itself (`heatmap_tower='shared'`, the paper's code) or by a third tower with its
+own weights (`'separate'`). Inference encodes images and texts only.
+"""
+
+import math
+from collections.abc import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from focusclip_jax.models import text as text_models
+from focusclip_jax.models import vit
+
+MODALITIES = ("image", "focused", "text")
+LOG_100 = math.log(100.0)
+
+
+def _projection(in_features: int, embed_dim: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """`Linear(width, embed_dim)` with a bias, as the original's heads."""
+    return nnx.Linear(
+        in_features,
+        embed_dim,
+        dtype=dtype,
+        kernel_init=nnx.with_partitioning(
+            nnx.initializers.lecun_normal(), ("embed", None), eager_sharding=False
+        ),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros, (None,), eager_sharding=False),
+        rngs=rngs,
+    )
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+class FocusCLIP(nnx.Module):
+    """Three encoders (image, focused image, text) projected to one L2-normalised space."""
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        vit_size: str,
+        text_kind: str,
+        text_size: str,
+        vocab_size: int,
+        max_len: int,
+        embed_dim: int,
+        heatmap_tower: str = "shared",
+        text_pooling: str = "mean",
+        pixel_mean: Sequence[float] = (0.0, 0.0, 0.0),
+        pixel_std: Sequence[float] = (1.0, 1.0, 1.0),
+        alpha_init: float = 0.5,
+        logit_scale_init: float = math.log(1 / 0.07),
+        dtype: jnp.dtype = jnp.float32,
+        vit_overrides: dict | None = None,
+        text_overrides: dict | None = None,
+        rngs: nnx.Rngs,
+    ):
+        if heatmap_tower not in ("shared", "separate"):
+            raise ValueError(f"model.heatmap_tower={heatmap_tower!r}: expected shared or separate")
+        self.heatmap_tower = heatmap_tower
+        self.pixel_mean = tuple(pixel_mean)
+        self.pixel_std = tuple(pixel_std)
+
+        def image_tower() -> vit.ViT:
+            return vit.vit_from_name(
+                vit_size, image_size=image_size, dtype=dtype, rngs=rngs, **(vit_overrides or {})
+            )
+
+        self.image_tower = image_tower()
+        self.image_proj = _projection(self.image_tower.width, embed_dim, dtype, rngs)
+        if heatmap_tower == "separate":
+            self.focus_tower = image_tower()
+            self.focus_proj = _projection(self.focus_tower.width, embed_dim, dtype, rngs)
+        extra = {"pooling": text_pooling} if text_kind == "bert" else {}
+        self.text_tower = text_models.text_encoder_from_name(
+            text_kind,
+            text_size,
+            vocab_size=vocab_size,
+            max_len=max_len,
+            dtype=dtype,
+            rngs=rngs,
+            **extra,
+            **(text_overrides or {}),
+        )
+        self.text_proj = _projection(self.text_tower.width, embed_dim, dtype, rngs)
+        # `bounds` are enforced by projection after every optimiser update (train.project_to_bounds),
+        # as open_clip clamps its logit scale: gradients stay those of the raw parameter.
+        self.alpha = nnx.Param(jnp.asarray(alpha_init, jnp.float32), bounds=(0.0, 1.0))
+        self.logit_scale = nnx.Param(
+            jnp.asarray(logit_scale_init, jnp.float32), bounds=(0.0, LOG_100)
+        )
+
+    def _normalize_pixels(self, images: jax.Array) -> jax.Array:
+        mean = jnp.asarray(self.pixel_mean, jnp.float32)
+        std = jnp.asarray(self.pixel_std, jnp.float32)
+        return (images - mean) / std
+
+    def focus(self, images: jax.Array, heatmaps: jax.Array) -> jax.Array:
+        """Dim the pixels away from the subject: `image * (alpha + (1 - alpha) * heatmap)`."""
+        alpha = self.alpha[...]
+        return images * (alpha + (1.0 - alpha) * heatmaps[..., None])
+
+    def encode_image(self, images: jax.Array) -> jax.Array:
+        """[B, H, W, 3] pixels in [0, 1] → L2-normalised [B, embed_dim]."""
+        return _l2_normalize(self.image_proj(self.image_tower(self._normalize_pixels(images))))
+
+    def encode_text(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+        """[B, L] token ids and mask → L2-normalised [B, embed_dim]."""
+        return _l2_normalize(self.text_proj(self.text_tower(tokens, mask)))
+
+    def embed(
+        self,
+        *,
+        images: jax.Array,
+        heatmaps: jax.Array | None,
+        tokens: jax.Array,
+        mask: jax.Array,
+        modalities: Iterable[str] = MODALITIES,
+    ) -> dict[str, jax.Array]:
+        """Embeddings of the requested modalities (training: the ones the loss pairs need).
+
+        With the shared tower, plain and focused images go through the ViT as one 2B batch.
+        """
+        modalities = set(modalities)
+        unknown = modalities - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; expected {MODALITIES}")
+        out: dict[str, jax.Array] = {}
+        if "text" in modalities:
+            out["text"] = self.encode_text(tokens, mask)
+        if "focused" in modalities:
+            if heatmaps is None:
+                raise ValueError("the 'focused' modality needs heatmaps")
+            focused = self.focus(images, heatmaps)
+            if self.heatmap_tower == "separate":
+                features = self.focus_tower(self._normalize_pixels(focused))
+                out["focused"] = _l2_normalize(self.focus_proj(features))
+            elif "image" in modalities:
+                both = self.encode_image(jnp.concatenate([images, focused], axis=0))
+                out["image"], out["focused"] = jnp.split(both, 2, axis=0)
+            else:
+                out["focused"] = self.encode_image(focused)
+        if "image" in modalities and "image" not in out:
+            out["image"] = self.encode_image(images)
+        return out
+
+    def temperature_scale(self) -> jax.Array:
+        """exp(logit_scale): the multiplier of cosine similarities in the CLIP loss."""
+        return jnp.exp(self.logit_scale[...])

@@ -1,0 +1,89 @@
+"""Mesh from config, logical-axis rules, and the shardings of state and batch.
+
+Parameters carry logical axis names (`embed`, `mlp`, `heads`, ...); `config.sharding.rules` maps them
+to mesh axes. The batch is split over every mesh axis that holds data (`data` and `fsdp`).
+"""
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+BATCH_AXES = ("data", "fsdp")
+
+LogicalRules = Sequence[tuple[str, str | None]]
+
+
+def create_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with the configured axes; one axis may be -1 to take the remaining devices.
+
+    Axis types are `Auto` (named explicitly: `jax.make_mesh` defaults to `Explicit`, under which
+    ordinary model code such as a CLS concat raises `ShardingTypeError`).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    names = tuple(mesh_shape.keys())
+    sizes = list(mesh_shape.values())
+    if sizes.count(-1) > 1:
+        raise ValueError(f"config mesh {dict(mesh_shape)}: at most one axis may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"config mesh {dict(mesh_shape)} does not divide {len(devices)} devices")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"config mesh {dict(zip(names, sizes, strict=True))} needs {math.prod(sizes)} devices, "
+            f"{len(devices)} available"
+        )
+    axis_types = (jax.sharding.AxisType.Auto,) * len(names)
+    return jax.make_mesh(tuple(sizes), names, axis_types=axis_types, devices=devices)
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over the data-holding axes, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(batch_axes(mesh)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return math.prod(mesh.shape[a] for a in batch_axes(mesh))
+
+
+def logical_to_sharding(
+    logical_spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, rules: LogicalRules
+) -> NamedSharding:
+    """Map one parameter's logical spec to a NamedSharding; dims that do not divide stay whole."""
+    mesh_spec = linen.logical_to_mesh_axes(tuple(logical_spec), rules) or PartitionSpec()
+    dims: list[Any] = []
+    for size, axes in zip(shape, tuple(mesh_spec) + (None,) * (len(shape) - len(mesh_spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        names = tuple(n for n in names if n in mesh.axis_names)
+        if names and size % math.prod(mesh.shape[n] for n in names):
+            logging.info("dim of size %d does not divide mesh axes %s: replicated", size, names)
+            names = ()
+        dims.append(names[0] if len(names) == 1 else (names or None))
+    return NamedSharding(mesh, PartitionSpec(*dims))
+
+
+def tree_shardings(
+    logical_specs: Any, abstract: Any, mesh: Mesh, rules: LogicalRules
+) -> Any:
+    """Shardings for a tree of arrays given a same-structured tree of logical PartitionSpecs."""
+    return jax.tree.map(
+        lambda spec, leaf: logical_to_sharding(spec, np.shape(leaf), mesh, rules),
+        logical_specs,
+        abstract,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )

@@ -1,0 +1,351 @@
+"""Train state, the jitted and sharded step, and the training loop (evals, checkpoints, logs).
+
+The model is split once into a static graph and a pure dict of parameters; the step is one pure
+function compiled with `jax.jit` (explicit in/out shardings, donated state): no per-step graph walks.
+"""
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from flax.traverse_util import flatten_dict, unflatten_dict
+from jax.sharding import Mesh
+
+from focusclip_jax import losses, models, optim, sharding
+from focusclip_jax.checkpoint import Checkpointer
+from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator
+from focusclip_jax.logs import MetricWriter
+from input_pipeline import heatmaps, pipeline
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any  # pure nested dict of arrays (nnx.to_pure_dict of the model's nnx.Param state)
+    opt_state: Any
+    nonfinite_count: jax.Array  # steps whose loss or gradient was not finite (update skipped)
+    first_nonfinite_step: jax.Array  # -1 while every step has been finite
+
+
+def param_bounds(abstract_params: nnx.State) -> dict[tuple[str, ...], tuple[float, float]]:
+    """Parameters declared with `bounds=(lo, hi)` metadata (alpha, logit scale), by path."""
+    return {
+        tuple(str(k) for k in path): variable.get_metadata()["bounds"]
+        for path, variable in nnx.to_flat_state(abstract_params)
+        if "bounds" in variable.get_metadata()
+    }
+
+
+def project_to_bounds(params: Any, bounds: Mapping[tuple[str, ...], tuple[float, float]]) -> Any:
+    """Clip bounded parameters back into their box after an update."""
+    if not bounds:
+        return params
+    flat = flatten_dict(params)
+    for path, (lo, hi) in bounds.items():
+        flat[path] = jnp.clip(flat[path], lo, hi)
+    return unflatten_dict(flat)
+
+
+def needed_modalities(pairs: Any) -> tuple[str, ...]:
+    return tuple(sorted({m for pair in pairs for m in pair}))
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    loss_config: ml_collections.ConfigDict,
+    bounds: Mapping[tuple[str, ...], tuple[float, float]],
+    min_sigma: float,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update on a global batch; returns the new state and a flat dict of scalar metrics."""
+    pairs = [tuple(p) for p in loss_config.pairs]
+    modalities = needed_modalities(pairs)
+    pair_loss = losses.pair_loss(loss_config.kind, loss_config.temperature)
+
+    def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+        model = nnx.merge(graphdef, params)
+        images = batch["image"].astype(jnp.float32) / 255.0
+        focus_maps = None
+        if "focused" in modalities:
+            focus_maps = heatmaps.render_heatmaps(
+                batch["keypoints"],
+                batch["visible"],
+                batch["person_mask"],
+                images.shape[1],
+                images.shape[2],
+                min_sigma=min_sigma,
+            )
+        embeddings = model.embed(
+            images=images,
+            heatmaps=focus_maps,
+            tokens=batch["tokens"],
+            mask=batch["mask"],
+            modalities=modalities,
+        )
+        return losses.focusclip_loss(
+            embeddings,
+            model.temperature_scale(),
+            pairs=pairs,
+            weights=loss_config.weights,
+            loss_fn=pair_loss,
+        )
+
+    (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = project_to_bounds(optax.apply_updates(state.params, updates), bounds)
+
+    # A non-finite step leaves parameters and optimiser state untouched (checkpoints never hold
+    # NaN); the loop stops on it, naming the step, at the next metrics fetch.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    first_bad = jnp.where(
+        (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
+    )
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep_if_finite(params, state.params),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+        nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
+        first_nonfinite_step=first_bad,
+    )
+    flat_params = flatten_dict(params)
+    if loss_config.kind == "clip":
+        temperature = 1.0 / jnp.exp(flat_params[("logit_scale",)])
+    else:
+        temperature = jnp.asarray(loss_config.temperature, jnp.float32)
+    metrics = {
+        "loss": loss,
+        **per_pair,
+        "alpha": flat_params[("alpha",)],
+        "temperature": temperature,
+        "grad_norm": grad_norm,
+        "learning_rate": schedule(state.step),
+        "nonfinite_count": new_state.nonfinite_count,
+        "first_nonfinite_step": first_bad,
+    }
+    return new_state, metrics
+
+
+def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ml_collections.ConfigDict:
+    """`model.vocab_size = -1` means: take it from the tokenizer."""
+    model_config = ml_collections.ConfigDict(config.model.to_dict())
+    if model_config.vocab_size == -1:
+        model_config.vocab_size = vocab_size
+    return model_config
+
+
+class Trainer:
+    """The model's static graph, the optimiser, the shardings and the compiled step, for one mesh."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, *, vocab_size: int):
+        self.config = config
+        self.mesh = mesh
+        self.model_config = _model_config(config, vocab_size)
+        self.total_steps = config.train.num_steps
+        self.tx, self.schedule = optim.make_optimizer(config.optimizer, self.total_steps)
+
+        abstract_model = nnx.eval_shape(self._new_model)
+        self.graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+        self.bounds = param_bounds(abstract_params)
+        logical_specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
+        abstract_pure = nnx.to_pure_dict(abstract_params)
+        rules = [tuple(rule) for rule in config.sharding.rules]
+        self.param_shardings = sharding.tree_shardings(logical_specs, abstract_pure, mesh, rules)
+        abstract_opt_state = jax.eval_shape(self.tx.init, abstract_pure)
+        everywhere = sharding.replicated(mesh)
+        opt_shardings = optax.tree_map_params(
+            self.tx,
+            lambda _, s: s,
+            abstract_opt_state,
+            self.param_shardings,
+            transform_non_params=lambda _: everywhere,
+        )
+        self.state_shardings = TrainState(
+            step=everywhere,
+            params=self.param_shardings,
+            opt_state=opt_shardings,
+            nonfinite_count=everywhere,
+            first_nonfinite_step=everywhere,
+        )
+        self.abstract_state = jax.tree.map(
+            lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+            jax.eval_shape(self._init_state),
+            self.state_shardings,
+        )
+        step = functools.partial(
+            train_step,
+            graphdef=self.graphdef,
+            tx=self.tx,
+            schedule=self.schedule,
+            loss_config=config.loss,
+            bounds=self.bounds,
+            min_sigma=config.heatmaps.min_sigma,
+        )
+        self.step = jax.jit(
+            step,
+            in_shardings=(self.state_shardings, sharding.batch_sharding(mesh)),
+            out_shardings=(self.state_shardings, everywhere),
+            donate_argnums=(0,),
+        )
+
+    def _new_model(self) -> nnx.Module:
+        return models.create_model(self.model_config, nnx.Rngs(self.config.seed))
+
+    def _init_state(self) -> TrainState:
+        params = nnx.to_pure_dict(nnx.state(self._new_model(), nnx.Param))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.tx.init(params),
+            nonfinite_count=jnp.zeros((), jnp.int32),
+            first_nonfinite_step=jnp.full((), -1, jnp.int32),
+        )
+
+    def init_state(self) -> TrainState:
+        """The initial state, created directly in its shardings (never whole on one device)."""
+        return jax.jit(self._init_state, out_shardings=self.state_shardings)()
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient went NaN/Inf; parameters were kept at their last finite values."""
+
+
+def check_finite(metrics: Mapping[str, float]) -> None:
+    if metrics["nonfinite_count"] > 0:
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient at step {int(metrics['first_nonfinite_step'])}; "
+            "the update was skipped and the last checkpoint holds finite parameters"
+        )
+
+
+def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
+    """Average the buffered per-step metrics (one host transfer); counters keep the last value."""
+    fetched = jax.device_get(history)
+    latest = ("nonfinite_count", "first_nonfinite_step", "learning_rate", "alpha", "temperature")
+    return {
+        k: float(fetched[-1][k]) if k in latest else float(np.mean([m[k] for m in fetched]))
+        for k in fetched[0]
+    }
+
+
+def create_evaluators(
+    config: ml_collections.ConfigDict, trainer: Trainer, tokenizer: pipeline.Tokenizer
+) -> list[ZeroShotEvaluator]:
+    return [
+        ZeroShotEvaluator(
+            pipeline.zero_shot_data(name, config.data),
+            graphdef=trainer.graphdef,
+            param_shardings=trainer.param_shardings,
+            mesh=trainer.mesh,
+            tokenizer=tokenizer,
+            max_len=config.model.max_len,
+            batch_size=config.eval.batch_size,
+        )
+        for name in config.eval.datasets
+    ]
+
+
+def evaluate(evaluators: list[ZeroShotEvaluator], params: Any) -> dict[str, float]:
+    results: dict[str, float] = {}
+    for evaluator in evaluators:
+        results |= evaluator.run(params)
+    return results
+
+
+def _eta(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+    """Train `config.train.num_steps` steps (resuming from `workdir`), evaluate, return the results."""
+    workdir = Path(workdir)
+    pipeline.check_input_files(config)
+    mesh = sharding.create_mesh(config.mesh)
+    tokenizer = pipeline.create_tokenizer(config)
+    train_iter = pipeline.train_iterator(config, tokenizer)
+    trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
+    writer = MetricWriter(workdir)
+    writer.write_hparams(flatten_dict(config.to_dict(), sep="."))
+    checkpointer = Checkpointer(workdir, config.checkpoint)
+    state = checkpointer.restore(trainer.abstract_state, train_iter) or trainer.init_state()
+    evaluators = create_evaluators(config, trainer, tokenizer)
+    batch_rows = sharding.batch_sharding(mesh)
+
+    step = int(state.step)
+    total = config.train.num_steps
+    logging.info("Training steps %d → %d on %s", step, total, dict(mesh.shape))
+    history: list[dict[str, jax.Array]] = []
+    window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+    results: dict[str, float] = {}
+    while step < total:
+        fetch_start = time.perf_counter()
+        batch = pipeline.to_global_arrays(next(train_iter), batch_rows)
+        data_wait += time.perf_counter() - fetch_start
+        state, metrics = trainer.step(state, batch)
+        step += 1
+        window_steps += 1
+        history.append(metrics)
+
+        if step % config.log_every_steps == 0 or step == total:
+            summary = _mean_metrics(history)  # waits for the device: the loop's only sync
+            check_finite(summary)
+            elapsed = time.perf_counter() - window_start
+            images_per_s = window_steps * config.train.batch_size / elapsed
+            summary |= {
+                "images_per_s": images_per_s,
+                "images_per_s_per_device": images_per_s / mesh.devices.size,
+                "data_wait_fraction": data_wait / elapsed,
+            }
+            writer.write(step, summary, echo=False)
+            logging.info(
+                "step %d/%d | loss %.4f | %s | alpha %.3f | %.1f img/s | data wait %.0f%% | ETA %s",
+                step,
+                total,
+                summary["loss"],
+                " ".join(f"{k[5:]}={v:.4f}" for k, v in summary.items() if k.startswith("loss/")),
+                summary["alpha"],
+                images_per_s,
+                100 * summary["data_wait_fraction"],
+                _eta((total - step) * elapsed / window_steps),
+            )
+            history.clear()
+            window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+
+        if (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total:
+            results = evaluate(evaluators, state.params)
+            writer.write(step, {f"eval/{k}": v for k, v in results.items()})
+        if checkpointer.save(step, state, train_iter, force=step == total):
+            logging.info("Checkpoint of step %d queued", step)
+    if not results and evaluators:  # resumed at the end: evaluate what was restored
+        results = evaluate(evaluators, state.params)
+    checkpointer.close()
+    writer.close()
+    return results
+
+
+def results_table(results: Mapping[str, float]) -> str:
+    """A Markdown table of evaluation results (percent)."""
+    lines = ["| metric | value (%) |", "|---|---:|"]
+    lines += [f"| {name} | {100 * value:.2f} |" for name, value in results.items()]
+    return "\n".join(lines)
+
+
+def num_params(params: Any) -> int:
+    return sum(math.prod(np.shape(p)) for p in jax.tree.leaves(params))

@@ -1,0 +1,165 @@
+"""grain streaming: source → shuffle → repeat → per-process shard → tokenize → batch → global arrays.
+
+Records are dicts of numpy arrays plus a `description` string; batches hold uint8 images, keypoints,
+visibility, person masks and tokens. Heatmaps are *not* rendered here: the training step renders
+them on the device from the keypoints (input_pipeline.heatmaps holds both renderers).
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from input_pipeline import mpii, synthetic
+from input_pipeline.files import RequiredFile, require_files
+from input_pipeline.tokenizers import BertWordPieceTokenizer, WordTokenizer
+
+Tokenizer = Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]
+TRAIN_FIELDS = ("image", "keypoints", "visible", "person_mask")
+
+
+def _synthetic_train_source(data: ml_collections.ConfigDict) -> grain.sources.RandomAccessDataSource:
+    return synthetic.SyntheticPeople(
+        num_records=data.train_records,
+        seed=data.seed,
+        image_size=data.image_size,
+        max_people=data.max_people,
+    )
+
+
+TRAIN_SOURCES: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
+    "synthetic": _synthetic_train_source,
+    "mpii": mpii.train_source,
+}
+
+
+BERT_VOCAB = (
+    "vocab.txt of a Hugging Face BERT checkpoint, e.g. google-bert/bert-base-uncased "
+    "(the folder the text tower's weights come from)"
+)
+TOKENIZER_KINDS = ("synthetic_words", "words", "bert_wordpiece")
+
+
+def check_input_files(config: ml_collections.ConfigDict) -> None:
+    """Fail before any work, naming every missing data or vocabulary file and its config key."""
+    files = mpii.required_files(config.data) if config.data.name == "mpii" else []
+    if config.tokenizer.kind == "bert_wordpiece":
+        files.append(RequiredFile("tokenizer.vocab", config.tokenizer.vocab, BERT_VOCAB))
+    elif config.tokenizer.kind == "words":
+        files.append(
+            RequiredFile("tokenizer.vocab", config.tokenizer.vocab, "a word list, one per line")
+        )
+    require_files(files)
+
+
+def create_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+    """`tokenizer.kind`: `synthetic_words` (fitted on the demo grammar), `words` (a word list) or
+    `bert_wordpiece` (BERT's vocab.txt)."""
+    kind = config.tokenizer.kind
+    if kind == "synthetic_words":
+        return WordTokenizer.fit(synthetic.corpus())
+    if kind == "words":
+        return WordTokenizer.from_file(config.tokenizer.vocab)
+    if kind == "bert_wordpiece":
+        return BertWordPieceTokenizer(config.tokenizer.vocab)
+    raise ValueError(f"config tokenizer.kind={kind!r}: expected one of {TOKENIZER_KINDS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenize:
+    """Turns a record's description into fixed-length tokens; keeps only the training fields."""
+
+    tokenizer: Tokenizer
+    max_len: int
+
+    def __call__(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        tokens, mask = self.tokenizer([record["description"]], self.max_len)
+        fields = {k: np.asarray(record[k]) for k in TRAIN_FIELDS}
+        return fields | {"tokens": tokens[0], "mask": mask[0]}
+
+
+def train_iterator(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+    """An endless, checkpointable iterator of this process's share of each global batch."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if config.train.batch_size % process_count:
+        raise ValueError(
+            f"config train.batch_size={config.train.batch_size} must divide over "
+            f"{process_count} processes"
+        )
+    name = config.data.name
+    if name not in TRAIN_SOURCES:
+        raise ValueError(f"config data.name={name!r}: registered datasets are {sorted(TRAIN_SOURCES)}")
+    source = TRAIN_SOURCES[name](config.data)
+    dataset = (
+        grain.MapDataset.source(source)
+        .shuffle(seed=config.seed)
+        .repeat()[process_index::process_count]
+        .map(Tokenize(tokenizer, config.model.max_len))
+        .batch(config.train.batch_size // process_count, drop_remainder=True)
+        .to_iter_dataset()
+    )
+    if config.data.worker_count > 0:
+        options = grain.MultiprocessingOptions(num_workers=config.data.worker_count)
+        dataset = dataset.mp_prefetch(options)
+    return iter(dataset)
+
+
+def to_global_arrays(
+    batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding
+) -> dict[str, jax.Array]:
+    """This process's rows → global `jax.Array`s split over the mesh's data axes."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroShotData:
+    """A labelled image set and the class names and prompt templates to classify it with."""
+
+    name: str
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    labels: np.ndarray  # int32 [N]
+    class_names: tuple[str, ...]
+    templates: tuple[str, ...]
+    top_k: tuple[int, ...] = (1,)
+
+
+def _synthetic_zero_shot(data: ml_collections.ConfigDict) -> ZeroShotData:
+    source = synthetic.SyntheticPeople(
+        num_records=data.eval_records,
+        seed=data.eval_seed,
+        image_size=data.image_size,
+        max_people=data.max_people,
+    )
+    records = [source[i] for i in range(len(source))]
+    return ZeroShotData(
+        name="synthetic_pose",
+        images=np.stack([r["image"] for r in records]),
+        labels=np.asarray([r["label"] for r in records], np.int32),
+        class_names=tuple(synthetic.CLASS_PHRASES),
+        templates=(synthetic.PROMPT_TEMPLATE,),
+        top_k=(1, 3),
+    )
+
+
+ZERO_SHOT_DATASETS: dict[str, Callable[[ml_collections.ConfigDict], ZeroShotData]] = {
+    "synthetic_pose": _synthetic_zero_shot,
+}
+
+
+def zero_shot_data(name: str, data: ml_collections.ConfigDict) -> ZeroShotData:
+    if name not in ZERO_SHOT_DATASETS:
+        raise ValueError(
+            f"zero-shot dataset {name!r}: registered are {sorted(ZERO_SHOT_DATASETS)}"
+        )
+    return ZERO_SHOT_DATASETS[name](data)
