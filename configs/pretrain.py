@@ -5,7 +5,8 @@ Variants, comma-separated after the file name (`--config=configs/pretrain.py:cli
   separate  a third image tower with its own weights encodes the focused image
   causal    a CLIP-style causal text tower (EOT pooling) instead of BERT
   modern    CLIP's symmetric InfoNCE with a learnable temperature, AdamW with warmup + cosine
-  original  reproduce the original code's text pooling bug (mean over padding tokens too)
+  original  reproduce the original code's quirks: text pooling over padding tokens too, alpha
+            unconstrained
 """
 
 import ml_collections
@@ -32,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.pixel_mean = (0.0, 0.0, 0.0)  # the original feeds [0, 1] pixels unnormalised
     config.model.pixel_std = (1.0, 1.0, 1.0)
     config.model.alpha_init = 0.5
+    config.model.constrain_alpha = True  # projected into [0, 1]; the original leaves it free
     config.model.logit_scale_init = 2.6592600369262695  # log(1 / 0.07)
     config.model.dtype = "float32"
     config.model.vit_overrides = ml_collections.ConfigDict()
@@ -129,5 +131,6 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> None:
             config.optimizer.warmup_steps = 500
         elif variant == "original":
             config.model.text_pooling = "mean_with_padding"
+            config.model.constrain_alpha = False
         else:
             raise ValueError(f"unknown config variant {variant!r}; expected one of {VARIANTS}")

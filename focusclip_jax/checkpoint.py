@@ -1,4 +1,4 @@
-"""orbax checkpoints of the train state *and* the grain iterator, so a resumed run sees the same data.
+"""orbax checkpoints of the train state *and* the grain iterator: a resumed run sees the same data.
 
 Saves are asynchronous (the step loop goes on while orbax writes), the last `keep` are retained,
 and orbax's atomic temp-dir-then-rename protocol means a half-written step is never taken as done.
@@ -18,10 +18,9 @@ class Checkpointer:
 
     def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict):
         self.directory = Path(workdir).absolute() / "checkpoints"
+        self.every_steps = config.every_steps
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=config.keep,
-            save_interval_steps=config.every_steps,
-            enable_async_checkpointing=config.async_save,
+            max_to_keep=config.keep, enable_async_checkpointing=config.async_save
         )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data")
@@ -48,14 +47,19 @@ class Checkpointer:
     def save(
         self, step: int, state: Any, data_iterator: grain.DatasetIterator, *, force: bool = False
     ) -> bool:
-        """Save if `step` is due (every `every_steps`) or `force`; returns whether it saved."""
+        """Save if `step` is a multiple of `every_steps` or `force`; returns whether it saved.
+
+        (orbax's own interval policy would also save the first step of every run.)
+        """
+        if not force and step % self.every_steps:
+            return False
         return self.manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 data=grain.checkpoint.CheckpointSave(data_iterator),
             ),
-            force=force,
+            force=True,
         )
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ def format_metrics(step: int, metrics: Mapping[str, float]) -> str:
 
 
 class MetricWriter:
-    """Writes scalar dicts to `<workdir>/metrics.jsonl`, TensorBoard under `<workdir>/tb`, and logs."""
+    """Scalars to `<workdir>/metrics.jsonl`, TensorBoard events under `<workdir>/tb`, and logs."""
 
     def __init__(self, workdir: str | Path, *, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled

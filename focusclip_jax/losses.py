@@ -13,7 +13,7 @@ Pair = tuple[str, str]
 
 
 def nt_xent(a: jax.Array, b: jax.Array, temperature: jax.Array | float) -> jax.Array:
-    """NT-Xent over the 2B samples [a; b], as pytorch-metric-learning's SelfSupervisedLoss(NTXentLoss).
+    """NT-Xent over the 2B samples [a; b]: pytorch-metric-learning SelfSupervisedLoss(NTXentLoss).
 
     Each of the 2B samples is an anchor whose one positive is its partner in the other view; every
     other sample (same-modality ones included) is a negative. Mean over the 2B positive pairs.

@@ -24,8 +24,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.distributed:
         jax.distributed.initialize()
-    logging.info("JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(),
-                 jax.devices())
+    logging.info(
+        "JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices()
+    )
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (InputDataError, train.NonFiniteLossError) as error:

@@ -20,7 +20,9 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
             decay_steps=max(total_steps, warmup + 1),
             end_value=0.0,
         )
-    raise ValueError(f"config optimizer.schedule={opt.schedule!r}: expected constant or warmup_cosine")
+    raise ValueError(
+        f"config optimizer.schedule={opt.schedule!r}: expected constant or warmup_cosine"
+    )
 
 
 def decay_mask(params: Any) -> Any:
@@ -40,7 +42,11 @@ def make_optimizer(
         )
     elif opt.name == "adamw":
         core = optax.adamw(
-            schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+            schedule,
+            b1=opt.b1,
+            b2=opt.b2,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
             mask=decay_mask,
         )
     else:

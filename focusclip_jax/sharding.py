@@ -1,7 +1,7 @@
 """Mesh from config, logical-axis rules, and the shardings of state and batch.
 
-Parameters carry logical axis names (`embed`, `mlp`, `heads`, ...); `config.sharding.rules` maps them
-to mesh axes. The batch is split over every mesh axis that holds data (`data` and `fsdp`).
+Parameters carry logical axis names (`embed`, `mlp`, `heads`, ...); `config.sharding.rules` maps
+them to mesh axes. The batch is split over every mesh axis that holds data (`data` and `fsdp`).
 """
 
 import logging
@@ -14,34 +14,43 @@ import numpy as np
 from flax import linen
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-BATCH_AXES = ("data", "fsdp")
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")  # the axes a batch is split over
 
 LogicalRules = Sequence[tuple[str, str | None]]
 
 
 def create_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with the configured axes; one axis may be -1 to take the remaining devices.
+    """A mesh with the configured axes, in the order of `MESH_AXES` (data outermost).
 
-    Axis types are `Auto` (named explicitly: `jax.make_mesh` defaults to `Explicit`, under which
-    ordinary model code such as a CLS concat raises `ShardingTypeError`).
+    One axis may be -1 to take the remaining devices; with none, the mesh may use fewer devices
+    than there are (the first ones: `mesh.data=1` runs on one device). Axis types are `Auto`,
+    named explicitly: `jax.make_mesh` defaults to `Explicit`, under which ordinary model code such
+    as a CLS concat raises `ShardingTypeError`.
     """
     devices = list(jax.devices() if devices is None else devices)
-    names = tuple(mesh_shape.keys())
-    sizes = list(mesh_shape.values())
+    unknown = set(mesh_shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"config mesh axes {sorted(unknown)} unknown; expected {MESH_AXES}")
+    names = tuple(a for a in MESH_AXES if a in mesh_shape)
+    sizes = [mesh_shape[a] for a in names]
     if sizes.count(-1) > 1:
         raise ValueError(f"config mesh {dict(mesh_shape)}: at most one axis may be -1")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
-            raise ValueError(f"config mesh {dict(mesh_shape)} does not divide {len(devices)} devices")
+            raise ValueError(
+                f"config mesh {dict(mesh_shape)} does not divide {len(devices)} devices"
+            )
         sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) != len(devices):
+    if math.prod(sizes) > len(devices):
         raise ValueError(
-            f"config mesh {dict(zip(names, sizes, strict=True))} needs {math.prod(sizes)} devices, "
+            f"config mesh {dict(mesh_shape)} needs {math.prod(sizes)} devices, "
             f"{len(devices)} available"
         )
     axis_types = (jax.sharding.AxisType.Auto,) * len(names)
-    return jax.make_mesh(tuple(sizes), names, axis_types=axis_types, devices=devices)
+    used = devices[: math.prod(sizes)]
+    return jax.make_mesh(tuple(sizes), names, axis_types=axis_types, devices=used)
 
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:
@@ -67,7 +76,8 @@ def logical_to_sharding(
     """Map one parameter's logical spec to a NamedSharding; dims that do not divide stay whole."""
     mesh_spec = linen.logical_to_mesh_axes(tuple(logical_spec), rules) or PartitionSpec()
     dims: list[Any] = []
-    for size, axes in zip(shape, tuple(mesh_spec) + (None,) * (len(shape) - len(mesh_spec))):
+    padded = tuple(mesh_spec) + (None,) * (len(shape) - len(mesh_spec))
+    for size, axes in zip(shape, padded, strict=True):
         names = (axes,) if isinstance(axes, str) else tuple(axes or ())
         names = tuple(n for n in names if n in mesh.axis_names)
         if names and size % math.prod(mesh.shape[n] for n in names):
@@ -77,9 +87,7 @@ def logical_to_sharding(
     return NamedSharding(mesh, PartitionSpec(*dims))
 
 
-def tree_shardings(
-    logical_specs: Any, abstract: Any, mesh: Mesh, rules: LogicalRules
-) -> Any:
+def tree_shardings(logical_specs: Any, abstract: Any, mesh: Mesh, rules: LogicalRules) -> Any:
     """Shardings for a tree of arrays given a same-structured tree of logical PartitionSpecs."""
     return jax.tree.map(
         lambda spec, leaf: logical_to_sharding(spec, np.shape(leaf), mesh, rules),

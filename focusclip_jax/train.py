@@ -1,7 +1,8 @@
 """Train state, the jitted and sharded step, and the training loop (evals, checkpoints, logs).
 
 The model is split once into a static graph and a pure dict of parameters; the step is one pure
-function compiled with `jax.jit` (explicit in/out shardings, donated state): no per-step graph walks.
+function compiled with `jax.jit` (explicit in/out shardings, donated state): no per-step graph
+walks.
 """
 
 import functools
@@ -61,6 +62,45 @@ def needed_modalities(pairs: Any) -> tuple[str, ...]:
     return tuple(sorted({m for pair in pairs for m in pair}))
 
 
+def compute_loss(
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    loss_config: ml_collections.ConfigDict,
+    min_sigma: float,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The FocusCLIP objective on a batch; heatmaps are rendered here, on the device."""
+    pairs = [tuple(p) for p in loss_config.pairs]
+    modalities = needed_modalities(pairs)
+    model = nnx.merge(graphdef, params)
+    images = batch["image"].astype(jnp.float32) / 255.0
+    focus_maps = None
+    if "focused" in modalities:
+        focus_maps = heatmaps.render_heatmaps(
+            batch["keypoints"],
+            batch["visible"],
+            batch["person_mask"],
+            images.shape[1],
+            images.shape[2],
+            min_sigma=min_sigma,
+        )
+    embeddings = model.embed(
+        images=images,
+        heatmaps=focus_maps,
+        tokens=batch["tokens"],
+        mask=batch["mask"],
+        modalities=modalities,
+    )
+    return losses.focusclip_loss(
+        embeddings,
+        model.temperature_scale(),
+        pairs=pairs,
+        weights=loss_config.weights,
+        loss_fn=losses.pair_loss(loss_config.kind, loss_config.temperature),
+    )
+
+
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -73,38 +113,9 @@ def train_step(
     min_sigma: float,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on a global batch; returns the new state and a flat dict of scalar metrics."""
-    pairs = [tuple(p) for p in loss_config.pairs]
-    modalities = needed_modalities(pairs)
-    pair_loss = losses.pair_loss(loss_config.kind, loss_config.temperature)
-
-    def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-        model = nnx.merge(graphdef, params)
-        images = batch["image"].astype(jnp.float32) / 255.0
-        focus_maps = None
-        if "focused" in modalities:
-            focus_maps = heatmaps.render_heatmaps(
-                batch["keypoints"],
-                batch["visible"],
-                batch["person_mask"],
-                images.shape[1],
-                images.shape[2],
-                min_sigma=min_sigma,
-            )
-        embeddings = model.embed(
-            images=images,
-            heatmaps=focus_maps,
-            tokens=batch["tokens"],
-            mask=batch["mask"],
-            modalities=modalities,
-        )
-        return losses.focusclip_loss(
-            embeddings,
-            model.temperature_scale(),
-            pairs=pairs,
-            weights=loss_config.weights,
-            loss_fn=pair_loss,
-        )
-
+    loss_fn = functools.partial(
+        compute_loss, batch=batch, graphdef=graphdef, loss_config=loss_config, min_sigma=min_sigma
+    )
     (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -151,7 +162,7 @@ def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ml_coll
 
 
 class Trainer:
-    """The model's static graph, the optimiser, the shardings and the compiled step, for one mesh."""
+    """The model's static graph, the optimiser, the shardings and the compiled step on one mesh."""
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, *, vocab_size: int):
         self.config = config
@@ -274,7 +285,7 @@ def _eta(seconds: float) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-    """Train `config.train.num_steps` steps (resuming from `workdir`), evaluate, return the results."""
+    """Train to `config.train.num_steps` (resuming from `workdir`), evaluate, return the results."""
     workdir = Path(workdir)
     pipeline.check_input_files(config)
     mesh = sharding.create_mesh(config.mesh)

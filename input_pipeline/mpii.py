@@ -11,7 +11,8 @@ from input_pipeline.files import InputDataError, RequiredFile, require_files
 MPII_IMAGES = "the MPII Human Pose Dataset, mpii_human_pose_v1.tar.gz (images/), https://human-pose.mpi-inf.mpg.de/"
 MMPOSE_ANNOTATIONS = (
     "mmpose's MPII annotations (mpii_train.json, mpii_val.json), see the mmpose docs, "
-    "'2D Body Keypoint Datasets' → MPII; or the official mpii_human_pose_v1_u12_1.mat from the MPII site"
+    "'2D Body Keypoint Datasets' → MPII; or the official mpii_human_pose_v1_u12_1.mat "
+    "from the MPII site"
 )
 DESCRIPTIONS = (
     "the 'MPII Human Pose Descriptions' JSON published by the FocusCLIP authors "

@@ -1,4 +1,4 @@
-"""grain streaming: source → shuffle → repeat → per-process shard → tokenize → batch → global arrays.
+"""grain: source → shuffle → repeat → per-process shard → tokenize → batch → global arrays.
 
 Records are dicts of numpy arrays plus a `description` string; batches hold uint8 images, keypoints,
 visibility, person masks and tokens. Heatmaps are *not* rendered here: the training step renders
@@ -6,7 +6,8 @@ them on the device from the keypoints (input_pipeline.heatmaps holds both render
 """
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -22,13 +23,16 @@ Tokenizer = Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]
 TRAIN_FIELDS = ("image", "keypoints", "visible", "person_mask")
 
 
-def _synthetic_train_source(data: ml_collections.ConfigDict) -> grain.sources.RandomAccessDataSource:
-    return synthetic.SyntheticPeople(
+def _synthetic_train_source(data: ml_collections.ConfigDict) -> Sequence[dict[str, Any]]:
+    """The synthetic people, drawn once into memory: drawing costs more than a demo's step."""
+    source = synthetic.SyntheticPeople(
         num_records=data.train_records,
         seed=data.seed,
         image_size=data.image_size,
         max_people=data.max_people,
     )
+    logging.info("Drawing %d synthetic training images into memory", len(source))
+    return [source[i] for i in range(len(source))]
 
 
 TRAIN_SOURCES: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
@@ -99,7 +103,9 @@ def train_iterator(
         )
     name = config.data.name
     if name not in TRAIN_SOURCES:
-        raise ValueError(f"config data.name={name!r}: registered datasets are {sorted(TRAIN_SOURCES)}")
+        raise ValueError(
+            f"config data.name={name!r}: registered datasets are {sorted(TRAIN_SOURCES)}"
+        )
     source = TRAIN_SOURCES[name](config.data)
     dataset = (
         grain.MapDataset.source(source)
@@ -159,7 +165,5 @@ ZERO_SHOT_DATASETS: dict[str, Callable[[ml_collections.ConfigDict], ZeroShotData
 
 def zero_shot_data(name: str, data: ml_collections.ConfigDict) -> ZeroShotData:
     if name not in ZERO_SHOT_DATASETS:
-        raise ValueError(
-            f"zero-shot dataset {name!r}: registered are {sorted(ZERO_SHOT_DATASETS)}"
-        )
+        raise ValueError(f"zero-shot dataset {name!r}: registered are {sorted(ZERO_SHOT_DATASETS)}")
     return ZERO_SHOT_DATASETS[name](data)

@@ -27,7 +27,7 @@ def _frame(
     tokenize: Callable[[str], list[int]],
     ids: Mapping[str, int],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`[CLS] ids… [SEP]` per text, cut to `max_len`, padded with [PAD]; plus the real-token mask."""
+    """`[CLS] ids… [SEP]` per text, cut to `max_len`, padded with [PAD]; and the real-token mask."""
     tokens = np.full((len(texts), max_len), ids[PAD], np.int32)
     mask = np.zeros((len(texts), max_len), bool)
     for row, text in enumerate(texts):
@@ -83,7 +83,7 @@ def _is_punctuation(char: str) -> bool:
 
 
 def bert_basic_split(text: str, lower_case: bool = True) -> list[str]:
-    """BERT's BasicTokenizer: clean, lower-case and strip accents, split whitespace and punctuation."""
+    """BERT's BasicTokenizer: clean, lower-case, strip accents, split whitespace and punctuation."""
     text = "".join(
         " " if ch.isspace() else ch
         for ch in text
@@ -115,7 +115,9 @@ class BertWordPieceTokenizer:
     def __init__(self, vocab_file: str | Path, lower_case: bool = True, max_word_chars: int = 100):
         path = Path(vocab_file)
         if not path.is_file():
-            raise FileNotFoundError(f"BERT vocabulary {path} not found (vocab.txt of the checkpoint)")
+            raise FileNotFoundError(
+                f"BERT vocabulary {path} not found (vocab.txt of the checkpoint)"
+            )
         self.vocab = path.read_text(encoding="utf-8").splitlines()
         self.ids = {w: i for i, w in enumerate(self.vocab)}
         missing = [t for t in SPECIAL_TOKENS if t not in self.ids]

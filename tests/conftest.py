@@ -7,13 +7,19 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from pathlib import Path  # noqa: E402
+import tempfile
+from pathlib import Path
 
-import ml_collections  # noqa: E402
-import pytest  # noqa: E402
-from absl import flags  # noqa: E402
+import jax
+import ml_collections
+import pytest
+from absl import flags
 
 flags.FLAGS.mark_as_parsed()
+
+# Identical computations (the same tiny step built by several trainers) compile once per session.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="focusclip_jax_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 REPO = Path(__file__).resolve().parents[1]
 MPII_SAMPLE = REPO.parent / "shared" / "data" / "mpii_sample"
@@ -37,7 +43,7 @@ def tiny_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.eval_records = 24
     config.train.batch_size = 16
     config.train.num_steps = 4
-    config.optimizer.warmup_steps = 1
+    config.optimizer.warmup_steps = 0
     config.checkpoint.every_steps = 2
     config.checkpoint.async_save = False
     config.eval.batch_size = 16

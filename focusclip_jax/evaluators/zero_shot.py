@@ -98,7 +98,9 @@ class ZeroShotEvaluator:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             batch = _global_array(_pad_rows(chunk, self.batch_size), rows)
-            outputs.append(np.asarray(jax.device_get(self._encode_images(params, batch)))[: len(chunk)])
+            outputs.append(
+                np.asarray(jax.device_get(self._encode_images(params, batch)))[: len(chunk)]
+            )
         return np.concatenate(outputs)
 
     def run(self, params: Any) -> dict[str, float]:

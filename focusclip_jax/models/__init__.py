@@ -1,4 +1,4 @@
-"""Model registry: `config.model.name` picks the builder, the rest of `config.model` are its kwargs."""
+"""Model registry: `config.model.name` picks the builder; the rest of `config.model` are kwargs."""
 
 from collections.abc import Callable
 

@@ -56,6 +56,7 @@ class FocusCLIP(nnx.Module):
         pixel_mean: Sequence[float] = (0.0, 0.0, 0.0),
         pixel_std: Sequence[float] = (1.0, 1.0, 1.0),
         alpha_init: float = 0.5,
+        constrain_alpha: bool = True,
         logit_scale_init: float = math.log(1 / 0.07),
         dtype: jnp.dtype = jnp.float32,
         vit_overrides: dict | None = None,
@@ -90,9 +91,11 @@ class FocusCLIP(nnx.Module):
             **(text_overrides or {}),
         )
         self.text_proj = _projection(self.text_tower.width, embed_dim, dtype, rngs)
-        # `bounds` are enforced by projection after every optimiser update (train.project_to_bounds),
-        # as open_clip clamps its logit scale: gradients stay those of the raw parameter.
-        self.alpha = nnx.Param(jnp.asarray(alpha_init, jnp.float32), bounds=(0.0, 1.0))
+        # `bounds` are enforced by projection after every optimiser update (as open_clip clamps its
+        # logit scale), so gradients stay those of the raw parameter. The original leaves alpha
+        # unconstrained: `constrain_alpha=False` reproduces that.
+        alpha_bounds = {"bounds": (0.0, 1.0)} if constrain_alpha else {}
+        self.alpha = nnx.Param(jnp.asarray(alpha_init, jnp.float32), **alpha_bounds)
         self.logit_scale = nnx.Param(
             jnp.asarray(logit_scale_init, jnp.float32), bounds=(0.0, LOG_100)
         )

@@ -1,0 +1,186 @@
+"""Text towers: a BERT-style bidirectional encoder (the paper's) and CLIP's causal transformer.
+
+Both take `tokens: int32 [B, L]` and `mask: bool [B, L]` (True on real tokens, which form a prefix:
+padding sits at the end) and return one feature per text, `[B, width]`.
+"""
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from focusclip_jax.models.layers import (
+    Activation,
+    PostNormBlock,
+    PreNormBlock,
+    default_init,
+    layer_norm,
+    partitioned,
+)
+
+Pooling = Literal["mean", "mean_with_padding", "cls"]
+
+# Architecture per size; `vocab_size` and `max_len` are defaults that configs may override.
+TEXT_SIZES: dict[str, dict[str, int]] = {
+    "bert-base": dict(
+        width=768, depth=12, num_heads=12, mlp_dim=3072, vocab_size=30522, max_len=512
+    ),
+    "minilm-l6": dict(
+        width=384, depth=6, num_heads=12, mlp_dim=1536, vocab_size=30522, max_len=512
+    ),
+    "clip-b": dict(width=512, depth=12, num_heads=8, mlp_dim=2048, vocab_size=49408, max_len=77),
+    "tiny": dict(width=32, depth=2, num_heads=2, mlp_dim=64, vocab_size=1000, max_len=64),
+}
+
+
+def _embed(
+    num: int, width: int, names: tuple[str, str], param_dtype: jnp.dtype, rngs: nnx.Rngs
+) -> nnx.Embed:
+    return nnx.Embed(
+        num,
+        width,
+        param_dtype=param_dtype,
+        embedding_init=partitioned(default_init, names),
+        rngs=rngs,
+    )
+
+
+def _check_length(tokens: jax.Array, max_len: int) -> None:
+    if tokens.shape[1] > max_len:
+        raise ValueError(f"text length {tokens.shape[1]} exceeds max_len {max_len}")
+
+
+class BertTextEncoder(nnx.Module):
+    """BERT: token + position + segment embeddings → LayerNorm → post-norm blocks → pooling.
+
+    Padding is masked out of attention. `pooling`: 'mean' averages the real tokens; 'cls' takes
+    the first token; 'mean_with_padding' averages all L positions, padding included — the original
+    FocusCLIP code's behaviour, kept only to reproduce its numbers.
+    """
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        depth: int,
+        num_heads: int,
+        mlp_dim: int,
+        vocab_size: int,
+        max_len: int,
+        type_vocab_size: int = 2,
+        pooling: Pooling = "mean",
+        activation: Activation = "gelu",
+        eps: float = 1e-12,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if pooling not in ("mean", "mean_with_padding", "cls"):
+            raise ValueError(
+                f"unknown pooling {pooling!r}; expected mean, mean_with_padding or cls"
+            )
+        self.width = width
+        self.max_len = max_len
+        self.pooling = pooling
+        self.dtype = dtype
+        self.token_embed = _embed(vocab_size, width, ("vocab", "embed"), param_dtype, rngs)
+        self.pos_embed = _embed(max_len, width, ("pos", "embed"), param_dtype, rngs)
+        # Segment embeddings exist for weight import; FocusCLIP feeds a single segment (type 0).
+        self.type_embed = _embed(type_vocab_size, width, (None, "embed"), param_dtype, rngs)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.embed_norm = layer_norm(width, eps=eps, **kw)
+        self.blocks = nnx.List(
+            [
+                PostNormBlock(width, num_heads, mlp_dim, activation=activation, eps=eps, **kw)
+                for _ in range(depth)
+            ]
+        )
+
+    def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+        _check_length(tokens, self.max_len)
+        x = (
+            self.token_embed(tokens)
+            + self.pos_embed.embedding[: tokens.shape[1]]
+            + self.type_embed.embedding[0]
+        )
+        x = self.embed_norm(x.astype(self.dtype))
+        for block in self.blocks:
+            x = block(x, mask)
+        if self.pooling == "cls":
+            return x[:, 0]
+        if self.pooling == "mean_with_padding":
+            return x.mean(axis=1)
+        weights = mask.astype(x.dtype)[..., None]
+        return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1)
+
+
+class CausalTextEncoder(nnx.Module):
+    """CLIP text transformer: token + position embeddings → causal pre-norm blocks → LN → EOT.
+
+    The feature is the hidden state at the last real token (index `sum(mask) - 1`), which is
+    where CLIP's `argmax(tokens)` lands because its end-of-text id is the largest in the vocabulary.
+    """
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        depth: int,
+        num_heads: int,
+        mlp_dim: int,
+        vocab_size: int,
+        max_len: int,
+        activation: Activation = "quick_gelu",
+        eps: float = 1e-5,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.width = width
+        self.max_len = max_len
+        self.dtype = dtype
+        self.token_embed = _embed(vocab_size, width, ("vocab", "embed"), param_dtype, rngs)
+        self.pos_embed = _embed(max_len, width, ("pos", "embed"), param_dtype, rngs)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.blocks = nnx.List(
+            [
+                PreNormBlock(width, num_heads, mlp_dim, activation=activation, eps=eps, **kw)
+                for _ in range(depth)
+            ]
+        )
+        self.final_norm = layer_norm(width, eps=eps, **kw)
+
+    def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+        _check_length(tokens, self.max_len)
+        x = self.token_embed(tokens) + self.pos_embed.embedding[: tokens.shape[1]]
+        x = x.astype(self.dtype)
+        for block in self.blocks:
+            x = block(x, mask, is_causal=True)
+        eot = jnp.maximum(mask.sum(axis=1) - 1, 0)
+        x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
+        return self.final_norm(x)
+
+
+def text_encoder_from_name(
+    kind: Literal["bert", "clip"],
+    size: str,
+    *,
+    vocab_size: int | None = None,
+    max_len: int | None = None,
+    dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
+    **overrides: Any,
+) -> BertTextEncoder | CausalTextEncoder:
+    """Builds a text tower of `kind` from a `TEXT_SIZES` name; None keeps the size's default."""
+    classes = {"bert": BertTextEncoder, "clip": CausalTextEncoder}
+    if kind not in classes:
+        raise ValueError(f"unknown text encoder kind {kind!r}; expected bert or clip")
+    if size not in TEXT_SIZES:
+        raise ValueError(f"unknown text size {size!r}; known: {sorted(TEXT_SIZES)}")
+    args = dict(TEXT_SIZES[size])
+    if vocab_size is not None:
+        args["vocab_size"] = vocab_size
+    if max_len is not None:
+        args["max_len"] = max_len
+    return classes[kind](**{**args, **overrides}, dtype=dtype, rngs=rngs)

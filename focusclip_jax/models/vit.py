@@ -1,0 +1,121 @@
+"""Vision Transformer image tower (timm `vit_*_patch*_224` layout, CLS pooling, no head)."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from focusclip_jax.models.layers import PreNormBlock, default_init, layer_norm, partitioned
+
+# width, depth, heads, MLP hidden and patch size of the standard ViTs (Dosovitskiy et al.; timm).
+_BASE = {
+    "Ti": dict(width=192, depth=12, num_heads=3, mlp_dim=768),
+    "S": dict(width=384, depth=12, num_heads=6, mlp_dim=1536),
+    "B": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+}
+VIT_SIZES: dict[str, dict[str, int]] = {
+    f"{name}/{patch}": {**dims, "patch_size": patch}
+    for patch in (16, 32)
+    for name, dims in _BASE.items()
+}
+VIT_SIZES["tiny"] = dict(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8)
+
+
+class ViT(nnx.Module):
+    """Patchify → [CLS] + patches + learned positions → pre-norm blocks → LayerNorm → CLS token.
+
+    Patches are flattened in (row, column, channel) order and embedded by one Linear, which equals
+    timm's stride-`patch` conv: its weight `[width, 3, p, p]` imports as
+    `w.transpose(2, 3, 1, 0).reshape(p * p * 3, width)`.
+    `pre_norm` adds the LayerNorm that CLIP's vision tower applies before the blocks (open_clip
+    `ln_pre`); `patch_bias=False` matches CLIP's bias-free patch conv.
+    """
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        depth: int,
+        num_heads: int,
+        mlp_dim: int,
+        patch_size: int,
+        image_size: int,
+        activation: str = "gelu",
+        eps: float = 1e-6,
+        pre_norm: bool = False,
+        patch_bias: bool = True,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+        self.width = width
+        self.patch_size = patch_size
+        self.image_size = image_size
+        self.dtype = dtype
+        num_patches = (image_size // patch_size) ** 2
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.patch_embed = nnx.Linear(
+            patch_size * patch_size * 3,
+            width,
+            use_bias=patch_bias,
+            kernel_init=partitioned(default_init, ("patch", "embed")),
+            bias_init=partitioned(nnx.initializers.zeros_init(), ("embed",)),
+            **kw,
+        )
+        # timm initialises the class token with N(0, 1e-6) and positions with trunc-N(0, 0.02).
+        self.cls_token = nnx.Param(
+            partitioned(nnx.initializers.normal(1e-6), ("embed",))(
+                rngs.params(), (width,), param_dtype
+            )
+        )
+        self.pos_embed = nnx.Param(
+            partitioned(default_init, ("pos", "embed"))(
+                rngs.params(), (num_patches + 1, width), param_dtype
+            )
+        )
+        self.pre_norm = layer_norm(width, eps=eps, **kw) if pre_norm else None
+        self.blocks = nnx.List(
+            [
+                PreNormBlock(width, num_heads, mlp_dim, activation=activation, eps=eps, **kw)
+                for _ in range(depth)
+            ]
+        )
+        self.norm = layer_norm(width, eps=eps, **kw)
+
+    def patchify(self, images: jax.Array) -> jax.Array:
+        """[B, H, W, 3] → [B, (H/p)·(W/p), p·p·3], patches in raster order."""
+        b, h, w, c = images.shape
+        if (h, w) != (self.image_size, self.image_size):
+            raise ValueError(f"expected {self.image_size}px square images, got {h}x{w}")
+        p = self.patch_size
+        x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """images: float [B, H, W, 3] (already normalised) → CLS features [B, width]."""
+        x = self.patch_embed(self.patchify(images.astype(self.dtype)))
+        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, self.width))
+        x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
+        if self.pre_norm is not None:
+            x = self.pre_norm(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x[:, 0])
+
+
+def vit_from_name(
+    name: str,
+    *,
+    image_size: int,
+    dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
+    **overrides: Any,
+) -> ViT:
+    """Builds a ViT from a `VIT_SIZES` name; `overrides` replace any constructor argument."""
+    if name not in VIT_SIZES:
+        raise ValueError(f"unknown ViT size {name!r}; known: {sorted(VIT_SIZES)}")
+    return ViT(**{**VIT_SIZES[name], **overrides}, image_size=image_size, dtype=dtype, rngs=rngs)

@@ -1,0 +1,146 @@
+"""Body-part Gaussian heatmaps of FocusCLIP (arXiv 2403.06904): one definition, two renderers.
+
+Recipe (per image): for every annotated person and each of the 10 MPII part groups in
+`PART_GROUPS`, keep the group's visible joints and skip the part when fewer than 2 remain; the
+part's Gaussian is centred on the centre of those joints' bounding box with σx, σy = half the box
+width, height; parts are summed per person and clipped to [0, 1], then people are summed and
+clipped to [0, 1]:
+
+    g(x, y) = exp(-((x - cx)² / (2 σx²) + (y - cy)² / (2 σy²)))      (peak 1, not a density)
+
+Conventions: keypoints are (x, y) in the output heatmap's pixel coordinates, and pixel (row i,
+col j) is evaluated at its centre x = j, y = i (the original's `np.indices` grid).
+
+Differences from the original code (anon12620/FocusCLIP `src/utils/create_heatmaps.py`), on
+purpose:
+- σ is floored at `min_sigma` pixels (default 1.0). The original divides by σ = 0 when a part's
+  joints align horizontally or vertically, which gives NaN on the box's centre line.
+- Keypoints, centre and σ stay real-valued. The original truncates keypoints to int and halves with
+  `//`, at the full MPII resolution, then saves the mask as an 8-bit PNG that training resizes with
+  the image. Rendering from keypoints already in the output's pixel coordinates gives that resized
+  mask (an axis-aligned Gaussian stays one under a squash resize) without the quantisation.
+- The original sums all parts of all people and clips once. For non-negative terms that equals
+  clipping per person first (if any person's sum exceeds 1, both results are 1), so the two
+  renderers below may take either route.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_JOINTS = 16
+
+# MPII joint ids: 0 r_ankle, 1 r_knee, 2 r_hip, 3 l_hip, 4 l_knee, 5 l_ankle, 6 pelvis, 7 thorax,
+# 8 upper_neck, 9 head_top, 10 r_wrist, 11 r_elbow, 12 r_shoulder, 13 l_shoulder, 14 l_elbow,
+# 15 l_wrist. Groups and their order as in the original code.
+PART_GROUPS: dict[str, tuple[int, ...]] = {
+    "head": (7, 8, 9, 12, 13),
+    "torso": (6, 7, 12, 13, 2, 3),
+    "left_upper_arm": (13, 14, 7),
+    "right_upper_arm": (12, 11, 7),
+    "left_lower_arm": (14, 15, 13),
+    "right_lower_arm": (11, 10, 12),
+    "left_upper_leg": (3, 4, 6),
+    "right_upper_leg": (2, 1, 6),
+    "left_lower_leg": (4, 5, 3),
+    "right_lower_leg": (1, 0, 2),
+}
+
+# The groups as a padded [10, 6] gather table plus its validity mask, for the vectorised renderer.
+_NUM_PARTS = len(PART_GROUPS)
+_MAX_GROUP = max(len(ids) for ids in PART_GROUPS.values())
+_PART_INDEX = np.array([ids + (0,) * (_MAX_GROUP - len(ids)) for ids in PART_GROUPS.values()])
+_PART_VALID = np.array([[k < len(ids) for k in range(_MAX_GROUP)] for ids in PART_GROUPS.values()])
+
+
+def _check_min_sigma(min_sigma: float) -> None:
+    if not min_sigma > 0:
+        raise ValueError(f"min_sigma must be > 0 (it guards a division by σ), got {min_sigma}")
+
+
+def render_heatmap_np(
+    keypoints: np.ndarray,
+    visible: np.ndarray,
+    person_mask: np.ndarray,
+    height: int,
+    width: int,
+    min_sigma: float = 1.0,
+) -> np.ndarray:
+    """Heatmap of one image on the host: keypoints [P, 16, 2] (x, y), visible [P, 16], mask [P].
+
+    The reference renderer (loops over people and parts, literally as the recipe reads); used for
+    inspection, tests and hosts without accelerators. Returns float32 [height, width] in [0, 1].
+    """
+    _check_min_sigma(min_sigma)
+    keypoints = np.asarray(keypoints, np.float64)
+    visible = np.asarray(visible, bool)
+    xs = np.arange(width, dtype=np.float64)
+    ys = np.arange(height, dtype=np.float64)
+    total = np.zeros((height, width), np.float64)
+    for person in np.flatnonzero(np.asarray(person_mask, bool)):
+        person_map = np.zeros((height, width), np.float64)
+        for ids in PART_GROUPS.values():
+            pts = keypoints[person, [i for i in ids if visible[person, i]]]
+            if len(pts) < 2:
+                continue
+            lo, hi = pts.min(axis=0), pts.max(axis=0)
+            cx, cy = (lo + hi) / 2
+            sx, sy = np.maximum((hi - lo) / 2, min_sigma)
+            gx = np.exp(-((xs - cx) ** 2) / (2 * sx**2))
+            gy = np.exp(-((ys - cy) ** 2) / (2 * sy**2))
+            person_map += gy[:, None] * gx[None, :]
+        total += np.clip(person_map, 0.0, 1.0)
+    return np.clip(total, 0.0, 1.0).astype(np.float32)
+
+
+def render_heatmaps(
+    keypoints: jax.Array,
+    visible: jax.Array,
+    person_mask: jax.Array,
+    height: int,
+    width: int,
+    min_sigma: float = 1.0,
+    dtype: jnp.dtype = jnp.float32,
+) -> jax.Array:
+    """Heatmaps of a batch on the device: keypoints [B, P, 16, 2], visible [B, P, 16], mask [B, P].
+
+    Jittable with static `height`/`width`. Each part's Gaussian is separable, so the whole batch is
+    a gather, two small exps ([B, P·10, H] and [B, P·10, W]) and one batched matmul over the
+    P·10 parts; the sum over people and parts is clipped once (equal to per-person clipping, see
+    the module docstring). Invisible joints, parts with < 2 visible joints and masked people
+    contribute exactly 0, and nothing is ever NaN. Returns `dtype` [B, height, width] in [0, 1].
+    """
+    _check_min_sigma(min_sigma)
+    kp = jnp.asarray(keypoints, jnp.float32)
+    vis = jnp.asarray(visible, bool) & jnp.asarray(person_mask, bool)[..., None]
+    batch, people = kp.shape[:2]
+
+    part_kp = kp[:, :, _PART_INDEX]  # [B, P, 10, 6, 2]
+    part_vis = (vis[:, :, _PART_INDEX] & _PART_VALID)[..., None]  # [B, P, 10, 6, 1]
+    # Masked joints are replaced before min/max, so a NaN or -1 placeholder never leaks in.
+    lo = jnp.min(jnp.where(part_vis, part_kp, jnp.inf), axis=3)  # [B, P, 10, 2]
+    hi = jnp.max(jnp.where(part_vis, part_kp, -jnp.inf), axis=3)
+    used = jnp.sum(part_vis[..., 0], axis=3) >= 2  # [B, P, 10]
+    lo = jnp.where(used[..., None], lo, 0.0)
+    hi = jnp.where(used[..., None], hi, 0.0)
+    centre = (lo + hi) / 2
+    sigma = jnp.maximum((hi - lo) / 2, min_sigma)
+
+    parts = people * _NUM_PARTS
+
+    def gauss_1d(size: int, axis: int) -> jax.Array:
+        """[B, P·parts, size]: the separable factor of every part's Gaussian along one axis."""
+        grid = jnp.arange(size, dtype=jnp.float32)
+        d2 = jnp.square(grid - centre[..., axis, None]) / (2 * jnp.square(sigma[..., axis, None]))
+        return jnp.exp(-d2).reshape(batch, parts, size)
+
+    gx = gauss_1d(width, 0)
+    gy = gauss_1d(height, 1) * used.reshape(batch, parts, 1)
+    total = jnp.einsum(
+        "bnh,bnw->bhw",
+        gy.astype(dtype),
+        gx.astype(dtype),
+        precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
+    )
+    return jnp.clip(total, 0.0, 1.0).astype(dtype)

@@ -1,0 +1,51 @@
+"""Configs: variants, command-line overrides, unknown keys."""
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from tests.conftest import REPO
+
+
+def _parse(*argv: str):
+    argv = ["prog", *argv]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "config file", flag_values=values, sys_argv=argv
+    )
+    values(argv)
+    return values.config
+
+
+def test_pretrain_is_the_paper_recipe() -> None:
+    config = _parse(f"--config={REPO}/configs/pretrain.py")
+    assert config.model.vit_size == "B/16" and config.model.heatmap_tower == "shared"
+    assert config.model.text_size == "bert-base" and config.model.max_len == 512
+    assert config.model.embed_dim == 512 and config.model.image_size == 224
+    assert config.loss.kind == "nt_xent" and config.loss.temperature == 0.5
+    assert [tuple(p) for p in config.loss.pairs] == [
+        ("focused", "image"),
+        ("focused", "text"),
+        ("image", "text"),
+    ]
+    assert config.optimizer.name == "sgd" and config.optimizer.learning_rate == 5e-4
+    assert config.optimizer.momentum == 0.9 and config.optimizer.weight_decay == 0.0
+    assert config.optimizer.grad_clip_norm == 1.0 and config.seed == 42
+    assert config.train.batch_size == 32 and config.train.num_epochs == 64
+    assert config.train.num_steps == 64 * (14_644 // 32)
+
+
+def test_clip_variant_and_overrides() -> None:
+    config = _parse(f"--config={REPO}/configs/pretrain.py:clip", "--config.train.batch_size=64")
+    assert [tuple(p) for p in config.loss.pairs] == [("image", "text")]
+    assert config.train.batch_size == 64
+    assert config.train.num_steps == 64 * (14_644 // 64)  # steps follow the batch size
+    baseline = _parse(f"--config={REPO}/configs/clip_baseline.py")
+    assert baseline.loss.pairs == config.loss.pairs
+
+
+def test_unknown_key_and_variant_are_errors() -> None:
+    with pytest.raises(AttributeError, match='Did you mean "batch_size"'):
+        _parse(f"--config={REPO}/configs/pretrain.py", "--config.train.batch_sise=64")
+    with pytest.raises(flags.IllegalFlagValueError, match="variant"):
+        _parse(f"--config={REPO}/configs/pretrain.py:clipp")

@@ -1,0 +1,136 @@
+"""The sharded training step: 8 devices vs 1, shardings, bounds, gradients, non-finite steps."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from flax.traverse_util import flatten_dict
+from jax.sharding import PartitionSpec
+
+from focusclip_jax import sharding, train
+from input_pipeline import pipeline
+from tests.conftest import tiny_config
+
+
+def _batch(config) -> dict[str, np.ndarray]:
+    tokenizer = pipeline.create_tokenizer(config)
+    return next(pipeline.train_iterator(config, tokenizer)), tokenizer.vocab_size
+
+
+def _run_steps(config, mesh, batch, vocab_size, steps):
+    trainer = train.Trainer(config, mesh, vocab_size=vocab_size)
+    state = trainer.init_state()
+    initial = jax.device_get(state.params)
+    global_batch = pipeline.to_global_arrays(batch, sharding.batch_sharding(mesh))
+    losses = []
+    for _ in range(steps):
+        state, metrics = trainer.step(state, global_batch)
+        losses.append(float(metrics["loss"]))
+    return trainer, state, initial, losses
+
+
+@pytest.fixture(scope="module")
+def eight_and_one():
+    """Two steps of the same batch on a 4×2 (data × fsdp) mesh of 8 devices and on 1 device."""
+    config = tiny_config()
+    batch, vocab_size = _batch(config)
+    mesh8 = sharding.create_mesh({"data": 4, "fsdp": 2})
+    mesh1 = sharding.create_mesh({"data": 1, "fsdp": 1})
+    return (
+        _run_steps(config, mesh8, batch, vocab_size, 2),
+        _run_steps(config, mesh1, batch, vocab_size, 2),
+    )
+
+
+def test_eight_devices_match_one_device(eight_and_one) -> None:
+    """Same losses (rtol 1e-5) and same updated parameters (atol 1e-5) on 8 devices as on 1."""
+    (_, state8, init8, losses8), (_, state1, init1, losses1) = eight_and_one
+    np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+    for (path, a), (_, b) in zip(
+        sorted(flatten_dict(init8).items()), sorted(flatten_dict(init1).items()), strict=True
+    ):
+        np.testing.assert_array_equal(a, b, err_msg=str(path))  # same initialisation
+    params8 = flatten_dict(jax.device_get(state8.params))
+    params1 = flatten_dict(jax.device_get(state1.params))
+    assert params8.keys() == params1.keys()
+    moved = 0
+    for path in params8:
+        np.testing.assert_allclose(params8[path], params1[path], atol=1e-5, err_msg=str(path))
+        moved += not np.allclose(params1[path], flatten_dict(init1)[path])
+    assert moved > len(params1) // 2  # the step really updated parameters
+    assert losses1[1] < losses1[0]
+
+
+def test_parameters_and_batch_carry_expected_shardings(eight_and_one) -> None:
+    (trainer, state8, _, _), _ = eight_and_one
+    params = flatten_dict(state8.params)
+    # Logical 'embed' → mesh 'fsdp': the patch embedding kernel [patch, embed] splits its columns.
+    patch_kernel = next(v for k, v in params.items() if "patch_embed" in k and k[-1] == "kernel")
+    assert patch_kernel.sharding.spec == PartitionSpec(None, "fsdp")
+    assert len(patch_kernel.addressable_shards) == 8
+    assert patch_kernel.addressable_shards[0].data.shape[1] == patch_kernel.shape[1] // 2
+    assert params[("alpha",)].sharding.spec == PartitionSpec()
+    # Optimiser state follows the parameters.
+    moments = [
+        leaf
+        for leaf in jax.tree.leaves(state8.opt_state)
+        if getattr(leaf, "shape", None) == patch_kernel.shape
+    ]
+    assert moments and all(m.sharding.spec == PartitionSpec(None, "fsdp") for m in moments)
+    assert sharding.batch_sharding(trainer.mesh).spec == PartitionSpec(("data", "fsdp"))
+
+
+def test_alpha_moves_and_stays_in_bounds(eight_and_one) -> None:
+    _, (trainer, state1, init1, _) = eight_and_one
+    alpha = float(state1.params["alpha"])
+    assert 0.0 <= alpha <= 1.0 and alpha != pytest.approx(float(init1["alpha"]), abs=1e-7)
+    assert trainer.bounds == {("alpha",): (0.0, 1.0), ("logit_scale",): (0.0, math.log(100))}
+    projected = train.project_to_bounds(
+        {"alpha": jnp.asarray(1.7), "logit_scale": jnp.asarray(9.0), "w": jnp.asarray(-5.0)},
+        trainer.bounds,
+    )
+    assert float(projected["alpha"]) == 1.0
+    assert float(projected["logit_scale"]) == pytest.approx(math.log(100))
+    assert float(projected["w"]) == -5.0
+
+
+def test_gradients_reach_alpha_and_temperature() -> None:
+    config = tiny_config("modern")  # learnable temperature
+    batch, vocab_size = _batch(config)
+    trainer = train.Trainer(config, sharding.create_mesh({"data": 1}), vocab_size=vocab_size)
+    params = nnx.to_pure_dict(nnx.state(trainer._new_model(), nnx.Param))
+
+    def loss(p):
+        return train.compute_loss(
+            p, batch, graphdef=trainer.graphdef, loss_config=config.loss, min_sigma=1.0
+        )[0]
+
+    grads = jax.grad(loss)(params)
+    assert abs(float(grads["alpha"])) > 1e-6
+    assert abs(float(grads["logit_scale"])) > 1e-6
+    # Without the focused pairs (CLIP baseline), alpha gets no gradient at all.
+    clip_config = tiny_config("clip,modern")
+    clip_grads = jax.grad(
+        lambda p: train.compute_loss(
+            p, batch, graphdef=trainer.graphdef, loss_config=clip_config.loss, min_sigma=1.0
+        )[0]
+    )(params)
+    assert float(clip_grads["alpha"]) == 0.0
+
+
+def test_nonfinite_loss_skips_the_update_and_names_the_step() -> None:
+    config = tiny_config()
+    config.loss.weights = (float("nan"), 1.0, 1.0)
+    batch, vocab_size = _batch(config)
+    _, state, initial, losses = _run_steps(
+        config, sharding.create_mesh({"data": 1}), batch, vocab_size, 1
+    )
+    assert math.isnan(losses[0])
+    assert int(state.nonfinite_count) == 1 and int(state.first_nonfinite_step) == 0
+    for path, value in flatten_dict(jax.device_get(state.params)).items():
+        np.testing.assert_array_equal(value, flatten_dict(initial)[path], err_msg=str(path))
+    with pytest.raises(train.NonFiniteLossError, match="step 0"):
+        train.check_finite({"nonfinite_count": 1.0, "first_nonfinite_step": 0.0})
