@@ -1,9 +1,9 @@
 """A laptop-sized FocusCLIP on embedded synthetic people: the full code path in minutes on CPU.
 
 Tiny towers, 48 px images drawn once into memory, a word-level tokenizer fitted on the synthetic
-grammar, and AdamW (the paper's SGD at lr 5e-4 barely moves a randomly initialised tiny model in a few hundred steps). The
-loss is the paper's: NT-Xent at temperature 0.5 over the three pairs. Variants as in pretrain.py
-(`--config=configs/demo.py:clip` trains the CLIP baseline on the same data).
+grammar, and AdamW (the paper's SGD at lr 5e-4 barely moves a randomly initialised tiny model in
+a few hundred steps). The loss is the paper's: NT-Xent at temperature 0.5 over the three pairs.
+Variants as in pretrain.py (`--config=configs/demo.py:clip` trains the CLIP baseline).
 """
 
 import ml_collections
