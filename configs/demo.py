@@ -1,8 +1,10 @@
 """A laptop-sized FocusCLIP on embedded synthetic people: the full code path in minutes on CPU.
 
-Tiny towers, 48 px images drawn once into memory, a word-level tokenizer fitted on the synthetic
-grammar, and AdamW (the paper's SGD at lr 5e-4 barely moves a randomly initialised tiny model in
-a few hundred steps). The loss is the paper's: NT-Xent at temperature 0.5 over the three pairs.
+Tiny towers, 48 px images drawn once into memory, and a word-level tokenizer fitted on the
+synthetic grammar. The three pairs of the paper, but CLIP's InfoNCE with a learnable temperature
+and AdamW: at this scale the paper's NT-Xent at temperature 0.5 with SGD learns several times
+slower (`--config.loss.kind=nt_xent` to compare). Zero-shot evaluation on a held-out split: the
+target's shirt colour (learnt within the demo) and its pose (needs much longer training).
 Variants as in pretrain.py (`--config=configs/demo.py:clip` trains the CLIP baseline).
 """
 
@@ -40,20 +42,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.tokenizer.kind = "synthetic_words"
     config.tokenizer.vocab = ""
 
-    config.optimizer.name = "adamw"
+    pretrain.apply_variants(config, "modern")
     config.optimizer.learning_rate = 1e-3
     config.optimizer.weight_decay = 0.05
-    config.optimizer.schedule = "warmup_cosine"
     config.optimizer.warmup_steps = 50
 
     config.train.batch_size = 64
-    config.train.num_steps = 600
+    config.train.num_steps = 1000
 
     config.checkpoint.every_steps = 200
     config.checkpoint.keep = 2
-    config.eval.datasets = ("synthetic_pose",)
+    config.eval.datasets = ("synthetic_pose", "synthetic_shirt")
     config.eval.batch_size = 128
-    config.log_every_steps = 25
+    config.log_every_steps = 50
     config.eval_every_steps = 0
 
     pretrain.apply_variants(config, arg)

@@ -22,6 +22,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Our progress lines stay; orbax's and grain's per-operation INFO logs go.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     if FLAGS.distributed:
         jax.distributed.initialize()
     logging.info(

@@ -33,6 +33,19 @@ PROMPT_TEMPLATE = "a photo of a person {}."
 POSE_PROMPTS: tuple[str, ...] = tuple(PROMPT_TEMPLATE.format(c) for c in POSE_CLASSES)
 CLASS_PHRASES = POSE_CLASSES  # the zero-shot class names are the pose phrases themselves
 
+# Named shirt colours: an attribute a tiny model learns within a demo's budget. Distractors never
+# wear the target's colour, so only the subject's shirt answers "a person wearing a <c> shirt".
+SHIRT_COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (210, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 210),
+    "yellow": (235, 205, 40),
+    "white": (235, 235, 235),
+    "black": (30, 30, 30),
+}
+SHIRT_PROMPT_TEMPLATE = "a photo of a person wearing a {} shirt."
+_SHIRT_JITTER = 15.0
+
 # Joint ids (MPII order).
 R_ANKLE, R_KNEE, R_HIP, L_HIP, L_KNEE, L_ANKLE, PELVIS, THORAX = range(8)
 UPPER_NECK, HEAD_TOP, R_WRIST, R_ELBOW, R_SHOULDER, L_SHOULDER, L_ELBOW, L_WRIST = range(8, 16)
@@ -120,6 +133,7 @@ _TORSO = {
     ),
 }
 _HEAD = ("The head is facing forward.", "The head faces the camera.", "The head is held upright.")
+_CLOTHES = ("The person wears a {} shirt.", "They are wearing a {} shirt.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +144,7 @@ class Person:
     label: int
     height: float
     lean_deg: float
+    shirt: int  # index into SHIRT_COLOURS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,9 +270,9 @@ def _draw_person(
         size,
     )
     skin = _SKIN[rng.integers(len(_SKIN))]
-    for cov, colour in zip(
-        covs, (rng.uniform(0, 255, 3), rng.uniform(0, 255, 3), skin), strict=True
-    ):
+    shirt = np.array(list(SHIRT_COLOURS.values())[person.shirt], np.float32)
+    shirt = np.clip(shirt + rng.uniform(-_SHIRT_JITTER, _SHIRT_JITTER, 3), 0, 255)
+    for cov, colour in zip(covs, (rng.uniform(0, 255, 3), shirt, skin), strict=True):
         _draw(canvas, cov, window, colour, alpha)
     total = np.zeros(canvas.shape[:2], np.float32)
     total[window] = covs.max(0, initial=0.0)
@@ -271,7 +286,7 @@ def _extent(joints: np.ndarray, height: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _place(
-    rng: np.random.Generator, label: int, rel_height: float, size: int, avoid=None
+    rng: np.random.Generator, label: int, shirt: int, rel_height: float, size: int, avoid=None
 ) -> Person:
     """Samples a pose, scales it into the image and positions it (away from `avoid`'s box)."""
     unit, lean = _pose_skeleton(rng, label)
@@ -286,7 +301,7 @@ def _place(
             np.minimum(offsets + hi, a_hi) - np.maximum(offsets + lo, a_lo), 0.0, None
         ).prod(1)
         offsets = offsets[np.argmin(inter)][None]
-    return Person(unit * height + offsets[0], label, height, lean)
+    return Person(unit * height + offsets[0], label, height, lean, shirt)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -351,6 +366,7 @@ def _describe(rng: np.random.Generator, person: Person) -> str:
     lean = "upright" if abs(person.lean_deg) < 3 else ("left" if person.lean_deg > 0 else "right")
     return " ".join([
         _OPENING.format(POSE_CLASSES[person.label]),
+        pick(_CLOTHES).format(list(SHIRT_COLOURS)[person.shirt]),
         pick(_LEGS[legs]), arm_text, pick(_TORSO[lean]), pick(_HEAD),
     ])  # fmt: skip
 
@@ -360,10 +376,13 @@ def make_scene(index: int, *, seed: int, image_size: int = 64) -> Scene:
     rng = np.random.default_rng((seed, index))
     label = int(rng.integers(len(POSE_CLASSES)))
     canvas = _background(rng, image_size)
-    target = _place(rng, label, rng.uniform(0.6, 0.85), image_size)
+    shirt = int(rng.integers(len(SHIRT_COLOURS)))
+    target = _place(rng, label, shirt, rng.uniform(0.6, 0.85), image_size)
     others = [c for c in range(len(POSE_CLASSES)) if c != label]
+    other_shirts = [c for c in range(len(SHIRT_COLOURS)) if c != shirt]
     distractors = [
-        _place(rng, others[rng.integers(len(others))], rng.uniform(0.3, 0.5), image_size,
+        _place(rng, others[rng.integers(len(others))],
+               other_shirts[rng.integers(len(other_shirts))], rng.uniform(0.3, 0.5), image_size,
                avoid=_extent(target.keypoints, target.height))
         for _ in range(rng.integers(0, 3))
     ]  # fmt: skip
@@ -399,6 +418,7 @@ def make_example(index: int, *, seed: int, image_size: int = 64, max_people: int
         "visible": visible,
         "person_mask": person_mask,
         "label": np.int32(target.label),
+        "shirt": np.int32(target.shirt),
         "description": scene.description,
     }
 
@@ -437,6 +457,7 @@ def corpus() -> list[str]:
     Fitting a word-level tokenizer on them equals fitting it on all data, without generating any.
     """
     texts = [_OPENING, PROMPT_TEMPLATE, *POSE_CLASSES, *_BOTH_ARMS, *_EACH_ARM, *_HEAD]
+    texts += [SHIRT_PROMPT_TEMPLATE, *SHIRT_COLOURS, *_CLOTHES]
     for table in (_ARM_STATES, _ELBOW, _LEGS, _TORSO):
         texts += [t for options in table.values() for t in options]
     return [t.replace("{}", " ") for t in texts]

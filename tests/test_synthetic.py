@@ -60,7 +60,20 @@ def test_every_class_and_distractor_count_occurs(scenes):
     assert {len(s.people) for s in scenes} == {1, 2, 3}
     for s in scenes:
         assert all(p.label != s.people[0].label for p in s.people[1:])
+        assert all(p.shirt != s.people[0].shirt for p in s.people[1:])
         assert all(p.height < s.people[0].height for p in s.people[1:])
+    assert {s.people[0].shirt for s in scenes} == set(range(len(synthetic.SHIRT_COLOURS)))
+
+
+def test_target_shirt_is_drawn_in_its_named_colour():
+    """The target's torso centre pixel is close to its shirt colour (jitter ±15 per channel)."""
+    for index in range(20):
+        scene = synthetic.make_scene(index, seed=11, image_size=64)
+        target = scene.people[0]
+        thorax, pelvis = target.keypoints[7], target.keypoints[6]
+        x, y = np.round((thorax + pelvis) / 2).astype(int)
+        expected = np.array(list(synthetic.SHIRT_COLOURS.values())[target.shirt])
+        assert np.abs(scene.image[y, x].astype(float) - expected).max() < 15 + 4 * 6.0 + 1
 
 
 def test_keypoint_geometry_matches_the_label(scenes):
@@ -121,7 +134,9 @@ def test_descriptions_follow_the_mpii_structure_and_vocabulary(scenes):
         assert re.fullmatch(r"[A-Za-z ,.]+", s.description)
         assert set(re.findall(r"[a-z]+", s.description.lower())) <= vocab
         legs = {"sitting": "seat", "squatting": "deeply"}.get(phrase, "straight")
-        assert legs in s.description.split(". ")[1]  # the legs sentence follows the geometry
+        assert legs in s.description.split(". ")[2]  # the legs sentence follows the geometry
+        colour = list(synthetic.SHIRT_COLOURS)[s.people[0].shirt]
+        assert f" {colour} shirt. " in s.description
     assert len({s.description for s in scenes}) > NUM_SCENES // 2  # phrasings vary
     for prompt in synthetic.POSE_PROMPTS:
         assert set(re.findall(r"[a-z]+", prompt)) <= vocab
