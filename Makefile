@@ -33,6 +33,7 @@ demo: venv
 	$(PY) -m focusclip_jax.main --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
 
 test: venv
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 lint: venv
