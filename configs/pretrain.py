@@ -7,12 +7,16 @@ Variants, comma-separated after the file name (`--config=configs/pretrain.py:cli
   modern    CLIP's symmetric InfoNCE with a learnable temperature, AdamW with warmup + cosine
   original  reproduce the original code's quirks: text pooling over padding tokens too, alpha
             unconstrained
+  pretrained  the paper's initialisation: ImageNet ViT-B/16 (timm) + bert-base-uncased (HF), from
+            the files under data/weights/ (README "Pretrained towers"), ViT input normalisation
 """
 
 import ml_collections
 
+from input_pipeline.eval_datasets import PAPER_BENCHMARKS
+
 MPII_TRAIN_IMAGES = 14_644  # mmpose train split, images
-VARIANTS = ("clip", "separate", "causal", "modern", "original")
+VARIANTS = ("clip", "separate", "causal", "modern", "original", "pretrained")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -38,6 +42,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dtype = "float32"
     config.model.vit_overrides = ml_collections.ConfigDict()
     config.model.text_overrides = ml_collections.ConfigDict()
+
+    # Checkpoints the towers start from ("" = random init); see focusclip_jax/weights.
+    config.init = ml_collections.ConfigDict()
+    config.init.image = ""  # timm_vit:<.safetensors|.pth>, big_vision:<.npz> or open_clip:<file>
+    config.init.text = ""  # hf_bert:<dir with config.json, model.safetensors> or open_clip:<file>
 
     config.heatmaps = ml_collections.ConfigDict()
     config.heatmaps.min_sigma = 1.0  # pixels; the original divides by zero when joints align
@@ -70,6 +79,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.image_size = config.model.get_ref("image_size")
     config.data.max_people = 8
     config.data.worker_count = 8
+    # Training streams the shards that `python -m input_pipeline.prepare_mpii` writes.
+    config.data.prepared = "data/mpii/prepared"
+    config.data.split = "train"
+    config.data.crop = "squash"  # the paper; or "person", "random_resized"
+    config.data.crop_scale = (0.5, 1.0)  # area fraction range of "random_resized"
+    config.data.person_margin = 0.15  # "person": box grown by this fraction of its side
+    config.data.flip = False  # the paper uses no augmentation; True also swaps left/right words
+    # One sampled per step among those an image has (gpt-4, gpt-3.5-turbo, gpt-3.5-turbo-legacy,
+    # llama-2: the folder names of the published descriptions).
+    config.data.description_sources = ("gpt-4",)
 
     config.tokenizer = ml_collections.ConfigDict()
     config.tokenizer.kind = "bert_wordpiece"
@@ -101,7 +120,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.async_save = True
 
     config.eval = ml_collections.ConfigDict()
-    config.eval.datasets = ()  # zero-shot benchmarks come with the evaluation datasets
+    # The paper's benchmarks found under data.eval_root (input_pipeline/eval_datasets.py for the
+    # layouts); missing ones are skipped with a warning. configs/eval_zeroshot.py: eval-only runs.
+    config.eval.datasets = PAPER_BENCHMARKS
+    config.data.eval_root = "data/eval"
     config.eval.batch_size = 256
     config.log_every_steps = 50
     config.eval_every_steps = 0  # 0: evaluate at the end only
@@ -132,5 +154,11 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> None:
         elif variant == "original":
             config.model.text_pooling = "mean_with_padding"
             config.model.constrain_alpha = False
+        elif variant == "pretrained":
+            config.init.image = "timm_vit:data/weights/vit_base_patch16_224.safetensors"
+            config.init.text = "hf_bert:data/bert-base-uncased"
+            config.tokenizer.vocab = "data/bert-base-uncased/vocab.txt"
+            config.model.pixel_mean = (0.5, 0.5, 0.5)  # timm vit_base_patch16_224 (AugReg)
+            config.model.pixel_std = (0.5, 0.5, 0.5)
         else:
             raise ValueError(f"unknown config variant {variant!r}; expected one of {VARIANTS}")

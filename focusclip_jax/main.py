@@ -1,4 +1,8 @@
-"""Entry point: `python -m focusclip_jax.main --config=configs/pretrain.py --workdir=<dir>`."""
+"""Entry point: `python -m focusclip_jax.main --config=configs/pretrain.py --workdir=<dir>`.
+
+With `--config=configs/eval_zeroshot.py --config.checkpoint=<dir>` (a config with `mode="eval"`)
+it evaluates a checkpoint instead of training; `--workdir` is then optional.
+"""
 
 import logging
 import sys
@@ -8,6 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from focusclip_jax import train
+from focusclip_jax.evaluators import checkpoint_eval
 from input_pipeline.files import InputDataError
 
 FLAGS = flags.FLAGS
@@ -16,7 +21,7 @@ flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard
 flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host TPU pods, GPU clusters)."
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
@@ -29,7 +34,13 @@ def main(argv: list[str]) -> None:
     logging.info(
         "JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices()
     )
+    eval_only = FLAGS.config.get("mode") == "eval"
+    if not eval_only and not FLAGS.workdir:
+        raise app.UsageError("--workdir is required for training")
     try:
+        if eval_only:
+            checkpoint_eval.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+            return
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (InputDataError, train.NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)

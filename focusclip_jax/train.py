@@ -23,11 +23,12 @@ from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh
 
-from focusclip_jax import losses, models, optim, sharding
+from focusclip_jax import losses, models, optim, sharding, weights
 from focusclip_jax.checkpoint import Checkpointer
 from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator
 from focusclip_jax.logs import MetricWriter
 from input_pipeline import heatmaps, pipeline
+from input_pipeline.eval_datasets import DatasetNotFoundError
 
 
 @flax.struct.dataclass
@@ -218,8 +219,9 @@ class Trainer:
     def _new_model(self) -> nnx.Module:
         return models.create_model(self.model_config, nnx.Rngs(self.config.seed))
 
-    def _init_state(self) -> TrainState:
-        params = nnx.to_pure_dict(nnx.state(self._new_model(), nnx.Param))
+    def _init_state(self, params: Any = None) -> TrainState:
+        if params is None:
+            params = nnx.to_pure_dict(nnx.state(self._new_model(), nnx.Param))
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -229,8 +231,18 @@ class Trainer:
         )
 
     def init_state(self) -> TrainState:
-        """The initial state, created directly in its shardings (never whole on one device)."""
-        return jax.jit(self._init_state, out_shardings=self.state_shardings)()
+        """The initial state, created directly in its shardings (never whole on one device).
+
+        `config.init` names checkpoints for the towers: they are read on the host and go
+        straight to their shards (`focusclip_jax.weights`).
+        """
+        init = self.config.get("init")
+        if not weights.requested(init):
+            return jax.jit(self._init_state, out_shardings=self.state_shardings)()
+        params = weights.pretrained_params(init, self._new_model, self.param_shardings)
+        return jax.jit(self._init_state, out_shardings=self.state_shardings, donate_argnums=0)(
+            params
+        )
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -256,20 +268,33 @@ def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
 
 
 def create_evaluators(
-    config: ml_collections.ConfigDict, trainer: Trainer, tokenizer: pipeline.Tokenizer
+    config: ml_collections.ConfigDict,
+    trainer: Trainer,
+    tokenizer: pipeline.Tokenizer,
+    skipped: dict[str, str] | None = None,
 ) -> list[ZeroShotEvaluator]:
-    return [
-        ZeroShotEvaluator(
-            pipeline.zero_shot_data(name, config.data),
-            graphdef=trainer.graphdef,
-            param_shardings=trainer.param_shardings,
-            mesh=trainer.mesh,
-            tokenizer=tokenizer,
-            max_len=config.model.max_len,
-            batch_size=config.eval.batch_size,
+    """One evaluator per dataset on disk; a missing one is logged (and noted in `skipped`)."""
+    evaluators = []
+    for name in config.eval.datasets:
+        try:
+            data = pipeline.zero_shot_data(name, config.data)
+        except DatasetNotFoundError as error:
+            logging.warning("Zero-shot dataset %s skipped: %s", name, error)
+            if skipped is not None:
+                skipped[name] = str(error)
+            continue
+        evaluators.append(
+            ZeroShotEvaluator(
+                data,
+                graphdef=trainer.graphdef,
+                param_shardings=trainer.param_shardings,
+                mesh=trainer.mesh,
+                tokenizer=tokenizer,
+                max_len=config.model.max_len,
+                batch_size=config.eval.batch_size,
+            )
         )
-        for name in config.eval.datasets
-    ]
+    return evaluators
 
 
 def evaluate(evaluators: list[ZeroShotEvaluator], params: Any) -> dict[str, float]:
@@ -287,7 +312,7 @@ def _eta(seconds: float) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Train to `config.train.num_steps` (resuming from `workdir`), evaluate, return the results."""
     workdir = Path(workdir)
-    pipeline.check_input_files(config)
+    pipeline.check_input_files(config, also=weights.required_files(config.get("init")))
     mesh = sharding.create_mesh(config.mesh)
     tokenizer = pipeline.create_tokenizer(config)
     train_iter = pipeline.train_iterator(config, tokenizer)

@@ -1,10 +1,24 @@
-"""MPII Human Pose with the published pose descriptions: the files the paper's recipe trains on.
+"""MPII Human Pose with the published pose descriptions: readers, one record type, prepared shards.
 
-This version checks that the files are there and names every missing one; the readers and the
-ArrayRecord preparation come with the MPII pipeline.
+Readers for the official `mpii_human_pose_v1_u12_1.mat`, mmpose's `mpii_{train,val}.json` and the
+"MPII Human Pose Descriptions" JSON all return `MpiiRecord`s (one per image). Coordinates are
+0-based pixels with pixel (row i, col j) centred at x = j, y = i (the heatmap convention): the three
+formats store MATLAB's 1-based coordinates, so every reader subtracts 1, as mmpose does.
+
+Training streams *prepared* records (`python -m input_pipeline.prepare_mpii`): ArrayRecord shards
+of resized JPEG bytes plus keypoints and descriptions, encoded by `encode_prepared`.
 """
 
+import dataclasses
+import json
+import logging
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
 import ml_collections
+import numpy as np
 
 from input_pipeline.files import InputDataError, RequiredFile, require_files
 
@@ -18,20 +32,322 @@ DESCRIPTIONS = (
     "the 'MPII Human Pose Descriptions' JSON published by the FocusCLIP authors "
     "(linked from https://saifkhichi.com/research/focusclip)"
 )
+PREPARED = (
+    "prepared ArrayRecord shards: python -m input_pipeline.prepare_mpii --images=<data.images> "
+    "--annotations=<data.annotations> --descriptions=<data.descriptions> --out=<data.prepared>"
+)
+NUM_JOINTS = 16
+# mmpose splits, images (people: 22,246 train / 2,958 val).
+EXPECTED_IMAGES = {"train": 14_644, "val": 2_723}
+DEFAULT_SOURCE = "default"  # description source name of files not under a per-source folder
+META_FILE = "meta.json"  # written last by prepare_mpii: its presence marks a finished preparation
+
+
+@dataclasses.dataclass
+class Person:
+    """One annotated person: 16 joints (x, y) 0-based pixels, which are annotated and visible."""
+
+    keypoints: np.ndarray  # float32 [16, 2]
+    visible: np.ndarray  # bool [16]
+    center: tuple[float, float] | None = None
+    scale: float | None = None  # person height / 200 px
+    head_box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2
+
+
+@dataclasses.dataclass
+class MpiiRecord:
+    """One image: its file name under the images folder, its people, activity and descriptions."""
+
+    image: str
+    people: list[Person]
+    activity: str = ""
+    descriptions: dict[str, str] = dataclasses.field(default_factory=dict)
+    split: str = "train"
+
+
+def _person(joints: Any, vis: Any, where: str, center: Any = None, scale: Any = None) -> Person:
+    """A person from 1-based joints; missing ([-1, -1]) and non-finite joints are not visible."""
+    try:
+        kp = np.asarray(joints, np.float64).reshape(NUM_JOINTS, 2)
+        visible = np.asarray(vis, np.float64).reshape(NUM_JOINTS) > 0
+    except (TypeError, ValueError) as e:
+        raise InputDataError(
+            f"{where}: expected 16 [x, y] joints and 16 visibility flags ({e})"
+        ) from e
+    finite = np.all(np.isfinite(kp), axis=1)
+    visible &= finite & np.any(kp != -1, axis=1)
+    kp = np.where(finite[:, None], kp - 1.0, 0.0).astype(np.float32)
+    return Person(
+        keypoints=kp,
+        visible=visible,
+        center=None if center is None else (float(center[0]) - 1, float(center[1]) - 1),
+        scale=None if scale is None else float(scale),
+    )
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputDataError(f"{path}: not readable JSON ({e})") from e
+
+
+def read_mmpose_json(path: str | Path) -> list[MpiiRecord]:
+    """mmpose's `mpii_{train,val}.json` (one record per person) → one record per image.
+
+    The split is taken from the file name (`mpii_val.json` → val, anything else → train).
+    """
+    path = Path(path)
+    rows = _load_json(path)
+    if not isinstance(rows, list):
+        raise InputDataError(f"{path}: expected a JSON list of person records (mmpose MPII)")
+    split = "val" if "val" in path.stem else "train"
+    by_image: dict[str, MpiiRecord] = {}
+    for i, row in enumerate(rows):
+        where = f"{path} [record {i}]"
+        if not isinstance(row, dict) or not {"image", "joints", "joints_vis"} <= row.keys():
+            raise InputDataError(f"{where}: expected keys 'image', 'joints', 'joints_vis'")
+        joints, vis = row["joints"], row["joints_vis"]
+        person = _person(joints, vis, where, row.get("center"), row.get("scale"))
+        record = by_image.setdefault(row["image"], MpiiRecord(row["image"], [], split=split))
+        record.people.append(person)
+    return list(by_image.values())
+
+
+def _as_list(value: Any) -> list[Any]:
+    """MATLAB struct arrays load as a single struct, an object array, or an empty array."""
+    if isinstance(value, np.ndarray):
+        return list(value.ravel()) if value.size else []
+    return [value]
+
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    value = getattr(obj, name, default)
+    if isinstance(value, np.ndarray) and value.size == 0:
+        return default
+    return value
+
+
+def _is_visible(value: Any) -> bool:
+    """`is_visible` is missing, empty, numeric, or the string '0'/'1' in the official file."""
+    if value is None:
+        return True  # annotated but unflagged: the official toolkit treats it as visible
+    if isinstance(value, np.ndarray):
+        if value.size == 0:
+            return True
+        value = value.ravel()[0]
+    if isinstance(value, str):
+        return value.strip() not in ("0", "")
+    return bool(value)
+
+
+def _mat_person(rect: Any, where: str) -> Person | None:
+    """A person of `annorect`; None when it has no annotated points (test images, some people)."""
+    annopoints = _field(rect, "annopoints")
+    points = _as_list(_field(annopoints, "point", np.empty(0))) if annopoints is not None else []
+    if not points:
+        return None
+    joints = np.full((NUM_JOINTS, 2), -1.0)
+    vis = np.zeros(NUM_JOINTS)
+    for point in points:
+        try:
+            jid = int(_field(point, "id"))
+            joints[jid] = float(_field(point, "x")), float(_field(point, "y"))
+        except (TypeError, ValueError, IndexError) as e:
+            raise InputDataError(f"{where}: a point lacks a valid id/x/y ({e})") from e
+        vis[jid] = _is_visible(_field(point, "is_visible"))
+    objpos, scale = _field(rect, "objpos"), _field(rect, "scale")
+    center = (_field(objpos, "x"), _field(objpos, "y")) if objpos is not None else (None, None)
+    center = None if None in center else center  # objpos may be empty, or its x/y
+    person = _person(joints, vis, where, center, scale)
+    box = [_field(rect, k) for k in ("x1", "y1", "x2", "y2")]
+    if all(v is not None for v in box):
+        person.head_box = tuple(float(v) - 1 for v in box)
+    return person
+
+
+def read_official_mat(path: str | Path) -> list[MpiiRecord]:
+    """The official `mpii_human_pose_v1_u12_1.mat` (struct RELEASE) → records with keypoints.
+
+    Train images (`img_train` = 1) become split "train"; test images have no keypoints and are left
+    out, as are people without `annopoints`. The activity is `act.act_name` (empty when unlabeled).
+    """
+    import scipy.io
+
+    path = Path(path)
+    try:
+        mat = scipy.io.loadmat(str(path), struct_as_record=False, squeeze_me=True)
+    except Exception as e:  # scipy raises ValueError, TypeError, MatReadError... on bad files
+        raise InputDataError(f"{path}: not a readable MATLAB .mat file ({e})") from e
+    if "RELEASE" not in mat:
+        raise InputDataError(f"{path}: expected the struct 'RELEASE' (official MPII annotations)")
+    release = mat["RELEASE"]
+    annolist = _as_list(_field(release, "annolist", np.empty(0)))
+    if not annolist:
+        raise InputDataError(f"{path}: RELEASE.annolist is missing or empty")
+    img_train = np.atleast_1d(_field(release, "img_train", np.ones(len(annolist))))
+    acts = _as_list(_field(release, "act", np.empty(0)))
+    records = []
+    for i, anno in enumerate(annolist):
+        where = f"{path} RELEASE.annolist({i + 1})"
+        name = _field(_field(anno, "image"), "name")
+        if not isinstance(name, str):
+            raise InputDataError(f"{where}.image.name: expected a file name, got {name!r}")
+        if i < len(img_train) and not img_train[i]:
+            continue
+        people = [
+            p
+            for r, rect in enumerate(_as_list(_field(anno, "annorect", np.empty(0))))
+            if (p := _mat_person(rect, f"{where}.annorect({r + 1})")) is not None
+        ]
+        activity = _field(acts[i], "act_name", "") if i < len(acts) else ""
+        records.append(MpiiRecord(name, people, activity if isinstance(activity, str) else ""))
+    return records
+
+
+def _description_files(root: Path) -> list[tuple[str, Path]]:
+    """(source, file) pairs: `root/<source>/**/*.json`, or files directly under root (default)."""
+    if root.is_file():
+        return [(DEFAULT_SOURCE, root)]
+    pairs = []
+    for file in sorted(root.rglob("*.json")):
+        parts = file.relative_to(root).parts
+        pairs.append((parts[0] if len(parts) > 1 else DEFAULT_SOURCE, file))
+    return pairs
+
+
+def read_descriptions(
+    root: str | Path, sources: Sequence[str] | None = None
+) -> dict[str, MpiiRecord]:
+    """The pose-description JSON (a file, or a folder of them, one subfolder per source such as
+    `gpt-4/`, `llama-2/`) → records by image name, each with its descriptions by source.
+
+    A file holds one image's dict (`image`, `activity`, `count`, `people[{kpts, kpts_vis, center,
+    scale}]`, `description`) or a list of them. `sources` keeps only the named ones.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputDataError(f"{root}: descriptions not found")
+    records: dict[str, MpiiRecord] = {}
+    for source, file in _description_files(root):
+        if sources is not None and source not in sources:
+            continue
+        items = _load_json(file)
+        for k, item in enumerate(items if isinstance(items, list) else [items]):
+            where = f"{file} [item {k}]"
+            if not isinstance(item, dict) or "image" not in item:
+                raise InputDataError(f"{where}: expected a dict with 'image' and 'description'")
+            record = records.get(item["image"])
+            if record is None:
+                people = [
+                    _person(p.get("kpts"), p.get("kpts_vis"), f"{where} people[{j}]",
+                            p.get("center"), p.get("scale"))
+                    for j, p in enumerate(item.get("people") or [])
+                ]  # fmt: skip
+                record = MpiiRecord(item["image"], people, str(item.get("activity") or ""))
+                records[item["image"]] = record
+            text = item.get("description")
+            if isinstance(text, str) and text.strip():
+                record.descriptions[source] = text.strip()
+    if sources is not None and not {s for r in records.values() for s in r.descriptions}:
+        raise InputDataError(f"{root}: no descriptions from the sources {list(sources)}")
+    return records
+
+
+def read_annotations(path: str | Path) -> list[MpiiRecord]:
+    """Any supported annotation file, by its suffix: .mat (official), .json (mmpose or
+    descriptions), or a folder of description JSON."""
+    path = Path(path)
+    if path.suffix == ".mat":
+        return read_official_mat(path)
+    if path.is_dir():
+        return list(read_descriptions(path).values())
+    rows = _load_json(path)
+    if isinstance(rows, list) and rows and isinstance(rows[0], dict) and "joints" in rows[0]:
+        return read_mmpose_json(path)
+    return list(read_descriptions(path).values())
+
+
+def attach_descriptions(
+    records: Iterable[MpiiRecord], descriptions: Mapping[str, MpiiRecord]
+) -> list[MpiiRecord]:
+    """Descriptions (and the activity, where the annotations lack it) joined by image name."""
+    out = []
+    for record in records:
+        described = descriptions.get(record.image) or descriptions.get(Path(record.image).name)
+        if described is not None:
+            record.descriptions |= described.descriptions
+            record.activity = record.activity or described.activity
+        out.append(record)
+    return out
+
+
+# --- prepared records -------------------------------------------------------------------------
+
+
+def encode_prepared(record: MpiiRecord, jpeg: bytes) -> bytes:
+    """One ArrayRecord entry: a little-endian u32 header length, a JSON header, the JPEG bytes.
+
+    JSON rather than pickle: readable from any language and safe to load from untrusted files.
+    """
+    header = {
+        "image": record.image,
+        "activity": record.activity,
+        "descriptions": record.descriptions,
+        "keypoints": [p.keypoints.round(3).tolist() for p in record.people],
+        "visible": [p.visible.astype(int).tolist() for p in record.people],
+    }
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<I", len(blob)) + blob + jpeg
+
+
+def decode_prepared(entry: bytes) -> tuple[dict[str, Any], bytes]:
+    """(header, JPEG bytes) of an `encode_prepared` entry."""
+    (size,) = struct.unpack_from("<I", entry)
+    return json.loads(entry[4 : 4 + size]), entry[4 + size :]
+
+
+def prepared_shards(prepared: str | Path, split: str) -> list[str]:
+    """The finished shards of a split, in order; an error naming the folder when there are none."""
+    prepared = Path(prepared)
+    meta_file = prepared / META_FILE
+    if not meta_file.is_file():
+        raise InputDataError(f"{prepared}: no finished preparation (no {META_FILE}); {PREPARED}")
+    meta = _load_json(meta_file)
+    shards = meta.get("splits", {}).get(split, {}).get("shards", [])
+    if not shards:
+        raise InputDataError(f"{meta_file}: no shards for split {split!r}")
+    return [str(prepared / s) for s in shards]
 
 
 def required_files(data: ml_collections.ConfigDict) -> list[RequiredFile]:
-    return [
+    """A finished preparation when there is one; else the raw files and the prepared folder."""
+    prepared = data.get("prepared", "")
+    if prepared and (Path(prepared) / META_FILE).is_file():
+        return [RequiredFile("data.prepared", str(Path(prepared) / META_FILE), PREPARED)]
+    files = [
         RequiredFile("data.images", data.images, MPII_IMAGES),
         RequiredFile("data.annotations", data.annotations, MMPOSE_ANNOTATIONS),
         RequiredFile("data.descriptions", data.descriptions, DESCRIPTIONS),
     ]
+    if prepared:
+        files.append(RequiredFile("data.prepared", str(Path(prepared) / META_FILE), PREPARED))
+    return files
 
 
-def train_source(data: ml_collections.ConfigDict) -> None:
-    """The MPII training records; fails early, naming what is missing."""
+def train_source(data: ml_collections.ConfigDict) -> Any:
+    """The prepared MPII training records (grain ArrayRecord source); fails early, naming files."""
+    import grain
+
     require_files(required_files(data))
-    raise InputDataError(
-        "The MPII files are present, but this version has no MPII reader yet: train on "
-        "configs/demo.py, or use a version with the MPII input pipeline."
-    )
+    shards = prepared_shards(data.prepared, data.get("split", "train"))
+    source = grain.sources.ArrayRecordDataSource(shards)
+    logging.info("MPII: %d prepared records in %d shards", len(source), len(shards))
+    return source
+
+
+def record_map(data: ml_collections.ConfigDict) -> Any:
+    """The per-record random map of the training stream: decode, crop/resize, pick a text."""
+    from input_pipeline.transforms import MpiiTrainTransform
+
+    return MpiiTrainTransform.from_config(data)

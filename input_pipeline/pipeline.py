@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from input_pipeline import mpii, synthetic
+from input_pipeline import eval_datasets, mpii, synthetic
 from input_pipeline.files import RequiredFile, require_files
 from input_pipeline.tokenizers import BertWordPieceTokenizer, WordTokenizer
 
@@ -40,6 +40,11 @@ TRAIN_SOURCES: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
     "synthetic": _synthetic_train_source,
     "mpii": mpii.train_source,
 }
+# Per-record random maps applied after shuffle/repeat/shard (a fresh draw each epoch), before
+# tokenizing: decoding and augmentation of stored records. Sources without one are ready as stored.
+RECORD_MAPS: dict[str, Callable[[ml_collections.ConfigDict], grain.transforms.RandomMap]] = {
+    "mpii": mpii.record_map,
+}
 
 
 BERT_VOCAB = (
@@ -49,8 +54,8 @@ BERT_VOCAB = (
 TOKENIZER_KINDS = ("synthetic_words", "words", "bert_wordpiece")
 
 
-def check_input_files(config: ml_collections.ConfigDict) -> None:
-    """Fail before any work, naming every missing data or vocabulary file and its config key."""
+def check_input_files(config: ml_collections.ConfigDict, also: Sequence[RequiredFile] = ()) -> None:
+    """Fail before any work, naming every missing data, vocabulary (and `also`) file at once."""
     files = mpii.required_files(config.data) if config.data.name == "mpii" else []
     if config.tokenizer.kind == "bert_wordpiece":
         files.append(RequiredFile("tokenizer.vocab", config.tokenizer.vocab, BERT_VOCAB))
@@ -58,7 +63,7 @@ def check_input_files(config: ml_collections.ConfigDict) -> None:
         files.append(
             RequiredFile("tokenizer.vocab", config.tokenizer.vocab, "a word list, one per line")
         )
-    require_files(files)
+    require_files([*files, *also])
 
 
 def create_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
@@ -112,7 +117,11 @@ def train_iterator(
         grain.MapDataset.source(source)
         .shuffle(seed=config.seed)
         .repeat()[process_index::process_count]
-        .map(Tokenize(tokenizer, config.model.max_len))
+    )
+    if name in RECORD_MAPS:
+        dataset = dataset.random_map(RECORD_MAPS[name](config.data), seed=config.seed)
+    dataset = (
+        dataset.map(Tokenize(tokenizer, config.model.max_len))
         .batch(config.train.batch_size // process_count, drop_remainder=True)
         .to_iter_dataset()
     )
@@ -139,6 +148,8 @@ class ZeroShotData:
     class_names: tuple[str, ...]
     templates: tuple[str, ...]
     top_k: tuple[int, ...] = (1,)
+    prompt_names: tuple[str, ...] = ()  # what fills the templates, if not class_names
+    unreadable: int = 0  # images of the dataset that could not be read (dropped)
 
 
 @functools.cache
@@ -185,9 +196,14 @@ def _synthetic_shirt(data: ml_collections.ConfigDict) -> ZeroShotData:
     )
 
 
+def _benchmark(name: str) -> Callable[[ml_collections.ConfigDict], ZeroShotData]:
+    return lambda data: ZeroShotData(**eval_datasets.load(name, data))
+
+
 ZERO_SHOT_DATASETS: dict[str, Callable[[ml_collections.ConfigDict], ZeroShotData]] = {
     "synthetic_pose": _synthetic_pose,
     "synthetic_shirt": _synthetic_shirt,
+    **{name: _benchmark(name) for name in eval_datasets.DATASETS},
 }
 
 

@@ -75,10 +75,11 @@ def test_demo_through_main_learns_a_repeated_batch(tmp_path: Path) -> None:
 
 
 def test_pretrain_without_data_names_the_missing_files(tmp_path: Path) -> None:
-    result = _main("--config=configs/pretrain.py", f"--workdir={tmp_path}", timeout=120)
+    result = _main("--config=configs/pretrain.py:pretrained", f"--workdir={tmp_path}", timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    for key in ("data.images", "data.annotations", "data.descriptions", "tokenizer.vocab"):
+    keys = ("data.images", "data.annotations", "data.descriptions", "tokenizer.vocab")
+    for key in (*keys, "init.image", "init.text"):
         assert f"--config.{key}=" in result.stderr
     assert "mpii_train.json" in result.stderr and "human-pose.mpi-inf.mpg.de" in result.stderr
     assert not (tmp_path / "checkpoints").exists()

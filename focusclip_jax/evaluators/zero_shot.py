@@ -15,7 +15,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from focusclip_jax import sharding
+from focusclip_jax.evaluators import confusion
 from input_pipeline.pipeline import Tokenizer, ZeroShotData
+
+PROMPT_BUCKET = 64
 
 
 def class_prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
@@ -82,10 +85,15 @@ class ZeroShotEvaluator:
 
     def class_embeddings(self, params: Any) -> jax.Array:
         """[C, D]: each class's prompt embeddings averaged over templates, re-normalised."""
-        prompts = class_prompts(self.data.class_names, self.data.templates)
+        prompts = class_prompts(
+            self.data.prompt_names or self.data.class_names, self.data.templates
+        )
         everywhere = sharding.replicated(self.mesh)
-        tokens, mask = (_global_array(a, everywhere) for a in self.tokenizer(prompts, self.max_len))
-        embeddings = self._encode_texts(params, tokens, mask)
+        # Prompt counts rounded up (repeating the first prompt): datasets share one compilation.
+        rows = -(-len(prompts) // PROMPT_BUCKET) * PROMPT_BUCKET
+        padded = prompts + prompts[:1] * (rows - len(prompts))
+        tokens, mask = (_global_array(a, everywhere) for a in self.tokenizer(padded, self.max_len))
+        embeddings = self._encode_texts(params, tokens, mask)[: len(prompts)]
         per_class = embeddings.reshape(len(self.data.class_names), len(self.data.templates), -1)
         mean = per_class.mean(axis=1)
         return mean / jnp.linalg.norm(mean, axis=-1, keepdims=True)
@@ -106,6 +114,8 @@ class ZeroShotEvaluator:
     def run(self, params: Any) -> dict[str, float]:
         classes = np.asarray(jax.device_get(self.class_embeddings(params)))
         scores = self.image_embeddings(params) @ classes.T
+        # The last run's confusion matrix: eval-only runs report mean per-class accuracy and PNGs.
+        self.confusion = confusion.confusion_matrix(scores, self.data.labels, len(classes))
         return {
             f"{self.data.name}/top{k}": top_k_accuracy(scores, self.data.labels, k)
             for k in self.data.top_k

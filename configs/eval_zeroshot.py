@@ -1,0 +1,43 @@
+"""Zero-shot evaluation of a trained checkpoint on the paper's benchmarks (eval-only mode).
+
+`python -m focusclip_jax.main --config=configs/eval_zeroshot.py --config.checkpoint=<workdir or
+step dir> --config.data_root=<dir>` restores the parameters, evaluates every dataset found under
+`data_root` (layouts: input_pipeline/eval_datasets.py), and writes results.json, results.md (the
+paper's table with its numbers alongside) and confusion-matrix PNGs.
+
+Variants, comma-separated: `paper` evaluates EMOTIC and FER2013 on their train splits as the paper
+did (for comparison with its numbers); `ensemble` averages CLIP-style prompt templates instead of
+the paper's single prompt; any variant of configs/pretrain.py (`clip`, `causal`, ...) describes the
+checkpoint's model. The model keys must match the checkpoint's training config.
+"""
+
+import ml_collections
+
+from configs import pretrain
+from input_pipeline import eval_datasets
+
+OWN_VARIANTS = ("paper", "ensemble")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variants = [v for v in (arg or "").split(",") if v]
+    config = pretrain.get_config(",".join(v for v in variants if v not in OWN_VARIANTS))
+    config.mode = "eval"
+    del config.checkpoint  # here: the checkpoint to evaluate, not the training's saving policy
+    config.checkpoint = ""
+    config.data_root = "data/eval"
+
+    config.data.name = "benchmarks"  # no training data is read
+    config.data.eval_root = config.get_ref("data_root")
+    config.data.eval_split = "test"  # each dataset's test split, or its validation split
+    config.data.eval_splits = ml_collections.ConfigDict()  # per dataset family: {"emotic": "train"}
+    config.data.eval_templates = "paper"  # or "ensemble"
+    config.data.eval_max_images = 0  # 0: all; N: an evenly spaced subset (quick looks)
+    config.data.eval_decode_threads = 8
+    config.eval.datasets = eval_datasets.PAPER_BENCHMARKS
+
+    if "paper" in variants:
+        config.data.eval_splits = ml_collections.ConfigDict({"emotic": "train", "fer2013": "train"})
+    if "ensemble" in variants:
+        config.data.eval_templates = "ensemble"
+    return config

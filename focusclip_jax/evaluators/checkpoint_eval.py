@@ -1,0 +1,134 @@
+"""Eval-only mode: restore a checkpoint's parameters and write the paper's zero-shot table.
+
+`python -m focusclip_jax.main --config=configs/eval_zeroshot.py --config.checkpoint=<dir>
+--config.data_root=<dir>` lands here. Outputs, under `--workdir` (default
+`<checkpoint workdir>/zero_shot/step_<N>`): results.json, results.md and one confusion-matrix PNG
+per dataset.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from focusclip_jax import sharding, train
+from focusclip_jax.evaluators import confusion, table
+from input_pipeline import pipeline
+from input_pipeline.files import InputDataError
+
+
+class CheckpointNotFoundError(InputDataError, FileNotFoundError):
+    """The checkpoint path holds no orbax checkpoint of this project."""
+
+
+def checkpoint_location(path: str | Path) -> tuple[Path, int]:
+    """A training workdir, its checkpoints/ folder or one step folder → (checkpoints dir, step)."""
+    path = Path(path).absolute()
+    step = None
+    if (path / "checkpoints").is_dir():
+        directory = path / "checkpoints"
+    elif path.name.isdigit() and (path / "state").is_dir():
+        directory, step = path.parent, int(path.name)
+    else:
+        directory = path
+    if step is None:
+        steps = (
+            [int(p.name) for p in directory.glob("*") if p.name.isdigit()] if path.is_dir() else []
+        )
+        if not steps:
+            raise CheckpointNotFoundError(
+                f"--config.checkpoint={path or '<unset>'}: expected a training workdir (with "
+                "checkpoints/<step>/state), its checkpoints/ folder or one <step> folder"
+            )
+        step = max(steps)
+    return directory, step
+
+
+def restore_params(checkpoint: str | Path, trainer: train.Trainer) -> tuple[Any, int]:
+    """The parameters of the checkpoint's train state, sharded as the trainer shards them.
+
+    Only `params` is read (a partial restore): the optimiser of the evaluating config need not be
+    the one the checkpoint was trained with.
+    """
+    directory, step = checkpoint_location(checkpoint)
+    logging.info("Restoring parameters of step %d from %s", step, directory)
+    item = {"params": trainer.abstract_state.params}
+    restore = ocp.args.PyTreeRestore(
+        item=item,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True,
+    )
+    manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+    restored = manager.restore(step, args=ocp.args.Composite(state=restore))
+    manager.close()
+    return restored.state["params"], step
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any]:
+    """Run every configured zero-shot benchmark on the checkpoint; write and print the table."""
+    pipeline.check_input_files(config)
+    mesh = sharding.create_mesh(config.mesh)
+    tokenizer = pipeline.create_tokenizer(config)
+    trainer = train.Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
+    params, step = restore_params(config.checkpoint, trainer)
+    out = Path(workdir or checkpoint_location(config.checkpoint)[0].parent / "zero_shot")
+    if not workdir:
+        out = out / f"step_{step}"
+    skipped: dict[str, str] = {}
+    evaluators = train.create_evaluators(config, trainer, tokenizer, skipped)
+    results: dict[str, float] = {}
+    datasets = {}
+    for evaluator in evaluators:
+        data, start = evaluator.data, time.perf_counter()
+        results |= evaluator.run(params)
+        results[f"{data.name}/mean_per_class_top1"] = confusion.mean_per_class_accuracy(
+            evaluator.confusion
+        )
+        if jax.process_index() == 0:
+            confusion.save_png(evaluator.confusion, data.class_names, out / f"{data.name}.png")
+        datasets[data.name] = {
+            "images": len(data.labels),
+            "unreadable": data.unreadable,
+            "classes": list(data.class_names),
+            "first_class_prompts": [
+                t.format((data.prompt_names or data.class_names)[0]) for t in data.templates
+            ],
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        logging.info(
+            "%s: %d images in %.1f s", data.name, len(data.labels), time.perf_counter() - start
+        )
+    report = table.report(results)
+    summary = {
+        "checkpoint": str(config.checkpoint),
+        "step": step,
+        "split": config.data.eval_split,
+        "split_overrides": dict(config.data.eval_splits),
+        "templates": config.data.eval_templates,
+        "results": results,
+        "datasets": datasets,
+        "skipped": skipped,
+        "table": report,
+    }
+    text = table.markdown(report) + _notes(datasets, skipped)
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(summary, indent=1))
+        (out / "results.md").write_text(text + "\n")
+        print(f"\nZero-shot results of step {step} ({out})\n{text}")
+    return summary
+
+
+def _notes(datasets: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str:
+    lines = [
+        f"{name}: {info['unreadable']} unreadable images dropped ({info['images']} evaluated)."
+        for name, info in datasets.items()
+        if info["unreadable"]
+    ]
+    lines += [f"{name}: not evaluated: {message}" for name, message in skipped.items()]
+    return "".join(f"\n{line}" for line in lines)

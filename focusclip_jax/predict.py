@@ -1,0 +1,164 @@
+"""One-off zero-shot labelling of a few images with a trained checkpoint.
+
+    python -m focusclip_jax.predict --checkpoint=<workdir or step dir> --images=<files or dirs> \
+        --labels="riding a bike,cooking,running" [--template="a photo of a person {}"] \
+        [--top_k=3] [--out=predictions.csv|.json] [--config=configs/pretrain.py[:variant]]
+
+Prints the top-k labels with probabilities per image. `--config` must describe the checkpoint's
+model (the training config and its overrides). Probabilities are a softmax over the cosine
+similarities scaled as in training: by the learnt CLIP scale, or by 1 / the NT-Xent temperature.
+"""
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from flax.traverse_util import flatten_dict
+from ml_collections import config_flags
+
+from focusclip_jax import sharding, train
+from focusclip_jax.evaluators.checkpoint_eval import restore_params
+from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator
+from input_pipeline import eval_datasets, pipeline
+from input_pipeline.files import InputDataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def image_paths(specs: Sequence[str]) -> list[Path]:
+    """Files as given; folders expanded to their images, sorted."""
+    paths = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise InputDataError(f"--images: {path} is neither an image file nor a folder")
+    return paths
+
+
+def _logit_scale(config: ml_collections.ConfigDict, params: Any) -> float:
+    if config.loss.kind == "clip":
+        return float(np.exp(jax.device_get(flatten_dict(params)[("logit_scale",)])))
+    return 1.0 / config.loss.temperature
+
+
+def predict(
+    config: ml_collections.ConfigDict,
+    checkpoint: str,
+    images: Sequence[Path],
+    labels: Sequence[str],
+    *,
+    template: str = "{}",
+    top_k: int = 3,
+) -> list[dict[str, Any]]:
+    """Per readable image: its path and the top-k (label, probability) pairs."""
+    mesh = sharding.create_mesh(config.mesh)
+    tokenizer = pipeline.create_tokenizer(config)
+    trainer = train.Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
+    params, _ = restore_params(checkpoint, trainer)
+    size = config.model.image_size
+    decoded = [eval_datasets.decode(eval_datasets.Sample(p, 0), size) for p in images]
+    for path, image in zip(images, decoded, strict=True):
+        if image is None:
+            print(f"warning: cannot read {path}", file=sys.stderr)
+    kept = [(p, image) for p, image in zip(images, decoded, strict=True) if image is not None]
+    if not kept:
+        raise InputDataError("none of the --images could be read")
+    data = pipeline.ZeroShotData(
+        name="predict",
+        images=np.stack([image for _, image in kept]),
+        labels=np.zeros(len(kept), np.int32),
+        class_names=tuple(labels),
+        templates=(template,),
+    )
+    evaluator = ZeroShotEvaluator(
+        data,
+        graphdef=trainer.graphdef,
+        param_shardings=trainer.param_shardings,
+        mesh=mesh,
+        tokenizer=tokenizer,
+        max_len=config.model.max_len,
+        batch_size=config.eval.batch_size,
+    )
+    classes = np.asarray(jax.device_get(evaluator.class_embeddings(params)))
+    logits = _logit_scale(config, params) * evaluator.image_embeddings(params) @ classes.T
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    rows = []
+    for (path, _), p in zip(kept, probs, strict=True):
+        order = np.argsort(-p, kind="stable")[:top_k]
+        rows.append({"image": str(path), "top": [(labels[i], float(p[i])) for i in order]})
+    return rows
+
+
+def write(rows: list[dict[str, Any]], out: Path) -> None:
+    """JSON (a list of rows) or CSV (image, rank, label, probability), by the file's suffix."""
+    if out.suffix == ".json":
+        out.write_text(json.dumps(rows, indent=1))
+        return
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "rank", "label", "probability"])
+        for row in rows:
+            for rank, (label, prob) in enumerate(row["top"], 1):
+                writer.writerow([row["image"], rank, label, f"{prob:.6f}"])
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defined only when run as a program: importing `predict` must not clash with main's flags."""
+    config_flags.DEFINE_config_file(
+        "config", "configs/pretrain.py", "The checkpoint's model config."
+    )
+    flags.DEFINE_string("checkpoint", None, "Training workdir, its checkpoints/ or a step folder.")
+    flags.DEFINE_list("images", None, "Image files and/or folders of images.")
+    flags.DEFINE_list("labels", None, "Comma-separated label phrases.")
+    flags.DEFINE_string("labels_file", None, "Label phrases, one per line (instead of --labels).")
+    flags.DEFINE_string("template", "{}", "Prompt template, e.g. 'a photo of a person {}'.")
+    flags.DEFINE_integer("top_k", 3, "How many labels to show per image.")
+    flags.DEFINE_string("out", None, "Also write the predictions to this .csv or .json file.")
+    flags.mark_flags_as_required(["checkpoint", "images"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.labels_file:
+        labels = [s.strip() for s in Path(FLAGS.labels_file).read_text().splitlines() if s.strip()]
+    else:
+        labels = FLAGS.labels or []
+    if not labels:
+        raise app.UsageError("give --labels or --labels_file")
+    try:
+        rows = predict(
+            FLAGS.config,
+            FLAGS.checkpoint,
+            image_paths(FLAGS.images),
+            labels,
+            template=FLAGS.template,
+            top_k=FLAGS.top_k,
+        )
+    except InputDataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    for row in rows:
+        print(row["image"] + ": " + ", ".join(f"{label} {p:.1%}" for label, p in row["top"]))
+    if FLAGS.out:
+        write(rows, Path(FLAGS.out))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,237 @@
+"""Each benchmark read back from a tiny fixture written in its published layout."""
+
+import csv
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from input_pipeline import eval_datasets, pipeline
+from input_pipeline.eval_datasets import DatasetNotFoundError
+
+
+def _data(root: Path, **overrides) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {"eval_root": str(root), "image_size": 8, "eval_split": "test", "eval_splits": {}}
+        | overrides
+    )
+
+
+def _jpg(path: Path, value: int = 100, size: tuple[int, int] = (8, 8)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (value, value, value)).save(path)
+    return path
+
+
+def _csv(path: Path, header: list[str], rows: list[list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+
+
+def test_stanford40_class_order_from_actions_txt_and_prompts_aligned(tmp_path: Path) -> None:
+    root = tmp_path / "stanford40"
+    # Not alphabetical on purpose: the order must come from the file.
+    actions = ["riding_a_bike", "applauding", "cooking"]
+    splits = root / "ImageSplits"
+    splits.mkdir(parents=True)
+    rows = "".join(f"{a}\t2\n" for a in actions)
+    (splits / "actions.txt").write_text("action_name\tnumber_of_images\n" + rows)
+    for a in actions:
+        (splits / f"{a}_test.txt").write_text(f"{a}_001.jpg\n{a}_002.jpg\n")
+        (splits / f"{a}_train.txt").write_text(f"{a}_003.jpg\n")
+        for i in (1, 2, 3):
+            _jpg(root / "JPEGImages" / f"{a}_{i:03d}.jpg")
+    (root / "JPEGImages" / "cooking_002.jpg").write_bytes(b"not a jpeg")
+    data = pipeline.zero_shot_data("stanford40", _data(tmp_path))
+    assert data.class_names == tuple(actions)
+    assert data.labels.tolist() == [0, 0, 1, 1, 2]
+    assert data.unreadable == 1
+    assert data.images.shape == (5, 8, 8, 3) and data.images.dtype == np.uint8
+    assert data.templates[0].format(data.prompt_names[0]) == "a photo of a person riding a bike"
+    assert data.top_k == (1, 3)
+
+
+def test_kinetics_middle_frame_and_sorted_labels(tmp_path: Path) -> None:
+    root = tmp_path / "kinetics400"
+    rows = [
+        ["riding a bike", "abc", 10, 20, "test"],
+        ["abseiling", "xyz", 0, 10, "test"],
+        ["abseiling", "gone", 0, 10, "test"],  # no frames extracted
+    ]
+    _csv(root / "test.csv", ["label", "youtube_id", "time_start", "time_end", "split"], rows)
+    for i in range(3):
+        _jpg(root / "frames" / "abc_000010_000020" / f"img_{i:05d}.jpg", 50 * i)
+    _jpg(root / "frames" / "abseiling" / "xyz_000000_000010.jpg")
+    data = pipeline.zero_shot_data("kinetics400", _data(tmp_path))
+    assert data.class_names == ("abseiling", "riding a bike")
+    assert data.labels.tolist() == [1, 0]
+    assert data.images[0].mean() == pytest.approx(50, abs=2)  # the middle of three frames
+
+
+def _emotic_mat(root: Path) -> None:
+    from scipy.io import savemat
+
+    def person(box, categories, age, combined: bool):
+        fields = {
+            "body_bbox": np.asarray(box, float),
+            "annotations_age": {"age": age},
+            "annotations_gender": {"gender": "Female"},
+        }
+        cells = np.asarray(categories, dtype=object)
+        if combined:
+            fields["combined_categories"] = cells
+        else:
+            fields["annotations_categories"] = {"categories": cells}
+        return fields
+
+    def entries(people_per_image, combined):
+        dtype = [("filename", object), ("folder", object), ("person", object)]
+        array = np.zeros(len(people_per_image), dtype=dtype)
+        for i, people in enumerate(people_per_image):
+            plist = np.zeros(len(people), dtype=[(k, object) for k in people[0]])
+            for j, p in enumerate(people):
+                for k, v in p.items():
+                    plist[j][k] = v
+            array[i] = (f"img{i}.jpg", "mscoco/images", plist)
+        return array
+
+    test_people = [
+        [person([0, 0, 4, 8], ["Happiness", "Peace"], "Kid", True)],
+        [
+            person([0, 0, 8, 8], ["Anger"], "Adult", True),
+            person([2, 2, 6, 6], ["Doubt/Confusion"], "Teenager", True),
+        ],
+    ]
+    train_people = [[person([0, 0, 8, 8], ["Fatigue"], "Adult", False)]]
+    (root / "Annotations").mkdir(parents=True)
+    savemat(
+        root / "Annotations" / "Annotations.mat",
+        {"test": entries(test_people, True), "train": entries(train_people, False)},
+    )
+    for i in range(2):
+        _jpg(root / "emotic" / "mscoco" / "images" / f"img{i}.jpg", size=(16, 16))
+
+
+def test_emotic_person_crops_emotions_and_ages(tmp_path: Path) -> None:
+    _emotic_mat(tmp_path / "emotic")
+    emotion = pipeline.zero_shot_data("emotic_emotion", _data(tmp_path))
+    names = eval_datasets.EMOTIC_CATEGORIES
+    assert len(emotion.class_names) == 26
+    assert [names[i] for i in emotion.labels] == ["Happiness", "Peace", "Anger", "Doubt/Confusion"]
+    assert emotion.templates[0].format(emotion.prompt_names[9]) == (
+        "a photo of a person who is feeling doubt or confusion"
+    )
+    age = pipeline.zero_shot_data("emotic_age", _data(tmp_path))
+    assert [age.class_names[i] for i in age.labels] == ["Kid", "Adult", "Teenager"]
+    assert age.templates[0].format(age.prompt_names[2]) == "a photo of an adult person"
+    paper = pipeline.zero_shot_data("emotic_age", _data(tmp_path, eval_splits={"emotic": "train"}))
+    assert paper.labels.tolist() == [2]
+
+
+def test_lagenda_body_and_face_boxes_and_age_bins(tmp_path: Path) -> None:
+    root = tmp_path / "lagenda"
+    header = ["img_name"] + [
+        f"{k}_{c}" for k in ("face", "person") for c in ("x0", "y0", "x1", "y1")
+    ]
+    rows = [
+        ["images/a.jpg", 0, 0, 4, 4, 0, 0, 8, 8, "M", 12],
+        ["images/b.jpg", 0, 0, 4, 4, -1, -1, -1, -1, "F", 13],  # no body box
+        ["images/c.jpg", 0, 0, 4, 4, 0, 0, 8, 8, "F", 20],
+    ]
+    _csv(root / "annotations.csv", [*header, "gender", "age"], rows)
+    for n in "abc":
+        _jpg(root / "images" / f"{n}.jpg")
+    face = pipeline.zero_shot_data("lagenda_face", _data(tmp_path))
+    body = pipeline.zero_shot_data("lagenda_body", _data(tmp_path))
+    assert face.labels.tolist() == [0, 1, 2] and body.labels.tolist() == [0, 2]
+    assert face.templates[0].format(face.prompt_names[0]) == "a photo of a kid person"
+
+
+def test_utkface_age_from_file_name(tmp_path: Path) -> None:
+    root = tmp_path / "utkface"
+    for name in ("2_0_0_1.jpg.chip.jpg", "9_1_2_2.jpg", "19_0_1_3.jpg", "29_0_0_4.jpg"):
+        _jpg(root / name)
+    _jpg(root / "61_1_20170109150557335.jpg.chip.jpg")  # a published name missing its race
+    data = pipeline.zero_shot_data("utkface", _data(tmp_path))
+    ages = sorted(zip(data.labels.tolist(), strict=True))
+    assert ages == [(0,), (1,), (2,), (3,)]
+
+
+def _fer_rows(labels: list[int], usages: list[str]) -> list[list]:
+    pixels = " ".join(["7"] * 48 * 48)
+    return [[label, pixels, usage] for label, usage in zip(labels, usages, strict=True)]
+
+
+def test_fer2013_split_names_and_paper_variant(tmp_path: Path) -> None:
+    rows = _fer_rows([3, 0, 6, 1], ["Training", "PrivateTest", "PrivateTest", "PublicTest"])
+    _csv(tmp_path / "fer2013" / "fer2013.csv", ["emotion", "pixels", "Usage"], rows)
+    test = pipeline.zero_shot_data("fer2013", _data(tmp_path))
+    assert test.labels.tolist() == [0, 6] and test.images.shape == (2, 8, 8, 3)
+    assert test.templates[0].format(test.prompt_names[0]) == "a photo of an angry looking face"
+    assert pipeline.zero_shot_data(
+        "fer2013", _data(tmp_path, eval_split="val")
+    ).labels.tolist() == [1]
+    paper = pipeline.zero_shot_data("fer2013", _data(tmp_path, eval_splits={"fer2013": "train"}))
+    assert paper.labels.tolist() == [3]
+
+
+def test_ferplus_majority_votes(tmp_path: Path) -> None:
+    rows = _fer_rows([0, 0, 0, 0], ["PrivateTest"] * 4)
+    _csv(tmp_path / "fer2013" / "fer2013.csv", ["emotion", "pixels", "Usage"], rows)
+    header = ["Usage", "Image name", *eval_datasets.FERPLUS_CLASSES, "unknown", "NF"]
+    votes = [
+        [0, 0, 0, 0, 0, 0, 0, 10, 0, 0],  # contempt
+        [4, 4, 2, 0, 0, 0, 0, 0, 0, 0],  # no majority: dropped
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 10],  # not a face: dropped
+        [1, 9, 0, 0, 0, 0, 0, 0, 0, 0],  # happiness; the single vote is an outlier
+    ]
+    new_rows = [["PrivateTest", f"fer{i:07d}.png", *v] for i, v in enumerate(votes)]
+    _csv(tmp_path / "ferplus" / "fer2013new.csv", header, new_rows)
+    data = pipeline.zero_shot_data("ferplus", _data(tmp_path))
+    assert data.labels.tolist() == [7, 1]
+    assert data.templates[0].format(data.prompt_names[6]) == "a photo of an afraid looking face"
+
+
+def test_fairface_race_and_age_from_val_csv(tmp_path: Path) -> None:
+    root = tmp_path / "fairface"
+    rows = [
+        ["val/1.jpg", "3-9", "Male", "East Asian", True],
+        ["val/2.jpg", "more than 70", "F", "Black", False],
+    ]
+    _csv(root / "fairface_label_val.csv", ["file", "age", "gender", "race", "service_test"], rows)
+    for i in (1, 2):
+        _jpg(root / "val" / f"{i}.jpg")
+    race = pipeline.zero_shot_data("fairface_race", _data(tmp_path))
+    assert race.labels.tolist() == [3, 1]
+    assert race.templates[0].format(race.prompt_names[3]) == "a photo of an east asian person"
+    age = pipeline.zero_shot_data("fairface_age", _data(tmp_path))
+    assert age.labels.tolist() == [1, 8]
+
+
+def test_cub_raw_folder_test_split(tmp_path: Path) -> None:
+    root = tmp_path / "cub200" / "CUB_200_2011"
+    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
+    root.mkdir(parents=True)
+    (root / "classes.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(classes)))
+    images = [(1, classes[0], "a.jpg", 1), (2, classes[1], "b.jpg", 0), (3, classes[0], "c.jpg", 0)]
+    (root / "images.txt").write_text("".join(f"{i} {c}/{f}\n" for i, c, f, _ in images))
+    (root / "image_class_labels.txt").write_text(
+        "".join(f"{i} {c[:3].lstrip('0')}\n" for i, c, _, _ in images)
+    )
+    (root / "train_test_split.txt").write_text("".join(f"{i} {t}\n" for i, _, _, t in images))
+    for _, c, f, _ in images:
+        _jpg(root / "images" / c / f)
+    data = pipeline.zero_shot_data("cub200", _data(tmp_path))
+    assert data.labels.tolist() == [1, 0]
+    assert data.class_names == ("Black_footed_Albatross", "Laysan_Albatross")
+
+
+def test_missing_folder_names_what_was_expected(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match=r"stanford40 dataset folder at .*stanford40"):
+        pipeline.zero_shot_data("stanford40", _data(tmp_path))
+    (tmp_path / "fer2013").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"fer2013\.csv"):
+        pipeline.zero_shot_data("fer2013", _data(tmp_path))

@@ -1,0 +1,339 @@
+"""MPII readers on fixtures in the real formats (quirks included), transforms, the real sample."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from input_pipeline import heatmaps, mpii, transforms
+from input_pipeline.files import InputDataError
+from tests.conftest import MPII_SAMPLE
+
+IMAGE_W, IMAGE_H = 96, 72
+
+
+def joints_1based(seed: int) -> np.ndarray:
+    """16 distinct joints (1-based MATLAB pixels) inside a 96×72 image."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.uniform(10, IMAGE_W - 10, 16), rng.uniform(8, IMAGE_H - 8, 16)], 1).round(
+        1
+    )
+
+
+def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (IMAGE_W, IMAGE_H)) -> None:
+    rng = np.random.default_rng(seed)
+    pixels = np.full((size[1], size[0], 3), rng.integers(0, 255, 3), np.uint8)
+    Image.fromarray(pixels).save(path, quality=95)
+
+
+def _structs(rows: list[dict], fields: list[str]) -> np.ndarray:
+    """A MATLAB 1×N struct array (scipy.io.savemat writes a structured object array as one)."""
+    array = np.zeros((1, len(rows)), dtype=[(f, object) for f in fields])
+    for i, row in enumerate(rows):
+        for f in fields:
+            array[0, i][f] = row.get(f, np.zeros((0, 0)))
+    return array
+
+
+def _points(joints: np.ndarray, vis: list, ids: list[int] | None = None) -> np.ndarray:
+    ids = list(range(16)) if ids is None else ids
+    fields = ["x", "y", "id"] + (["is_visible"] if vis else [])
+    rows = [
+        {"x": joints[j, 0], "y": joints[j, 1], "id": j} | ({"is_visible": vis[k]} if vis else {})
+        for k, j in enumerate(ids)
+    ]
+    return _structs(rows, fields)
+
+
+def write_official_mat(path: Path) -> None:
+    """RELEASE in the official layout, with the quirks: is_visible missing / numeric / '0','1' /
+    empty, a person without annopoints, single structs squeezed, a test image, unlabeled act."""
+    rect_fields = ["x1", "y1", "x2", "y2", "scale", "objpos", "annopoints"]
+    vis_mixed = ["1", "0", 1, 0, np.zeros((0, 0)), "1", 1, 1, 1, 1, "1", 1, 1, 1, 1, 0]
+
+    def rect(joints, vis, **extra):
+        return {
+            "x1": 20.0, "y1": 5.0, "x2": 40.0, "y2": 25.0, "scale": 1.5,
+            "objpos": {"x": 48.0, "y": 36.0},
+            "annopoints": {"point": _points(joints, vis)},
+        } | extra  # fmt: skip
+
+    img0 = _structs(
+        [
+            rect(joints_1based(0), vis_mixed),
+            rect(joints_1based(1), [], annopoints=np.zeros((0, 0))),
+        ],
+        rect_fields,
+    )
+    empty_pos = {"x": np.zeros((0, 0)), "y": np.zeros((0, 0))}
+    img1 = _structs([rect(joints_1based(2), [], objpos=empty_pos)], rect_fields)  # no is_visible
+    img2 = _structs([{"scale": 1.0, "objpos": {"x": 5.0, "y": 5.0}}], ["scale", "objpos"])
+    # an image whose only person has a single annotated point (a squeezed 1×1 point struct)
+    img3 = _structs([rect(joints_1based(3), []) | {"annopoints": {
+        "point": _points(joints_1based(3), ["1"], ids=[9])}}], rect_fields)  # fmt: skip
+    annolist = _structs(
+        [
+            {"image": {"name": "a.jpg"}, "annorect": img0, "frame_sec": 1, "vididx": 1},
+            {"image": {"name": "b.jpg"}, "annorect": img1, "frame_sec": 2, "vididx": 1},
+            {"image": {"name": "test.jpg"}, "annorect": img2, "frame_sec": 3, "vididx": 2},
+            {"image": {"name": "c.jpg"}, "annorect": img3, "frame_sec": 4, "vididx": 2},
+        ],
+        ["image", "annorect", "frame_sec", "vididx"],
+    )
+    act = _structs(
+        [
+            {"cat_name": "sports", "act_name": "running", "act_id": 3},
+            {"cat_name": np.zeros((0, 0)), "act_name": np.zeros((0, 0)), "act_id": -1},
+            {"cat_name": "", "act_name": "", "act_id": -1},
+            {"cat_name": "home", "act_name": "cooking", "act_id": 7},
+        ],
+        ["cat_name", "act_name", "act_id"],
+    )
+    release = {
+        "annolist": annolist,
+        "img_train": np.array([[1, 1, 0, 1]]),
+        "single_person": np.array([[1, 1, 0, 1]], object),
+        "act": act.T,
+        "video_list": np.array([["v1", "v2"]], object),
+    }
+    scipy.io.savemat(path, {"RELEASE": release})
+
+
+def mmpose_rows(images: list[str], seed: int = 0) -> list[dict]:
+    """mmpose MPII records: one per person, 1-based joints, missing = [-1, -1]."""
+    rows = []
+    for i, name in enumerate(images):
+        for p in range(1 + i % 2):
+            joints = joints_1based(seed + 10 * i + p)
+            vis = np.ones(16)
+            joints[15], vis[15] = -1, 0  # a missing joint, as mmpose stores them
+            rows.append({
+                "image": name, "center": [48.0, 36.0], "scale": 0.5,
+                "joints": joints.tolist(), "joints_vis": vis.tolist(),
+            })  # fmt: skip
+    return rows
+
+
+def description_item(name: str, text: str) -> dict:
+    kpts = joints_1based(99)
+    person = {
+        "id": 0,
+        "center": [48, 36],
+        "scale": 0.5,
+        "kpts": kpts.tolist(),
+        "kpts_vis": [1] * 16,
+    }
+    return {
+        "image": name,
+        "activity": "dancing",
+        "count": 1,
+        "people": [person],
+        "description": text,
+    }
+
+
+def write_descriptions(root: Path, images: list[str], sources=("gpt-4", "llama-2")) -> None:
+    """One folder per source, one JSON per image (the published layout)."""
+    for source in sources:
+        (root / source).mkdir(parents=True, exist_ok=True)
+        for name in images:
+            text = f"{source} says the person in {name} raises the left arm."
+            item = description_item(name, text)
+            (root / source / f"{Path(name).stem}.json").write_text(json.dumps(item))
+
+
+def test_official_mat_with_its_quirks(tmp_path: Path) -> None:
+    write_official_mat(tmp_path / "release.mat")
+    records = {r.image: r for r in mpii.read_official_mat(tmp_path / "release.mat")}
+    assert sorted(records) == ["a.jpg", "b.jpg", "c.jpg"]  # the test image is left out
+    a = records["a.jpg"]
+    assert len(a.people) == 1 and a.activity == "running"  # the person without annopoints dropped
+    np.testing.assert_allclose(a.people[0].keypoints, joints_1based(0) - 1, atol=1e-5)
+    expected_vis = [1, 0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]  # empty is_visible → visible
+    np.testing.assert_array_equal(a.people[0].visible, np.array(expected_vis, bool))
+    assert a.people[0].head_box == (19.0, 4.0, 39.0, 24.0)
+    assert a.people[0].center == (47.0, 35.0) and a.people[0].scale == 1.5
+    b = records["b.jpg"]
+    assert b.activity == "" and b.people[0].visible.all()  # no is_visible field: all visible
+    assert b.people[0].center is None  # empty objpos.x/y
+    c = records["c.jpg"].people[0]
+    assert c.visible.sum() == 1 and c.visible[9] and records["c.jpg"].activity == "cooking"
+
+
+def test_mmpose_json_groups_people_per_image(tmp_path: Path) -> None:
+    path = tmp_path / "mpii_val.json"
+    path.write_text(json.dumps(mmpose_rows(["x.jpg", "y.jpg"])))
+    records = mpii.read_mmpose_json(path)
+    assert [(r.image, len(r.people), r.split) for r in records] == [
+        ("x.jpg", 1, "val"),
+        ("y.jpg", 2, "val"),
+    ]
+    person = records[1].people[1]
+    assert not person.visible[15] and person.visible[:15].all()
+    np.testing.assert_allclose(person.keypoints[:15], joints_1based(11)[:15] - 1, atol=1e-5)
+    assert person.center == (47.0, 35.0)
+
+
+def test_descriptions_by_source(tmp_path: Path) -> None:
+    write_descriptions(tmp_path / "desc", ["x.jpg", "y.jpg"])
+    records = mpii.read_descriptions(tmp_path / "desc")
+    assert set(records["x.jpg"].descriptions) == {"gpt-4", "llama-2"}
+    assert records["x.jpg"].activity == "dancing" and len(records["x.jpg"].people) == 1
+    only = mpii.read_descriptions(tmp_path / "desc", sources=["llama-2"])
+    assert set(only["y.jpg"].descriptions) == {"llama-2"}
+    with pytest.raises(InputDataError, match="no descriptions from the sources"):
+        mpii.read_descriptions(tmp_path / "desc", sources=["gpt-5"])
+    single = tmp_path / "all.json"  # one file holding a list, no source folders
+    single.write_text(json.dumps([description_item("z.jpg", "A person stands.")]))
+    assert mpii.read_descriptions(single)["z.jpg"].descriptions == {"default": "A person stands."}
+    joined = mpii.attach_descriptions(mpii.read_mmpose_json(_mmpose(tmp_path)), records)
+    assert joined[0].descriptions == records["x.jpg"].descriptions
+
+
+def _mmpose(tmp_path: Path) -> Path:
+    path = tmp_path / "mpii_train.json"
+    path.write_text(json.dumps(mmpose_rows(["x.jpg"])))
+    return path
+
+
+def test_bad_files_name_the_file_and_what_was_expected(tmp_path: Path) -> None:
+    bad = tmp_path / "mpii_train.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputDataError, match=r"mpii_train\.json: not readable JSON"):
+        mpii.read_annotations(bad)
+    bad.write_text(json.dumps([{"image": "x.jpg", "joints": [[1, 2]] * 3, "joints_vis": [1] * 3}]))
+    with pytest.raises(InputDataError, match=r"mpii_train.json \[record 0\]: expected 16"):
+        mpii.read_mmpose_json(bad)
+    bad.write_text(json.dumps({"image": "x.jpg"}))
+    with pytest.raises(InputDataError, match="expected a JSON list"):
+        mpii.read_mmpose_json(bad)
+    mat = tmp_path / "bad.mat"
+    mat.write_bytes(b"MATLAB 5.0 garbage")
+    with pytest.raises(InputDataError, match=r"bad\.mat: not a readable MATLAB"):
+        mpii.read_official_mat(mat)
+    scipy.io.savemat(mat, {"other": np.ones(3)})
+    with pytest.raises(InputDataError, match="expected the struct 'RELEASE'"):
+        mpii.read_official_mat(mat)
+
+
+def _dot_image(w: int, h: int, xy: tuple[float, float]) -> bytes:
+    """A black JPEG-free PNG-like image with one bright 3×3 dot: where a keypoint must land."""
+    pixels = np.zeros((h, w, 3), np.uint8)
+    x, y = round(xy[0]), round(xy[1])
+    pixels[y - 1 : y + 2, x - 1 : x + 2] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _header(keypoint: tuple[float, float]) -> dict:
+    kp = np.tile(np.array(keypoint, np.float32), (16, 1))
+    kp[0] = (30, 40)  # a second joint, so the person box has extent
+    kp[5] = (keypoint[0] + 20, keypoint[1] + 10)
+    return {
+        "keypoints": [kp.tolist()],
+        "visible": [[1] * 16],
+        "descriptions": {"gpt-4": "The left arm is raised.", "llama-2": "Right knee bent."},
+    }
+
+
+@pytest.mark.parametrize("crop", ["squash", "person", "random_resized"])
+def test_keypoints_follow_crops_resizes_and_flips(crop: str) -> None:
+    """A bright dot drawn at a joint is where the transformed joint says, flipped or not."""
+    point = (101.0, 61.0)
+    image = _dot_image(160, 120, point)
+    transform = transforms.MpiiTrainTransform(
+        image_size=48, max_people=2, crop=crop, flip=True, crop_scale=(0.8, 1.0)
+    )
+    for seed in range(4):
+        out = transform.apply(_header(point), image, np.random.default_rng(seed))
+        assert out["image"].shape == (48, 48, 3) and out["person_mask"].tolist() == [True, False]
+        x, y = out["keypoints"][0, 7]  # thorax: its own mirror image under the flip
+        assert 0 <= x < 47 and 0 <= y < 47, (seed, x, y)
+        row, col = np.unravel_index(np.argmax(out["image"][..., 0]), (48, 48))
+        assert abs(col - x) <= 1.0 and abs(row - y) <= 1.0, (seed, x, y)
+
+
+def test_flip_mirrors_pixels_swaps_joints_and_words() -> None:
+    point = (101.0, 61.0)
+    image, header = _dot_image(160, 120, point), _header(point)
+    plain = transforms.MpiiTrainTransform(image_size=48, max_people=2)
+    flipping = transforms.MpiiTrainTransform(image_size=48, max_people=2, flip=True)
+    flipped_seen = 0
+    for seed in range(8):  # squash mode: the rng picks the text, then the flip
+        a = plain.apply(header, image, np.random.default_rng(seed))
+        b = flipping.apply(header, image, np.random.default_rng(seed))
+        if np.array_equal(a["image"], b["image"]):
+            continue
+        flipped_seen += 1
+        np.testing.assert_array_equal(b["image"], a["image"][:, ::-1])
+        perm = transforms.FLIP_PERMUTATION
+        np.testing.assert_allclose(b["keypoints"][0, :, 0], 47 - a["keypoints"][0, perm, 0])
+        np.testing.assert_allclose(b["keypoints"][0, :, 1], a["keypoints"][0, perm, 1])
+        assert b["description"] == transforms.swap_left_right(a["description"])
+    assert 0 < flipped_seen < 8
+
+
+def test_box_keypoints_pixel_centres() -> None:
+    box = (10.0, 20.0, 30.0, 60.0)  # 20×40 px → 10×10: x halves, y quarters
+    out = transforms.box_keypoints(np.array([[10.0 - 0.5, 20.0 - 0.5], [29.5, 59.5]]), box, 10, 10)
+    np.testing.assert_allclose(out, [[-0.5, -0.5], [9.5, 9.5]], atol=1e-6)
+
+
+def test_description_sampled_among_selected_sources() -> None:
+    texts = {"gpt-4": "a", "llama-2": "b", "gpt-3.5-turbo": "c"}
+    rng = np.random.default_rng(0)
+    picks = {transforms.choose_description(texts, ("gpt-4", "llama-2"), rng) for _ in range(40)}
+    assert picks == {"a", "b"}
+    assert transforms.choose_description(texts, ("gpt-4",), rng) == "a"
+    assert transforms.choose_description({"x": "z"}, ("gpt-4",), rng) == "z"  # fallback, no crash
+    assert transforms.swap_left_right("Left hand, right leg; leftover.") == (
+        "Right hand, left leg; leftover."
+    )
+
+
+@pytest.mark.skipif(not MPII_SAMPLE.is_dir(), reason="no real MPII sample")
+def test_real_sample_reader_transforms_heatmaps() -> None:
+    records = mpii.read_annotations(MPII_SAMPLE / "test_mpii.json")
+    assert len(records) == 5 and all(len(r.people) == 1 for r in records)
+    for record in records:
+        jpeg = (MPII_SAMPLE / record.image).read_bytes()
+        w, h = Image.open(io.BytesIO(jpeg)).size
+        person = record.people[0]
+        inside = (person.keypoints >= 0) & (person.keypoints < [w, h])
+        assert inside[person.visible].all(), record.image
+        header = {
+            "keypoints": [person.keypoints.tolist()],
+            "visible": [person.visible.tolist()],
+            "descriptions": {},
+        }
+        for crop in ("squash", "person"):
+            transform = transforms.MpiiTrainTransform(image_size=64, max_people=2, crop=crop)
+            out = transform.apply(header, jpeg, np.random.default_rng(0))
+            heat = heatmaps.render_heatmap_np(
+                out["keypoints"], out["visible"], out["person_mask"], 64, 64
+            )
+            kp = np.clip(out["keypoints"][0][person.visible].round().astype(int), 0, 63)
+            assert heat[kp[:, 1], kp[:, 0]].mean() > 0.3, (record.image, crop)
+            assert heat.max() == pytest.approx(1.0, abs=0.05)
+            if crop == "person":  # the person fills the crop
+                assert np.ptp(out["keypoints"][0][person.visible], axis=0).max() > 40
+
+
+def test_visualize_writes_panels_and_the_description(tmp_path: Path) -> None:
+    from input_pipeline import visualize
+
+    (tmp_path / "mpii_train.json").write_text(json.dumps(mmpose_rows(["x.jpg", "y.jpg"])))
+    write_jpeg(tmp_path / "x.jpg", 0)
+    write_descriptions(tmp_path / "desc", ["x.jpg"], sources=("gpt-4",))
+    paths = visualize.visualize(
+        str(tmp_path / "mpii_train.json"), str(tmp_path), str(tmp_path / "out"),
+        descriptions=str(tmp_path / "desc"), size=96,
+    )  # fmt: skip
+    assert [p.name for p in paths] == ["x.png"]  # y.jpg is missing: skipped with a warning
+    image = Image.open(paths[0])
+    assert image.width == 3 * 96 and image.height > 72  # three panels, text below

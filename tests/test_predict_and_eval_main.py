@@ -1,0 +1,136 @@
+"""End to end: a 2-step demo checkpoint, evaluated by configs/eval_zeroshot.py and used by predict.
+
+One module-scoped checkpoint; the evaluator's and predict's encoders share their compilations
+(prompt counts are bucketed, batch sizes equal).
+"""
+
+import json
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+from configs import eval_zeroshot
+from focusclip_jax import predict, train
+from focusclip_jax.evaluators import checkpoint_eval
+from input_pipeline.files import InputDataError
+from tests.conftest import tiny_config
+from tests.test_eval_datasets import _csv, _fer_rows, _jpg
+
+ACTIONS = ("running", "cooking")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[ml_collections.ConfigDict, Path]:
+    config = tiny_config()
+    config.mesh.data = 1  # orbax saves on one device are fast
+    config.eval.datasets = ()
+    config.train.num_steps = 2
+    workdir = tmp_path_factory.mktemp("run")
+    train.train_and_evaluate(config, workdir)
+    return config, workdir
+
+
+def _fixtures(root: Path) -> None:
+    splits = root / "stanford40" / "ImageSplits"
+    splits.mkdir(parents=True)
+    (splits / "actions.txt").write_text(
+        "action_name\tnumber_of_images\n" + "running\t2\ncooking\t2\n"
+    )
+    for value, action in enumerate(ACTIONS):
+        (splits / f"{action}_test.txt").write_text(f"{action}_001.jpg\n{action}_002.jpg\n")
+        for i in (1, 2):
+            _jpg(root / "stanford40" / "JPEGImages" / f"{action}_{i:03d}.jpg", 60 + 100 * value)
+    (root / "stanford40" / "JPEGImages" / "cooking_002.jpg").write_bytes(b"broken")
+    rows = _fer_rows([0, 3, 6], ["PrivateTest", "PrivateTest", "Training"])
+    _csv(root / "fer2013" / "fer2013.csv", ["emotion", "pixels", "Usage"], rows)
+
+
+def _eval_config(trained_config: ml_collections.ConfigDict, checkpoint: Path, data_root: Path):
+    config = eval_zeroshot.get_config()
+    for key in ("model", "tokenizer", "mesh", "eval"):
+        config[key] = trained_config[key]
+    config.data.image_size = trained_config.model.image_size
+    config.eval.datasets = ("stanford40", "fer2013", "utkface")  # utkface: not on disk
+    config.checkpoint = str(checkpoint)
+    config.data_root = str(data_root)
+    return config
+
+
+def test_eval_config_on_fixtures_writes_the_table(trained, tmp_path: Path) -> None:
+    trained_config, workdir = trained
+    _fixtures(tmp_path / "data")
+    config = _eval_config(trained_config, workdir, tmp_path / "data")
+    summary = checkpoint_eval.evaluate_checkpoint(config, None)
+
+    out = workdir / "zero_shot" / "step_2"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["step"] == 2 and saved["results"] == pytest.approx(summary["results"])
+    assert saved["datasets"]["stanford40"] | {"seconds": 0} == {
+        "images": 3,
+        "unreadable": 1,
+        "classes": list(ACTIONS),
+        "first_class_prompts": ["a photo of a person running"],
+        "seconds": 0,
+    }
+    assert saved["datasets"]["fer2013"]["images"] == 2
+    assert "utkface" in saved["skipped"] and "utkface dataset folder" in saved["skipped"]["utkface"]
+    for key in (
+        "stanford40/top1",
+        "stanford40/top3",
+        "fer2013/top3",
+        "fer2013/mean_per_class_top1",
+    ):
+        assert 0.0 <= saved["results"][key] <= 1.0
+    assert saved["results"]["stanford40/top3"] == 1.0  # two classes: always in the top 3
+    markdown = (out / "results.md").read_text()
+    assert "| activity | Stanford40 | top3 | 100.00 |" in markdown
+    assert "stanford40: 1 unreadable images dropped (3 evaluated)." in markdown
+    assert "utkface: not evaluated" in markdown
+    assert (out / "stanford40.png").is_file() and (out / "fer2013.png").is_file()
+
+    # A step folder works as well, and a path without checkpoints is named in the error.
+    assert checkpoint_eval.checkpoint_location(workdir / "checkpoints" / "2")[1] == 2
+    with pytest.raises(InputDataError, match="expected a training workdir"):
+        checkpoint_eval.checkpoint_location(tmp_path)
+
+
+def test_predict_top_k_with_probabilities(trained, tmp_path: Path) -> None:
+    trained_config, workdir = trained
+    images = [_jpg(tmp_path / "imgs" / f"{i}.jpg", 40 * i) for i in range(3)]
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    paths = predict.image_paths([str(tmp_path / "imgs")])
+    assert paths == images
+    labels = ["riding a bike", "cooking", "running"]
+    rows = predict.predict(trained_config, str(workdir), paths, labels, top_k=2)
+    assert [row["image"] for row in rows] == [str(p) for p in images]
+    for row in rows:
+        assert len(row["top"]) == 2 and {label for label, _ in row["top"]} <= set(labels)
+        assert row["top"][0][1] >= row["top"][1][1] > 0
+    predict.write(rows, tmp_path / "p.csv")
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "image,rank,label,probability" and len(lines) == 1 + 3 * 2
+    predict.write(rows, tmp_path / "p.json")
+    assert json.loads((tmp_path / "p.json").read_text())[0]["image"] == str(images[0])
+
+
+def test_main_dispatches_an_eval_config(trained, tmp_path: Path, capsys) -> None:
+    from absl import app, flags
+
+    from focusclip_jax import main  # defines main's flags; only this test needs them
+
+    trained_config, workdir = trained
+    _fixtures(tmp_path / "data")
+    config = _eval_config(trained_config, workdir / "checkpoints" / "2", tmp_path / "data")
+    config.eval.datasets = ("fer2013",)
+    saved = flags.FLAGS.config, flags.FLAGS.workdir
+    try:
+        flags.FLAGS.config, flags.FLAGS.workdir = config, str(tmp_path / "out")
+        main.main(["main"])
+        assert "| emotion | FER2013 | top3 |" in capsys.readouterr().out
+        assert (tmp_path / "out" / "results.json").is_file()
+        flags.FLAGS.config, flags.FLAGS.workdir = trained_config, None
+        with pytest.raises(app.UsageError, match="--workdir is required"):
+            main.main(["main"])
+    finally:  # directly: the validator of a required flag refuses the unset value back
+        flags.FLAGS["config"].value, flags.FLAGS["workdir"].value = saved

@@ -1,0 +1,195 @@
+"""Real-format fixtures → prepare_mpii (skips, resume, idempotence) → grain stream → training."""
+
+import io
+import json
+import math
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from array_record.python import array_record_module
+from PIL import Image
+
+from focusclip_jax import train
+from input_pipeline import mpii, pipeline, prepare_mpii
+from tests.conftest import tiny_config
+from tests.test_mpii import mmpose_rows, write_descriptions, write_jpeg, write_official_mat
+
+TRAIN_IMAGES = [f"{i:09d}.jpg" for i in range(14)]
+VAL_IMAGES = [f"{i:09d}.jpg" for i in range(100, 103)]
+MISSING, CORRUPT, UNDESCRIBED, INVISIBLE = TRAIN_IMAGES[-4:]
+GOOD_TRAIN = 10  # the 14 train images less the four bad ones above
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MPII-shaped raw data: images, mmpose train/val JSON, descriptions from two sources."""
+    root = tmp_path_factory.mktemp("raw")
+    (root / "images").mkdir()
+    for i, name in enumerate(TRAIN_IMAGES + VAL_IMAGES):
+        if name != MISSING:
+            write_jpeg(root / "images" / name, i, size=(160, 120))
+    (root / "images" / CORRUPT).write_bytes(b"\xff\xd8 not a jpeg")
+    train_rows = mmpose_rows(TRAIN_IMAGES)
+    for row in train_rows:
+        if row["image"] == INVISIBLE:
+            row["joints_vis"] = [0] * 16
+    (root / "mpii_train.json").write_text(json.dumps(train_rows))
+    (root / "mpii_val.json").write_text(json.dumps(mmpose_rows(VAL_IMAGES, seed=500)))
+    described = [n for n in TRAIN_IMAGES + VAL_IMAGES if n != UNDESCRIBED]
+    write_descriptions(root / "descriptions", described)
+    return root
+
+
+def _prepare(raw: Path, out: Path, workers: int = 2) -> dict:
+    return prepare_mpii.prepare(
+        str(raw / "images"),
+        [str(raw / "mpii_train.json"), str(raw / "mpii_val.json")],
+        str(raw / "descriptions"),
+        str(out),
+        max_side=64,
+        records_per_shard=4,
+        workers=workers,
+    )
+
+
+@pytest.fixture(scope="module")
+def prepared(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prepared")
+    _prepare(raw, out)
+    return out
+
+
+def _entries(path: Path) -> list[bytes]:
+    reader = array_record_module.ArrayRecordReader(str(path))
+    entries = reader.read_all()
+    reader.close()
+    return entries
+
+
+def test_prepare_counts_skips_and_rescales(raw: Path, prepared: Path) -> None:
+    meta = json.loads((prepared / mpii.META_FILE).read_text())
+    assert meta["splits"]["train"]["images"] == GOOD_TRAIN
+    assert meta["splits"]["val"]["images"] == len(VAL_IMAGES)
+    assert len(meta["splits"]["train"]["shards"]) == math.ceil(12 / 4)  # 12 pass the filter
+    assert meta["skipped"] == {
+        "no visible joints": 1,
+        "no description": 1,
+        "missing or corrupt image": 2,
+    }
+    originals = {r.image: r for r in mpii.read_mmpose_json(raw / "mpii_train.json")}
+    shard = prepared / meta["splits"]["train"]["shards"][0]
+    for entry in _entries(shard):
+        header, jpeg = mpii.decode_prepared(entry)
+        assert Image.open(io.BytesIO(jpeg)).size == (64, 48)  # 160×120 → longest side 64
+        original = originals[header["image"]].people[0]
+        expected = (original.keypoints + 0.5) * 0.4 - 0.5
+        np.testing.assert_allclose(header["keypoints"][0], expected, atol=2e-3)
+        assert header["visible"][0] == original.visible.astype(int).tolist()
+        assert set(header["descriptions"]) == {"gpt-4", "llama-2"}
+
+
+def test_prepare_is_idempotent_and_resumes(raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = _prepare(raw, out, workers=1)
+    shards = sorted(out.glob("*.array_record"))
+    mtimes = {p: p.stat().st_mtime_ns for p in shards}
+    assert _prepare(raw, out, workers=1) == first  # nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in shards} == mtimes
+    # An interruption: one shard never finished (a temporary file left), meta.json never written.
+    interrupted = shards[1]
+    interrupted.rename(str(interrupted) + ".tmp")
+    (out / mpii.META_FILE).unlink()
+    assert _prepare(raw, out, workers=1) == first
+    for path in shards:
+        assert (path.stat().st_mtime_ns == mtimes[path]) == (path != interrupted), path
+    assert not list(out.glob("*.tmp"))
+
+
+def test_prepare_from_the_official_mat(raw: Path, tmp_path: Path) -> None:
+    write_official_mat(tmp_path / "release.mat")
+    for i, name in enumerate(("a.jpg", "b.jpg", "c.jpg")):
+        write_jpeg(tmp_path / name, i)
+    write_descriptions(tmp_path / "desc", ["a.jpg", "b.jpg", "c.jpg"], sources=("gpt-4",))
+    meta = prepare_mpii.prepare(
+        str(tmp_path), [str(tmp_path / "release.mat")], str(tmp_path / "desc"),
+        str(tmp_path / "out"), max_side=64, workers=1,
+    )  # fmt: skip
+    assert meta["splits"]["train"]["images"] == 3 and meta["skipped"] == {}
+    header, _ = mpii.decode_prepared(
+        _entries(tmp_path / "out" / meta["splits"]["train"]["shards"][0])[0]
+    )
+    assert header["activity"] == "running"
+
+
+def mpii_config(prepared: Path, batch_size: int = 4) -> ml_collections.ConfigDict:
+    """tests.conftest.tiny_config reading the prepared fixtures."""
+    config = tiny_config()
+    config.data = ml_collections.ConfigDict({
+        "name": "mpii", "images": "", "annotations": "", "descriptions": "",
+        "prepared": str(prepared), "split": "train", "train_records": GOOD_TRAIN,
+        "image_size": config.model.image_size, "max_people": 4, "worker_count": 0,
+        "crop": "squash", "crop_scale": (0.5, 1.0), "person_margin": 0.15, "flip": False,
+        "description_sources": ("gpt-4", "llama-2"),
+    })  # fmt: skip
+    config.train.batch_size = batch_size
+    return config
+
+
+def _record_ids(batch: dict[str, np.ndarray]) -> list[tuple[float, float]]:
+    """The first joint identifies a record (random per image in the fixtures)."""
+    return [tuple(np.round(kp[0, 0], 2)) for kp in batch["keypoints"]]
+
+
+def test_stream_batches_like_the_synthetic_path_and_shards_by_process(prepared: Path) -> None:
+    config = mpii_config(prepared, batch_size=2)  # one row per process: 5 batches = one epoch
+    tokenizer = pipeline.create_tokenizer(config)
+    synthetic = next(pipeline.train_iterator(tiny_config(), tokenizer))
+    seen = []
+    for process in range(2):
+        it = pipeline.train_iterator(config, tokenizer, process_index=process, process_count=2)
+        batches = [next(it) for _ in range(GOOD_TRAIN // 2)]
+        batch = batches[0]
+        assert set(batch) == set(synthetic)
+        for key, value in batch.items():
+            assert value.dtype == synthetic[key].dtype, key
+            assert value.shape[2:] == synthetic[key].shape[2:] or key == "keypoints", key
+        size = config.model.image_size
+        assert batch["image"].shape == (1, size, size, 3) and batch["person_mask"][:, 0].all()
+        assert batch["keypoints"].shape == (1, 4, 16, 2) and batch["tokens"].shape == (1, 40)
+        seen.append([r for b in batches for r in _record_ids(b)])
+    assert not set(seen[0]) & set(seen[1])  # disjoint, and together one epoch: every record
+    assert len(set(seen[0]) | set(seen[1])) == GOOD_TRAIN
+
+
+def test_iterator_state_restores_the_next_batch_with_workers(prepared: Path) -> None:
+    config = mpii_config(prepared)
+    config.data.worker_count = 1
+    config.data.crop = "random_resized"  # the random draws must resume too
+    tokenizer = pipeline.create_tokenizer(config)
+    it = pipeline.train_iterator(config, tokenizer)
+    next(it), next(it)
+    state = it.get_state()
+    expected = next(it)
+    it.close()  # a live pool beside the resumed one starves it on 2 cores (~10 s)
+    resumed = pipeline.train_iterator(config, tokenizer)
+    resumed.set_state(state)
+    got = next(resumed)
+    resumed.close()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+def test_train_a_few_steps_on_prepared_mpii(prepared: Path, tmp_path: Path) -> None:
+    config = mpii_config(prepared, batch_size=4)
+    config.mesh.data = 1
+    config.eval.datasets = ()
+    config.train.num_steps = 2
+    results = train.train_and_evaluate(config, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows if "loss" in row]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert (tmp_path / "checkpoints" / "2").is_dir()
+    assert isinstance(results, dict) and jax.device_count() >= 1
