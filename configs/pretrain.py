@@ -3,7 +3,7 @@
 Variants, comma-separated after the file name (`--config=configs/pretrain.py:clip,modern`):
   clip      the paper's CLIP baseline: the (image, text) pair alone, no heatmap guidance
   separate  a third image tower with its own weights encodes the focused image
-  causal    a CLIP-style causal text tower (EOT pooling) instead of BERT
+  causal    a CLIP-style causal text tower (EOT pooling) instead of BERT, CLIP's BPE tokenizer
   modern    CLIP's symmetric InfoNCE with a learnable temperature, AdamW with warmup + cosine
   original  reproduce the original code's quirks: text pooling over padding tokens too, alpha
             unconstrained
@@ -50,6 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.heatmaps = ml_collections.ConfigDict()
     config.heatmaps.min_sigma = 1.0  # pixels; the original divides by zero when joints align
+    config.heatmaps.mode = "parts"  # the paper's body parts, or "joints": one Gaussian per joint
+    config.heatmaps.joint_sigma = 2.0  # pixels at the training resolution; "joints" mode only
 
     config.loss = ml_collections.ConfigDict()
     config.loss.kind = "nt_xent"
@@ -91,8 +93,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.description_sources = ("gpt-4",)
 
     config.tokenizer = ml_collections.ConfigDict()
+    # bert_wordpiece, clip_bpe (vocab: bpe_simple_vocab_16e6.txt.gz) or fitted_bpe (fitted on the
+    # training descriptions, saved to `path`, e.g. in the workdir, and reused from there).
     config.tokenizer.kind = "bert_wordpiece"
     config.tokenizer.vocab = "data/bert-base-uncased/vocab.txt"
+    config.tokenizer.vocab_size = 8192  # fitted_bpe
+    config.tokenizer.path = ""  # fitted_bpe: the tokenizer JSON ("": <workdir>/tokenizer.json)
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32
@@ -144,6 +150,10 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> None:
             config.model.text_kind = "clip"
             config.model.text_size = "clip-b"
             config.model.max_len = 77
+            config.tokenizer.kind = "clip_bpe"
+            config.tokenizer.vocab = "data/clip/bpe_simple_vocab_16e6.txt.gz"
+            if config.init.text.startswith("hf_bert:"):  # a BERT checkpoint cannot start it
+                config.init.text = ""
         elif variant == "modern":
             config.loss.kind = "clip"
             config.optimizer.name = "adamw"
@@ -156,8 +166,9 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> None:
             config.model.constrain_alpha = False
         elif variant == "pretrained":
             config.init.image = "timm_vit:data/weights/vit_base_patch16_224.safetensors"
-            config.init.text = "hf_bert:data/bert-base-uncased"
-            config.tokenizer.vocab = "data/bert-base-uncased/vocab.txt"
+            if config.model.text_kind == "bert":  # the causal tower has no BERT checkpoint
+                config.init.text = "hf_bert:data/bert-base-uncased"
+                config.tokenizer.vocab = "data/bert-base-uncased/vocab.txt"
             config.model.pixel_mean = (0.5, 0.5, 0.5)  # timm vit_base_patch16_224 (AugReg)
             config.model.pixel_std = (0.5, 0.5, 0.5)
         else:

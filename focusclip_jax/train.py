@@ -70,6 +70,8 @@ def compute_loss(
     graphdef: nnx.GraphDef,
     loss_config: ml_collections.ConfigDict,
     min_sigma: float,
+    heatmap_mode: str = "parts",
+    joint_sigma: float = 2.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The FocusCLIP objective on a batch; heatmaps are rendered here, on the device."""
     pairs = [tuple(p) for p in loss_config.pairs]
@@ -85,6 +87,8 @@ def compute_loss(
             images.shape[1],
             images.shape[2],
             min_sigma=min_sigma,
+            mode=heatmap_mode,
+            joint_sigma=joint_sigma,
         )
     embeddings = model.embed(
         images=images,
@@ -112,10 +116,18 @@ def train_step(
     loss_config: ml_collections.ConfigDict,
     bounds: Mapping[tuple[str, ...], tuple[float, float]],
     min_sigma: float,
+    heatmap_mode: str = "parts",
+    joint_sigma: float = 2.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on a global batch; returns the new state and a flat dict of scalar metrics."""
     loss_fn = functools.partial(
-        compute_loss, batch=batch, graphdef=graphdef, loss_config=loss_config, min_sigma=min_sigma
+        compute_loss,
+        batch=batch,
+        graphdef=graphdef,
+        loss_config=loss_config,
+        min_sigma=min_sigma,
+        heatmap_mode=heatmap_mode,
+        joint_sigma=joint_sigma,
     )
     (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
@@ -208,6 +220,8 @@ class Trainer:
             loss_config=config.loss,
             bounds=self.bounds,
             min_sigma=config.heatmaps.min_sigma,
+            heatmap_mode=config.heatmaps.mode,
+            joint_sigma=config.heatmaps.joint_sigma,
         )
         self.step = jax.jit(
             step,
@@ -314,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir = Path(workdir)
     pipeline.check_input_files(config, also=weights.required_files(config.get("init")))
     mesh = sharding.create_mesh(config.mesh)
-    tokenizer = pipeline.create_tokenizer(config)
+    tokenizer = pipeline.create_tokenizer(config, workdir=str(workdir))
     train_iter = pipeline.train_iterator(config, tokenizer)
     trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
     writer = MetricWriter(workdir)

@@ -34,7 +34,10 @@ Layouts under `data.eval_root` (one folder per dataset; what each reader expects
   fairface/     fairface_label_{train,val}.csv (`file,age,gender,race,service_test`) and the
                 train/ val/ image folders (github joojs/fairface); FairFace has no test split.
   cub200/       CUB_200_2011 as unpacked (optionally inside CUB_200_2011/): classes.txt,
-                images.txt, image_class_labels.txt, train_test_split.txt, images/NNN.Name/.
+                images.txt, image_class_labels.txt, train_test_split.txt, images/NNN.Name/;
+                or a TFDS data dir holding caltech_birds2011/<version>/ (dataset_info.json and
+                `caltech_birds2011-<split>.{tfrecord,array_record}-NNNNN-of-NNNNN` shards of
+                tf.train.Example records), read without TensorFlow or TFDS.
 
 Splits: `data.eval_split` ("test" by default; "val" picks a validation split where one exists),
 overridden per dataset family by `data.eval_splits` (the `paper` variant of
@@ -44,8 +47,10 @@ Unreadable images are dropped and counted (`unreadable`); a missing folder or fi
 """
 
 import csv
+import io
 import logging
 import re
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,7 +73,7 @@ class DatasetNotFoundError(InputDataError, FileNotFoundError):
 
 @dataclass(frozen=True)
 class Sample:
-    source: Path | np.ndarray  # an image file, or pixels (FER's csv)
+    source: Path | np.ndarray | bytes  # an image file, pixels (FER's csv) or encoded (TFDS)
     label: int
     box: Box | None = None
 
@@ -201,6 +206,8 @@ def decode(sample: Sample, size: int) -> np.ndarray | None:
     try:
         if isinstance(sample.source, np.ndarray):
             image = Image.fromarray(sample.source)
+        elif isinstance(sample.source, bytes):
+            image = Image.open(io.BytesIO(sample.source))
         else:
             image = Image.open(sample.source)
         image = image.convert("RGB")
@@ -304,9 +311,12 @@ def kinetics400(data: ml_collections.ConfigDict) -> dict[str, Any]:
         clip = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}"
         frame = _kinetics_frame(frames, row["label"], clip)
         if frame is None:
+            # Kept as a sample that can't be read: counted in `unreadable` like a corrupt frame.
             missing += 1
-            continue
+            frame = frames / clip
         samples.append(Sample(frame, index[row["label"]]))
+    if rows and missing == len(rows):
+        raise DatasetNotFoundError(f"kinetics400: no extracted frames under {frames} for any clip")
     if missing:
         logging.warning("kinetics400: %d of %d clips have no extracted frames", missing, len(rows))
     return _build("kinetics400", data, samples, labels, labels, "activity", (1, 3))
@@ -558,8 +568,118 @@ def _table(path: Path) -> dict[int, str]:
     return {int(k): v.strip() for k, v in pairs}
 
 
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        value, pos, shift = value | (byte & 0x7F) << shift, pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _proto_fields(buf: bytes) -> Iterable[tuple[int, int | bytes]]:
+    """(field number, value) of a serialized protobuf message: varints as int, the rest as bytes."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = buf[pos : pos + size], pos + size
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = buf[pos : pos + size], pos + size
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield key >> 3, value
+
+
+def parse_example(record: bytes) -> dict[str, list[bytes] | list[int]]:
+    """The bytes and (non-negative) int64 features of a serialized tf.train.Example.
+
+    Hand-decoded from tensorflow/core/example/{example,feature}.proto so that reading a TFDS
+    data dir needs neither TensorFlow nor TFDS: Example.features (1) → Features.feature (1, map
+    entries: key 1, Feature 2) → Feature.bytes_list (1) or int64_list (3) → value (1). Float
+    lists (2) are skipped.
+    """
+    features: dict[str, list[bytes] | list[int]] = {}
+    for _, features_msg in _proto_fields(record):
+        for _, entry in _proto_fields(features_msg):
+            fields = dict(_proto_fields(entry))
+            for kind, values in _proto_fields(fields.get(2, b"")):
+                items = [v for _, v in _proto_fields(values)]
+                if kind == 1:
+                    features[fields[1].decode()] = items
+                elif kind == 3:  # packed (one run of varints) or one varint per value
+                    features[fields[1].decode()] = [
+                        n for v in items for n in (_varints(v) if isinstance(v, bytes) else [v])
+                    ]
+    return features
+
+
+def _varints(buf: bytes) -> list[int]:
+    values, pos = [], 0
+    while pos < len(buf):
+        value, pos = _varint(buf, pos)
+        values.append(value)
+    return values
+
+
+def _tfrecords(path: Path) -> list[bytes]:
+    """Records of a TFRecord file: u64 length, u32 masked CRC, data, u32 masked CRC (unchecked)."""
+    buf, records, pos = path.read_bytes(), [], 0
+    while pos < len(buf):
+        (length,) = struct.unpack_from("<Q", buf, pos)
+        records.append(buf[pos + 12 : pos + 12 + length])
+        pos += 12 + length + 4
+    return records
+
+
+def _cub200_tfds(version_dir: Path, split: str, data: ml_collections.ConfigDict) -> dict[str, Any]:
+    """CUB-200-2011 from a TFDS `caltech_birds2011` build, names as in the raw classes.txt.
+
+    TFDS's labels are the folder number - 1 (the raw class order); the class names come from the
+    folders in `image/filename` (`.../images/001.Black_footed_Albatross/...`).
+    """
+    shards = sorted(version_dir.glob(f"caltech_birds2011-{split}.*-of-*"))
+    if not shards:
+        raise DatasetNotFoundError(
+            f"cub200: no caltech_birds2011-{split}.{{tfrecord,array_record}}-* shards in "
+            f"{version_dir}"
+        )
+    samples, names = [], {}
+    for shard in shards:
+        if ".array_record-" in shard.name:
+            from array_record.python.array_record_module import ArrayRecordReader
+
+            reader = ArrayRecordReader(str(shard))
+            records = reader.read_all()
+            reader.close()
+        else:
+            records = _tfrecords(shard)
+        for record in records:
+            example = parse_example(record)
+            if not {"image", "label", "image/filename"} <= example.keys():
+                raise InputDataError(f"cub200: {shard} holds records without image/label fields")
+            label = int(example["label"][0])
+            folder = Path(example["image/filename"][0].decode()).parent.name
+            names[label] = folder.split(".", 1)[-1]
+            samples.append(Sample(bytes(example["image"][0]), label))
+    if sorted(names) != list(range(len(names))):
+        raise InputDataError(f"cub200: the {split} split of {version_dir} lacks some classes")
+    class_names = [names[i] for i in range(len(names))]
+    phrases = [n.replace("_", " ") for n in class_names]
+    return _build("cub200", data, samples, class_names, phrases, "bird", (1,))
+
+
 def cub200(data: ml_collections.ConfigDict) -> dict[str, Any]:
     root = _root(data, "cub200")
+    tfds_builds = sorted(root.glob("caltech_birds2011/*/dataset_info.json"))
+    if tfds_builds:  # the newest version folder
+        split = _split(data, "cub200", {"train": "train", "test": "test"})
+        return _cub200_tfds(tfds_builds[-1].parent, split, data)
     if (root / "CUB_200_2011").is_dir():
         root = root / "CUB_200_2011"
     split = _split(data, "cub200", {"train": "1", "test": "0"})

@@ -1,5 +1,11 @@
 """Body-part Gaussian heatmaps of FocusCLIP (arXiv 2403.06904): one definition, two renderers.
 
+Two modes: "parts" (the paper's, below) and "joints", an ablation with one isotropic Gaussian of
+fixed σ = `joint_sigma` pixels per visible joint (the common pose-heatmap recipe), combined the
+same way (summed per person, clipped, summed over people, clipped). In "joints" mode a visible
+joint with non-finite coordinates is treated as missing; a joint outside the image still adds its
+tail inside it, as a part centred outside does.
+
 Recipe (per image): for every annotated person and each of the 10 MPII part groups in
 `PART_GROUPS`, keep the group's visible joints and skip the part when fewer than 2 remain; the
 part's Gaussian is centred on the centre of those joints' bounding box with σx, σy = half the box
@@ -47,15 +53,38 @@ PART_GROUPS: dict[str, tuple[int, ...]] = {
 }
 
 # The groups as a padded [10, 6] gather table plus its validity mask, for the vectorised renderer.
-_NUM_PARTS = len(PART_GROUPS)
 _MAX_GROUP = max(len(ids) for ids in PART_GROUPS.values())
 _PART_INDEX = np.array([ids + (0,) * (_MAX_GROUP - len(ids)) for ids in PART_GROUPS.values()])
 _PART_VALID = np.array([[k < len(ids) for k in range(_MAX_GROUP)] for ids in PART_GROUPS.values()])
 
 
-def _check_min_sigma(min_sigma: float) -> None:
+HEATMAP_MODES = ("parts", "joints")
+
+
+def _check_args(mode: str, min_sigma: float, joint_sigma: float) -> None:
+    if mode not in HEATMAP_MODES:
+        raise ValueError(f"heatmap mode must be one of {HEATMAP_MODES}, got {mode!r}")
     if not min_sigma > 0:
         raise ValueError(f"min_sigma must be > 0 (it guards a division by σ), got {min_sigma}")
+    if mode == "joints" and not joint_sigma > 0:
+        raise ValueError(f"joint_sigma must be > 0, got {joint_sigma}")
+
+
+def _gaussians_np(
+    keypoints: np.ndarray, visible: np.ndarray, mode: str, min_sigma: float, joint_sigma: float
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(centre (x, y), σ (x, y)) of each Gaussian of one person: keypoints [16, 2], visible [16]."""
+    if mode == "joints":
+        used = visible & np.isfinite(keypoints).all(axis=-1)
+        return [(keypoints[j], np.full(2, joint_sigma)) for j in np.flatnonzero(used)]
+    gaussians = []
+    for ids in PART_GROUPS.values():
+        pts = keypoints[[i for i in ids if visible[i]]]
+        if len(pts) < 2:
+            continue
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        gaussians.append(((lo + hi) / 2, np.maximum((hi - lo) / 2, min_sigma)))
+    return gaussians
 
 
 def render_heatmap_np(
@@ -65,13 +94,15 @@ def render_heatmap_np(
     height: int,
     width: int,
     min_sigma: float = 1.0,
+    mode: str = "parts",
+    joint_sigma: float = 2.0,
 ) -> np.ndarray:
     """Heatmap of one image on the host: keypoints [P, 16, 2] (x, y), visible [P, 16], mask [P].
 
     The reference renderer (loops over people and parts, literally as the recipe reads); used for
     inspection, tests and hosts without accelerators. Returns float32 [height, width] in [0, 1].
     """
-    _check_min_sigma(min_sigma)
+    _check_args(mode, min_sigma, joint_sigma)
     keypoints = np.asarray(keypoints, np.float64)
     visible = np.asarray(visible, bool)
     xs = np.arange(width, dtype=np.float64)
@@ -79,13 +110,8 @@ def render_heatmap_np(
     total = np.zeros((height, width), np.float64)
     for person in np.flatnonzero(np.asarray(person_mask, bool)):
         person_map = np.zeros((height, width), np.float64)
-        for ids in PART_GROUPS.values():
-            pts = keypoints[person, [i for i in ids if visible[person, i]]]
-            if len(pts) < 2:
-                continue
-            lo, hi = pts.min(axis=0), pts.max(axis=0)
-            cx, cy = (lo + hi) / 2
-            sx, sy = np.maximum((hi - lo) / 2, min_sigma)
+        gaussians = _gaussians_np(keypoints[person], visible[person], mode, min_sigma, joint_sigma)
+        for (cx, cy), (sx, sy) in gaussians:
             gx = np.exp(-((xs - cx) ** 2) / (2 * sx**2))
             gy = np.exp(-((ys - cy) ** 2) / (2 * sy**2))
             person_map += gy[:, None] * gx[None, :]
@@ -101,41 +127,37 @@ def render_heatmaps(
     width: int,
     min_sigma: float = 1.0,
     dtype: jnp.dtype = jnp.float32,
+    mode: str = "parts",
+    joint_sigma: float = 2.0,
 ) -> jax.Array:
     """Heatmaps of a batch on the device: keypoints [B, P, 16, 2], visible [B, P, 16], mask [B, P].
 
-    Jittable with static `height`/`width`. Each part's Gaussian is separable, so the whole batch is
-    a gather, two small exps ([B, P·10, H] and [B, P·10, W]) and one batched matmul over the
-    P·10 parts; the sum over people and parts is clipped once (equal to per-person clipping, see
-    the module docstring). Invisible joints, parts with < 2 visible joints and masked people
+    Jittable with static `height`/`width`/`mode`/`joint_sigma`. Each Gaussian is separable, so the
+    whole batch is a gather, two small exps ([B, P·G, H] and [B, P·G, W]) and one batched matmul
+    over the P·G Gaussians (G = 10 parts or 16 joints); the sum over people and Gaussians is clipped
+    once (equal to per-person clipping, see the module docstring). Invisible joints, parts with < 2
+    visible joints and masked people
     contribute exactly 0, and nothing is ever NaN. Returns `dtype` [B, height, width] in [0, 1].
     """
-    _check_min_sigma(min_sigma)
+    _check_args(mode, min_sigma, joint_sigma)
     kp = jnp.asarray(keypoints, jnp.float32)
     vis = jnp.asarray(visible, bool) & jnp.asarray(person_mask, bool)[..., None]
-    batch, people = kp.shape[:2]
-
-    part_kp = kp[:, :, _PART_INDEX]  # [B, P, 10, 6, 2]
-    part_vis = (vis[:, :, _PART_INDEX] & _PART_VALID)[..., None]  # [B, P, 10, 6, 1]
-    # Masked joints are replaced before min/max, so a NaN or -1 placeholder never leaks in.
-    lo = jnp.min(jnp.where(part_vis, part_kp, jnp.inf), axis=3)  # [B, P, 10, 2]
-    hi = jnp.max(jnp.where(part_vis, part_kp, -jnp.inf), axis=3)
-    used = jnp.sum(part_vis[..., 0], axis=3) >= 2  # [B, P, 10]
-    lo = jnp.where(used[..., None], lo, 0.0)
-    hi = jnp.where(used[..., None], hi, 0.0)
-    centre = (lo + hi) / 2
-    sigma = jnp.maximum((hi - lo) / 2, min_sigma)
-
-    parts = people * _NUM_PARTS
+    if mode == "joints":
+        used = vis & jnp.all(jnp.isfinite(kp), axis=-1)  # [B, P, 16]
+        centre = jnp.where(used[..., None], kp, 0.0)
+        sigma = jnp.full(centre.shape, joint_sigma, jnp.float32)
+    else:
+        used, centre, sigma = _part_gaussians(kp, vis, min_sigma)
+    batch, gaussians = used.shape[0], used.shape[1] * used.shape[2]
 
     def gauss_1d(size: int, axis: int) -> jax.Array:
-        """[B, P·parts, size]: the separable factor of every part's Gaussian along one axis."""
+        """[B, P·G, size]: the separable factor of every Gaussian along one axis."""
         grid = jnp.arange(size, dtype=jnp.float32)
         d2 = jnp.square(grid - centre[..., axis, None]) / (2 * jnp.square(sigma[..., axis, None]))
-        return jnp.exp(-d2).reshape(batch, parts, size)
+        return jnp.exp(-d2).reshape(batch, gaussians, size)
 
     gx = gauss_1d(width, 0)
-    gy = gauss_1d(height, 1) * used.reshape(batch, parts, 1)
+    gy = gauss_1d(height, 1) * used.reshape(batch, gaussians, 1)
     total = jnp.einsum(
         "bnh,bnw->bhw",
         gy.astype(dtype),
@@ -144,3 +166,18 @@ def render_heatmaps(
         preferred_element_type=jnp.float32,
     )
     return jnp.clip(total, 0.0, 1.0).astype(dtype)
+
+
+def _part_gaussians(
+    kp: jax.Array, vis: jax.Array, min_sigma: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(used [B, P, 10], centre [B, P, 10, 2], σ [B, P, 10, 2]) of every part's Gaussian."""
+    part_kp = kp[:, :, _PART_INDEX]  # [B, P, 10, 6, 2]
+    part_vis = (vis[:, :, _PART_INDEX] & _PART_VALID)[..., None]  # [B, P, 10, 6, 1]
+    # Masked joints are replaced before min/max, so a NaN or -1 placeholder never leaks in.
+    lo = jnp.min(jnp.where(part_vis, part_kp, jnp.inf), axis=3)  # [B, P, 10, 2]
+    hi = jnp.max(jnp.where(part_vis, part_kp, -jnp.inf), axis=3)
+    used = jnp.sum(part_vis[..., 0], axis=3) >= 2  # [B, P, 10]
+    lo = jnp.where(used[..., None], lo, 0.0)
+    hi = jnp.where(used[..., None], hi, 0.0)
+    return used, (lo + hi) / 2, jnp.maximum((hi - lo) / 2, min_sigma)

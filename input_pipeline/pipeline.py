@@ -18,7 +18,13 @@ import numpy as np
 
 from input_pipeline import eval_datasets, mpii, synthetic
 from input_pipeline.files import RequiredFile, require_files
-from input_pipeline.tokenizers import BertWordPieceTokenizer, WordTokenizer
+from input_pipeline.tokenizers import (
+    CLIP_BPE_SOURCE,
+    BertWordPieceTokenizer,
+    ClipBpeTokenizer,
+    FittedBpeTokenizer,
+    WordTokenizer,
+)
 
 Tokenizer = Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]
 TRAIN_FIELDS = ("image", "keypoints", "visible", "person_mask")
@@ -51,7 +57,7 @@ BERT_VOCAB = (
     "vocab.txt of a Hugging Face BERT checkpoint, e.g. google-bert/bert-base-uncased "
     "(the folder the text tower's weights come from)"
 )
-TOKENIZER_KINDS = ("synthetic_words", "words", "bert_wordpiece")
+TOKENIZER_KINDS = ("synthetic_words", "words", "bert_wordpiece", "clip_bpe", "fitted_bpe")
 
 
 def check_input_files(config: ml_collections.ConfigDict, also: Sequence[RequiredFile] = ()) -> None:
@@ -63,12 +69,32 @@ def check_input_files(config: ml_collections.ConfigDict, also: Sequence[Required
         files.append(
             RequiredFile("tokenizer.vocab", config.tokenizer.vocab, "a word list, one per line")
         )
+    elif config.tokenizer.kind == "clip_bpe":
+        files.append(RequiredFile("tokenizer.vocab", config.tokenizer.vocab, CLIP_BPE_SOURCE))
     require_files([*files, *also])
 
 
-def create_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
-    """`tokenizer.kind`: `synthetic_words` (fitted on the demo grammar), `words` (a word list) or
-    `bert_wordpiece` (BERT's vocab.txt)."""
+def tokenizer_corpus(config: ml_collections.ConfigDict) -> list[str]:
+    """The texts a `fitted_bpe` tokenizer is fitted on: the synthetic grammar, or every text the
+    MPII training stream can pick (`transforms.choose_description`) from the prepared records."""
+    if config.data.name == "synthetic":
+        return synthetic.corpus()
+    if config.data.name != "mpii":
+        raise ValueError(f"config data.name={config.data.name!r}: no corpus to fit a BPE on")
+    sources = tuple(config.data.description_sources)
+    records = mpii.train_source(config.data)
+    texts: list[str] = []
+    for i in range(len(records)):
+        described = mpii.decode_prepared(records[i])[0]["descriptions"]
+        texts += [described[s] for s in sources if s in described] or list(described.values())
+    return texts
+
+
+def create_tokenizer(config: ml_collections.ConfigDict, workdir: str | None = None) -> Tokenizer:
+    """`tokenizer.kind`: `synthetic_words` (fitted on the demo grammar), `words` (a word list),
+    `bert_wordpiece` (BERT's vocab.txt), `clip_bpe` (CLIP's bpe_simple_vocab_16e6.txt.gz) or
+    `fitted_bpe` (a BPE of `tokenizer.vocab_size` fitted on `tokenizer_corpus`, saved as
+    `tokenizer.path`, by default `<workdir>/tokenizer.json`, and reused from there)."""
     kind = config.tokenizer.kind
     if kind == "synthetic_words":
         return WordTokenizer.fit(synthetic.corpus())
@@ -76,6 +102,17 @@ def create_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
         return WordTokenizer.from_file(config.tokenizer.vocab)
     if kind == "bert_wordpiece":
         return BertWordPieceTokenizer(config.tokenizer.vocab)
+    if kind == "clip_bpe":
+        return ClipBpeTokenizer(config.tokenizer.vocab)
+    if kind == "fitted_bpe":
+        path = config.tokenizer.get("path") or (workdir and f"{workdir}/tokenizer.json")
+        if not path:
+            raise ValueError(
+                "config tokenizer.path: where the fitted BPE is saved, e.g. in the workdir"
+            )
+        return FittedBpeTokenizer.load_or_fit(
+            path, lambda: tokenizer_corpus(config), config.tokenizer.vocab_size
+        )
     raise ValueError(f"config tokenizer.kind={kind!r}: expected one of {TOKENIZER_KINDS}")
 
 

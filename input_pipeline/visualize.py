@@ -1,7 +1,7 @@
 """See what training sees: keypoints, the heatmap overlay and the focused image, side by side.
 
     python -m input_pipeline.visualize --annotations=<mmpose json | .mat | descriptions json> \\
-        --images=<dir> --out=<dir> [--num=8] [--descriptions=<dir>]
+        --images=<dir> --out=<dir> [--num=8] [--descriptions=<dir>] [--heatmap_mode=joints]
 
 One PNG per image; the description (wrapped) below when there is one. The heatmap is the paper's
 (`input_pipeline.heatmaps`), so it must cover the annotated people and nobody else.
@@ -33,7 +33,14 @@ def _colour(*joints: int) -> tuple[int, int, int]:
     return (60, 220, 60)
 
 
-def render(record: mpii.MpiiRecord, image: Image.Image, size: int, alpha: float) -> Image.Image:
+def render(
+    record: mpii.MpiiRecord,
+    image: Image.Image,
+    size: int,
+    alpha: float,
+    heatmap_mode: str = "parts",
+    joint_sigma: float = 2.0,
+) -> Image.Image:
     """[keypoints | heatmap overlay | focused] with the description below."""
     scale = size / max(image.size)
     w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
@@ -41,7 +48,9 @@ def render(record: mpii.MpiiRecord, image: Image.Image, size: int, alpha: float)
     people = record.people or [mpii.Person(np.zeros((16, 2), np.float32), np.zeros(16, bool))]
     kp = np.stack([(p.keypoints + 0.5) * scale - 0.5 for p in people])
     vis = np.stack([p.visible for p in people])
-    heat = heatmaps.render_heatmap_np(kp, vis, np.ones(len(people), bool), h, w)
+    heat = heatmaps.render_heatmap_np(
+        kp, vis, np.ones(len(people), bool), h, w, mode=heatmap_mode, joint_sigma=joint_sigma
+    )
 
     skeleton = Image.fromarray(pixels.astype(np.uint8))
     draw = ImageDraw.Draw(skeleton)
@@ -75,6 +84,8 @@ def visualize(
     descriptions: str | None = None,
     size: int = 384,
     alpha: float = 0.5,
+    heatmap_mode: str = "parts",
+    joint_sigma: float = 2.0,
 ) -> list[Path]:
     """Writes up to `num` PNGs (skipping unreadable images, with a warning); returns their paths."""
     records = mpii.read_annotations(annotations)
@@ -91,7 +102,7 @@ def visualize(
             logging.warning("skipping %s: %s", record.image, e)
             continue
         path = out_dir / f"{Path(record.image).stem}.png"
-        render(record, image, size, alpha).save(path)
+        render(record, image, size, alpha, heatmap_mode, joint_sigma).save(path)
         written.append(path)
     return written
 
@@ -103,7 +114,7 @@ def main(argv: list[str]) -> None:
             raise app.UsageError(f"--{name} is required")
     paths = visualize(
         FLAGS.annotations, FLAGS.images, FLAGS.out, FLAGS.num, FLAGS.descriptions, FLAGS.size,
-        FLAGS.alpha,
+        FLAGS.alpha, FLAGS.heatmap_mode, FLAGS.joint_sigma,
     )  # fmt: skip
     print(f"wrote {len(paths)} images to {FLAGS.out}")
 
@@ -117,6 +128,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num", 8, "Images to draw.")
     flags.DEFINE_integer("size", 384, "Longest side of each panel, pixels.")
     flags.DEFINE_float("alpha", 0.5, "Focus: focused = image · (alpha + (1 - alpha) · heatmap).")
+    flags.DEFINE_enum("heatmap_mode", "parts", list(heatmaps.HEATMAP_MODES), "Heatmap recipe.")
+    flags.DEFINE_float("joint_sigma", 2.0, "σ of each joint's Gaussian in panel pixels (joints).")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Each benchmark read back from a tiny fixture written in its published layout."""
 
 import csv
+import io
+import shutil
+import struct
 from pathlib import Path
 
 import ml_collections
@@ -10,6 +13,7 @@ from PIL import Image
 
 from input_pipeline import eval_datasets, pipeline
 from input_pipeline.eval_datasets import DatasetNotFoundError
+from input_pipeline.files import InputDataError
 
 
 def _data(root: Path, **overrides) -> ml_collections.ConfigDict:
@@ -68,7 +72,12 @@ def test_kinetics_middle_frame_and_sorted_labels(tmp_path: Path) -> None:
     data = pipeline.zero_shot_data("kinetics400", _data(tmp_path))
     assert data.class_names == ("abseiling", "riding a bike")
     assert data.labels.tolist() == [1, 0]
+    assert data.unreadable == 1  # the clip without frames is reported with the results
     assert data.images[0].mean() == pytest.approx(50, abs=2)  # the middle of three frames
+    shutil.rmtree(root / "frames")
+    (root / "frames").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="no extracted frames"):
+        pipeline.zero_shot_data("kinetics400", _data(tmp_path))
 
 
 def _emotic_mat(root: Path) -> None:
@@ -227,6 +236,94 @@ def test_cub_raw_folder_test_split(tmp_path: Path) -> None:
     data = pipeline.zero_shot_data("cub200", _data(tmp_path))
     assert data.labels.tolist() == [1, 0]
     assert data.class_names == ("Black_footed_Albatross", "Laysan_Albatross")
+
+
+def _tf_example_class() -> type:
+    """tf.train.Example built from tensorflow/core/example/{example,feature}.proto with protobuf
+    (a dependency of grain and orbax), so the fixture does not share the reader's decoder."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    repeated, message = field.LABEL_REPEATED, field.TYPE_MESSAGE
+    proto = descriptor_pb2.FileDescriptorProto(name="example.proto", package="tensorflow")
+    proto.syntax = "proto3"
+    lists = {
+        "BytesList": field.TYPE_BYTES,
+        "FloatList": field.TYPE_FLOAT,
+        "Int64List": field.TYPE_INT64,
+    }
+    for name, kind in lists.items():
+        values = proto.message_type.add(name=name).field
+        values.add(name="value", number=1, type=kind, label=repeated)
+    feature = proto.message_type.add(name="Feature")
+    for number, name in enumerate(("bytes_list", "float_list", "int64_list"), 1):
+        type_name = f".tensorflow.{name.title().replace('_', '')}"
+        feature.field.add(name=name, number=number, type=message, type_name=type_name)
+    features = proto.message_type.add(name="Features")
+    entry = features.nested_type.add(name="FeatureEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=field.TYPE_STRING)
+    entry.field.add(name="value", number=2, type=message, type_name=".tensorflow.Feature")
+    type_name = ".tensorflow.Features.FeatureEntry"
+    features.field.add(name="feature", number=1, type=message, label=repeated, type_name=type_name)
+    example = proto.message_type.add(name="Example")
+    example.field.add(name="features", number=1, type=message, type_name=".tensorflow.Features")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
+
+
+def _tfds_example(example_class: type, label: int, folder: str, value: int) -> bytes:
+    """One caltech_birds2011 record as TFDS serializes it (segmentation mask left out)."""
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 8), (value, value, value)).save(jpeg, "JPEG")
+    example = example_class()
+    feature = example.features.feature
+    feature["image"].bytes_list.value.append(jpeg.getvalue())
+    feature["image/filename"].bytes_list.value.append(
+        f"CUB_200_2011/images/{folder}/{folder[4:]}_{value}.jpg".encode()
+    )
+    feature["label"].int64_list.value.append(label)
+    feature["label_name"].bytes_list.value.append(folder[4:].lower().encode())
+    feature["bbox"].float_list.value.extend([0.1, 0.2, 0.9, 0.8])
+    return example.SerializeToString()
+
+
+@pytest.mark.parametrize("file_format", ["array_record", "tfrecord"])
+def test_cub_from_a_tfds_data_dir(tmp_path: Path, file_format: str) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    build = tmp_path / "cub200" / "caltech_birds2011" / "0.1.1"
+    build.mkdir(parents=True)
+    (build / "dataset_info.json").write_text('{"name": "caltech_birds2011"}')
+    example_class = _tf_example_class()
+    folders = ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
+    shards = {  # the test split in two shards, classes out of order; the train split elsewhere
+        "test.{}-00000-of-00002": [(1, 20), (0, 40)],
+        "test.{}-00001-of-00002": [(1, 60)],
+        "train.{}-00000-of-00001": [(1, 80)],  # no class 0: refused
+    }
+    for name, rows in shards.items():
+        records = [_tfds_example(example_class, k, folders[k], v) for k, v in rows]
+        path = build / f"caltech_birds2011-{name.format(file_format)}"
+        if file_format == "array_record":
+            writer = ArrayRecordWriter(str(path), "group_size:1")
+            for record in records:
+                writer.write(record)
+            writer.close()
+        else:  # TFRecord framing; the reader does not check the CRCs, so zeros stand in
+            path.write_bytes(
+                b"".join(struct.pack("<QI", len(r), 0) + r + b"\0" * 4 for r in records)
+            )
+    data = pipeline.zero_shot_data("cub200", _data(tmp_path))
+    assert data.class_names == ("Black_footed_Albatross", "Laysan_Albatross")  # as classes.txt
+    assert data.labels.tolist() == [1, 0, 1]
+    assert data.images[:, 0, 0, 0].tolist() == pytest.approx([20, 40, 60], abs=3)
+    assert data.templates[0].format(data.prompt_names[1]) == (
+        "a photo of a Laysan Albatross, a type of bird."
+    )
+    with pytest.raises(InputDataError, match="lacks some classes"):
+        pipeline.zero_shot_data("cub200", _data(tmp_path, eval_split="train"))
 
 
 def test_missing_folder_names_what_was_expected(tmp_path: Path) -> None:

@@ -18,15 +18,23 @@ H, W = 24, 32  # one shape for every jnp call below, so the renderer compiles on
 
 @functools.cache
 def _jitted():
-    return jax.jit(render_heatmaps, static_argnames=("height", "width", "min_sigma"))
-
-
-def _render_both(kp, vis, mask, min_sigma=1.0):
-    """Renders a batch with both renderers; returns (numpy [B, H, W], jnp as numpy [B, H, W])."""
-    ref = np.stack(
-        [render_heatmap_np(k, v, m, H, W, min_sigma) for k, v, m in zip(kp, vis, mask, strict=True)]
+    return jax.jit(
+        render_heatmaps, static_argnames=("height", "width", "min_sigma", "mode", "joint_sigma")
     )
-    out = np.asarray(_jitted()(kp, vis, mask, height=H, width=W, min_sigma=min_sigma))
+
+
+def _render_both(kp, vis, mask, min_sigma=1.0, **joints):
+    """Renders a batch with both renderers; returns (numpy [B, H, W], jnp as numpy [B, H, W]).
+
+    `joints` (mode=, joint_sigma=) select the per-joint mode; absent, the default call is tested.
+    """
+    ref = np.stack(
+        [
+            render_heatmap_np(k, v, m, H, W, min_sigma, **joints)
+            for k, v, m in zip(kp, vis, mask, strict=True)
+        ]
+    )
+    out = np.asarray(_jitted()(kp, vis, mask, height=H, width=W, min_sigma=min_sigma, **joints))
     return ref, out
 
 
@@ -137,3 +145,41 @@ def test_mpii_sample_heatmap_lies_on_the_annotated_person():
         inside = hm[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1].sum()
         assert inside > 0.95 * hm.sum(), rec["image"]
         assert hm.max() == pytest.approx(1.0, abs=1e-3)
+
+
+JOINTS = {"mode": "joints", "joint_sigma": 2.0}
+
+
+def test_joints_mode_jnp_matches_numpy_on_random_poses():
+    rng = np.random.default_rng(2)
+    kp = rng.uniform([-6, -6], [W + 6, H + 6], size=(3, 3, 16, 2)).astype(np.float32)
+    vis = rng.random((3, 3, 16)) < 0.7
+    kp[0, 0, ~vis[0, 0]] = np.nan  # placeholders of invisible joints may be anything
+    mask = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0]], bool)
+    ref, out = _render_both(kp, vis, mask, **JOINTS)
+    assert np.isfinite(out).all() and ref[0].max() > 0.5 and np.all(ref[2] == 0)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_joints_mode_analytic_values_and_invisible_joints():
+    kp, vis, mask = _one_person({4: (10.0, 6.0), 0: (-2.0, 12.0)})  # r_ankle left of the image
+    kp[0, 0, 5] = (20.0, 18.0)  # invisible: adds nothing
+    ref, out = _render_both(kp, vis, mask, **JOINTS)
+    for hm in (ref[0], out[0]):
+        assert hm[6, 10] == pytest.approx(1.0, abs=1e-6)
+        assert hm[6, 12] == pytest.approx(math.exp(-0.5), abs=1e-6)  # one σ to the right
+        assert hm[8, 12] == pytest.approx(math.exp(-1.0), abs=1e-6)
+        assert hm[12, 0] == pytest.approx(math.exp(-0.5), abs=1e-6)  # the outside joint's tail
+        assert hm[18, 20] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_joints_mode_clipped_to_unit_interval_and_checked():
+    kp = np.full((1, 2, 16, 2), 12.0, np.float32)  # 32 joints on one pixel
+    ref, out = _render_both(kp, np.ones((1, 2, 16), bool), np.ones((1, 2), bool), **JOINTS)
+    for hm in (ref, out):
+        assert hm.min() >= 0.0 and hm.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="joint_sigma"):
+        render_heatmap_np(kp[0], np.ones((2, 16), bool), np.ones(2, bool), H, W, 1.0, "joints", 0.0)
+    with pytest.raises(ValueError, match="mode"):
+        render_heatmap_np(kp[0], np.ones((2, 16), bool), np.ones(2, bool), H, W, mode="limbs")

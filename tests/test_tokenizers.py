@@ -1,9 +1,31 @@
-"""Tokenizers: framing, truncation, and BERT WordPiece on a hand-written vocabulary."""
+"""Tokenizers: framing, truncation, BERT WordPiece on a hand-written vocabulary, CLIP's BPE against
+open_clip's ids (fixtures of bench/make_tokenizer_goldens.py), a BPE fitted on descriptions."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
+from array_record.python import array_record_module
 
-from input_pipeline.tokenizers import BertWordPieceTokenizer, WordTokenizer, bert_basic_split
+from configs import pretrain
+from input_pipeline import mpii, pipeline, synthetic
+from input_pipeline.files import MissingFilesError
+from input_pipeline.tokenizers import (
+    BertWordPieceTokenizer,
+    ClipBpeTokenizer,
+    FittedBpeTokenizer,
+    WordTokenizer,
+    bert_basic_split,
+)
+from tests.conftest import tiny_config
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tokenizers"
+GOLDENS = json.loads((FIXTURES / "clip_bpe_goldens.json").read_text(encoding="utf-8"))
+SMALL_CLIP = ClipBpeTokenizer(FIXTURES / GOLDENS["small"]["vocab"])
+CONTEXT = GOLDENS["context_length"]
 
 
 def test_word_tokenizer_frames_pads_and_truncates() -> None:
@@ -40,3 +62,132 @@ def test_bert_wordpiece_greedy_longest_match(tmp_path) -> None:
     ids, mask = tok(["unaffable"], max_len=8)
     assert ids[0].tolist() == [2, 4, 5, 6, 3, 0, 0, 0]
     assert mask[0].sum() == 5
+
+
+def _full_clip_vocab() -> Path | None:
+    """The full `bpe_simple_vocab_16e6.txt.gz`: $FOCUSCLIP_CLIP_BPE, else open_clip's copy."""
+    if os.environ.get("FOCUSCLIP_CLIP_BPE"):
+        return Path(os.environ["FOCUSCLIP_CLIP_BPE"])
+    spec = importlib.util.find_spec("open_clip")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    return path if path.is_file() else None
+
+
+def test_clip_bpe_ids_equal_open_clip_on_a_small_vocabulary() -> None:
+    golden = np.asarray(GOLDENS["small"]["ids"])
+    ids, mask = SMALL_CLIP(GOLDENS["small"]["texts"], CONTEXT)
+    assert SMALL_CLIP.vocab_size == GOLDENS["small"]["vocab_size"]
+    assert ids.dtype == np.int32 and mask.dtype == bool
+    texts = GOLDENS["small"]["texts"]
+    for text, got, want in zip(texts, ids.tolist(), golden.tolist(), strict=True):
+        assert got == want, text
+    # The mask marks real tokens: EOT pooling at sum(mask) - 1 picks <|endoftext|>.
+    sot, eot = SMALL_CLIP.vocab_size - 2, SMALL_CLIP.vocab_size - 1
+    assert (ids[:, 0] == sot).all()
+    assert (ids[np.arange(len(ids)), mask.sum(1) - 1] == eot).all()
+    assert (ids[~mask] == 0).all() and (mask[:, :-1] >= mask[:, 1:]).all()
+    assert mask[-1].all()  # the long text is cut, keeping <|endoftext|> last
+    assert ids[-1, -1] == eot and ids[-1, -2] != eot
+
+
+def test_clip_bpe_truncation_keeps_end_of_text() -> None:
+    golden = GOLDENS["small"]["ids"][2]
+    ids, mask = SMALL_CLIP([GOLDENS["small"]["texts"][2]], 6)
+    assert ids[0].tolist() == [*golden[:5], SMALL_CLIP.vocab_size - 1] and mask.all()
+    empty, empty_mask = SMALL_CLIP([""], 4)
+    assert empty[0].tolist() == [SMALL_CLIP.vocab_size - 2, SMALL_CLIP.vocab_size - 1, 0, 0]
+    assert empty_mask[0].tolist() == [True, True, False, False]
+
+
+@pytest.mark.skipif(_full_clip_vocab() is None, reason="no full CLIP BPE vocabulary found")
+def test_clip_bpe_ids_equal_open_clip_on_the_full_vocabulary() -> None:
+    tokenizer = ClipBpeTokenizer(_full_clip_vocab())
+    assert tokenizer.vocab_size == GOLDENS["full"]["vocab_size"] == 49408
+    ids, _ = tokenizer(GOLDENS["full"]["texts"], CONTEXT)
+    assert ids.tolist() == GOLDENS["full"]["ids"]
+
+
+def test_clip_bpe_missing_vocabulary_says_where_to_get_it(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="open_clip_torch"):
+        ClipBpeTokenizer(tmp_path / "bpe_simple_vocab_16e6.txt.gz")
+    config = tiny_config()
+    config.tokenizer.kind = "clip_bpe"
+    config.tokenizer.vocab = str(tmp_path / "bpe_simple_vocab_16e6.txt.gz")
+    with pytest.raises(MissingFilesError, match=r"tokenizer\.vocab=.*\n.*open_clip_torch"):
+        pipeline.check_input_files(config)
+
+
+def test_causal_variant_uses_clip_bpe_through_create_tokenizer() -> None:
+    config = pretrain.get_config("causal")
+    assert config.tokenizer.kind == "clip_bpe" and config.model.max_len == 77
+    assert config.tokenizer.vocab == "data/clip/bpe_simple_vocab_16e6.txt.gz"
+    config.tokenizer.vocab = str(FIXTURES / GOLDENS["small"]["vocab"])
+    tokenizer = pipeline.create_tokenizer(config)
+    assert tokenizer(["a person"], 77)[0].tolist() == SMALL_CLIP(["a person"], 77)[0].tolist()
+
+
+CORPUS = [
+    "The person is standing with the left arm raised above the head.",
+    "Both knees are bent and the right arm is stretched out to the side.",
+    "The torso leans forward; the head is tilted down, looking at the floor.",
+    "There are 2 people in the image who are dancing.",
+] * 3
+
+
+def test_fitted_bpe_frames_round_trips_and_knows_every_byte() -> None:
+    tok = FittedBpeTokenizer.fit(CORPUS, vocab_size=400)
+    assert tok.vocab_size <= 400
+    assert [tok.ids[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]")] == [0, 1, 2, 3]
+    text = "The  person's LEFT knee is bent — naïve 😀"
+    pieces = tok.tokenize(text)
+    assert tok.ids["[UNK]"] not in pieces
+    assert tok.decode(pieces) == "the person's left knee is bent — naïve 😀"
+    assert len(tok.tokenize("the left arm")) == 3  # frequent words are single tokens
+    ids, mask = tok(["the left arm", text], max_len=6)
+    assert ids[0].tolist() == [2, *tok.tokenize("the left arm"), 3, 0]
+    assert mask[0].tolist() == [True] * 5 + [False]
+    assert ids[1, -1] == 3 and mask[1].all() and ids.dtype == np.int32
+
+
+def test_fitted_bpe_is_saved_and_reused(tmp_path) -> None:
+    path = tmp_path / "run" / "tokenizer.json"
+    fitted = FittedBpeTokenizer.load_or_fit(path, lambda: CORPUS, vocab_size=400)
+    assert path.is_file() and not list(path.parent.glob("*.tmp"))
+
+    def no_refit() -> list[str]:
+        raise AssertionError("a saved tokenizer must be reused, not refitted")
+
+    reloaded = FittedBpeTokenizer.load_or_fit(path, no_refit, vocab_size=400)
+    assert reloaded.ids == fitted.ids
+    texts = ["the right knee is bent", "unseen words: xylophone"]
+    assert (reloaded(texts, 16)[0] == fitted(texts, 16)[0]).all()
+    assert (FittedBpeTokenizer.fit(CORPUS, 400)(texts, 16)[0] == fitted(texts, 16)[0]).all()
+
+
+def test_create_tokenizer_fits_a_bpe_on_the_synthetic_corpus(tmp_path) -> None:
+    config = tiny_config()
+    config.tokenizer.kind = "fitted_bpe"
+    config.tokenizer.vocab_size = 400
+    with pytest.raises(ValueError, match=r"tokenizer\.path"):
+        pipeline.create_tokenizer(config)
+    config.tokenizer.path = str(tmp_path / "tokenizer.json")
+    tokenizer = pipeline.create_tokenizer(config)
+    assert (tmp_path / "tokenizer.json").is_file() and tokenizer.vocab_size <= 400
+    ids, mask = tokenizer(synthetic.corpus()[:4], config.model.max_len)
+    assert (ids[mask] != 1).all()  # no [UNK]
+
+
+def test_mpii_corpus_is_the_descriptions_the_stream_can_pick(tmp_path) -> None:
+    texts = [{"gpt-4": "one", "llama-2": "two"}, {"llama-2": "three"}, {}]
+    writer = array_record_module.ArrayRecordWriter(str(tmp_path / "train-0"), "group_size:1")
+    for i, described in enumerate(texts):
+        record = mpii.MpiiRecord(f"{i}.jpg", [], descriptions=described)
+        writer.write(mpii.encode_prepared(record, b"jpeg"))
+    writer.close()
+    meta = {"splits": {"train": {"shards": ["train-0"]}}}
+    (tmp_path / mpii.META_FILE).write_text(json.dumps(meta))
+    config = pretrain.get_config()
+    config.data.prepared = str(tmp_path)
+    assert pipeline.tokenizer_corpus(config) == ["one", "three"]

@@ -112,9 +112,15 @@ def test_gradients_reach_alpha_and_temperature() -> None:
             p, batch, graphdef=trainer.graphdef, loss_config=config.loss, min_sigma=1.0
         )[0]
 
-    grads = jax.grad(loss)(params)
+    parts_loss, grads = jax.value_and_grad(loss)(params)
     assert abs(float(grads["alpha"])) > 1e-6
     assert abs(float(grads["logit_scale"])) > 1e-6
+    # The per-joint heatmap mode reaches the renderer: another finite loss.
+    joints = train.compute_loss(
+        params, batch, graphdef=trainer.graphdef, loss_config=config.loss, min_sigma=1.0,
+        heatmap_mode="joints", joint_sigma=2.0,
+    )[0]  # fmt: skip
+    assert np.isfinite(float(joints)) and float(joints) != pytest.approx(float(parts_loss))
     # Without the focused pairs (CLIP baseline), alpha gets no gradient at all.
     clip_config = tiny_config("clip,modern")
     clip_grads = jax.grad(

@@ -1,5 +1,7 @@
 """Zero-shot evaluator with an analytic fake model that knows the answer."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,7 +55,7 @@ def test_top_k_accuracy_against_a_loop() -> None:
         assert top_k_accuracy(scores, labels, k) == pytest.approx(expected)
 
 
-def test_evaluator_on_eight_devices_with_padding() -> None:
+def test_evaluator_on_eight_devices_with_padding(caplog: pytest.LogCaptureFixture) -> None:
     """21 images in batches of 8 over 8 devices: the 3 padding rows must not count."""
     tokenizer = WordTokenizer.fit(["a photo of something red green blue ."])
     model = ColourModel(tokenizer)
@@ -80,6 +82,8 @@ def test_evaluator_on_eight_devices_with_padding() -> None:
         max_len=8,
         batch_size=8,
     )
-    results = evaluator.run(params)
+    with caplog.at_level(logging.INFO):
+        results = evaluator.run(params)
+    assert "colours: embedded 21/21 images (100%" in caplog.text  # progress, per ~10%
     assert results == {"colours/top1": pytest.approx(19 / 21), "colours/top3": 1.0}
     np.testing.assert_allclose(np.asarray(evaluator.class_embeddings(params)), np.eye(3), atol=1e-6)

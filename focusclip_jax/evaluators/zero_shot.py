@@ -5,6 +5,8 @@ Images go through the image tower in fixed-size, padded batches split over the m
 """
 
 import functools
+import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -84,7 +86,12 @@ class ZeroShotEvaluator:
         )
 
     def class_embeddings(self, params: Any) -> jax.Array:
-        """[C, D]: each class's prompt embeddings averaged over templates, re-normalised."""
+        """[C, D]: each class's prompt embeddings averaged over templates, re-normalised.
+
+        Computed once per `run` and not cached across calls: every caller passes new parameters
+        (training evaluates at a new step, eval-only once per checkpoint), and C × T short prompts
+        cost a fraction of one image batch.
+        """
         prompts = class_prompts(
             self.data.prompt_names or self.data.class_names, self.data.templates
         )
@@ -99,16 +106,28 @@ class ZeroShotEvaluator:
         return mean / jnp.linalg.norm(mean, axis=-1, keepdims=True)
 
     def image_embeddings(self, params: Any) -> np.ndarray:
-        """[N, D] for the dataset's images, in padded batches sharded over the data axes."""
+        """[N, D] for the dataset's images, in padded batches sharded over the data axes.
+
+        Logs progress with images/s about every 10% on process 0: large benchmarks (Kinetics,
+        FairFace) take minutes per checkpoint.
+        """
         rows = sharding.batch_sharding(self.mesh)
         images = self.data.images
-        outputs = []
-        for start in range(0, len(images), self.batch_size):
+        num_batches = -(-len(images) // self.batch_size)
+        log_every = max(1, num_batches // 10)
+        outputs, start_time = [], time.perf_counter()
+        for i, start in enumerate(range(0, len(images), self.batch_size)):
             chunk = images[start : start + self.batch_size]
             batch = _global_array(_pad_rows(chunk, self.batch_size), rows)
             outputs.append(
                 np.asarray(jax.device_get(self._encode_images(params, batch)))[: len(chunk)]
             )
+            if jax.process_index() == 0 and ((i + 1) % log_every == 0 or i + 1 == num_batches):
+                done, seconds = start + len(chunk), time.perf_counter() - start_time
+                logging.info(
+                    "%s: embedded %d/%d images (%.0f%%, %.1f images/s)",
+                    self.data.name, done, len(images), 100 * done / len(images), done / seconds,
+                )  # fmt: skip
         return np.concatenate(outputs)
 
     def run(self, params: Any) -> dict[str, float]:
