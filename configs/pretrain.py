@@ -102,6 +102,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32
+    # A NaN/Inf loss or gradient: the update is always skipped; "stop" then ends the run with an
+    # error naming the step, "skip" goes on and logs the count.
+    config.train.on_nonfinite = "stop"
     config.train.num_epochs = 64
     config.train.num_steps = config.train.get_ref("num_epochs") * (
         config.data.get_ref("train_records") // config.train.get_ref("batch_size")

@@ -8,6 +8,8 @@ walks.
 import functools
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -263,12 +265,26 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or gradient went NaN/Inf; parameters were kept at their last finite values."""
 
 
-def check_finite(metrics: Mapping[str, float]) -> None:
-    if metrics["nonfinite_count"] > 0:
-        raise NonFiniteLossError(
-            f"non-finite loss or gradient at step {int(metrics['first_nonfinite_step'])}; "
-            "the update was skipped and the last checkpoint holds finite parameters"
+def check_finite(metrics: Mapping[str, float], policy: str = "stop") -> None:
+    """`train.on_nonfinite`: `stop` raises naming the first bad step; `skip` logs the count.
+
+    Either way the bad updates were already skipped inside the step.
+    """
+    if metrics["nonfinite_count"] == 0:
+        return
+    if policy == "skip":
+        logging.warning(
+            "%d non-finite step(s) skipped so far (first at step %d)",
+            int(metrics["nonfinite_count"]),
+            int(metrics["first_nonfinite_step"]),
         )
+        return
+    if policy != "stop":
+        raise ValueError(f"config train.on_nonfinite={policy!r}: expected stop or skip")
+    raise NonFiniteLossError(
+        f"non-finite loss or gradient at step {int(metrics['first_nonfinite_step'])}; "
+        "the update was skipped and the last checkpoint holds finite parameters"
+    )
 
 
 def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
@@ -318,6 +334,29 @@ def evaluate(evaluators: list[ZeroShotEvaluator], params: Any) -> dict[str, floa
     return results
 
 
+class PreemptionWatcher:
+    """SIGTERM (how TPU VMs, SLURM and cloud schedulers preempt) → stop at the next step boundary.
+
+    The loop then saves a checkpoint and returns; rerunning with the same workdir resumes. Only the
+    main thread can install signal handlers; elsewhere the watcher never fires.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        del signum, frame
+        self.requested = True
+
+    def release(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
 def _eta(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}m{secs:02d}s"
@@ -338,6 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     evaluators = create_evaluators(config, trainer, tokenizer)
     batch_rows = sharding.batch_sharding(mesh)
 
+    preemption = PreemptionWatcher()
     step = int(state.step)
     total = config.train.num_steps
     logging.info("Training steps %d → %d on %s", step, total, dict(mesh.shape))
@@ -355,7 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
         if step % config.log_every_steps == 0 or step == total:
             summary = _mean_metrics(history)  # waits for the device: the loop's only sync
-            check_finite(summary)
+            check_finite(summary, config.train.get("on_nonfinite", "stop"))
             elapsed = time.perf_counter() - window_start
             images_per_s = window_steps * config.train.batch_size / elapsed
             summary |= {
@@ -381,10 +421,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total:
             results = evaluate(evaluators, state.params)
             writer.write(step, {f"eval/{k}": v for k, v in results.items()})
-        if checkpointer.save(step, state, train_iter, force=step == total):
+        saved = checkpointer.save(step, state, train_iter, force=step == total)
+        if saved:
             logging.info("Checkpoint of step %d queued", step)
-    if not results and evaluators:  # resumed at the end: evaluate what was restored
-        results = evaluate(evaluators, state.params)
+        if preemption.requested and step < total:
+            if not saved:
+                checkpointer.save(step, state, train_iter, force=True)
+            logging.warning(
+                "Preempted: stopping after the checkpoint of step %d; rerun resumes", step
+            )
+            break
+    else:
+        if not results and evaluators:  # resumed at the end: evaluate what was restored
+            results = evaluate(evaluators, state.params)
+    preemption.release()
     checkpointer.close()
     writer.close()
     return results

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> N
     train.train_and_evaluate(_resume_config(6), tmp_path / "straight")
     train.train_and_evaluate(_resume_config(3), tmp_path / "resumed")  # stops after step 3
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["3"]
+    # A save killed half-way leaves orbax's temporary folder: it must be ignored, not restored.
+    half_written = tmp_path / "resumed" / "checkpoints" / "5.orbax-checkpoint-tmp" / "state"
+    half_written.mkdir(parents=True)
+    (half_written / "garbage").write_bytes(b"\0" * 100)
     train.train_and_evaluate(_resume_config(6), tmp_path / "resumed")
     straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
     assert list(resumed) == [1, 2, 3, 4, 5, 6]
@@ -38,34 +43,34 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> N
         assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
 
 
+ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS="")
+MAIN = [sys.executable, "-m", "focusclip_jax.main"]
+
+
 def _main(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS="")
     return subprocess.run(
-        [sys.executable, "-m", "focusclip_jax.main", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        [*MAIN, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
     )
+
+
+SMALL_DEMO = (
+    "--config=configs/demo.py",
+    "--config.model.image_size=32",
+    "--config.model.vit_overrides.depth=1",
+    "--config.model.text_overrides.depth=1",
+    "--config.data.train_records=16",
+    "--config.data.eval_records=16",
+    "--config.train.batch_size=16",
+    "--config.train.num_steps=8",
+    "--config.optimizer.warmup_steps=1",
+    "--config.log_every_steps=1",
+    "--config.eval.batch_size=16",
+)
 
 
 def test_demo_through_main_learns_a_repeated_batch(tmp_path: Path) -> None:
     """A few steps of configs/demo.py (shrunk) on one repeated batch: the loss goes down."""
-    result = _main(
-        "--config=configs/demo.py",
-        f"--workdir={tmp_path}",
-        "--config.model.image_size=32",
-        "--config.model.vit_overrides.depth=1",
-        "--config.model.text_overrides.depth=1",
-        "--config.data.train_records=16",
-        "--config.data.eval_records=16",
-        "--config.train.batch_size=16",
-        "--config.train.num_steps=8",
-        "--config.optimizer.warmup_steps=1",
-        "--config.log_every_steps=1",
-        "--config.eval.batch_size=16",
-    )
+    result = _main(*SMALL_DEMO, f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| synthetic_pose/top1 |" in result.stdout
     losses = _losses(tmp_path)
@@ -83,3 +88,31 @@ def test_pretrain_without_data_names_the_missing_files(tmp_path: Path) -> None:
         assert f"--config.{key}=" in result.stderr
     assert "mpii_train.json" in result.stderr and "human-pose.mpi-inf.mpg.de" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sigterm_saves_at_the_next_step_and_a_rerun_resumes(tmp_path: Path) -> None:
+    """Preemption: SIGTERM mid-run → checkpoint at the next step, exit 0; a rerun resumes."""
+    args = [*SMALL_DEMO, f"--workdir={tmp_path}", "--config.train.num_steps=400"]
+    args += ["--config.checkpoint.every_steps=1000", "--config.eval.datasets=()"]
+    process = subprocess.Popen(
+        [*MAIN, *args],
+        cwd=REPO,
+        env=ENV,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    for line in process.stderr:  # progress lines go to the log (stderr)
+        if "step 3/400" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    log = process.stderr.read()
+    assert process.wait(timeout=120) == 0, log[-3000:]
+    assert "Preempted" in log
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir()]
+    assert len(saved) == 1 and 3 <= saved[0] < 400
+    assert max(_losses(tmp_path)) <= saved[0]
+    rerun = _main(*args, f"--config.train.num_steps={saved[0] + 2}")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"Restoring checkpoint of step {saved[0]}" in rerun.stderr
+    assert max(_losses(tmp_path)) == saved[0] + 2

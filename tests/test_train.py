@@ -144,6 +144,9 @@ def test_nonfinite_loss_skips_the_update_and_names_the_step() -> None:
         np.testing.assert_array_equal(value, flatten_dict(initial)[path], err_msg=str(path))
     with pytest.raises(train.NonFiniteLossError, match="step 0"):
         train.check_finite({"nonfinite_count": 1.0, "first_nonfinite_step": 0.0})
+    train.check_finite({"nonfinite_count": 1.0, "first_nonfinite_step": 0.0}, "skip")  # goes on
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        train.check_finite({"nonfinite_count": 1.0, "first_nonfinite_step": 0.0}, "ignore")
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_close_loss(eight_and_one) -> None:
