@@ -7,7 +7,6 @@ walks.
 
 import functools
 import logging
-import math
 import signal
 import threading
 import time
@@ -445,7 +444,3 @@ def results_table(results: Mapping[str, float]) -> str:
     lines = ["| metric | value (%) |", "|---|---:|"]
     lines += [f"| {name} | {100 * value:.2f} |" for name, value in results.items()]
     return "\n".join(lines)
-
-
-def num_params(params: Any) -> int:
-    return sum(math.prod(np.shape(p)) for p in jax.tree.leaves(params))
