@@ -5,19 +5,27 @@ and orbax's atomic temp-dir-then-rename protocol means a half-written step is ne
 """
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import grain
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
+
+
+def workdir_path(workdir: str | os.PathLike) -> epath.Path:
+    """A local folder (made absolute, as orbax requires) or a bucket URL (gs://..., s3://...)."""
+    workdir = str(workdir)
+    return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
 
 
 class Checkpointer:
     """Train state + data iterator under `<workdir>/checkpoints/<step>/{state,data}`."""
 
     def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict):
-        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.directory = workdir_path(workdir) / "checkpoints"
         self.every_steps = config.every_steps
         options = ocp.CheckpointManagerOptions(
             max_to_keep=config.keep, enable_async_checkpointing=config.async_save

@@ -1,6 +1,7 @@
 """Metric writers without TensorFlow: console, a JSON-lines file and TensorBoard event files.
 
-Only process 0 writes, so a multi-host run logs once.
+Only process 0 writes, so a multi-host run logs once. A bucket workdir (gs://...) works through
+etils.epath and tensorboardX's own GCS writer (both need `gcsfs` installed, as launch/ does).
 """
 
 import json
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import jax
+from etils import epath
 from tensorboardX import SummaryWriter
 
 
@@ -27,9 +29,15 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         if not self.enabled:
             return
-        workdir = Path(workdir)
+        workdir = epath.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = (workdir / "metrics.jsonl").open("a")
+        self._jsonl_path = workdir / "metrics.jsonl"
+        # Object stores can't append: there the whole (small) file is rewritten at each write.
+        remote = "://" in str(workdir)
+        self._jsonl_lines: list[str] = []
+        if remote and self._jsonl_path.exists():
+            self._jsonl_lines = self._jsonl_path.read_text().splitlines(keepends=True)
+        self._jsonl = None if remote else self._jsonl_path.open("a")
         self._tb = SummaryWriter(str(workdir / "tb"))
 
     def write(self, step: int, metrics: Mapping[str, float], *, echo: bool = True) -> None:
@@ -37,8 +45,13 @@ class MetricWriter:
             return
         clean = {k: float(v) for k, v in metrics.items()}
         record = {"step": step} | {k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        line = json.dumps(record) + "\n"
+        if self._jsonl is None:
+            self._jsonl_lines.append(line)
+            self._jsonl_path.write_text("".join(self._jsonl_lines))
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
         for name, value in clean.items():
             self._tb.add_scalar(name, value, step)
         if echo:
@@ -50,5 +63,6 @@ class MetricWriter:
 
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
             self._tb.close()

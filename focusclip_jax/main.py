@@ -19,9 +19,32 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py[:variant].")
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events go here.")
 flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (multi-host TPU pods, GPU clusters)."
+    "distributed",
+    False,
+    "Join a multi-process run found in the environment (TPU VM pods, SLURM, Open MPI, or"
+    " JAX_COORDINATOR_ADDRESS with the flags below).",
 )
+flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for a cluster JAX can't detect."
+)
+flags.DEFINE_integer("num_processes", None, "Processes in the run (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config"])
+
+
+def initialize_distributed() -> None:
+    """`jax.distributed.initialize` when asked: auto-detected, or from the explicit flags.
+
+    Must run before anything touches a device. Explicit flags override what detection finds.
+    """
+    explicit = {
+        "coordinator_address": FLAGS.coordinator_address,
+        "num_processes": FLAGS.num_processes,
+        "process_id": FLAGS.process_id,
+    }
+    if not FLAGS.distributed and all(v is None for v in explicit.values()):
+        return
+    jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
 
 
 def main(argv: list[str]) -> None:
@@ -29,8 +52,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Our progress lines stay; orbax's and grain's per-operation INFO logs go.
     logging.getLogger("absl").setLevel(logging.WARNING)
-    if FLAGS.distributed:
-        jax.distributed.initialize()
+    initialize_distributed()
     logging.info(
         "JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices()
     )

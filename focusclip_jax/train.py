@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from focusclip_jax import losses, models, optim, sharding, weights
@@ -334,21 +335,30 @@ def evaluate(evaluators: list[ZeroShotEvaluator], params: Any) -> dict[str, floa
 
 
 class PreemptionWatcher:
-    """SIGTERM (how TPU VMs, SLURM and cloud schedulers preempt) → stop at the next step boundary.
+    """SIGTERM (how TPU VMs, SLURM and cloud schedulers preempt) → stop at a step boundary.
 
-    The loop then saves a checkpoint and returns; rerunning with the same workdir resumes. Only the
-    main thread can install signal handlers; elsewhere the watcher never fires.
+    The loop then saves a checkpoint and returns; rerunning with the same workdir resumes. With
+    several processes the signal may reach only some of them, so JAX's preemption service (started
+    by `jax.distributed.initialize`, which catches SIGTERM itself) picks one step for all of them.
+    On one process a Python handler does it; only the main thread can install one.
     """
 
     def __init__(self) -> None:
-        self.requested = False
+        self._requested = False
         self._previous = None
-        if threading.current_thread() is threading.main_thread():
+        self._multi_process = jax.process_count() > 1
+        if not self._multi_process and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         del signum, frame
-        self.requested = True
+        self._requested = True
+
+    def reached(self, step: int) -> bool:
+        """Whether to save and stop after `step`; every process must call this at every step."""
+        if self._multi_process:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._requested
 
     def release(self) -> None:
         if self._previous is not None:
@@ -362,8 +372,10 @@ def _eta(seconds: float) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-    """Train to `config.train.num_steps` (resuming from `workdir`), evaluate, return the results."""
-    workdir = Path(workdir)
+    """Train to `config.train.num_steps` (resuming from `workdir`), evaluate, return the results.
+
+    `workdir` may be a local folder or a bucket URL such as gs://bucket/run (through etils.epath).
+    """
     pipeline.check_input_files(config, also=weights.required_files(config.get("init")))
     mesh = sharding.create_mesh(config.mesh)
     tokenizer = pipeline.create_tokenizer(config, workdir=str(workdir))
@@ -423,7 +435,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         saved = checkpointer.save(step, state, train_iter, force=step == total)
         if saved:
             logging.info("Checkpoint of step %d queued", step)
-        if preemption.requested and step < total:
+        if preemption.reached(step) and step < total:
             if not saved:
                 checkpointer.save(step, state, train_iter, force=True)
             logging.warning(
