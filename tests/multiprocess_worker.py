@@ -7,7 +7,7 @@ batch row handed to the device goes to rows.json, so a test can check how proces
 import hashlib
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from absl import app
@@ -15,19 +15,19 @@ from absl import app
 from focusclip_jax import main, train
 
 
-def _record_rows(path: str) -> None:
-    to_global_arrays = train.pipeline.to_global_arrays
+def recording(path: str, to_global_arrays: Callable) -> Callable:
+    """`to_global_arrays` that first appends the digests of the batch's image rows to `path`."""
     digests: list[str] = []
 
-    def recording(batch: Mapping[str, np.ndarray], sharding):
+    def record(batch: Mapping[str, np.ndarray], sharding):
         digests.extend(hashlib.sha1(row.tobytes()).hexdigest() for row in batch["image"])
         with open(path, "w") as f:
             json.dump(digests, f)
         return to_global_arrays(batch, sharding)
 
-    train.pipeline.to_global_arrays = recording
+    return record
 
 
 if __name__ == "__main__":
-    _record_rows(sys.argv.pop(1))
+    train.pipeline.to_global_arrays = recording(sys.argv.pop(1), train.pipeline.to_global_arrays)
     app.run(main.main)
