@@ -55,7 +55,8 @@ if [[ ! -x $venv/bin/python ]]; then
   fi
 fi
 run "$venv/bin/python" -m pip install --quiet --upgrade pip
+# gcsfs: gs:// workdirs for the metrics and TensorBoard files (orbax reaches buckets by itself).
 run "$venv/bin/python" -m pip install --quiet -r "$REPO_ROOT/requirements.txt" \
-  "jax[$accelerator]==$jax_version"
+  "jax[$accelerator]==$jax_version" gcsfs
 run "$venv/bin/python" -m pip install --quiet --no-deps -e "$REPO_ROOT"
 run "$venv/bin/python" -c 'import jax; print("JAX", jax.__version__, jax.devices())'
