@@ -6,7 +6,8 @@ Readers for the official `mpii_human_pose_v1_u12_1.mat`, mmpose's `mpii_{train,v
 formats store MATLAB's 1-based coordinates, so every reader subtracts 1, as mmpose does.
 
 Training streams *prepared* records (`python -m input_pipeline.prepare_mpii`): ArrayRecord shards
-of resized JPEG bytes plus keypoints and descriptions, encoded by `encode_prepared`.
+of resized JPEG bytes (and a copy squashed to the training size) plus keypoints and descriptions,
+encoded by `encode_prepared`.
 """
 
 import dataclasses
@@ -15,7 +16,7 @@ import logging
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
@@ -285,8 +286,24 @@ def attach_descriptions(
 # --- prepared records -------------------------------------------------------------------------
 
 
-def encode_prepared(record: MpiiRecord, jpeg: bytes) -> bytes:
-    """One ArrayRecord entry: a little-endian u32 header length, a JSON header, the JPEG bytes.
+class PreparedEntry(NamedTuple):
+    """A decoded `encode_prepared` entry."""
+
+    header: dict[str, Any]
+    jpeg: bytes  # the stored image, longest side <= max_side
+    squashed: bytes  # the whole image squashed to header["squashed_side"]², or b"" when none
+
+
+def encode_prepared(
+    record: MpiiRecord,
+    jpeg: bytes,
+    *,
+    size: tuple[int, int] | None = None,
+    squashed: bytes = b"",
+    squashed_side: int = 0,
+) -> bytes:
+    """One ArrayRecord entry: a little-endian u32 header length, a JSON header, the JPEG bytes,
+    then those of the optional squashed copy (`size`: the stored image's width and height).
 
     JSON rather than pickle: readable from any language and safe to load from untrusted files.
     """
@@ -297,14 +314,20 @@ def encode_prepared(record: MpiiRecord, jpeg: bytes) -> bytes:
         "keypoints": [p.keypoints.round(3).tolist() for p in record.people],
         "visible": [p.visible.astype(int).tolist() for p in record.people],
     }
+    if size is not None:
+        header["size"] = list(size)
+    if squashed:
+        header |= {"squashed_side": squashed_side, "squashed_bytes": len(squashed)}
     blob = json.dumps(header, separators=(",", ":")).encode()
-    return struct.pack("<I", len(blob)) + blob + jpeg
+    return struct.pack("<I", len(blob)) + blob + jpeg + squashed
 
 
-def decode_prepared(entry: bytes) -> tuple[dict[str, Any], bytes]:
-    """(header, JPEG bytes) of an `encode_prepared` entry."""
+def decode_prepared(entry: bytes) -> PreparedEntry:
+    """(header, JPEG bytes, squashed JPEG bytes or b"") of an `encode_prepared` entry."""
     (size,) = struct.unpack_from("<I", entry)
-    return json.loads(entry[4 : 4 + size]), entry[4 + size :]
+    header = json.loads(entry[4 : 4 + size])
+    squashed_start = len(entry) - header.get("squashed_bytes", 0)
+    return PreparedEntry(header, entry[4 + size : squashed_start], entry[squashed_start:])
 
 
 def prepared_shards(prepared: str | Path, split: str) -> list[str]:

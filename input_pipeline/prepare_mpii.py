@@ -1,7 +1,8 @@
 """MPII images + annotations + pose descriptions → ArrayRecord shards the training stream reads.
 
     python -m input_pipeline.prepare_mpii --images=<dir> --annotations=<mpii_train.json> \\
-        --annotations=<mpii_val.json> --descriptions=<dir> --out=<dir> [--max_side=512]
+        --annotations=<mpii_val.json> --descriptions=<dir> --out=<dir> [--max_side=512] \\
+        [--squash_side=224]
 
 Plain ArrayRecord files (not a TFDS builder): grain reads them directly, and TFDS would add a large
 dependency for a manifest we write in a few lines (`meta.json`).
@@ -36,23 +37,40 @@ FLAGS = flags.FLAGS
 SKIP_EXAMPLES = 5  # paths logged per skip reason
 
 
-def _resize_jpeg(path: Path, max_side: int, quality: int) -> tuple[bytes, np.ndarray]:
-    """The image re-encoded with its longest side <= max_side, and the (x, y) scale applied."""
+def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _resize_jpeg(
+    path: Path, max_side: int, quality: int, squash_side: int
+) -> tuple[bytes, tuple[int, int], bytes, np.ndarray]:
+    """The image re-encoded with its longest side <= max_side, its size, the whole image squashed
+    to squash_side² (b"" when 0: the `squash` crop then decodes it as is, no resize at train time),
+    and the (x, y) scale applied to the stored image."""
     with Image.open(path) as image:
         full = image.size
         scale = min(1.0, max_side / max(full))
         size = (max(1, round(full[0] * scale)), max(1, round(full[1] * scale)))
-        image.draft("RGB", size)  # JPEG: decode at 1/2, 1/4, 1/8 scale, never below `size`
+        # JPEG: decode at 1/2, 1/4, 1/8 scale, never below `size` nor the squashed side
+        image.draft("RGB", (max(size[0], squash_side), max(size[1], squash_side)))
         image = image.convert("RGB")
-        if image.size != size:
-            image = image.resize(size, Image.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue(), np.array(size, np.float32) / np.array(full, np.float32)
+    stored = image if image.size == size else image.resize(size, Image.LANCZOS)
+    squashed = b""
+    if squash_side:
+        squashed = _encode_jpeg(image.resize((squash_side, squash_side), Image.LANCZOS), quality)
+    scale_xy = np.array(size, np.float32) / np.array(full, np.float32)
+    return _encode_jpeg(stored, quality), size, squashed, scale_xy
 
 
 def _write_shard(
-    records: list[mpii.MpiiRecord], images: str, path: str, max_side: int, quality: int
+    records: list[mpii.MpiiRecord],
+    images: str,
+    path: str,
+    max_side: int,
+    quality: int,
+    squash_side: int,
 ) -> tuple[int, dict[str, list[str]]]:
     """Write one shard (temporary name, then rename); returns (written, skipped paths by reason)."""
     skipped: dict[str, list[str]] = collections.defaultdict(list)
@@ -62,7 +80,7 @@ def _write_shard(
     for record in records:
         file = Path(images) / record.image
         try:
-            jpeg, scale = _resize_jpeg(file, max_side, quality)
+            jpeg, size, squashed, scale = _resize_jpeg(file, max_side, quality, squash_side)
         except FileNotFoundError:
             skipped["missing image"].append(str(file))
             continue
@@ -71,7 +89,10 @@ def _write_shard(
             continue
         for person in record.people:
             person.keypoints = (person.keypoints + 0.5) * scale - 0.5
-        writer.write(mpii.encode_prepared(record, jpeg))
+        entry = mpii.encode_prepared(
+            record, jpeg, size=size, squashed=squashed, squashed_side=squash_side
+        )
+        writer.write(entry)
         written += 1
     writer.close()
     os.replace(tmp, path)
@@ -92,9 +113,11 @@ def _filter(records: list[mpii.MpiiRecord]) -> tuple[list[mpii.MpiiRecord], dict
     return kept, skipped
 
 
-def _fingerprint(records: list[mpii.MpiiRecord], max_side: int, quality: int) -> str:
+def _fingerprint(
+    records: list[mpii.MpiiRecord], max_side: int, quality: int, squash_side: int
+) -> str:
     """Identifies the shard contents: a rerun with other inputs or settings must not mix shards."""
-    digest = hashlib.sha256(f"{max_side},{quality}".encode())
+    digest = hashlib.sha256(f"{max_side},{quality},{squash_side}".encode())
     for r in records:
         digest.update(r.image.encode())
         digest.update(json.dumps(r.descriptions, sort_keys=True).encode())
@@ -111,6 +134,7 @@ def prepare(
     *,
     max_side: int = 512,
     quality: int = 90,
+    squash_side: int = 224,
     records_per_shard: int = 512,
     workers: int = 0,
 ) -> dict:
@@ -126,9 +150,14 @@ def prepare(
         by_split[record.split].append(record)
 
     jobs = {}  # shard file name → its records
-    meta: dict = {"max_side": max_side, "quality": quality, "splits": {}}
+    meta: dict = {
+        "max_side": max_side,
+        "quality": quality,
+        "squash_side": squash_side,
+        "splits": {},
+    }
     for split, rows in sorted(by_split.items()):
-        tag = _fingerprint(rows, max_side, quality)
+        tag = _fingerprint(rows, max_side, quality, squash_side)
         n = max(1, -(-len(rows) // records_per_shard))
         names = [f"{split}-{tag}-{i:05d}-of-{n:05d}.array_record" for i in range(n)]
         for i, name in enumerate(names):
@@ -141,7 +170,10 @@ def prepare(
 
     workers = workers or os.cpu_count() or 1
     skipped_images: dict[str, list[str]] = collections.defaultdict(list)
-    args = [(rows, images, str(out_dir / name), max_side, quality) for name, rows in todo.items()]
+    args = [
+        (rows, images, str(out_dir / name), max_side, quality, squash_side)
+        for name, rows in todo.items()
+    ]
     with contextlib.ExitStack() as stack:
         if min(workers, len(args)) > 1:
             spawn = multiprocessing.get_context("spawn")  # fork is unsafe once threads (JAX) run
@@ -200,6 +232,7 @@ def main(argv: list[str]) -> None:
         FLAGS.out,
         max_side=FLAGS.max_side,
         quality=FLAGS.quality,
+        squash_side=FLAGS.squash_side,
         records_per_shard=FLAGS.records_per_shard,
         workers=FLAGS.workers,
     )
@@ -217,6 +250,12 @@ def _define_flags() -> None:
     flags.DEFINE_string("out", None, "Output folder for the shards and meta.json.")
     flags.DEFINE_integer("max_side", 512, "Longest side of the re-encoded JPEGs, pixels.")
     flags.DEFINE_integer("quality", 90, "JPEG quality of the re-encoded images.")
+    flags.DEFINE_integer(
+        "squash_side",
+        224,
+        "Side of a stored copy squashed to a square (the `squash` crop at "
+        "this data.image_size decodes it without resizing); 0: none.",
+    )
     flags.DEFINE_integer("records_per_shard", 512, "Images per ArrayRecord shard.")
     flags.DEFINE_integer("workers", 0, "Parallel shard writers; 0: one per core.")
 

@@ -91,8 +91,19 @@ def _is_punctuation(char: str) -> bool:
     return unicodedata.category(char).startswith("P")
 
 
+# ASCII text (nearly every description) takes a regex path with the same result: its control
+# characters but tab, newline and return are removed, and its punctuation is BERT's ASCII ranges.
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ASCII_PUNCTUATION = r"!-/:-@\[-`{-~"
+_ASCII_WORD_RE = re.compile(rf"[{_ASCII_PUNCTUATION}]|[^\s{_ASCII_PUNCTUATION}]+")
+WORD_CACHE_SIZE = 1 << 18  # distinct words whose pieces a WordPiece tokenizer remembers
+
+
 def bert_basic_split(text: str, lower_case: bool = True) -> list[str]:
     """BERT's BasicTokenizer: clean, lower-case, strip accents, split whitespace and punctuation."""
+    if text.isascii():
+        text = _ASCII_CONTROL.sub("", text)
+        return _ASCII_WORD_RE.findall(text.lower() if lower_case else text)
     text = "".join(
         " " if ch.isspace() else ch
         for ch in text
@@ -134,6 +145,7 @@ class BertWordPieceTokenizer:
             raise ValueError(f"{path}: special tokens {missing} are not in the vocabulary")
         self.lower_case = lower_case
         self.max_word_chars = max_word_chars
+        self._pieces_of: dict[str, list[int]] = {}  # descriptions reuse a few thousand words
 
     @property
     def vocab_size(self) -> int:
@@ -156,8 +168,17 @@ class BertWordPieceTokenizer:
             start = end
         return pieces
 
+    def _cached_word_pieces(self, word: str) -> list[int]:
+        pieces = self._pieces_of.get(word)
+        if pieces is None:
+            pieces = self._word_pieces(word)
+            if len(self._pieces_of) < WORD_CACHE_SIZE:
+                self._pieces_of[word] = pieces
+        return pieces
+
     def tokenize(self, text: str) -> list[int]:
-        return [i for w in bert_basic_split(text, self.lower_case) for i in self._word_pieces(w)]
+        words = bert_basic_split(text, self.lower_case)
+        return [i for w in words for i in self._cached_word_pieces(w)]
 
     def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Ids [N, max_len] int32 ([CLS] … [SEP], padded with [PAD]) and mask [N, max_len] bool."""

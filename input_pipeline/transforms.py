@@ -5,7 +5,8 @@ follow with one affine map (pixel centres at integer coordinates, box edges at h
 
     x' = (x + 0.5 - x0) · S / (x1 - x0) - 0.5
 
-Crop modes: `squash` (the whole image squashed to S×S, as the paper), `person` (a square box
+Crop modes: `squash` (the whole image squashed to S×S, as the paper; decoded as is from the
+prepared squashed copy when its side is S: no resize at train time), `person` (a square box
 around the annotated people, grown by `person_margin`, clipped to the image), `random_resized`
 (Inception-style: area fraction and aspect ratio sampled). Flip is off by default (the paper uses no
 augmentation); when on, left/right joints swap and the words "left"/"right" swap in the text, so
@@ -88,6 +89,12 @@ def random_resized_box(
     return (0.0, 0.0, float(width), float(height))
 
 
+def decode_rgb(jpeg: bytes) -> np.ndarray:
+    """uint8 [H, W, 3] of an encoded image."""
+    image = Image.open(io.BytesIO(jpeg))
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
 def decode_and_resize(jpeg: bytes, box_fn, size: int, keypoints: np.ndarray):
     """Decode (at a reduced JPEG scale when the box allows) and resample `box_fn(w, h)` to size².
 
@@ -139,12 +146,18 @@ class MpiiTrainTransform(grain.transforms.RandomMap):
         )
 
     def random_map(self, entry: bytes, rng: np.random.Generator) -> dict[str, Any]:
-        header, jpeg = decode_prepared(entry)
-        return self.apply(header, jpeg, rng)
+        header, jpeg, squashed = decode_prepared(entry)
+        return self.apply(header, jpeg, rng, squashed)
 
     def apply(
-        self, header: Mapping[str, Any], jpeg: bytes, rng: np.random.Generator
+        self,
+        header: Mapping[str, Any],
+        jpeg: bytes,
+        rng: np.random.Generator,
+        squashed: bytes = b"",
     ) -> dict[str, Any]:
+        """`squashed`: the stored copy squashed to `header["squashed_side"]`²; when that is the
+        image size, the `squash` crop decodes it and resizes nothing."""
         people = min(len(header["keypoints"]), self.max_people)
         keypoints = np.zeros((self.max_people, NUM_JOINTS, 2), np.float32)
         visible = np.zeros((self.max_people, NUM_JOINTS), bool)
@@ -160,7 +173,13 @@ class MpiiTrainTransform(grain.transforms.RandomMap):
                 return random_resized_box(rng, w, h, self.crop_scale)
             return (0.0, 0.0, float(w), float(h))
 
-        image, keypoints = decode_and_resize(jpeg, box_fn, self.image_size, keypoints)
+        if self.crop == "squash" and squashed and header["squashed_side"] == self.image_size:
+            image = decode_rgb(squashed)
+            width, height = header["size"]
+            box = (0.0, 0.0, float(width), float(height))
+            keypoints = box_keypoints(keypoints, box, self.image_size, self.image_size)
+        else:
+            image, keypoints = decode_and_resize(jpeg, box_fn, self.image_size, keypoints)
         text = choose_description(header["descriptions"], self.sources, rng)
         if self.flip and rng.random() < 0.5:
             image = image[:, ::-1]

@@ -278,6 +278,31 @@ def test_flip_mirrors_pixels_swaps_joints_and_words() -> None:
     assert 0 < flipped_seen < 8
 
 
+def test_squash_decodes_the_stored_square_copy_when_its_side_matches() -> None:
+    """Prepared squashed copy: the resize path's keypoints, flip and text, its own pixels as they
+    are; at another image size the stored image is resized as before."""
+    point = (101.0, 61.0)
+    image = _dot_image(160, 120, point)
+    square = np.asarray(Image.open(io.BytesIO(image)).resize((48, 48), Image.LANCZOS))
+    buffer = io.BytesIO()
+    Image.fromarray(square).save(buffer, format="PNG")
+    header = _header(point) | {"size": [160, 120], "squashed_side": 48}
+    transform = transforms.MpiiTrainTransform(image_size=48, max_people=2, flip=True)
+    for seed in range(6):
+        resized = transform.apply(header, image, np.random.default_rng(seed))
+        copied = transform.apply(header, image, np.random.default_rng(seed), buffer.getvalue())
+        for key in ("keypoints", "visible", "person_mask", "description"):
+            np.testing.assert_array_equal(copied[key], resized[key], err_msg=key)
+        flipped = not np.array_equal(copied["image"], square)
+        np.testing.assert_array_equal(copied["image"], square[:, ::-1] if flipped else square)
+        x, y = copied["keypoints"][0, 7]
+        row, col = np.unravel_index(np.argmax(copied["image"][..., 0]), (48, 48))
+        assert abs(col - x) <= 1.0 and abs(row - y) <= 1.0, (seed, x, y)
+    other_size = transforms.MpiiTrainTransform(image_size=32, max_people=2)
+    out = other_size.apply(header, image, np.random.default_rng(0), buffer.getvalue())
+    assert out["image"].shape == (32, 32, 3)
+
+
 def test_box_keypoints_pixel_centres() -> None:
     box = (10.0, 20.0, 30.0, 60.0)  # 20×40 px → 10×10: x halves, y quarters
     out = transforms.box_keypoints(np.array([[10.0 - 0.5, 20.0 - 0.5], [29.5, 59.5]]), box, 10, 10)

@@ -21,6 +21,7 @@ TRAIN_IMAGES = [f"{i:09d}.jpg" for i in range(14)]
 VAL_IMAGES = [f"{i:09d}.jpg" for i in range(100, 103)]
 MISSING, CORRUPT, UNDESCRIBED, INVISIBLE = TRAIN_IMAGES[-4:]
 GOOD_TRAIN = 10  # the 14 train images less the four bad ones above
+SQUASH_SIDE = tiny_config().model.image_size  # the stream's squash crop decodes the stored copy
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,7 @@ def _prepare(raw: Path, out: Path, workers: int = 2) -> dict:
         str(raw / "descriptions"),
         str(out),
         max_side=64,
+        squash_side=SQUASH_SIDE,
         records_per_shard=4,
         workers=workers,
     )
@@ -82,8 +84,14 @@ def test_prepare_counts_skips_and_rescales(raw: Path, prepared: Path) -> None:
     originals = {r.image: r for r in mpii.read_mmpose_json(raw / "mpii_train.json")}
     shard = prepared / meta["splits"]["train"]["shards"][0]
     for entry in _entries(shard):
-        header, jpeg = mpii.decode_prepared(entry)
-        assert Image.open(io.BytesIO(jpeg)).size == (64, 48)  # 160×120 → longest side 64
+        header, jpeg, squashed = mpii.decode_prepared(entry)
+        stored = np.asarray(Image.open(io.BytesIO(jpeg)), np.float32)
+        assert stored.shape == (48, 64, 3) and header["size"] == [64, 48]  # 160×120 → 64 max
+        square = np.asarray(Image.open(io.BytesIO(squashed)), np.float32)
+        assert square.shape == (SQUASH_SIDE, SQUASH_SIDE, 3)
+        assert header["squashed_side"] == SQUASH_SIDE
+        # The fixture images are one colour: both copies keep it (JPEG rounding aside).
+        np.testing.assert_allclose(square.mean((0, 1)), stored.mean((0, 1)), atol=2)
         original = originals[header["image"]].people[0]
         expected = (original.keypoints + 0.5) * 0.4 - 0.5
         np.testing.assert_allclose(header["keypoints"][0], expected, atol=2e-3)
@@ -115,13 +123,14 @@ def test_prepare_from_the_official_mat(raw: Path, tmp_path: Path) -> None:
     write_descriptions(tmp_path / "desc", ["a.jpg", "b.jpg", "c.jpg"], sources=("gpt-4",))
     meta = prepare_mpii.prepare(
         str(tmp_path), [str(tmp_path / "release.mat")], str(tmp_path / "desc"),
-        str(tmp_path / "out"), max_side=64, workers=1,
+        str(tmp_path / "out"), max_side=64, squash_side=0, workers=1,
     )  # fmt: skip
     assert meta["splits"]["train"]["images"] == 3 and meta["skipped"] == {}
-    header, _ = mpii.decode_prepared(
+    header, _, squashed = mpii.decode_prepared(
         _entries(tmp_path / "out" / meta["splits"]["train"]["shards"][0])[0]
     )
     assert header["activity"] == "running"
+    assert squashed == b"" and "squashed_side" not in header  # squash_side=0: no stored copy
 
 
 def mpii_config(prepared: Path, batch_size: int = 4) -> ml_collections.ConfigDict:

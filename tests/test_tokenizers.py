@@ -11,7 +11,7 @@ import pytest
 from array_record.python import array_record_module
 
 from configs import pretrain
-from input_pipeline import mpii, pipeline, synthetic
+from input_pipeline import mpii, pipeline, synthpose
 from input_pipeline.files import MissingFilesError
 from input_pipeline.tokenizers import (
     BertWordPieceTokenizer,
@@ -52,6 +52,18 @@ def test_bert_basic_split_lowercases_strips_accents_splits_punctuation() -> None
     assert bert_basic_split("Héllo, WORLD!  It's") == ["hello", ",", "world", "!", "it", "'", "s"]
 
 
+def test_bert_basic_split_ascii_fast_path_equals_the_unicode_path() -> None:
+    """ASCII text takes a regex path; a soft hyphen (a format character, removed) sends the same
+    text through the character-by-character path, the reference."""
+    rng = np.random.default_rng(0)
+    alphabet = np.array([chr(c) for c in range(128)] + list("abcdefghijklmnopqrstuvwxyz  "))
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet, rng.integers(0, 60)))
+        for lower_case in (True, False):
+            reference = bert_basic_split(text + "\u00ad", lower_case)
+            assert bert_basic_split(text, lower_case) == reference, repr(text)
+
+
 def test_bert_wordpiece_greedy_longest_match(tmp_path) -> None:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "un", "##aff", "##able", "runn", "##ing", "a", ","]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -59,6 +71,7 @@ def test_bert_wordpiece_greedy_longest_match(tmp_path) -> None:
     # The example from BERT's own WordpieceTokenizer docstring.
     assert tok.tokenize("unaffable") == [4, 5, 6]
     assert tok.tokenize("Running, a xyz") == [7, 8, 10, 9, 1]
+    assert tok.tokenize("Running, a xyz") == [7, 8, 10, 9, 1]  # again, from the word cache
     ids, mask = tok(["unaffable"], max_len=8)
     assert ids[0].tolist() == [2, 4, 5, 6, 3, 0, 0, 0]
     assert mask[0].sum() == 5
@@ -175,7 +188,7 @@ def test_create_tokenizer_fits_a_bpe_on_the_synthetic_corpus(tmp_path) -> None:
     config.tokenizer.path = str(tmp_path / "tokenizer.json")
     tokenizer = pipeline.create_tokenizer(config)
     assert (tmp_path / "tokenizer.json").is_file() and tokenizer.vocab_size <= 400
-    ids, mask = tokenizer(synthetic.corpus()[:4], config.model.max_len)
+    ids, mask = tokenizer(synthpose.corpus()[:4], config.model.max_len)
     assert (ids[mask] != 1).all()  # no [UNK]
 
 
