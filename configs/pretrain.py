@@ -40,6 +40,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.constrain_alpha = True  # projected into [0, 1]; the original leaves it free
     config.model.logit_scale_init = 2.6592600369262695  # log(1 / 0.07)
     config.model.dtype = "float32"
+    # Speed (focusclip_jax/models/layers.py); none changes the maths beyond rounding.
+    # dtype above: "bfloat16" computes matmuls and attention in bf16 on accelerators (params,
+    # LayerNorm statistics, softmax and the loss stay float32); the paper trained in float32.
+    # attention: jax.nn.dot_product_attention's kernel: "auto" = cuDNN flash attention on a CUDA
+    # GPU with bf16/fp16 and head dim <= 128, else XLA; "xla", "cudnn", or None (JAX decides).
+    config.model.attention = "auto"
+    # scan_layers: blocks stacked on a leading "layers" parameter axis and run by one scan, so
+    # compile time does not grow with depth. Checkpoints of one layout do not load into the other.
+    config.model.scan_layers = True
+    # remat: recompute block activations in the backward pass to save memory: "none", "full",
+    # "dots_saveable" or "dots_with_no_batch_dims_saveable" (jax.checkpoint policies).
+    config.model.remat = "none"
     config.model.vit_overrides = ml_collections.ConfigDict()
     config.model.text_overrides = ml_collections.ConfigDict()
 

@@ -26,8 +26,12 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
 
 
 def decay_mask(params: Any) -> Any:
-    """Weight decay on matrices and embedding tables only: not biases, norms, alpha, temperature."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Weight decay on matrices and embedding tables only: not biases, norms, alpha, temperature.
+
+    By name, not rank: attention biases are [heads, head_dim] and scanned blocks add a layer axis.
+    """
+    decayed = ("kernel", "embedding", "pos_embed")
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key in decayed, params)
 
 
 def make_optimizer(

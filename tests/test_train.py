@@ -170,6 +170,7 @@ def test_weight_decay_skips_biases_norms_alpha_and_temperature() -> None:
         "proj": {"kernel": jnp.zeros((4, 3)), "bias": jnp.zeros(3)},
         "norm": {"scale": jnp.zeros(4)},
         "embed": {"embedding": jnp.zeros((10, 4))},
+        "blocks": {"attn": {"query": {"bias": jnp.zeros((2, 4, 8))}}},  # scanned: layer axis
     }
     assert optim.decay_mask(params) == {
         "alpha": False,
@@ -177,4 +178,5 @@ def test_weight_decay_skips_biases_norms_alpha_and_temperature() -> None:
         "proj": {"kernel": True, "bias": False},
         "norm": {"scale": False},
         "embed": {"embedding": True},
+        "blocks": {"attn": {"query": {"bias": False}}},
     }

@@ -66,34 +66,41 @@ def bert_tower(directory: Path, **kw) -> text.BertTextEncoder:
     overrides = hf_bert.tower_overrides(hf_bert.read_config(directory)) | kw
     model = text.BertTextEncoder(**overrides, rngs=nnx.Rngs(0))
     tensors, source = hf_bert.read(directory)
-    target = flat_params(model)
-    assign(model, common.place(target, hf_bert.to_params(tensors, target, source), source))
+    assign(model, common.place_tower(flat_params(model), hf_bert.to_params, tensors, source))
     return model
 
 
-def vit_tower(image_size: int, tensors: dict | None = None, convert=timm_vit.to_params) -> vit.ViT:
-    model = vit.ViT(**VIT_ARGS, image_size=image_size, rngs=nnx.Rngs(0))
+def vit_tower(
+    image_size: int,
+    tensors: dict | None = None,
+    convert=timm_vit.to_params,
+    scan_layers: bool = False,
+) -> vit.ViT:
+    model = vit.ViT(**VIT_ARGS, image_size=image_size, scan_layers=scan_layers, rngs=nnx.Rngs(0))
     tensors = weights.read_tensors(VIT_FILE) if tensors is None else tensors
-    target = flat_params(model)
-    assign(model, common.place(target, convert(tensors, target, "ckpt"), "ckpt"))
+    assign(model, common.place_tower(flat_params(model), convert, tensors, "ckpt"))
     return model
 
 
 # ----------------------------------------------------------------------------- parity
 
 
-def test_hf_bert_matches_transformers() -> None:
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_hf_bert_matches_transformers(scan_layers: bool) -> None:
     ref = golden("bert")
-    model = bert_tower(BERT_DIR, pooling="mean")
+    model = bert_tower(BERT_DIR, pooling="mean", scan_layers=scan_layers)
     assert_parity(model(ref["tokens"], ref["mask"]), ref["mean"])
-    model.pooling = "cls"
-    assert_parity(model(ref["tokens"], ref["mask"]), ref["cls"])
+    if not scan_layers:  # pooling does not depend on the block layout
+        model.pooling = "cls"
+        assert_parity(model(ref["tokens"], ref["mask"]), ref["cls"])
 
 
-def test_timm_vit_matches_timm_and_its_position_resampling() -> None:
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_timm_vit_matches_timm_and_its_position_resampling(scan_layers: bool) -> None:
     ref = golden("vit")
-    assert_parity(vit_tower(32)(ref["images32"]), ref["cls32"])
-    big = vit_tower(48)  # 4×4 → 6×6 position grid, as timm's checkpoint filter resamples it
+    assert_parity(vit_tower(32, scan_layers=scan_layers)(ref["images32"]), ref["cls32"])
+    # 4×4 → 6×6 position grid, as timm's checkpoint filter resamples it
+    big = vit_tower(48, scan_layers=scan_layers)
     np.testing.assert_allclose(big.pos_embed[...], ref["pos_embed48"], atol=1e-5)
     assert_parity(big(ref["images48"]), ref["cls48"])
 
@@ -140,9 +147,11 @@ def test_augreg_and_big_vision_npz_match_timm_npz_loader() -> None:
     jax.tree.map(np.testing.assert_array_equal, flat_params(a), flat_params(b))
 
 
-def test_open_clip_matches_encode_image_and_encode_text() -> None:
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_open_clip_matches_encode_image_and_encode_text(scan_layers: bool) -> None:
     ref = golden("open_clip")
     model = models.FocusCLIP(
+        scan_layers=scan_layers,
         image_size=32,
         vit_size="tiny",
         text_kind="clip",
@@ -237,9 +246,10 @@ def test_missing_files_and_torch_formats_say_what_to_do(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- export
 
 
-def test_hf_bert_export_round_trip(tmp_path: Path) -> None:
-    model = bert_tower(BERT_DIR)
-    hf_bert.save(flat_params(model), tmp_path)
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_hf_bert_export_round_trip(tmp_path: Path, scan_layers: bool) -> None:
+    model = bert_tower(BERT_DIR, scan_layers=scan_layers)
+    weights.export_tower({"text_tower": nnx.to_pure_dict(nnx.state(model))}, "text_tower", tmp_path)
     original, _ = hf_bert.read(BERT_DIR)
     exported, _ = hf_bert.read(tmp_path)
     assert set(exported) == {k for k in original if not k.startswith("pooler.")}
@@ -250,8 +260,10 @@ def test_hf_bert_export_round_trip(tmp_path: Path) -> None:
     )
 
 
-def test_timm_vit_export_round_trip(tmp_path: Path) -> None:
-    timm_vit.save(flat_params(vit_tower(32)), tmp_path / "vit.safetensors")
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_timm_vit_export_round_trip(tmp_path: Path, scan_layers: bool) -> None:
+    params = {"image_tower": nnx.to_pure_dict(nnx.state(vit_tower(32, scan_layers=scan_layers)))}
+    weights.export_tower(params, "image_tower", tmp_path / "vit.safetensors")
     original = weights.read_tensors(VIT_FILE)
     exported = weights.read_tensors(tmp_path / "vit.safetensors")
     assert set(exported) == {k for k in original if not k.startswith("head.")}
@@ -292,3 +304,37 @@ def test_trainer_starts_from_imported_towers(tmp_path: Path) -> None:
     again = {"image": f"timm_vit:{tmp_path}/vit.safetensors", "text": f"hf_bert:{tmp_path}/bert"}
     for path, value in weights.load(again, expected).items():
         np.testing.assert_array_equal(value, expected[path], err_msg=str(path))
+
+
+def test_parameter_tree_check_names_a_flipped_scan_layers() -> None:
+    """A checkpoint of the other block layout (or other sizes) fails with what to change."""
+
+    def abstract_params(**changes) -> dict:
+        config = tiny_config().model
+        config.vocab_size = 100
+        config.update(changes)
+        model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
+        return flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+    def as_saved(flat: dict) -> dict:
+        """Paths as orbax's checkpoint metadata gives them: list indices become strings."""
+        return {tuple(map(str, path)): leaf for path, leaf in flat.items()}
+
+    scanned, unscanned = abstract_params(scan_layers=True), abstract_params(scan_layers=False)
+    weights.check_tree(scanned, as_saved(scanned), "ckpt")
+    weights.check_tree(unscanned, as_saved(unscanned), "ckpt")
+    with pytest.raises(
+        weights.WeightImportError,
+        match=r"ckpt: image_tower blocks were saved one per layer \(model\.scan_layers=False\) "
+        r"but the config builds them stacked: rerun with --config\.model\.scan_layers=False",
+    ):
+        weights.check_tree(scanned, as_saved(unscanned), "ckpt")
+    with pytest.raises(weights.WeightImportError, match=r"scan_layers=True"):
+        weights.check_tree(unscanned, scanned, "ckpt")
+    with pytest.raises(
+        weights.WeightImportError,
+        match=r"parameter image_proj/bias has shape \(8,\), the config expects \(16,\)",
+    ):
+        weights.check_tree(scanned, abstract_params(scan_layers=True, embed_dim=8), "ckpt")
+    with pytest.raises(weights.WeightImportError, match=r"missing focus_proj/bias"):
+        weights.check_tree(abstract_params(heatmap_tower="separate"), scanned, "ckpt")

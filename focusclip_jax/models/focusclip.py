@@ -14,6 +14,7 @@ from flax import nnx
 
 from focusclip_jax.models import text as text_models
 from focusclip_jax.models import vit
+from focusclip_jax.models.layers import AttentionImpl, Remat
 
 MODALITIES = ("image", "focused", "text")
 LOG_100 = math.log(100.0)
@@ -59,6 +60,9 @@ class FocusCLIP(nnx.Module):
         constrain_alpha: bool = True,
         logit_scale_init: float = math.log(1 / 0.07),
         dtype: jnp.dtype = jnp.float32,
+        attention: AttentionImpl = "xla",
+        scan_layers: bool = False,
+        remat: Remat = "none",
         vit_overrides: dict | None = None,
         text_overrides: dict | None = None,
         rngs: nnx.Rngs,
@@ -68,10 +72,16 @@ class FocusCLIP(nnx.Module):
         self.heatmap_tower = heatmap_tower
         self.pixel_mean = tuple(pixel_mean)
         self.pixel_std = tuple(pixel_std)
+        speed = dict(attention=attention, scan_layers=scan_layers, remat=remat)
 
         def image_tower() -> vit.ViT:
             return vit.vit_from_name(
-                vit_size, image_size=image_size, dtype=dtype, rngs=rngs, **(vit_overrides or {})
+                vit_size,
+                image_size=image_size,
+                dtype=dtype,
+                rngs=rngs,
+                **speed,
+                **(vit_overrides or {}),
             )
 
         self.image_tower = image_tower()
@@ -88,6 +98,7 @@ class FocusCLIP(nnx.Module):
             dtype=dtype,
             rngs=rngs,
             **extra,
+            **speed,
             **(text_overrides or {}),
         )
         self.text_proj = _projection(self.text_tower.width, embed_dim, dtype, rngs)

@@ -4,6 +4,12 @@ Parameters carry logical axis names ('embed', 'mlp', 'heads', 'kv', 'vocab', 'pa
 `sharding.py` maps to mesh axes. Attention projections keep heads as their own axis
 (`[embed, heads, kv]`) so that tensor parallelism can shard heads, and so that importing a
 PyTorch `[out, in]` weight is a transpose and a reshape.
+
+Speed options shared by the towers (`config.model`): `attention` picks the kernel of
+`jax.nn.dot_product_attention`; `scan_layers` stacks the blocks' parameters on a leading
+'layers' axis (never sharded) and runs them with one `jax.lax.scan`, so compile time does not
+grow with depth; `remat` recomputes each block's activations in the backward pass
+(`jax.checkpoint` with the named policy) to trade compute for memory.
 """
 
 from collections.abc import Callable, Sequence
@@ -14,6 +20,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
+AttentionImpl = Literal["xla", "cudnn", "auto"] | None
+Remat = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
+
+ATTENTION_IMPLS = ("xla", "cudnn", "auto", None)
+# Which intermediates a rematerialised block keeps for the backward pass (the rest is recomputed).
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "full": None,  # keeps only the block's input
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+LAYER_AXIS = "layers"  # logical name of the stacked-blocks axis (no sharding rule: replicated)
 
 # timm ViT and HF BERT initialise weights with N(0, 0.02); truncation keeps outliers away.
 default_init = nnx.initializers.truncated_normal(stddev=0.02)
@@ -56,6 +73,30 @@ def layer_norm(
     )
 
 
+def attention_implementation(
+    requested: AttentionImpl, dtype: jnp.dtype, head_dim: int
+) -> Literal["xla", "cudnn"] | None:
+    """`implementation=` for `jax.nn.dot_product_attention`.
+
+    'auto' takes cuDNN's fused flash attention where it applies (a CUDA GPU, bfloat16/float16
+    inputs, head dim a multiple of 8 up to 128) and XLA's einsum-softmax-einsum elsewhere (CPU,
+    TPU, float32). None leaves the choice to JAX (XLA in jax 0.12). 'cudnn' where it cannot
+    run fails at compile time with cuDNN's own message.
+    """
+    if requested not in ATTENTION_IMPLS:
+        raise ValueError(f"model.attention={requested!r}: expected xla, cudnn, auto or None")
+    if requested != "auto":
+        return requested
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    fits = head_dim % 8 == 0 and head_dim <= 128
+    return "cudnn" if half and fits and _on_cuda() else "xla"
+
+
+def _on_cuda() -> bool:
+    device = jax.devices()[0]
+    return device.platform == "gpu" and "rocm" not in device.client.platform_version.lower()
+
+
 class MultiHeadAttention(nnx.Module):
     """Multi-head self-attention with separate query/key/value/out projections (as HF BERT)."""
 
@@ -64,6 +105,7 @@ class MultiHeadAttention(nnx.Module):
         width: int,
         num_heads: int,
         *,
+        attention: AttentionImpl = "xla",
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -71,6 +113,7 @@ class MultiHeadAttention(nnx.Module):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         head_dim = width // num_heads
+        self.implementation = attention_implementation(attention, dtype, head_dim)
 
         def in_proj() -> nnx.Einsum:
             return nnx.Einsum(
@@ -101,10 +144,20 @@ class MultiHeadAttention(nnx.Module):
     def __call__(
         self, x: jax.Array, mask: jax.Array | None = None, *, is_causal: bool = False
     ) -> jax.Array:
-        """x: [B, L, width]; mask: bool [B, L], True for real tokens (keys), or None."""
+        """x: [B, L, width]; mask: bool [B, L], True for real tokens (keys), or None.
+
+        cuDNN takes padding as key lengths (`mask.sum(-1)`), which assumes the real tokens form a
+        prefix, as the tokenizers produce; XLA applies the mask itself.
+        """
         q, k, v = self.query(x), self.key(x), self.value(x)
-        key_mask = None if mask is None else mask[:, None, None, :]
-        y = jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=is_causal)
+        padding: dict[str, jax.Array] = {}
+        if mask is not None and self.implementation == "cudnn":
+            padding["key_value_seq_lengths"] = mask.sum(axis=-1, dtype=jnp.int32)
+        elif mask is not None:
+            padding["mask"] = mask[:, None, None, :]
+        y = jax.nn.dot_product_attention(
+            q, k, v, is_causal=is_causal, implementation=self.implementation, **padding
+        )
         return self.out(y)
 
 
@@ -156,13 +209,14 @@ class _Block(nnx.Module):
         *,
         activation: Activation = "gelu",
         eps: float = 1e-6,
+        attention: AttentionImpl = "xla",
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm1 = layer_norm(width, eps=eps, **kw)
-        self.attn = MultiHeadAttention(width, num_heads, **kw)
+        self.attn = MultiHeadAttention(width, num_heads, attention=attention, **kw)
         self.norm2 = layer_norm(width, eps=eps, **kw)
         self.mlp = Mlp(width, mlp_dim, activation=activation, **kw)
 
@@ -183,3 +237,60 @@ class PostNormBlock(_Block):
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         x = self.norm1(x + self.attn(x, mask))
         return self.norm2(x + self.mlp(x))
+
+
+def check_remat(remat: Remat) -> None:
+    """Fails at model build (not at the first step) on an unknown `model.remat`."""
+    if remat != "none" and remat not in REMAT_POLICIES:
+        raise ValueError(f"model.remat={remat!r}: expected none, {', '.join(REMAT_POLICIES)}")
+
+
+def make_blocks(
+    make_block: Callable[[nnx.Rngs], nnx.Module], depth: int, *, scan_layers: bool, rngs: nnx.Rngs
+) -> nnx.Module:
+    """`depth` blocks: an `nnx.List` (parameters `blocks/<i>/...`), or with `scan_layers` one
+    block whose parameters carry a leading `depth` axis named 'layers' (`blocks/...`)."""
+    if not scan_layers:
+        return nnx.List([make_block(rngs) for _ in range(depth)])
+
+    @nnx.split_rngs(splits=depth)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYER_AXIS})
+    def stacked(layer_rngs: nnx.Rngs) -> nnx.Module:
+        return make_block(layer_rngs)
+
+    return stacked(rngs)
+
+
+def run_blocks(
+    blocks: nnx.Module,
+    x: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    scan_layers: bool,
+    remat: Remat = "none",
+    **call_kwargs: bool,
+) -> jax.Array:
+    """Applies the blocks of `make_blocks` in order: `x = block(x, mask, **call_kwargs)`.
+
+    Each block's parameters are split from its graph and passed in explicitly, so that
+    `jax.checkpoint` (with `remat`'s policy) and `jax.lax.scan` see them as arguments.
+    """
+
+    def layer(graphdef: nnx.GraphDef, prevent_cse: bool) -> Callable:
+        def apply(params: nnx.State, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+            return nnx.merge(graphdef, params)(x, mask, **call_kwargs)
+
+        if remat == "none":
+            return apply
+        return jax.checkpoint(apply, policy=REMAT_POLICIES[remat], prevent_cse=prevent_cse)
+
+    if scan_layers:
+        graphdef, stacked = nnx.split(blocks)
+        # Inside `scan` the recomputation cannot be merged into the forward pass: no CSE guard.
+        step = layer(graphdef, prevent_cse=False)
+        x, _ = jax.lax.scan(lambda h, params: (step(params, h, mask), None), x, stacked)
+        return x
+    for block in blocks:
+        graphdef, params = nnx.split(block)
+        x = layer(graphdef, prevent_cse=True)(params, x, mask)
+    return x

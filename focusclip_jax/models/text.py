@@ -1,7 +1,8 @@
 """Text towers: a BERT-style bidirectional encoder (the paper's) and CLIP's causal transformer.
 
 Both take `tokens: int32 [B, L]` and `mask: bool [B, L]` (True on real tokens, which form a prefix:
-padding sits at the end) and return one feature per text, `[B, width]`.
+padding sits at the end) and return one feature per text, `[B, width]`. `attention`,
+`scan_layers` and `remat`: see `layers.py`.
 """
 
 from typing import Any, Literal
@@ -12,11 +13,16 @@ from flax import nnx
 
 from focusclip_jax.models.layers import (
     Activation,
+    AttentionImpl,
     PostNormBlock,
     PreNormBlock,
+    Remat,
+    check_remat,
     default_init,
     layer_norm,
+    make_blocks,
     partitioned,
+    run_blocks,
 )
 
 Pooling = Literal["mean", "mean_with_padding", "cls"]
@@ -72,6 +78,9 @@ class BertTextEncoder(nnx.Module):
         pooling: Pooling = "mean",
         activation: Activation = "gelu",
         eps: float = 1e-12,
+        attention: AttentionImpl = "xla",
+        scan_layers: bool = False,
+        remat: Remat = "none",
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -90,11 +99,24 @@ class BertTextEncoder(nnx.Module):
         self.type_embed = _embed(type_vocab_size, width, (None, "embed"), param_dtype, rngs)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.embed_norm = layer_norm(width, eps=eps, **kw)
-        self.blocks = nnx.List(
-            [
-                PostNormBlock(width, num_heads, mlp_dim, activation=activation, eps=eps, **kw)
-                for _ in range(depth)
-            ]
+        check_remat(remat)
+        self.scan_layers = scan_layers
+        self.remat = remat
+        self.blocks = make_blocks(
+            lambda block_rngs: PostNormBlock(
+                width,
+                num_heads,
+                mlp_dim,
+                activation=activation,
+                eps=eps,
+                attention=attention,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=block_rngs,
+            ),
+            depth,
+            scan_layers=scan_layers,
+            rngs=rngs,
         )
 
     def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
@@ -105,14 +127,15 @@ class BertTextEncoder(nnx.Module):
             + self.type_embed.embedding[0]
         )
         x = self.embed_norm(x.astype(self.dtype))
-        for block in self.blocks:
-            x = block(x, mask)
+        x = run_blocks(self.blocks, x, mask, scan_layers=self.scan_layers, remat=self.remat)
         if self.pooling == "cls":
             return x[:, 0]
+        # Averages accumulate in float32: a bfloat16 sum over hundreds of tokens loses digits.
         if self.pooling == "mean_with_padding":
-            return x.mean(axis=1)
-        weights = mask.astype(x.dtype)[..., None]
-        return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1)
+            return x.mean(axis=1, dtype=jnp.float32).astype(x.dtype)
+        weights = mask.astype(jnp.float32)[..., None]
+        total = (x * weights.astype(x.dtype)).sum(axis=1, dtype=jnp.float32)
+        return (total / jnp.maximum(weights.sum(axis=1), 1)).astype(x.dtype)
 
 
 class CausalTextEncoder(nnx.Module):
@@ -133,6 +156,9 @@ class CausalTextEncoder(nnx.Module):
         max_len: int,
         activation: Activation = "quick_gelu",
         eps: float = 1e-5,
+        attention: AttentionImpl = "xla",
+        scan_layers: bool = False,
+        remat: Remat = "none",
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -143,11 +169,24 @@ class CausalTextEncoder(nnx.Module):
         self.token_embed = _embed(vocab_size, width, ("vocab", "embed"), param_dtype, rngs)
         self.pos_embed = _embed(max_len, width, ("pos", "embed"), param_dtype, rngs)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.blocks = nnx.List(
-            [
-                PreNormBlock(width, num_heads, mlp_dim, activation=activation, eps=eps, **kw)
-                for _ in range(depth)
-            ]
+        check_remat(remat)
+        self.scan_layers = scan_layers
+        self.remat = remat
+        self.blocks = make_blocks(
+            lambda block_rngs: PreNormBlock(
+                width,
+                num_heads,
+                mlp_dim,
+                activation=activation,
+                eps=eps,
+                attention=attention,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=block_rngs,
+            ),
+            depth,
+            scan_layers=scan_layers,
+            rngs=rngs,
         )
         self.final_norm = layer_norm(width, eps=eps, **kw)
 
@@ -155,8 +194,9 @@ class CausalTextEncoder(nnx.Module):
         _check_length(tokens, self.max_len)
         x = self.token_embed(tokens) + self.pos_embed.embedding[: tokens.shape[1]]
         x = x.astype(self.dtype)
-        for block in self.blocks:
-            x = block(x, mask, is_causal=True)
+        x = run_blocks(
+            self.blocks, x, mask, scan_layers=self.scan_layers, remat=self.remat, is_causal=True
+        )
         eot = jnp.maximum(mask.sum(axis=1) - 1, 0)
         x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
         return self.final_norm(x)

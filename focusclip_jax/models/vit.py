@@ -6,7 +6,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from focusclip_jax.models.layers import PreNormBlock, default_init, layer_norm, partitioned
+from focusclip_jax.models.layers import (
+    AttentionImpl,
+    PreNormBlock,
+    Remat,
+    check_remat,
+    default_init,
+    layer_norm,
+    make_blocks,
+    partitioned,
+    run_blocks,
+)
 
 # width, depth, heads, MLP hidden and patch size of the standard ViTs (Dosovitskiy et al.; timm).
 _BASE = {
@@ -30,7 +40,8 @@ class ViT(nnx.Module):
     timm's stride-`patch` conv: its weight `[width, 3, p, p]` imports as
     `w.transpose(2, 3, 1, 0).reshape(p * p * 3, width)`.
     `pre_norm` adds the LayerNorm that CLIP's vision tower applies before the blocks (open_clip
-    `ln_pre`); `patch_bias=False` matches CLIP's bias-free patch conv.
+    `ln_pre`); `patch_bias=False` matches CLIP's bias-free patch conv. `attention`,
+    `scan_layers` and `remat`: see `layers.py`.
     """
 
     def __init__(
@@ -46,6 +57,9 @@ class ViT(nnx.Module):
         eps: float = 1e-6,
         pre_norm: bool = False,
         patch_bias: bool = True,
+        attention: AttentionImpl = "xla",
+        scan_layers: bool = False,
+        remat: Remat = "none",
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -56,6 +70,9 @@ class ViT(nnx.Module):
         self.patch_size = patch_size
         self.image_size = image_size
         self.dtype = dtype
+        check_remat(remat)
+        self.scan_layers = scan_layers
+        self.remat = remat
         num_patches = (image_size // patch_size) ** 2
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.patch_embed = nnx.Linear(
@@ -78,11 +95,21 @@ class ViT(nnx.Module):
             )
         )
         self.pre_norm = layer_norm(width, eps=eps, **kw) if pre_norm else None
-        self.blocks = nnx.List(
-            [
-                PreNormBlock(width, num_heads, mlp_dim, activation=activation, eps=eps, **kw)
-                for _ in range(depth)
-            ]
+        self.blocks = make_blocks(
+            lambda block_rngs: PreNormBlock(
+                width,
+                num_heads,
+                mlp_dim,
+                activation=activation,
+                eps=eps,
+                attention=attention,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=block_rngs,
+            ),
+            depth,
+            scan_layers=scan_layers,
+            rngs=rngs,
         )
         self.norm = layer_norm(width, eps=eps, **kw)
 
@@ -102,8 +129,7 @@ class ViT(nnx.Module):
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
         if self.pre_norm is not None:
             x = self.pre_norm(x)
-        for block in self.blocks:
-            x = block(x)
+        x = run_blocks(self.blocks, x, scan_layers=self.scan_layers, remat=self.remat)
         return self.norm(x[:, 0])
 
 

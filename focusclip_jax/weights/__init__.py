@@ -2,6 +2,7 @@
 
 from focusclip_jax.weights.common import WeightImportError, read_tensors
 from focusclip_jax.weights.loader import (
+    check_tree,
     export_tower,
     load,
     pretrained_params,
@@ -11,6 +12,7 @@ from focusclip_jax.weights.loader import (
 
 __all__ = [
     "WeightImportError",
+    "check_tree",
     "export_tower",
     "load",
     "pretrained_params",

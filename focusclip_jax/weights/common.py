@@ -3,12 +3,17 @@
 A converter maps a checkpoint to `Mapped`: our parameter path (relative to a tower) → the source
 name and the array in our layout. `place` then checks every shape against the model's own
 parameters, so a wrong size names the parameter, the expected and the found shape.
+
+Converters and exporters see blocks one by one (`blocks/<i>/...`); a tower built with
+`model.scan_layers` stacks them (`blocks/...` with a leading layer axis): `unstack_layers` and
+`stack_layers` translate between the two layouts.
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import jax
 import ml_dtypes
 import numpy as np
 
@@ -124,11 +129,16 @@ def merge_heads_out(kernel: np.ndarray) -> np.ndarray:
 
 
 def num_blocks(target: Mapping[ParamPath, object]) -> int:
-    """Number of transformer blocks in a tower's flat parameters."""
+    """Number of transformer blocks in a tower's flat parameters (either layout)."""
+    if is_scanned(target):
+        return int(np.shape(target[("blocks", "norm1", "scale")])[0])
     return len({path[1] for path in target if path[0] == "blocks"})
 
 
 def num_heads(target: Mapping[ParamPath, object]) -> int:
+    """Attention heads of a tower's blocks (either layout): the query kernel's heads axis."""
+    if is_scanned(target):
+        return int(np.shape(target[("blocks", "attn", "query", "kernel")])[2])
     return int(np.shape(target[("blocks", 0, "attn", "query", "kernel")])[1])
 
 
@@ -156,3 +166,71 @@ def place(
             )
         out[prefix + path] = np.asarray(array, dtype=leaf.dtype)
     return out
+
+
+def is_scanned(params: Mapping[ParamPath, object]) -> bool:
+    """Whether a tower's blocks are stacked on a leading layer axis (`model.scan_layers`).
+
+    Per-layer paths are `("blocks", i, ...)`, with `i` an int (or its string, as orbax stores it).
+    """
+    return any(path[0] == "blocks" and not str(path[1]).isdigit() for path in params)
+
+
+def unstack_layers(params: Mapping[ParamPath, object]) -> dict[ParamPath, object]:
+    """A scanned tower's flat parameters → per-block paths `("blocks", i, ...)`.
+
+    numpy leaves are sliced (views); any other leaf (a device array, a shape struct) becomes a
+    `ShapeDtypeStruct` of one layer, which is all a converter's target needs.
+    """
+    out: dict[ParamPath, object] = {}
+    for path, leaf in params.items():
+        if path[0] != "blocks":
+            out[path] = leaf
+            continue
+        for i in range(np.shape(leaf)[0]):
+            one = (
+                leaf[i]
+                if isinstance(leaf, np.ndarray)
+                else jax.ShapeDtypeStruct(np.shape(leaf)[1:], leaf.dtype)
+            )
+            out[("blocks", i, *path[1:])] = one
+    return out
+
+
+def stack_layers(
+    params: Mapping[ParamPath, np.ndarray], prefix: ParamPath = ()
+) -> dict[ParamPath, np.ndarray]:
+    """Inverse of `unstack_layers` under `prefix`: `blocks/<i>/x` → `blocks/x` of shape [L, ...]."""
+    k = len(prefix)
+    out: dict[ParamPath, np.ndarray] = {}
+    layers: dict[ParamPath, dict[int, np.ndarray]] = {}
+    for path, value in params.items():
+        if path[k] == "blocks":
+            layers.setdefault((*path[: k + 1], *path[k + 2 :]), {})[path[k + 1]] = value
+        else:
+            out[path] = value
+    for path, by_index in layers.items():
+        out[path] = np.stack([by_index[i] for i in range(len(by_index))])
+    return out
+
+
+Converter = Callable[[Mapping[str, np.ndarray], Mapping[ParamPath, object], str], Mapped]
+
+
+def place_tower(
+    target: Mapping[ParamPath, object],
+    convert: Converter,
+    tensors: Mapping[str, np.ndarray],
+    source: str,
+    prefix: ParamPath = (),
+) -> dict[ParamPath, np.ndarray]:
+    """`convert` a checkpoint's `tensors` for one tower and `place` them, in the tower's layout.
+
+    Converters fill blocks one by one: a scanned tower's target is unstacked for them and the
+    result stacked again.
+    """
+    scanned = is_scanned(target)
+    if scanned:
+        target = unstack_layers(target)
+    placed = place(target, convert(tensors, target, source), source, prefix)
+    return stack_layers(placed, prefix) if scanned else placed

@@ -15,10 +15,9 @@ from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from focusclip_jax.weights import common, hf_bert, open_clip, timm_vit
-from focusclip_jax.weights.common import Mapped, ParamPath
+from focusclip_jax.weights.common import Converter, ParamPath
 from input_pipeline.files import RequiredFile
 
-Converter = Callable[[Mapping[str, np.ndarray], Mapping[ParamPath, Any], str], Mapped]
 IMAGE_FORMATS: dict[str, Converter] = {
     "timm_vit": timm_vit.to_params,
     "big_vision": timm_vit.big_vision_to_params,
@@ -67,7 +66,8 @@ def _read(fmt: str, path: str, role: str) -> tuple[dict[str, np.ndarray], str]:
 def load(init: Mapping[str, str], params: Mapping[ParamPath, Any]) -> dict[ParamPath, np.ndarray]:
     """Imported arrays for the parameters `init` covers, keyed by flat path, shape-checked.
 
-    `params`: the model's flat parameters (arrays or shape structs) as `flatten_dict` gives them.
+    `params`: the model's flat parameters (arrays or shape structs) as `flatten_dict` gives them,
+    blocks in either layout (`model.scan_layers`).
     """
     out: dict[ParamPath, np.ndarray] = {}
     roles = (("image", IMAGE_FORMATS, ("image", "focus")), ("text", TEXT_FORMATS, ("text",)))
@@ -83,9 +83,7 @@ def load(init: Mapping[str, str], params: Mapping[ParamPath, Any]) -> dict[Param
                 continue
             if fmt == "hf_bert":
                 hf_bert.check_heads(hf_bert.read_config(path), target, source)
-            out |= common.place(
-                target, formats[fmt](tensors, target, source), source, (f"{tower}_tower",)
-            )
+            out |= common.place_tower(target, formats[fmt], tensors, source, (f"{tower}_tower",))
             if fmt == "open_clip":
                 name = "visual.proj" if role == "image" else "text_projection"
                 proj = open_clip.projection(tensors, name, source)
@@ -107,6 +105,8 @@ def export_tower(params: Any, tower: str, path: str) -> None:
     flat = _subtree(flatten_dict(jax.device_get(params)), tower)
     if not flat:
         raise ValueError(f"the model has no {tower!r}")
+    if common.is_scanned(flat):
+        flat = common.unstack_layers(flat)
     if tower == "text_tower":
         hf_bert.save(flat, path)
     else:
@@ -148,3 +148,41 @@ def pretrained_params(
             for path, value in host.items()
         }
     )
+
+
+def check_tree(
+    expected: Mapping[ParamPath, Any], found: Mapping[ParamPath, Any], source: str
+) -> None:
+    """Raises `WeightImportError` unless `found` (e.g. a checkpoint's parameter metadata) has the
+    configured model's parameter paths and shapes; a flipped `model.scan_layers` is named.
+
+    Both are flat trees (`flatten_dict`) of arrays or anything with a `.shape`, such as orbax's
+    `ArrayMetadata` (whose paths hold block indices as strings: paths compare as strings).
+    """
+    expected = {tuple(map(str, path)): leaf for path, leaf in expected.items()}
+    found = {tuple(map(str, path)): leaf for path, leaf in found.items()}
+    for tower in sorted({path[0] for path in expected if path[0].endswith("_tower")}):
+        ours, theirs = _subtree(expected, tower), _subtree(found, tower)
+        if theirs and common.is_scanned(ours) != common.is_scanned(theirs):
+            saved = common.is_scanned(theirs)
+            raise common.WeightImportError(
+                f"{source}: {tower} blocks were saved {'stacked' if saved else 'one per layer'} "
+                f"(model.scan_layers={saved}) but the config builds them "
+                f"{'one per layer' if saved else 'stacked'}: rerun with "
+                f"--config.model.scan_layers={saved}"
+            )
+    missing = sorted(set(expected) - set(found), key=str)
+    unexpected = sorted(set(found) - set(expected), key=str)
+    if missing or unexpected:
+        names = lambda paths: ", ".join("/".join(map(str, p)) for p in paths[:5]) or "none"
+        raise common.WeightImportError(
+            f"{source}: parameters do not match the config: missing {names(missing)}; "
+            f"unexpected {names(unexpected)}"
+        )
+    for path in sorted(expected, key=str):
+        want, got = tuple(np.shape(expected[path])), tuple(np.shape(found[path]))
+        if want != got:
+            raise common.WeightImportError(
+                f"{source}: parameter {'/'.join(map(str, path))} has shape {got}, "
+                f"the config expects {want}"
+            )

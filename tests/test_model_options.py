@@ -1,0 +1,347 @@
+"""The towers' speed options (`model.dtype`, `attention`, `scan_layers`, `remat`) keep the maths.
+
+References: a naive numpy attention, and the same model with every option off (float32, blocks in
+a Python loop, no rematerialisation) holding the same weights.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from configs import pretrain
+from focusclip_jax import losses, models
+from focusclip_jax.models import layers, text
+from focusclip_jax.weights import common
+
+PAIRS = (("focused", "image"), ("focused", "text"), ("image", "text"))
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def np_attention(x: np.ndarray, p: dict, allowed: np.ndarray) -> np.ndarray:
+    """softmax(Q Kᵀ / sqrt(d) + mask) V per head, then the output projection; float64.
+
+    x: [B, L, D]; allowed: bool [B, L, L], query t may attend key s.
+    """
+    proj = lambda name: (
+        np.einsum("bld,dhk->bhlk", x, p[name]["kernel"]) + p[name]["bias"][None, :, None]
+    )
+    q, k, v = proj("query"), proj("key"), proj("value")
+    logits = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
+    logits = logits + np.where(allowed[:, None], 0.0, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    heads = weights @ v  # [B, H, L, dh]
+    return np.einsum("bhlk,hkd->bld", heads, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+@pytest.mark.parametrize("implementation", ["xla", "auto", None])
+@pytest.mark.parametrize("masking", ["padding", "causal", "padding+causal"])
+def test_attention_matches_naive_numpy(implementation: str | None, masking: str) -> None:
+    attn = nnx.eval_shape(
+        lambda: layers.MultiHeadAttention(24, 3, attention=implementation, rngs=nnx.Rngs(0))
+    )
+    # Random biases too (they start at zero), so a bias on the wrong axis shows.
+    params = random_params(attn, std=0.3)
+    attn = nnx.merge(nnx.graphdef(attn), params)
+    p = jax.tree.map(lambda w: np.asarray(w, np.float64), params)
+    x = np.random.default_rng(0).normal(size=(3, 7, 24)).astype(np.float32)
+    lengths = np.array([7, 4, 1])
+    key_mask = np.arange(7)[None, :] < lengths[:, None]
+    padded = "padding" in masking
+    causal = "causal" in masking
+    allowed = np.ones((3, 7, 7), bool)
+    if padded:
+        allowed &= key_mask[:, None, :]
+    if causal:
+        allowed &= np.tril(np.ones((7, 7), bool))[None]
+    got = attn(jnp.asarray(x), jnp.asarray(key_mask) if padded else None, is_causal=causal)
+    np.testing.assert_allclose(np.asarray(got), np_attention(x, p, allowed), atol=2e-5)
+
+
+def test_attention_implementation_choice() -> None:
+    on_cuda = layers._on_cuda()
+    assert layers.attention_implementation("auto", jnp.float32, 64) == "xla"
+    assert layers.attention_implementation("auto", jnp.bfloat16, 12) == "xla"  # not a multiple of 8
+    assert layers.attention_implementation("auto", jnp.bfloat16, 256) == "xla"
+    want = "cudnn" if on_cuda else "xla"
+    assert layers.attention_implementation("auto", "bfloat16", 64) == want
+    assert layers.attention_implementation("cudnn", jnp.float32, 64) == "cudnn"
+    assert layers.attention_implementation(None, jnp.float32, 64) is None
+    with pytest.raises(ValueError, match=r"model\.attention='flash'"):
+        layers.attention_implementation("flash", jnp.float32, 64)
+    with pytest.raises(ValueError, match=r"model\.remat='some'"):
+        layers.check_remat("some")
+
+
+@pytest.mark.skipif(not layers._on_cuda(), reason="cuDNN attention needs a CUDA GPU")
+@pytest.mark.parametrize("causal", [False, True])
+def test_cudnn_attention_matches_xla_on_gpu(causal: bool) -> None:
+    """Same weights, bfloat16: cuDNN flash attention (padding as key lengths) vs XLA."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(4, 128, 256)), jnp.bfloat16)
+    mask = jnp.asarray(np.arange(128)[None, :] < np.array([128, 100, 37, 1])[:, None])
+    outs = []
+    for implementation in ("xla", "cudnn"):
+        attn = layers.MultiHeadAttention(
+            256, 4, attention=implementation, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)
+        )
+        fn = jax.jit(lambda a, x, m: a(x, m, is_causal=causal))
+        outs.append(np.asarray(fn(attn, x, mask), np.float32))
+    np.testing.assert_allclose(outs[1], outs[0], atol=3e-2)
+
+
+# ----------------------------------------------------------------------------- whole model
+
+
+def tiny_model(**options) -> models.FocusCLIP:
+    """An abstract model (no initialisers run): its graph, to merge with `random_params`."""
+    return nnx.eval_shape(
+        lambda: models.FocusCLIP(
+            image_size=16,
+            vit_size="tiny",  # width 32, 2 blocks, 2 heads, 8 px patches
+            text_kind="bert",
+            text_size="tiny",
+            vocab_size=50,
+            max_len=12,
+            embed_dim=8,
+            rngs=nnx.Rngs(0),
+            **options,
+        )
+    )
+
+
+def random_params(model: nnx.Module, std: float | None = None) -> dict:
+    """Random parameters for `model` at a sensible scale (LayerNorms not identity, biases not 0)."""
+    rng = np.random.default_rng(0)
+    flat = flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+    def draw(x: jax.ShapeDtypeStruct) -> np.ndarray:
+        scale = std or (0.5 if len(x.shape) <= 1 else 1 / math.sqrt(x.shape[-2]))
+        return rng.normal(0.0, scale, x.shape).astype(np.float32)
+
+    return unflatten_dict({k: draw(v) for k, v in flat.items()})
+
+
+def compile_fast(fn: Callable, *args: Any) -> Callable:
+    """`jax.jit(fn)` compiled for `args` without XLA's backend optimisations (half the compile
+    time on CPU; the maths is the same)."""
+    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})
+
+
+def stacked(params: dict) -> dict:
+    """Unscanned parameters in the scanned layout (each tower's blocks stacked)."""
+    flat = flatten_dict(params)
+    for tower in ("image_tower", "text_tower"):
+        tower_flat = {k: v for k, v in flat.items() if k[0] == tower}
+        flat = {k: v for k, v in flat.items() if k[0] != tower}
+        flat |= common.stack_layers(tower_flat, (tower,))
+    return unflatten_dict(flat)
+
+
+def unstacked(params: dict) -> dict:
+    flat = flatten_dict(jax.device_get(params))
+    out = {k: v for k, v in flat.items() if not k[0].endswith("_tower")}
+    for tower in ("image_tower", "text_tower"):
+        tower_flat = {k[1:]: v for k, v in flat.items() if k[0] == tower}
+        out |= {(tower, *k): v for k, v in common.unstack_layers(tower_flat).items()}
+    return unflatten_dict(out)
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, jax.Array]:
+    rng = np.random.default_rng(1)
+    lengths = np.array([12, 5, 9, 1])
+    return {
+        "images": jnp.asarray(rng.uniform(size=(4, 16, 16, 3)), jnp.float32),
+        "heatmaps": jnp.asarray(rng.uniform(size=(4, 16, 16)), jnp.float32),
+        "tokens": jnp.asarray(rng.integers(1, 50, size=(4, 12)), jnp.int32),
+        "mask": jnp.asarray(np.arange(12)[None, :] < lengths[:, None]),
+    }
+
+
+def loss_fn(model: nnx.Module, batch: dict) -> Callable[[dict], jax.Array]:
+    """The FocusCLIP objective (paper's NT-Xent over three pairs) as a function of parameters."""
+    graphdef = nnx.graphdef(model)
+
+    def loss(params: dict) -> jax.Array:
+        merged = nnx.merge(graphdef, params)
+        embeddings = merged.embed(**batch, modalities=("image", "focused", "text"))
+        total, _ = losses.focusclip_loss(
+            embeddings,
+            merged.temperature_scale(),
+            pairs=PAIRS,
+            weights=(1.0, 1.0, 1.0),
+            loss_fn=losses.pair_loss("nt_xent", 0.5),
+        )
+        return total
+
+    return loss
+
+
+def loss_and_grads(model: nnx.Module, params: dict, batch: dict) -> tuple[jax.Array, dict]:
+    grad_fn = jax.value_and_grad(loss_fn(model, batch))
+    return jax.device_get(compile_fast(grad_fn, params)(params))
+
+
+@pytest.fixture(scope="module")
+def reference(batch: dict) -> tuple[dict, jax.Array, dict]:
+    """Parameters, loss and gradients of the float32, unscanned, non-rematerialised model."""
+    model = tiny_model()
+    params = random_params(model)
+    loss, grads = loss_and_grads(model, params, batch)
+    return params, loss, grads
+
+
+def assert_trees_close(got: dict, want: dict, rtol: float) -> None:
+    """Leaf by leaf, relative to the largest gradient (some, like key biases', are ~0)."""
+    want = flatten_dict(want)
+    scale = max(np.max(np.abs(x)) for x in want.values())
+    got = flatten_dict(got)
+    assert set(got) == set(want)
+    for path, b in want.items():
+        err = np.max(np.abs(np.asarray(got[path], np.float64) - b)) / scale
+        assert err <= rtol, f"{'/'.join(map(str, path))}: error {err:.1e} of the largest"
+
+
+@pytest.mark.parametrize(
+    ("scan_layers", "remat"),
+    # Unscanned remat is the same `jax.checkpoint` per block: test_options_are_in_the_program.
+    [(True, "none"), (True, "dots_with_no_batch_dims_saveable")],
+)
+def test_scan_and_remat_keep_loss_and_gradients(
+    scan_layers: bool, remat: str, batch: dict, reference: tuple
+) -> None:
+    params, want_loss, want_grads = reference
+    model = tiny_model(scan_layers=scan_layers, remat=remat)
+    if scan_layers:
+        params = stacked(params)
+    loss, grads = loss_and_grads(model, params, batch)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    assert_trees_close(unstacked(grads) if scan_layers else grads, want_grads, rtol=1e-5)
+
+
+@pytest.mark.parametrize("remat", ["none", *layers.REMAT_POLICIES])
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_options_are_in_the_program(scan_layers: bool, remat: str, batch: dict) -> None:
+    """A `scan` over the blocks iff scanned; one `checkpoint` with the policy per block (or per
+    scan body) iff rematerialised: else the equalities above would prove nothing."""
+    model = tiny_model(scan_layers=scan_layers, remat=remat)
+    params = random_params(model)
+    eqns = all_eqns(jax.make_jaxpr(loss_fn(model, batch))(params).jaxpr)
+    names = [e.primitive.name for e in eqns]
+    assert names.count("scan") == (2 if scan_layers else 0)  # the two towers' forward passes
+    checkpoints = [e for e in eqns if e.primitive.name in ("checkpoint", "remat2")]
+    assert len(checkpoints) == (0 if remat == "none" else 2 if scan_layers else 4)
+    policy = layers.REMAT_POLICIES.get(remat)
+    assert all(e.params["policy"] is policy for e in checkpoints)
+
+
+def test_scanned_parameters_stack_on_a_layers_axis() -> None:
+    model = tiny_model(scan_layers=True)
+    state = nnx.state(model, nnx.Param)
+    specs = flatten_dict(nnx.to_pure_dict(nnx.get_partition_spec(state)))
+    shapes = flatten_dict(nnx.to_pure_dict(state))
+    kernel = ("image_tower", "blocks", "attn", "query", "kernel")
+    assert tuple(specs[kernel]) == ("layers", "embed", "heads", "kv")
+    assert shapes[kernel].shape == (2, 32, 2, 16)
+    assert tuple(specs[("text_tower", "blocks", "mlp", "fc1", "kernel")]) == (
+        "layers",
+        "embed",
+        "mlp",
+    )
+    blocks = [k for k in specs if "blocks" in k]
+    assert blocks and all(specs[k][0] == "layers" for k in blocks)
+
+
+def test_causal_tower_scanned_equals_unscanned() -> None:
+    """CLIP's text tower passes `is_causal` through the scan."""
+
+    def tower(scan_layers: bool) -> nnx.Module:
+        return nnx.eval_shape(
+            lambda: text.text_encoder_from_name(
+                "clip", "tiny", vocab_size=50, max_len=12, scan_layers=scan_layers, rngs=nnx.Rngs(0)
+            )
+        )
+
+    tokens = jnp.asarray(np.random.default_rng(2).integers(1, 50, size=(3, 12)), jnp.int32)
+    mask = jnp.asarray(np.arange(12)[None, :] < np.array([[12], [3], [7]]))
+    params = random_params(tower(False))
+    outs = []
+    for scan_layers, p in ((False, params), (True, stacked({"text_tower": params})["text_tower"])):
+        graphdef = nnx.graphdef(tower(scan_layers))
+        forward = lambda p, graphdef=graphdef: nnx.merge(graphdef, p)(tokens, mask)
+        outs.append(compile_fast(forward, p)(p))
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bfloat16
+
+
+def test_bfloat16_computes_matmuls_in_bf16_and_the_rest_in_float32(
+    batch: dict, reference: tuple
+) -> None:
+    params, want_loss, want_grads = reference
+    model = tiny_model(dtype="bfloat16", scan_layers=True)
+    params = stacked(params)
+
+    def towers(params: dict) -> tuple[jax.Array, jax.Array]:
+        merged = nnx.merge(nnx.graphdef(model), params)
+        images = merged.image_tower(batch["images"])
+        return images, merged.text_tower(batch["tokens"], batch["mask"])
+
+    eqns = all_eqns(jax.make_jaxpr(towers)(params).jaxpr)
+    dots = [e for e in eqns if e.primitive.name == "dot_general"]
+    # Per block: q, k, v, out, 2 attention einsums, fc1, fc2; plus the patch embedding.
+    assert len(dots) == 2 * 8 + 1
+    assert {str(v.aval.dtype) for e in dots for v in e.invars} == {"bfloat16"}
+    # Softmax (exp) and every reduction (LayerNorm statistics, softmax sums, pooling) in float32.
+    for name in ("exp", "reduce_sum", "reduce_max"):
+        found = [e for e in eqns if e.primitive.name == name]
+        assert found and {str(v.aval.dtype) for e in found for v in e.invars} == {"float32"}
+
+    loss, grads = loss_and_grads(model, params, batch)
+    assert loss.dtype == np.float32
+    assert {x.dtype for x in jax.tree.leaves(grads)} == {np.dtype(np.float32)}
+    np.testing.assert_allclose(loss, want_loss, rtol=2e-2)
+    got, want = (
+        np.concatenate([np.ravel(x) for _, x in sorted(flatten_dict(t).items())])
+        for t in (unstacked(grads), want_grads)
+    )
+    error = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert 0 < error < 0.05  # bf16 rounded something, and not much
+
+
+def all_eqns(jaxpr: jax.extend.core.Jaxpr) -> list:
+    """Equations of a jaxpr and of every sub-jaxpr (scan bodies, custom derivatives)."""
+    out = []
+    for eqn in jaxpr.eqns:
+        out.append(eqn)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out += all_eqns(inner)
+    return out
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_defaults_build_the_paper_model_abstractly() -> None:
+    """pretrain.py's defaults reach the towers (ViT-B/16 + BERT-base, scanned)."""
+    config = pretrain.get_config().model
+    assert (config.attention, config.scan_layers, config.remat) == ("auto", True, "none")
+    config.vocab_size = 30522
+    model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
+    shapes = flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    assert shapes[("image_tower", "blocks", "mlp", "fc1", "kernel")].shape == (12, 768, 3072)
+    assert shapes[("text_tower", "blocks", "attn", "out", "kernel")].shape == (12, 12, 64, 768)
