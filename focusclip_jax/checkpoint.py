@@ -13,6 +13,9 @@ import grain
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+from flax.traverse_util import flatten_dict
+
+from focusclip_jax import weights
 
 
 def workdir_path(workdir: str | os.PathLike) -> epath.Path:
@@ -31,18 +34,31 @@ class Checkpointer:
             max_to_keep=config.keep, enable_async_checkpointing=config.async_save
         )
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data")
+            self.directory,
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def restore(self, abstract_state: Any, data_iterator: grain.DatasetIterator) -> Any | None:
-        """The latest state (sharded as `abstract_state`), the iterator moved in place; or None."""
+        """The latest state (sharded as `abstract_state`), the iterator moved in place; or None.
+
+        A checkpoint of another model (e.g. `model.scan_layers` flipped) is a `WeightImportError`
+        naming what differs, not an orbax traceback.
+        """
         step = self.manager.latest_step()
         if step is None:
             return None
         logging.info("Restoring checkpoint of step %d from %s", step, self.directory)
+        saved = self.manager.item_metadata(step)["state"].tree["params"]
+        weights.check_tree(
+            flatten_dict(abstract_state.params), flatten_dict(saved), f"{self.directory}/{step}"
+        )
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(

@@ -11,7 +11,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from focusclip_jax import train
+from focusclip_jax import train, weights
 from focusclip_jax.evaluators import checkpoint_eval
 from input_pipeline.files import InputDataError
 
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> None:
             checkpoint_eval.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
             return
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (InputDataError, train.NonFiniteLossError) as error:
+    except (InputDataError, weights.WeightImportError, train.NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     if results and jax.process_index() == 0:

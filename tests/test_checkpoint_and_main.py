@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from focusclip_jax import train
+from focusclip_jax import train, weights
 from tests.conftest import REPO, tiny_config
 
 
@@ -41,6 +41,15 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> N
     assert list(resumed) == [1, 2, 3, 4, 5, 6]
     for step in (4, 5, 6):  # same parameters, optimiser state and next batches after the restart
         assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
+
+
+def test_a_checkpoint_of_another_layout_is_named_not_restored(tmp_path: Path) -> None:
+    config = _resume_config(3)
+    config.model.scan_layers = False
+    train.train_and_evaluate(config, tmp_path)
+    config.model.scan_layers = True
+    with pytest.raises(weights.WeightImportError, match=r"--config\.model\.scan_layers=False"):
+        train.train_and_evaluate(config, tmp_path)
 
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS="")
