@@ -1,9 +1,25 @@
-"""Compile time and step time of the training step for a config.
+"""Compile time, step time, throughput, FLOPs, MFU and memory of the training step for a config.
 
-    python -m bench.train_step --config=configs/demo.py --devices=8 --steps=20
+    python -m bench.train_step --config=configs/bench.py:small --steps=20
+    python -m bench.train_step --config=configs/bench.py:demo --devices=8 \
+        --config.mesh.data=2 --config.mesh.fsdp=4 --json=/tmp/demo.json
+    python -m bench.train_step --config=configs/demo.py --devices=8   # one real pipeline batch
 
 `--devices=N` fakes N CPU devices (XLA_FLAGS, set before JAX starts); on an accelerator leave it
-at 0 to use the real devices. The batch is one real batch from the config's pipeline, reused.
+at 0 to use the real devices. Sharding modes come from the mesh overrides: data-parallel
+(`mesh.data=-1`, the default), FSDP (`mesh.data=1 mesh.fsdp=-1`) or both. Configs whose
+`data.name` is `random` (configs/bench.py) get one random in-memory batch; others one real batch
+from their pipeline. The batch is reused for every step.
+
+Model FLOPs are counted analytically (bench/flops.py, matmuls only) and printed next to XLA's
+`cost_analysis()` count of the compiled step (XLA counts a loop body once: with
+`model.scan_layers`, `--xla_cost=unrolled`, the default, counts an unrolled twin of the step,
+compiled for that alone); TFLOP/s and MFU use the analytic count. MFU is
+against the dense bf16 peak of the device kind (bench/flops.py table); on CPU, against a measured
+float32 matmul peak (labelled `cpu-matmul`). Peak memory is `device.memory_stats()`'s where the
+backend has it, else XLA's `memory_analysis()` of the compiled step (arguments + outputs +
+temporaries - aliased, per device). `--profile=DIR` traces two more steps with jax.profiler
+(TensorBoard/Perfetto can open DIR) and prints the step's time by XLA op kind.
 """
 
 import os
@@ -21,54 +37,272 @@ def _fake_devices_from_argv() -> None:
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-_fake_devices_from_argv()
+if __name__ == "__main__":
+    _fake_devices_from_argv()
 
+import collections  # noqa: E402
+import gzip  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from bench import flops  # noqa: E402
 from focusclip_jax import sharding, train  # noqa: E402
 from input_pipeline import pipeline  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Config file.")
-flags.DEFINE_integer("devices", 0, "Fake CPU devices (0: the real devices).")
-flags.DEFINE_integer("steps", 20, "Timed steps after the compiling one.")
+TABLE_HEADER = (
+    "| config | mesh | devices | batch | dtype | compile s | step ms | img/s | img/s/dev "
+    "| GFLOP/step (analytic) | GFLOP/step (XLA) | analytic/XLA | TFLOP/s | MFU | peak mem GiB |\n"
+    "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+)
+
+
+def sharding_mode(mesh: jax.sharding.Mesh) -> str:
+    """data-parallel, FSDP, both, or a single device: from the sizes of the mesh axes."""
+    data, fsdp = mesh.shape.get("data", 1), mesh.shape.get("fsdp", 1)
+    if data > 1 and fsdp > 1:
+        return f"dp{data}xfsdp{fsdp}"
+    if fsdp > 1:
+        return f"fsdp{fsdp}"
+    return f"dp{data}" if data > 1 else "single"
+
+
+def _first_batch(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], int]:
+    """(host batch, vocabulary size): random for `data.name=random`, else the pipeline's."""
+    if config.data.name == "random":
+        return flops.random_batch(config), config.model.vocab_size
+    tokenizer = pipeline.create_tokenizer(config)
+    return next(pipeline.train_iterator(config, tokenizer)), tokenizer.vocab_size
+
+
+def _xla_flops(compiled: jax.stages.Compiled) -> float:
+    """XLA's FLOP count of the compiled (per-device, after SPMD partitioning) program."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):  # older jax: one dict per program
+        cost = cost[0]
+    return float(cost.get("flops", float("nan")))
+
+
+def _xla_step_flops(
+    config: ml_collections.ConfigDict,
+    trainer: train.Trainer,
+    compiled: jax.stages.Compiled,
+    batch: dict[str, jax.Array],
+    how: str,
+) -> tuple[float | None, str]:
+    """XLA's FLOPs of the whole step (all devices) and what was counted.
+
+    XLA's cost analysis counts a while loop's body once, so the timed program of a model with
+    `scan_layers` undercounts its blocks; `how='unrolled'` then compiles an unrolled twin of the
+    step (one more compile) just to count it.
+    """
+    devices = trainer.mesh.devices.size
+    if how == "none":
+        return None, "not counted"
+    if how == "compiled" or not config.model.get("scan_layers", False):
+        return _xla_flops(compiled) * devices, "the timed program"
+    if how != "unrolled":
+        raise ValueError(f"--xla_cost={how!r}: expected unrolled, compiled or none")
+    twin_config = config.copy_and_resolve_references()
+    twin_config.model.scan_layers = False
+    twin = train.Trainer(twin_config, trainer.mesh, vocab_size=trainer.model_config.vocab_size)
+    twin_compiled = twin.step.lower(twin.abstract_state, batch).compile()
+    return _xla_flops(twin_compiled) * devices, "an unrolled twin (scan_layers=False)"
+
+
+def _peak_memory(compiled: jax.stages.Compiled) -> tuple[float, str]:
+    """Peak bytes per device and where the number comes from."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return float(stats["peak_bytes_in_use"]), "memory_stats"
+    mem = compiled.memory_analysis()
+    total = (
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        + mem.temp_size_in_bytes
+        - mem.alias_size_in_bytes
+    )
+    return float(total), "memory_analysis"
+
+
+def benchmark(
+    config: ml_collections.ConfigDict,
+    *,
+    steps: int,
+    warmup: int = 2,
+    peak: float | None = None,
+    xla_cost: str = "unrolled",
+    profile_dir: str = "",
+) -> dict[str, Any]:
+    """Compiles and times the training step of `config`; returns every reported number.
+
+    `peak`: FLOP/s per device for MFU; None looks the device kind up in the table and, on CPU,
+    measures a matmul peak. `xla_cost`: how XLA's FLOP count is taken (`_xla_step_flops`).
+    `profile_dir`: also trace two more steps there and report time per op kind (`profile_ops`).
+    """
+    mesh = sharding.create_mesh(config.mesh)
+    host_batch, vocab_size = _first_batch(config)
+    trainer = train.Trainer(config, mesh, vocab_size=vocab_size)
+    # Random weights either way: the RBG generator's init compiles ~3x faster than threefry's.
+    with jax.default_prng_impl("unsafe_rbg"):
+        state = trainer.init_state()
+    batch = pipeline.to_global_arrays(host_batch, sharding.batch_sharding(mesh))
+
+    start = time.perf_counter()
+    compiled = trainer.step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    times, cpu_times = [], []
+    for i in range(warmup + steps):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
+    step_s = statistics.median(times)
+
+    ops = profile_ops(compiled, state, batch, profile_dir) if profile_dir else []
+    devices = mesh.devices.size
+    device_kind = jax.devices()[0].device_kind
+    peak_source = "given"
+    if peak is None:
+        peak, peak_source = flops.peak_flops(device_kind), "table (bf16 dense)"
+    if peak is None and jax.default_backend() == "cpu":
+        # Fake CPU devices share the same cores: the machine's peak is split between them.
+        peak, peak_source = flops.measured_matmul_peak() / devices, "cpu-matmul (f32, measured)"
+    analytic = flops.train_step_flops(config)
+    xla_total, xla_source = _xla_step_flops(config, trainer, compiled, batch, xla_cost)
+    memory, memory_source = _peak_memory(compiled)
+    batch_size = config.train.batch_size
+    achieved = analytic["total"] / step_s
+    return {
+        "config": config.get("bench", {}).get("name", "") or "custom",
+        "mesh": sharding_mode(mesh),
+        "mesh_shape": dict(mesh.shape),
+        "devices": devices,
+        "device_kind": device_kind,
+        "batch": batch_size,
+        "dtype": str(config.model.dtype),
+        "compile_s": compile_s,
+        "step_s": step_s,
+        "step_s_min": min(times),
+        "step_s_max": max(times),
+        "cpu_s_per_step": statistics.median(cpu_times),  # all threads; robust to a shared CPU
+        "steps": steps,
+        "images_per_s": batch_size / step_s,
+        "images_per_s_per_device": batch_size / step_s / devices,
+        "analytic_flops": analytic,
+        "xla_flops": xla_total,
+        "xla_flops_of": xla_source,
+        "analytic_over_xla": analytic["total"] / xla_total if xla_total else None,
+        "tflops_per_s": achieved / 1e12,
+        "peak_flops_per_device": peak,
+        "peak_source": peak_source,
+        "mfu": achieved / (peak * devices) if peak else None,
+        "peak_memory_bytes": memory,
+        "memory_source": memory_source,
+        "final_loss": float(metrics["loss"]),
+        "profile_s_per_step_by_op_kind": ops,
+    }
+
+
+def profile_ops(
+    compiled: jax.stages.Compiled, state: Any, batch: dict[str, jax.Array], folder: str
+) -> list[tuple[str, float]]:
+    """Traces two steps with `jax.profiler` into `folder`; returns (op kind, seconds per step).
+
+    Op kinds are XLA's op names without their numeric suffix (`ynn_fusion`, `copy_bitcast_fusion`,
+    ...), largest first: where the step's time goes, by kind of work.
+    """
+    jax.profiler.start_trace(folder)
+    for _ in range(2):
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+    jax.profiler.stop_trace()
+    traces = sorted(Path(folder).glob("**/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    events = json.loads(gzip.decompress(traces[-1].read_bytes()))["traceEvents"]
+    by_kind: collections.Counter[str] = collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") == "X" and not name.startswith(("$", "ThunkExecutor", "Pjit")):
+            by_kind[re.sub(r"\.\d+$", "", name)] += event.get("dur", 0) / 2e6
+    return by_kind.most_common()
+
+
+def markdown_row(result: dict[str, Any]) -> str:
+    mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] is not None else "n/a"
+    xla, ratio = "n/a", "n/a"
+    if result["xla_flops"]:
+        xla = f"{result['xla_flops'] / 1e9:.1f}"
+        ratio = f"{result['analytic_over_xla']:.3f}"
+    return (
+        f"| {result['config']} | {result['mesh']} | {result['devices']} | {result['batch']} "
+        f"| {result['dtype']} | {result['compile_s']:.1f} | {1000 * result['step_s']:.1f} "
+        f"| {result['images_per_s']:.1f} | {result['images_per_s_per_device']:.1f} "
+        f"| {result['analytic_flops']['total'] / 1e9:.1f} | {xla} "
+        f"| {ratio} | {result['tflops_per_s']:.3f} | {mfu} "
+        f"| {result['peak_memory_bytes'] / 2**30:.2f} |"
+    )
+
+
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The CLI's flags, defined only when it runs (bench/compare.py imports this module)."""
+    config_flags.DEFINE_config_file("config", None, "Config file.")
+    flags.DEFINE_integer("devices", 0, "Fake CPU devices (0: the real devices).")
+    flags.DEFINE_integer("steps", 20, "Timed steps (the median is reported).")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
+    flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device for MFU (0: table/measured).")
+    flags.DEFINE_string("json", "", "Also write the result to this JSON file.")
+    flags.DEFINE_string("profile", "", "Trace 2 more steps into this folder; print op kinds.")
+    flags.DEFINE_enum(
+        "xla_cost",
+        "unrolled",
+        ["unrolled", "compiled", "none"],
+        "XLA's FLOP count: of an unrolled twin when the model scans its layers (XLA counts a "
+        "loop body once), of the timed program, or none.",
+    )
 
 
 def main(argv: list[str]) -> None:
     del argv
-    config = FLAGS.config
-    mesh = sharding.create_mesh(config.mesh)
-    tokenizer = pipeline.create_tokenizer(config)
-    batch = next(pipeline.train_iterator(config, tokenizer))
-    trainer = train.Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
-    state = trainer.init_state()
-    global_batch = pipeline.to_global_arrays(batch, sharding.batch_sharding(mesh))
-
-    start = time.perf_counter()
-    state, metrics = trainer.step(state, global_batch)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(FLAGS.steps):
-        start = time.perf_counter()
-        state, metrics = trainer.step(state, global_batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    step_s = statistics.median(times)
-    batch_size = config.train.batch_size
-    per_device = batch_size / step_s / mesh.devices.size
-    print(
-        f"devices={mesh.devices.size} mesh={dict(mesh.shape)} batch={batch_size} "
-        f"compile+first_step={compile_s:.1f}s median_step={1000 * step_s:.1f}ms "
-        f"(min {1000 * min(times):.1f}, max {1000 * max(times):.1f}) "
-        f"images/s={batch_size / step_s:.0f} images/s/device={per_device:.0f}"
+    peak = FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops > 0 else None
+    result = benchmark(
+        FLAGS.config,
+        steps=FLAGS.steps,
+        warmup=FLAGS.warmup,
+        peak=peak,
+        xla_cost=FLAGS.xla_cost,
+        profile_dir=FLAGS.profile,
     )
+    ops = result["profile_s_per_step_by_op_kind"]
+    total = sum(seconds for _, seconds in ops)
+    for kind, seconds in ops[:15]:
+        print(f"{1000 * seconds:10.1f} ms/step {100 * seconds / total:5.1f}%  {kind}")
+    print(
+        f"{result['device_kind']} x{result['devices']}: MFU against {result['peak_source']}; "
+        f"XLA FLOPs of {result['xla_flops_of']}; "
+        f"memory from {result['memory_source']}; step min/max "
+        f"{1000 * result['step_s_min']:.1f}/{1000 * result['step_s_max']:.1f} ms; "
+        f"analytic GFLOP by part: "
+        + ", ".join(f"{k}={v / 1e9:.2f}" for k, v in result["analytic_flops"].items())
+    )
+    print(TABLE_HEADER)
+    print(markdown_row(result))
+    if FLAGS.json:
+        Path(FLAGS.json).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

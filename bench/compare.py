@@ -1,0 +1,193 @@
+"""The JAX training step and the PyTorch original side by side: same model, batch and threads.
+
+    python -m bench.compare --config=configs/bench.py:small --batch=16 --threads=2 \
+        --torch_python=/tmp/refvenv/bin/python --steps=5
+
+Runs bench/torch_reference.py in `--torch_python` (a Python with torch, timm and transformers:
+requirements-reference.txt) in each of `--modes` (original: fp32 eager; tuned: bf16 autocast +
+SDPA; `--torch_compile` adds tuned under torch.compile), then the JAX step here
+(bench/train_step.py's `benchmark`, on JAX's default backend), one after the other on the same
+random batch (heatmaps rendered for PyTorch on the host), and prints each step time and the ratio
+JAX / torch, by wall clock and by CPU seconds per step (every thread's, `time.process_time`:
+steadier than wall time on a shared machine; idle threads of either may spin a little). On a GPU
+machine pass `--torch_device=cuda` (bench/gpu_check.sh). `--threads` (CPU): both are pinned to
+the first `--threads` cores (the process's CPU affinity, which XLA's and PyTorch's thread pools
+size themselves by), and PyTorch also gets `torch.set_num_threads(threads)`.
+"""
+
+import os
+import sys
+
+
+def _pin_threads_from_argv() -> None:
+    """Before JAX starts: pin the process (and the torch child) to the first N cores."""
+    for arg in sys.argv[1:]:
+        if arg.startswith("--threads="):
+            threads = int(arg.split("=", 1)[1])
+            available = sorted(os.sched_getaffinity(0))
+            if threads < 1 or threads > len(available):
+                sys.exit(f"--threads={threads}: this machine schedules {len(available)} cores")
+            os.sched_setaffinity(0, available[:threads])
+            if threads == 1:
+                os.environ["XLA_FLAGS"] = (
+                    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                )
+
+
+if __name__ == "__main__":
+    _pin_threads_from_argv()
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from bench import flops  # noqa: E402
+from bench.train_step import TABLE_HEADER, benchmark, markdown_row  # noqa: E402
+from focusclip_jax.models.text import TEXT_SIZES  # noqa: E402
+from focusclip_jax.models.vit import VIT_SIZES  # noqa: E402
+from input_pipeline.heatmaps import render_heatmap_np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+config_flags.DEFINE_config_file("config", None, "Config file (configs/bench.py:<size>).")
+flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's).")
+flags.DEFINE_integer("threads", 0, "Cores for both frameworks (0: all this process may use).")
+flags.DEFINE_string("torch_python", "/tmp/refvenv/bin/python", "Python with torch, timm, HF.")
+flags.DEFINE_list("modes", ["original", "tuned"], "PyTorch settings to run.")
+flags.DEFINE_string("torch_device", "cpu", "PyTorch device (cuda on a GPU machine).")
+flags.DEFINE_bool("torch_compile", False, "Also run the tuned setting under torch.compile.")
+flags.DEFINE_integer("steps", 5, "Timed steps per framework (median reported).")
+flags.DEFINE_integer("warmup", 1, "Untimed steps after the first.")
+flags.DEFINE_enum(
+    "xla_cost", "none", ["unrolled", "compiled", "none"], "bench/train_step.py's --xla_cost."
+)
+flags.DEFINE_string("json", "", "Also write every result to this JSON file.")
+FLAGS = flags.FLAGS
+
+
+def torch_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The sizes and recipe bench/torch_reference.py builds, from a config's model and loss."""
+    model = config.model
+    if model.text_kind != "bert" or model.heatmap_tower != "shared":
+        raise ValueError("the PyTorch reference is the original's: BERT text, shared image tower")
+    if config.loss.kind != "nt_xent" or config.optimizer.name != "sgd":
+        raise ValueError("the PyTorch reference trains with NT-Xent and SGD, as the original")
+    overrides = lambda o: o.to_dict() if o else {}
+    return {
+        "image_size": model.image_size,
+        "vit": {**VIT_SIZES[model.vit_size], **overrides(model.get("vit_overrides"))},
+        "text": {**TEXT_SIZES[model.text_size], **overrides(model.get("text_overrides"))},
+        "vocab_size": model.vocab_size,
+        "max_len": model.max_len,
+        "embed_dim": model.embed_dim,
+        "pairs": [list(p) for p in config.loss.pairs],
+        "temperature": config.loss.temperature,
+        "learning_rate": config.optimizer.learning_rate,
+        "grad_clip_norm": config.optimizer.grad_clip_norm,
+        "seed": config.seed,
+    }
+
+
+def write_torch_inputs(config: ml_collections.ConfigDict, folder: Path) -> tuple[Path, Path]:
+    """The spec JSON and the same random batch as the JAX step's, with host-rendered heatmaps."""
+    batch = flops.random_batch(config)
+    size = config.model.image_size
+    heatmaps = np.stack(
+        [
+            render_heatmap_np(
+                batch["keypoints"][i],
+                batch["visible"][i],
+                batch["person_mask"][i],
+                size,
+                size,
+                min_sigma=config.heatmaps.min_sigma,
+                mode=config.heatmaps.mode,
+                joint_sigma=config.heatmaps.joint_sigma,
+            )
+            for i in range(config.train.batch_size)
+        ]
+    )
+    spec_path, batch_path = folder / "spec.json", folder / "batch.npz"
+    spec_path.write_text(json.dumps(torch_spec(config)))
+    np.savez(batch_path, heatmaps=heatmaps, **batch)
+    return spec_path, batch_path
+
+
+def run_torch(spec: Path, batch: Path, mode: str, compile_model: bool) -> dict[str, Any]:
+    """bench/torch_reference.py in the reference Python; its last stdout line is the result."""
+    command = [
+        FLAGS.torch_python,
+        "-m",
+        "bench.torch_reference",
+        f"--spec={spec}",
+        f"--batch={batch}",
+        f"--mode={mode}",
+        f"--threads={FLAGS.threads or len(os.sched_getaffinity(0))}",
+        f"--steps={FLAGS.steps}",
+        f"--warmup={FLAGS.warmup}",
+        f"--device={FLAGS.torch_device}",
+    ] + (["--compile"] if compile_model else [])
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    config = FLAGS.config
+    if FLAGS.batch:
+        config.train.batch_size = FLAGS.batch
+    if not Path(FLAGS.torch_python).exists():
+        raise FileNotFoundError(
+            f"--torch_python={FLAGS.torch_python} does not exist: make a Python 3.11 venv with "
+            "`pip install -r requirements-reference.txt` (see bench/make_parity_goldens.py)"
+        )
+    threads = len(os.sched_getaffinity(0))
+    # PyTorch first: JAX keeps the GPU memory it has taken until this process ends.
+    torch_results = []
+    with tempfile.TemporaryDirectory() as folder:
+        spec, batch = write_torch_inputs(config, Path(folder))
+        for mode in FLAGS.modes:
+            torch_results.append(run_torch(spec, batch, mode, compile_model=False))
+        if FLAGS.torch_compile:
+            torch_results.append(run_torch(spec, batch, "tuned", compile_model=True))
+    jax_result = benchmark(
+        config, steps=FLAGS.steps, warmup=FLAGS.warmup, peak=None, xla_cost=FLAGS.xla_cost
+    )
+    jax_result |= {"framework": "jax", "mode": f"jit {config.model.dtype}", "threads": threads}
+    results = [jax_result, *torch_results]
+    analytic = jax_result["analytic_flops"]["total"]
+    print(
+        f"\n{jax_result['config']}: batch {config.train.batch_size}, {threads} threads, "
+        f"{analytic / 1e9:.1f} GFLOP/step (analytic), median of {FLAGS.steps} steps\n"
+    )
+    print(
+        "| framework | setting | step ms | img/s | GFLOP/s | JAX / this (wall) "
+        "| CPU s/step | JAX / this (CPU s) |"
+    )
+    print("|---|---|--:|--:|--:|--:|--:|--:|")
+    for result in results:
+        step_s, cpu_s = result["step_s"], result["cpu_s_per_step"]
+        print(
+            f"| {result['framework']} | {result['mode']} | {1000 * step_s:.0f} "
+            f"| {config.train.batch_size / step_s:.1f} | {analytic / step_s / 1e9:.1f} "
+            f"| {jax_result['step_s'] / step_s:.2f} | {cpu_s:.2f} "
+            f"| {jax_result['cpu_s_per_step'] / cpu_s:.2f} |"
+        )
+    print(f"\nJAX on {jax_result['device_kind']} (MFU against {jax_result['peak_source']}):\n")
+    print(TABLE_HEADER)
+    print(markdown_row(jax_result))
+    if FLAGS.json:
+        Path(FLAGS.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,64 @@
+"""bench/: the analytic FLOP count against published sizes and XLA's count; the bench CLI runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench import flops
+from configs import bench
+from tests.conftest import REPO
+
+
+def test_vit_b16_forward_flops_match_the_published_count():
+    """ViT-B/16 at 224 px: 17.56 GMACs per image (fvcore / timm's model card), the head aside."""
+    config = bench.get_config("b16_128")
+    vit = flops.vit_forward_flops(config.model)
+    head = 2 * 768 * config.model.embed_dim
+    gmacs = (vit["patch"] + vit["rest"] - head) / 2e9
+    assert gmacs == pytest.approx(17.56, abs=0.01)
+
+
+def test_bert_base_forward_flops_match_a_hand_count():
+    """BERT-base over 128 tokens: 12 layers x (4·768² + 2·768·3072 MACs per token + 2·128·768
+    attention MACs per token), plus the 768→512 head."""
+    config = bench.get_config("b16_128")
+    per_token_macs = 4 * 768**2 + 2 * 768 * 3072 + 2 * 128 * 768
+    expected = 2 * (12 * 128 * per_token_macs + 768 * 512)
+    assert flops.text_forward_flops(config.model) == expected
+
+
+def test_bench_cli_two_steps_and_flops_agree_with_xla(tmp_path):
+    """The CLI runs 2 steps of the tiny config; the analytic matmul FLOPs are 90–100% of what
+    XLA counts in the compiled step (XLA adds LayerNorm, GELU, softmax and the optimiser)."""
+    out = tmp_path / "tiny.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.train_step",
+            "--config=configs/bench.py:tiny",
+            "--steps=2",
+            "--warmup=0",
+            "--peak_tflops=1",
+            f"--json={out}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["steps"] == 2 and result["step_s"] > 0
+    assert (
+        result["analytic_flops"]["total"]
+        == flops.train_step_flops(bench.get_config("tiny"))["total"]
+    )
+    assert 0.90 <= result["analytic_over_xla"] <= 1.0
+    assert "| tiny | single | 1 | 16 | float32 |" in done.stdout
