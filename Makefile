@@ -32,6 +32,11 @@ demo: venv
 	rm -rf $(DEMO_WORKDIR)
 	$(PY) -m focusclip_jax.main --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
 
+# CLIP vs FocusCLIP on SynthPose, 3 seeds, zero-shot with and without distractors (~50 min on 2 cores).
+.PHONY: synthpose-bench
+synthpose-bench: venv
+	$(PY) -m bench.synthpose
+
 test: venv
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest

@@ -81,7 +81,7 @@ def test_demo_through_main_learns_a_repeated_batch(tmp_path: Path) -> None:
     """A few steps of configs/demo.py (shrunk) on one repeated batch: the loss goes down."""
     result = _main(*SMALL_DEMO, f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| synthetic_pose/top1 |" in result.stdout
+    assert "| synthpose_pose/top1 |" in result.stdout
     losses = _losses(tmp_path)
     assert len(losses) == 8 and losses[8] < losses[1] * 0.95
     assert (tmp_path / "checkpoints" / "8").is_dir()
