@@ -337,4 +337,6 @@ def test_parameter_tree_check_names_a_flipped_scan_layers() -> None:
     ):
         weights.check_tree(scanned, abstract_params(scan_layers=True, embed_dim=8), "ckpt")
     with pytest.raises(weights.WeightImportError, match=r"missing focus_proj/bias"):
-        weights.check_tree(abstract_params(heatmap_tower="separate"), scanned, "ckpt")
+        weights.check_tree(
+            abstract_params(heatmap_tower="separate", scan_layers=True), scanned, "ckpt"
+        )
