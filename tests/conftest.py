@@ -2,8 +2,11 @@
 
 import os
 
+# Tests compile many tiny programs and run each a few times: LLVM's optimisations cost more
+# compile time than they save (FAST_COMPILE_FLAGS below, for subprocesses that start JAX).
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -16,6 +19,8 @@ import pytest
 from absl import flags
 
 from tests.tiny import tiny_config
+
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
 
 flags.FLAGS.mark_as_parsed()
 

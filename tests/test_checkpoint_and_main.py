@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from focusclip_jax import train, weights
-from tests.conftest import REPO, tiny_config
+from tests.conftest import FAST_COMPILE_FLAGS, REPO, tiny_config
 
 
 def _losses(workdir: Path) -> dict[int, float]:
@@ -52,7 +52,7 @@ def test_a_checkpoint_of_another_layout_is_named_not_restored(tmp_path: Path) ->
         train.train_and_evaluate(config, tmp_path)
 
 
-ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS="")
+ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE_FLAGS)
 MAIN = [sys.executable, "-m", "focusclip_jax.main"]
 
 

@@ -18,7 +18,7 @@ from nbclient import NotebookClient
 from focusclip_jax import sharding, train
 from focusclip_jax.checkpoint import Checkpointer
 from input_pipeline import pipeline
-from tests.conftest import REPO
+from tests.conftest import FAST_COMPILE_FLAGS, REPO
 from tests.tiny import tiny_config
 
 NOTEBOOK = REPO / "launch" / "colab_demo.ipynb"
@@ -62,7 +62,7 @@ def test_notebook_trains_visualises_and_predicts(
     monkeypatch.setenv("FOCUSCLIP_LABELS", ", ".join(LABELS))
     monkeypatch.setenv("FOCUSCLIP_TEMPLATE", "a photo of a person {}.")
     monkeypatch.setenv("FOCUSCLIP_NUM_IMAGES", "4")
-    monkeypatch.setenv("XLA_FLAGS", "")  # one CPU device, as in Colab
+    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE_FLAGS)  # one CPU device, as in Colab
     # predict() and the similarity matrix compile the same encoders: the second is a cache hit.
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     # The kernel is the venv's own python (jupyter_client maps the native "python3" spec to it).

@@ -13,7 +13,7 @@ import pytest
 
 from focusclip_jax import train
 from tests import multiprocess_worker
-from tests.conftest import REPO, tiny_config
+from tests.conftest import FAST_COMPILE_FLAGS, REPO, tiny_config
 
 # A constant schedule: the run length must not matter. SGD: Adam's normalisation would blow the
 # last-bit differences between device layouts up past any tight tolerance within a few steps.
@@ -34,7 +34,7 @@ def _env(devices: int) -> dict[str, str]:
         JAX_PLATFORMS="cpu",
         JAX_NUM_CPU_DEVICES=str(devices),
         JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-        XLA_FLAGS="",
+        XLA_FLAGS=FAST_COMPILE_FLAGS,
     )
 
 
