@@ -26,14 +26,9 @@ from typing import Any
 
 import numpy as np
 
-NUM_JOINTS = 16
-JOINT_NAMES: tuple[str, ...] = (
-    "right ankle", "right knee", "right hip", "left hip", "left knee", "left ankle", "pelvis",
-    "thorax", "upper neck", "head top", "right wrist", "right elbow", "right shoulder",
-    "left shoulder", "left elbow", "left wrist",
-)  # fmt: skip
-# Joint ids (MPII order). Defined here rather than imported from synthpose/synthetic: those import
-# this module, and an import back would be circular.
+from input_pipeline.mpii import NUM_JOINTS
+
+# Joint ids (MPII order); synthpose.py draws with these too.
 R_ANKLE, R_KNEE, R_HIP, L_HIP, L_KNEE, L_ANKLE, PELVIS, THORAX = range(8)
 UPPER_NECK, HEAD_TOP, R_WRIST, R_ELBOW, R_SHOULDER, L_SHOULDER, L_ELBOW, L_WRIST = range(8, 16)
 _ARM_JOINTS = {"left": (L_SHOULDER, L_ELBOW, L_WRIST), "right": (R_SHOULDER, R_ELBOW, R_WRIST)}

@@ -32,6 +32,24 @@ from absl import app, flags
 from PIL import Image
 
 from input_pipeline import pose_text
+from input_pipeline.pose_text import (
+    HEAD_TOP,
+    L_ANKLE,
+    L_ELBOW,
+    L_HIP,
+    L_KNEE,
+    L_SHOULDER,
+    L_WRIST,
+    PELVIS,
+    R_ANKLE,
+    R_ELBOW,
+    R_HIP,
+    R_KNEE,
+    R_SHOULDER,
+    R_WRIST,
+    THORAX,
+    UPPER_NECK,
+)
 
 POSE_CLASSES: tuple[str, ...] = (
     "standing",
@@ -70,9 +88,6 @@ POSTURES: dict[str, str] = {
 }
 MAX_DISTRACTORS = 3
 
-# Joint ids (MPII order).
-R_ANKLE, R_KNEE, R_HIP, L_HIP, L_KNEE, L_ANKLE, PELVIS, THORAX = range(8)
-UPPER_NECK, HEAD_TOP, R_WRIST, R_ELBOW, R_SHOULDER, L_SHOULDER, L_ELBOW, L_WRIST = range(8, 16)
 
 # Body proportions as fractions of the standing height, and how much each one varies.
 _LENGTHS = {
