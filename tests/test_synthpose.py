@@ -25,6 +25,7 @@ from input_pipeline.synthpose import (
     R_SHOULDER,
     R_WRIST,
     THORAX,
+    UPPER_NECK,
 )
 from input_pipeline.tokenizers import UNK
 from tests.tiny import tiny_config
@@ -198,3 +199,43 @@ def test_export_prepares_and_streams_through_the_mpii_path(tmp_path: Path) -> No
     got = batch["keypoints"][:, 0, PELVIS]
     np.testing.assert_allclose(got[np.argsort(got[:, 0])], sorted(pelvises, key=lambda p: p[0]),
                                atol=1e-3)  # fmt: skip
+
+
+def distance_to_segments(
+    size: int, segments: list[tuple[np.ndarray, np.ndarray, float]]
+) -> np.ndarray:
+    """Per pixel, the least of (distance to segment a–b) − radius over `segments` (naive numpy)."""
+    ys, xs = np.mgrid[:size, :size].astype(np.float64)
+    least = np.full((size, size), np.inf)
+    for a, b, radius in segments:
+        ab = b - a
+        t = ((xs - a[0]) * ab[0] + (ys - a[1]) * ab[1]) / max(ab @ ab, 1e-12)
+        t = t.clip(0.0, 1.0)
+        distance = np.hypot(xs - a[0] - t * ab[0], ys - a[1] - t * ab[1])
+        least = np.minimum(least, distance - radius)
+    return least
+
+
+@pytest.mark.parametrize("size, count", [(SIZE, 24), (224, 3)])
+def test_coverage_is_the_round_capped_strokes_of_the_body_parts(size: int, count: int) -> None:
+    """Every pixel well inside a stroke (radius: its fraction of the height; round ends; the head
+    a disc) is covered, and none beyond radius + 2 px of every stroke is."""
+    checked = 0
+    for index in range(count * 2):
+        scene = synthpose.make_scene(index, seed=13, image_size=size, max_distractors=0)
+        target = scene.people[0]
+        if POSE_CLASSES[target.label] == "sitting":  # its chair is drawn too
+            continue
+        kp, height = target.keypoints, target.height
+        parts = synthpose._TROUSERS + synthpose._SHIRT + synthpose._SKIN_PARTS
+        segments = [(kp[a], kp[b], max(r * height, 0.6)) for a, b, r in parts]
+        head = (kp[HEAD_TOP] + kp[UPPER_NECK]) / 2
+        head_radius = synthpose._HEAD_RADIUS * np.linalg.norm(kp[HEAD_TOP] - kp[UPPER_NECK])
+        segments.append((head, head, max(head_radius, 1.0)))
+        beyond_radius = distance_to_segments(size, segments)
+        covered = scene.coverage[0]
+        assert np.all(covered[beyond_radius <= -1.5] >= 0.5), index
+        assert np.all(covered[beyond_radius > 2.0] == 0.0), index
+        assert (beyond_radius <= -1.5).sum() > 0.02 * size * size
+        checked += 1
+    assert checked >= count
