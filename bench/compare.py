@@ -49,9 +49,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bench import flops  # noqa: E402
+from bench.reference_spec import torch_spec  # noqa: E402
 from bench.train_step import TABLE_HEADER, benchmark, markdown_row  # noqa: E402
-from focusclip_jax.models.text import TEXT_SIZES  # noqa: E402
-from focusclip_jax.models.vit import VIT_SIZES  # noqa: E402
 from input_pipeline.heatmaps import render_heatmap_np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,29 +69,6 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string("json", "", "Also write every result to this JSON file.")
 FLAGS = flags.FLAGS
-
-
-def torch_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The sizes and recipe bench/torch_reference.py builds, from a config's model and loss."""
-    model = config.model
-    if model.text_kind != "bert" or model.heatmap_tower != "shared":
-        raise ValueError("the PyTorch reference is the original's: BERT text, shared image tower")
-    if config.loss.kind != "nt_xent" or config.optimizer.name != "sgd":
-        raise ValueError("the PyTorch reference trains with NT-Xent and SGD, as the original")
-    overrides = lambda o: o.to_dict() if o else {}
-    return {
-        "image_size": model.image_size,
-        "vit": {**VIT_SIZES[model.vit_size], **overrides(model.get("vit_overrides"))},
-        "text": {**TEXT_SIZES[model.text_size], **overrides(model.get("text_overrides"))},
-        "vocab_size": model.vocab_size,
-        "max_len": model.max_len,
-        "embed_dim": model.embed_dim,
-        "pairs": [list(p) for p in config.loss.pairs],
-        "temperature": config.loss.temperature,
-        "learning_rate": config.optimizer.learning_rate,
-        "grad_clip_norm": config.optimizer.grad_clip_norm,
-        "seed": config.seed,
-    }
 
 
 def write_torch_inputs(config: ml_collections.ConfigDict, folder: Path) -> tuple[Path, Path]:

@@ -59,7 +59,7 @@ def attention(name: str, heads: int, tokens: int, head_dim: int, count: int) -> 
 
 
 def step_matmuls(spec: dict[str, Any], batch: int) -> list[dict]:
-    """The matmuls of one step of bench/torch_reference.py's spec (bench.compare.torch_spec)."""
+    """The matmuls of one step of the PyTorch reference's spec (`reference_spec.torch_spec`)."""
     vit, text = spec["vit"], spec["text"]
     modalities = {m for pair in spec["pairs"] for m in pair}
     images = batch * len(modalities & {"image", "focused"})  # one pass over both, shared tower
@@ -202,10 +202,10 @@ def main() -> None:
 
     import numpy as np
 
-    from bench import compare
+    from bench.reference_spec import torch_spec
 
     config = _load_config(args.config, args.batch)
-    specs = step_matmuls(compare.torch_spec(config), config.train.batch_size)
+    specs = step_matmuls(torch_spec(config), config.train.batch_size)
     rounds: dict[str, list[list[float]]] = {"jax": []}
     for _ in range(args.rounds):  # alternating, so a busy spell on a shared machine hits both
         rounds["jax"].append(time_jax(specs, args.seconds))

@@ -68,10 +68,11 @@ def test_bench_cli_two_steps_and_flops_agree_with_xla(tmp_path):
 def test_step_matmul_list_accounts_for_every_analytic_flop(size):
     """bench/matmuls.py's shape list is the step's matmuls: its FLOPs equal bench/flops.py's count
     less the loss's similarity matrices and the heatmap render (not matmuls of the towers)."""
-    from bench import compare, matmuls
+    from bench import matmuls
+    from bench.reference_spec import torch_spec
 
     config = bench.get_config(size)
-    specs = matmuls.step_matmuls(compare.torch_spec(config), config.train.batch_size)
+    specs = matmuls.step_matmuls(torch_spec(config), config.train.batch_size)
     analytic = flops.train_step_flops(config)
     expected = analytic["total"] - analytic["loss"] - analytic["heatmaps"]
     assert sum(matmuls.flops(entry) for entry in specs) == expected

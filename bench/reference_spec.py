@@ -1,0 +1,32 @@
+"""The PyTorch reference's model spec from a config: what bench/torch_reference.py builds and
+bench/matmuls.py times. Flag-free, so tests and other benchmarks can import it."""
+
+from typing import Any
+
+import ml_collections
+
+from focusclip_jax.models.text import TEXT_SIZES
+from focusclip_jax.models.vit import VIT_SIZES
+
+
+def torch_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The sizes and recipe bench/torch_reference.py builds, from a config's model and loss."""
+    model = config.model
+    if model.text_kind != "bert" or model.heatmap_tower != "shared":
+        raise ValueError("the PyTorch reference is the original's: BERT text, shared image tower")
+    if config.loss.kind != "nt_xent" or config.optimizer.name != "sgd":
+        raise ValueError("the PyTorch reference trains with NT-Xent and SGD, as the original")
+    overrides = lambda o: o.to_dict() if o else {}
+    return {
+        "image_size": model.image_size,
+        "vit": {**VIT_SIZES[model.vit_size], **overrides(model.get("vit_overrides"))},
+        "text": {**TEXT_SIZES[model.text_size], **overrides(model.get("text_overrides"))},
+        "vocab_size": model.vocab_size,
+        "max_len": model.max_len,
+        "embed_dim": model.embed_dim,
+        "pairs": [list(p) for p in config.loss.pairs],
+        "temperature": config.loss.temperature,
+        "learning_rate": config.optimizer.learning_rate,
+        "grad_clip_norm": config.optimizer.grad_clip_norm,
+        "seed": config.seed,
+    }
