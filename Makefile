@@ -32,7 +32,7 @@ demo: venv
 	rm -rf $(DEMO_WORKDIR)
 	$(PY) -m focusclip_jax.main --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
 
-# CLIP vs FocusCLIP on SynthPose, 3 seeds, zero-shot with and without distractors (~50 min on 2 cores).
+# CLIP vs FocusCLIP on SynthPose, 3 seeds, zero-shot with and without distractors (~9 min on 2 cores).
 .PHONY: synthpose-bench
 synthpose-bench: venv
 	$(PY) -m bench.synthpose
