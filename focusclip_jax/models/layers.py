@@ -13,7 +13,7 @@ grow with depth; `remat` recomputes each block's activations in the backward pas
 """
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -246,17 +246,18 @@ def check_remat(remat: Remat) -> None:
 
 
 def make_blocks(
-    make_block: Callable[[nnx.Rngs], nnx.Module], depth: int, *, scan_layers: bool, rngs: nnx.Rngs
+    block: type[_Block], depth: int, *, scan_layers: bool, rngs: nnx.Rngs, **block_options: Any
 ) -> nnx.Module:
-    """`depth` blocks: an `nnx.List` (parameters `blocks/<i>/...`), or with `scan_layers` one
-    block whose parameters carry a leading `depth` axis named 'layers' (`blocks/...`)."""
+    """`depth` blocks `block(**block_options)`: an `nnx.List` (parameters `blocks/<i>/...`), or
+    with `scan_layers` one block whose parameters carry a leading `depth` axis named 'layers'
+    (`blocks/...`)."""
     if not scan_layers:
-        return nnx.List([make_block(rngs) for _ in range(depth)])
+        return nnx.List([block(**block_options, rngs=rngs) for _ in range(depth)])
 
     @nnx.split_rngs(splits=depth)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYER_AXIS})
     def stacked(layer_rngs: nnx.Rngs) -> nnx.Module:
-        return make_block(layer_rngs)
+        return block(**block_options, rngs=layer_rngs)
 
     return stacked(rngs)
 

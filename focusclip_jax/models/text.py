@@ -103,20 +103,18 @@ class BertTextEncoder(nnx.Module):
         self.scan_layers = scan_layers
         self.remat = remat
         self.blocks = make_blocks(
-            lambda block_rngs: PostNormBlock(
-                width,
-                num_heads,
-                mlp_dim,
-                activation=activation,
-                eps=eps,
-                attention=attention,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                rngs=block_rngs,
-            ),
+            PostNormBlock,
             depth,
             scan_layers=scan_layers,
             rngs=rngs,
+            width=width,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            activation=activation,
+            eps=eps,
+            attention=attention,
+            dtype=dtype,
+            param_dtype=param_dtype,
         )
 
     def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
@@ -173,20 +171,18 @@ class CausalTextEncoder(nnx.Module):
         self.scan_layers = scan_layers
         self.remat = remat
         self.blocks = make_blocks(
-            lambda block_rngs: PreNormBlock(
-                width,
-                num_heads,
-                mlp_dim,
-                activation=activation,
-                eps=eps,
-                attention=attention,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                rngs=block_rngs,
-            ),
+            PreNormBlock,
             depth,
             scan_layers=scan_layers,
             rngs=rngs,
+            width=width,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            activation=activation,
+            eps=eps,
+            attention=attention,
+            dtype=dtype,
+            param_dtype=param_dtype,
         )
         self.final_norm = layer_norm(width, eps=eps, **kw)
 

@@ -96,20 +96,18 @@ class ViT(nnx.Module):
         )
         self.pre_norm = layer_norm(width, eps=eps, **kw) if pre_norm else None
         self.blocks = make_blocks(
-            lambda block_rngs: PreNormBlock(
-                width,
-                num_heads,
-                mlp_dim,
-                activation=activation,
-                eps=eps,
-                attention=attention,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                rngs=block_rngs,
-            ),
+            PreNormBlock,
             depth,
             scan_layers=scan_layers,
             rngs=rngs,
+            width=width,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            activation=activation,
+            eps=eps,
+            attention=attention,
+            dtype=dtype,
+            param_dtype=param_dtype,
         )
         self.norm = layer_norm(width, eps=eps, **kw)
 
