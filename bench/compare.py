@@ -18,20 +18,14 @@ size themselves by), and PyTorch also gets `torch.set_num_threads(threads)`.
 import os
 import sys
 
+from bench.threads import pin_threads
+
 
 def _pin_threads_from_argv() -> None:
     """Before JAX starts: pin the process (and the torch child) to the first N cores."""
     for arg in sys.argv[1:]:
         if arg.startswith("--threads="):
-            threads = int(arg.split("=", 1)[1])
-            available = sorted(os.sched_getaffinity(0))
-            if threads < 1 or threads > len(available):
-                sys.exit(f"--threads={threads}: this machine schedules {len(available)} cores")
-            os.sched_setaffinity(0, available[:threads])
-            if threads == 1:
-                os.environ["XLA_FLAGS"] = (
-                    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-                )
+            pin_threads(int(arg.split("=", 1)[1]))
 
 
 if __name__ == "__main__":

@@ -68,14 +68,14 @@ def test_bench_cli_two_steps_and_flops_agree_with_xla(tmp_path):
 def test_step_matmul_list_accounts_for_every_analytic_flop(size):
     """bench/matmuls.py's shape list is the step's matmuls: its FLOPs equal bench/flops.py's count
     less the loss's similarity matrices and the heatmap render (not matmuls of the towers)."""
-    from bench import matmuls
+    from bench import matmul_timing
     from bench.reference_spec import torch_spec
 
     config = bench.get_config(size)
-    specs = matmuls.step_matmuls(torch_spec(config), config.train.batch_size)
+    specs = matmul_timing.step_matmuls(torch_spec(config), config.train.batch_size)
     analytic = flops.train_step_flops(config)
     expected = analytic["total"] - analytic["loss"] - analytic["heatmaps"]
-    assert sum(matmuls.flops(entry) for entry in specs) == expected
+    assert sum(matmul_timing.flops(entry) for entry in specs) == expected
 
 
 @pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
@@ -83,12 +83,14 @@ def test_timed_jax_products_compute_the_layouts_product(layout):
     """Each timed product is the matmul its layout names, against numpy on the stored operands."""
     import numpy as np
 
-    from bench import matmuls
+    from bench import matmul_timing
 
     entry = {"layout": layout, "shape": (2, 5, 3, 4), "count": 1}
     rng = np.random.default_rng(0)
-    lhs, rhs = (rng.standard_normal(s).astype(np.float32) for s in matmuls.operand_shapes(entry))
+    lhs, rhs = (
+        rng.standard_normal(s).astype(np.float32) for s in matmul_timing.operand_shapes(entry)
+    )
     a = lhs.transpose(0, 2, 1) if layout == "tn" else lhs  # [b, m, k]
     b = rhs.transpose(0, 2, 1) if layout == "nt" else rhs  # [b, k, n]
-    np.testing.assert_allclose(matmuls.jax_product(layout)(lhs, rhs), a @ b, rtol=1e-5)
+    np.testing.assert_allclose(matmul_timing.jax_product(layout)(lhs, rhs), a @ b, rtol=1e-5)
     assert (a @ b).shape == (2, 5, 4)
