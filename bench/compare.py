@@ -32,7 +32,6 @@ if __name__ == "__main__":
     _pin_threads_from_argv()
 
 import json  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -43,11 +42,9 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bench import flops  # noqa: E402
-from bench.reference_spec import torch_spec  # noqa: E402
+from bench.reference_spec import run_in_reference_python, torch_spec  # noqa: E402
 from bench.train_step import TABLE_HEADER, benchmark, markdown_row  # noqa: E402
 from input_pipeline.heatmaps import render_heatmap_np  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/bench.py:<size>).")
 flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's).")
@@ -92,10 +89,7 @@ def write_torch_inputs(config: ml_collections.ConfigDict, folder: Path) -> tuple
 
 def run_torch(spec: Path, batch: Path, mode: str, compile_model: bool) -> dict[str, Any]:
     """bench/torch_reference.py in the reference Python; its last stdout line is the result."""
-    command = [
-        FLAGS.torch_python,
-        "-m",
-        "bench.torch_reference",
+    args = [
         f"--spec={spec}",
         f"--batch={batch}",
         f"--mode={mode}",
@@ -104,10 +98,7 @@ def run_torch(spec: Path, batch: Path, mode: str, compile_model: bool) -> dict[s
         f"--warmup={FLAGS.warmup}",
         f"--device={FLAGS.torch_device}",
     ] + (["--compile"] if compile_model else [])
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_in_reference_python(FLAGS.torch_python, "bench.torch_reference", args)
 
 
 def main(argv: list[str]) -> None:
@@ -115,11 +106,6 @@ def main(argv: list[str]) -> None:
     config = FLAGS.config
     if FLAGS.batch:
         config.train.batch_size = FLAGS.batch
-    if not Path(FLAGS.torch_python).exists():
-        raise FileNotFoundError(
-            f"--torch_python={FLAGS.torch_python} does not exist: make a Python 3.11 venv with "
-            "`pip install -r requirements-reference.txt` (see bench/make_parity_goldens.py)"
-        )
     threads = len(os.sched_getaffinity(0))
     # PyTorch first: JAX keeps the GPU memory it has taken until this process ends.
     torch_results = []

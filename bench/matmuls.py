@@ -18,19 +18,15 @@ Runs under JAX (this venv) and, with `--torch_python`, again under PyTorch in th
 
 import json
 import os
-import subprocess
 import tempfile
-from pathlib import Path
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from bench.matmul_timing import flops, step_matmuls, time_jax
-from bench.reference_spec import torch_spec
+from bench.reference_spec import run_in_reference_python, torch_spec
 from bench.threads import pin_threads
-
-REPO = Path(__file__).resolve().parents[1]
 
 config_flags.DEFINE_config_file(
     "config", "configs/bench.py:small", "Config file (configs/bench.py:<size>)."
@@ -43,16 +39,13 @@ flags.DEFINE_string("torch_python", "", "Also time PyTorch in this Python (torch
 FLAGS = flags.FLAGS
 
 
-def time_torch_subprocess(specs: list[dict]) -> list[float]:
+def time_torch(specs: list[dict]) -> list[float]:
+    """bench/matmul_timing.py's PyTorch timer in the reference Python, on this process's cores."""
     with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
         json.dump(specs, file)
         file.flush()
-        command = [FLAGS.torch_python, "-m", "bench.matmul_timing", f"--specs={file.name}",
-                   f"--seconds={FLAGS.seconds}"]  # fmt: skip
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        args = [f"--specs={file.name}", f"--seconds={FLAGS.seconds}"]
+        return run_in_reference_python(FLAGS.torch_python, "bench.matmul_timing", args)
 
 
 def main(argv: list[str]) -> None:
@@ -67,7 +60,7 @@ def main(argv: list[str]) -> None:
     for _ in range(FLAGS.rounds):  # alternating, so a busy spell on a shared machine hits both
         rounds["jax"].append(time_jax(specs, FLAGS.seconds))
         if FLAGS.torch_python:
-            rounds.setdefault("torch", []).append(time_torch_subprocess(specs))
+            rounds.setdefault("torch", []).append(time_torch(specs))
     columns = {name: list(np.min(runs, axis=0)) for name, runs in rounds.items()}
     total = sum(flops(entry) for entry in specs)
     print(

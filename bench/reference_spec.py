@@ -1,12 +1,18 @@
-"""The PyTorch reference's model spec from a config: what bench/torch_reference.py builds and
-bench/matmuls.py times. Flag-free, so tests and other benchmarks can import it."""
+"""The PyTorch reference, from the JAX side: its model spec from a config (what
+bench/torch_reference.py builds and bench/matmuls.py times) and running its scripts in the
+reference Python. Flag-free, so tests and other benchmarks can import it."""
 
+import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from focusclip_jax.models.text import TEXT_SIZES
 from focusclip_jax.models.vit import VIT_SIZES
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def torch_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -30,3 +36,17 @@ def torch_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "grad_clip_norm": config.optimizer.grad_clip_norm,
         "seed": config.seed,
     }
+
+
+def run_in_reference_python(python: str, module: str, args: list[str]) -> Any:
+    """Runs `python -m module *args` from the repository root; its last stdout line is JSON."""
+    if not Path(python).exists():
+        raise FileNotFoundError(
+            f"--torch_python={python} does not exist: make a Python 3.11 venv with "
+            "`pip install -r requirements-reference.txt` (see bench/make_parity_goldens.py)"
+        )
+    command = [python, "-m", module, *args]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
