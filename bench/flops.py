@@ -1,48 +1,22 @@
-"""Analytic model FLOPs of a FocusCLIP training step, peak FLOP/s per device kind, random batches.
+"""Peak FLOP/s of the device at hand, and random batches of the training step's layout.
 
-FLOPs count matrix multiplications only (2·M·N·K each, the MFU convention of PaLM, Chowdhery et
-al. 2022): patch embedding, per block the Q/K/V/out projections, the two attention products and
-the MLP, the projection heads, the loss's similarity matrices and the on-device heatmap render.
-The backward pass costs two matmuls per forward one (input and weight gradients), so the step is
-3x the forward, except where no input gradient exists: the heatmap render (keypoints are data) and
-a patch embedding whose pixels need no gradient (the plain-image tower when nothing focused goes
-through it; focused pixels do, for alpha). XLA's `cost_analysis()` also counts elementwise work
-(LayerNorm, GELU, softmax, the optimiser), so it sits a few percent above this count.
+The analytic FLOP count itself is `focusclip_jax.flops` (the AOT compile tool reports it too).
 """
 
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from focusclip_jax.models.text import TEXT_SIZES
-from focusclip_jax.models.vit import VIT_SIZES
-from input_pipeline.heatmaps import NUM_JOINTS, PART_GROUPS
-
-# Dense bf16 peak FLOP/s per chip, matched by substring of `device.device_kind` (first match).
-PEAK_FLOPS: tuple[tuple[str, float], ...] = (
-    ("H100", 989e12),  # SXM; PCIe cards are lower (756e12)
-    ("H200", 989e12),
-    ("A100", 312e12),
-    ("TPU v4", 275e12),
-    ("TPU v5 lite", 197e12),  # v5e
-    ("TPU v5e", 197e12),
-    ("TPU v5p", 459e12),
-    ("TPU v5", 459e12),
-    ("TPU v6 lite", 918e12),  # v6e
-    ("TPU v6e", 918e12),
-)
+from focusclip_jax import targets
 
 
 def peak_flops(device_kind: str) -> float | None:
-    """The table's dense bf16 peak for a device kind, or None when it is not listed (CPU)."""
-    for name, peak in PEAK_FLOPS:
-        if name.lower() in device_kind.lower():
-            return peak
-    return None
+    """Dense bf16 peak of a device kind (`focusclip_jax.targets`), None when unlisted (CPU)."""
+    chip = targets.chip_for_device_kind(device_kind)
+    return chip.peak_bf16 if chip else None
 
 
 def measured_matmul_peak(size: int = 2048, repeats: int = 5) -> float:
@@ -60,62 +34,6 @@ def measured_matmul_peak(size: int = 2048, repeats: int = 5) -> float:
         jax.block_until_ready(matmul(a))
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
-
-
-def block_flops(tokens: int, width: int, mlp_dim: int) -> int:
-    """Forward matmul FLOPs of one transformer block over one sequence of `tokens`."""
-    projections = 2 * tokens * width * width * 4  # query, key, value, out
-    attention = 2 * 2 * tokens * tokens * width  # q·kᵀ and p·v, summed over heads
-    mlp = 2 * 2 * tokens * width * mlp_dim
-    return projections + attention + mlp
-
-
-def _dims(sizes: dict[str, dict[str, int]], name: str, overrides: Any) -> dict[str, int]:
-    return {**sizes[name], **(overrides.to_dict() if overrides else {})}
-
-
-def vit_forward_flops(model: ml_collections.ConfigDict) -> dict[str, int]:
-    """Per image: {'patch': patch-embedding FLOPs, 'rest': blocks + head}; forward only."""
-    dims = _dims(VIT_SIZES, model.vit_size, model.get("vit_overrides"))
-    patches = (model.image_size // dims["patch_size"]) ** 2
-    patch = 2 * patches * 3 * dims["patch_size"] ** 2 * dims["width"]
-    blocks = dims["depth"] * block_flops(patches + 1, dims["width"], dims["mlp_dim"])
-    head = 2 * dims["width"] * model.embed_dim
-    return {"patch": patch, "rest": blocks + head}
-
-
-def text_forward_flops(model: ml_collections.ConfigDict) -> int:
-    """Per text of `max_len` tokens (padding is computed too): blocks + head, forward only."""
-    dims = _dims(TEXT_SIZES, model.text_size, model.get("text_overrides"))
-    blocks = dims["depth"] * block_flops(model.max_len, dims["width"], dims["mlp_dim"])
-    return blocks + 2 * dims["width"] * model.embed_dim
-
-
-def train_step_flops(config: ml_collections.ConfigDict) -> dict[str, int]:
-    """Matmul FLOPs of one training step on the global batch, by part, and their 'total'."""
-    model, batch = config.model, config.train.batch_size
-    modalities = {m for pair in config.loss.pairs for m in pair}
-    vit = vit_forward_flops(model)
-    out: dict[str, int] = {}
-    images = batch * len(modalities & {"image", "focused"})
-    # Focused pixels carry alpha's gradient, so their patch embedding has an input gradient; with
-    # the shared tower, plain and focused images are one concatenated matmul (input grad for all).
-    patch_backward = 2 if "focused" in modalities else 1
-    if "focused" in modalities and model.heatmap_tower == "separate" and "image" in modalities:
-        out["image_tower"] = batch * (vit["patch"] * 2 + vit["rest"] * 3)
-        out["focus_tower"] = batch * (vit["patch"] + vit["rest"]) * 3
-    else:
-        out["image_tower"] = images * (vit["patch"] * (1 + patch_backward) + vit["rest"] * 3)
-    if "text" in modalities:
-        out["text_tower"] = 3 * batch * text_forward_flops(model)
-    rows = 2 * batch if config.loss.kind == "nt_xent" else batch
-    out["loss"] = 3 * len(config.loss.pairs) * 2 * rows * rows * model.embed_dim
-    if "focused" in modalities:
-        gaussians = len(PART_GROUPS) if config.heatmaps.mode == "parts" else NUM_JOINTS
-        people = config.data.max_people
-        out["heatmaps"] = 2 * batch * people * gaussians * model.image_size**2
-    out["total"] = sum(out.values())
-    return out
 
 
 def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:

@@ -3,14 +3,15 @@
     python -m bench.matmuls --config=configs/bench.py:small --batch=8 --threads=2 \
         [--torch_python=/tmp/refvenv/bin/python] [--seconds=0.5] [--rounds=2]
 
-Every matmul of a FocusCLIP step (shared image tower, BERT text tower; bench/flops.py's count)
-as (layout, batch, m, k, n) with how often it runs: per Dense layer x[M, K] @ W[K, N] forward
-(`nn`), the input gradient g @ Wᵀ (`nt`) and the weight gradient xᵀ @ g (`tn`); per attention
-head q·kᵀ, p·v and their four backward products. Each shape is timed in a loop of its own (jitted
-`lax.dot_general` with the transposed operand as XLA is handed it by autodiff; `torch.matmul` on
-a transposed view), and the step's matmul time is Σ count × time. A framework's step cannot be
-faster than that sum, so `jax floor / torch step` says whether a target ratio is within reach of
-the kernels at all. The FLOPs of the list equal bench/flops.py's count less the loss and heatmaps.
+Every matmul of a FocusCLIP step (shared image tower, BERT text tower; focusclip_jax/flops.py's
+count) as (layout, batch, m, k, n) with how often it runs: per Dense layer x[M, K] @ W[K, N]
+forward (`nn`), the input gradient g @ Wᵀ (`nt`) and the weight gradient xᵀ @ g (`tn`); per
+attention head q·kᵀ, p·v and their four backward products. Each shape is timed in a loop of its
+own (jitted `lax.dot_general` with the transposed operand as XLA is handed it by autodiff;
+`torch.matmul` on a transposed view), and the step's matmul time is Σ count × time. A
+framework's step cannot be faster than that sum, so `jax floor / torch step` says whether a
+target ratio is within reach of the kernels at all. The FLOPs of the list equal
+focusclip_jax/flops.py's count less the loss and heatmaps.
 
 Runs under JAX (this venv) and, with `--torch_python`, again under PyTorch in that Python
 (bench/matmul_timing.py); `--rounds` alternates the two and keeps each shape's fastest time.

@@ -11,12 +11,12 @@ at 0 to use the real devices. Sharding modes come from the mesh overrides: data-
 `data.name` is `random` (configs/bench.py) get one random in-memory batch; others one real batch
 from their pipeline. The batch is reused for every step.
 
-Model FLOPs are counted analytically (bench/flops.py, matmuls only) and printed next to XLA's
-`cost_analysis()` count of the compiled step (XLA counts a loop body once: with
+Model FLOPs are counted analytically (focusclip_jax/flops.py, matmuls only) and printed next to
+XLA's `cost_analysis()` count of the compiled step (XLA counts a loop body once: with
 `model.scan_layers`, `--xla_cost=unrolled`, the default, counts an unrolled twin of the step,
-compiled for that alone); TFLOP/s and MFU use the analytic count. MFU is
-against the dense bf16 peak of the device kind (bench/flops.py table); on CPU, against a measured
-float32 matmul peak (labelled `cpu-matmul`). Peak memory is `device.memory_stats()`'s where the
+compiled for that alone); TFLOP/s and MFU use the analytic count. MFU is against the dense
+bf16 peak of the device kind (focusclip_jax/targets.py); on CPU, against a measured float32
+matmul peak (labelled `cpu-matmul`). Peak memory is `device.memory_stats()`'s where the
 backend has it, else XLA's `memory_analysis()` of the compiled step (arguments + outputs +
 temporaries - aliased, per device). `--profile=DIR` traces two more steps with jax.profiler
 (TensorBoard/Perfetto can open DIR) and prints the step's time by XLA op kind.
@@ -55,6 +55,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bench import flops  # noqa: E402
+from focusclip_jax import flops as model_flops  # noqa: E402
 from focusclip_jax import sharding, train  # noqa: E402
 from input_pipeline import pipeline  # noqa: E402
 
@@ -178,7 +179,7 @@ def benchmark(
     if peak is None and jax.default_backend() == "cpu":
         # Fake CPU devices share the same cores: the machine's peak is split between them.
         peak, peak_source = flops.measured_matmul_peak() / devices, "cpu-matmul (f32, measured)"
-    analytic = flops.train_step_flops(config)
+    analytic = model_flops.train_step_flops(config)
     xla_total, xla_source = _xla_step_flops(config, trainer, compiled, batch, xla_cost)
     memory, memory_source = _peak_memory(compiled)
     batch_size = config.train.batch_size

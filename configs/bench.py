@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Unrolled: on CPU the scan's stacked activation buffers cost about a sixth of the step
         # (PERFORMANCE.md), and 16 blocks compile in seconds either way.
         config.model.scan_layers = False
+        config.model.remat = "none"
     elif size == "b16_128":
         config.model.max_len = 128
     elif size == "b16_512":

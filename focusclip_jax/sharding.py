@@ -4,9 +4,10 @@ Parameters carry logical axis names (`embed`, `mlp`, `heads`, ...); `config.shar
 them to mesh axes. The batch is split over every mesh axis that holds data (`data` and `fsdp`).
 """
 
+import functools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -60,6 +61,35 @@ def batch_axes(mesh: Mesh) -> tuple[str, ...]:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over the data-holding axes, the rest replicated."""
     return NamedSharding(mesh, PartitionSpec(batch_axes(mesh)))
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """Keeps an activation's leading (batch) dimension split over the data axes of the mesh that
+    is being compiled for (`traced_on`); a no-op outside one, or when the batch does not divide.
+
+    Without it, FSDP's weights sharded over `embed` lead XLA to split the contraction instead:
+    every device then holds the whole global batch and all-reduces it, layer by layer.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+    shards = math.prod(mesh.shape[a] for a in axes)
+    if shards == 1 or x.shape[0] % shards:
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(axes))
+
+
+def traced_on(mesh: Mesh, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` traced with `mesh` as the context mesh: activation constraints and device-dependent
+    choices (`layers.attention_implementation`) see the devices it is compiled for."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -226,7 +226,7 @@ class Trainer:
             joint_sigma=config.heatmaps.joint_sigma,
         )
         self.step = jax.jit(
-            step,
+            sharding.traced_on(mesh, step),
             in_shardings=(self.state_shardings, sharding.batch_sharding(mesh)),
             out_shardings=(self.state_shardings, everywhere),
             donate_argnums=(0,),

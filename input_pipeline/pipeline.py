@@ -18,6 +18,7 @@ import numpy as np
 
 from input_pipeline import eval_datasets, mpii, synthpose
 from input_pipeline.files import RequiredFile, require_files
+from input_pipeline.heatmaps import NUM_JOINTS
 from input_pipeline.tokenizers import (
     CLIP_BPE_SOURCE,
     BertWordPieceTokenizer,
@@ -176,6 +177,22 @@ def train_iterator(
         options = grain.MultiprocessingOptions(num_workers=config.data.worker_count)
         dataset = dataset.mp_prefetch(options)
     return iter(dataset)
+
+
+def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of one global training batch (what `train_iterator` yields, all
+    processes together): for compiling the step before any data exists."""
+    batch, size = config.train.batch_size, config.data.image_size
+    people, max_len = config.data.max_people, config.model.max_len
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct((batch, *shape), np.dtype(dtype))
+    return {
+        "image": spec((size, size, 3), np.uint8),
+        "keypoints": spec((people, NUM_JOINTS, 2), np.float32),
+        "visible": spec((people, NUM_JOINTS), bool),
+        "person_mask": spec((people,), bool),
+        "tokens": spec((max_len,), np.int32),
+        "mask": spec((max_len,), bool),
+    }
 
 
 def to_global_arrays(

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from bench import flops
 from configs import bench
+from focusclip_jax import flops
 from tests.conftest import FAST_COMPILE_FLAGS, REPO
 
 
@@ -66,8 +66,8 @@ def test_bench_cli_two_steps_and_flops_agree_with_xla(tmp_path):
 
 @pytest.mark.parametrize("size", ["small", "b16_128", "tiny"])
 def test_step_matmul_list_accounts_for_every_analytic_flop(size):
-    """bench/matmuls.py's shape list is the step's matmuls: its FLOPs equal bench/flops.py's count
-    less the loss's similarity matrices and the heatmap render (not matmuls of the towers)."""
+    """bench/matmuls.py's shape list is the step's matmuls: its FLOPs equal focusclip_jax/flops.py's
+    count less the loss's similarity matrices and the heatmap render (not matmuls of the towers)."""
     from bench import matmul_timing
     from bench.reference_spec import torch_spec
 

@@ -157,8 +157,11 @@ class FocusCLIP(nnx.Module):
                 features = self.focus_tower(self._normalize_pixels(focused))
                 out["focused"] = _l2_normalize(self.focus_proj(features))
             elif "image" in modalities:
-                both = self.encode_image(jnp.concatenate([images, focused], axis=0))
-                out["image"], out["focused"] = jnp.split(both, 2, axis=0)
+                # Interleaved ([B, 2, ...] → [2B, ...]), not concatenated: each device's share of
+                # the 2B batch is then its own images and their focused copies, no exchange.
+                both = jnp.stack([images, focused], axis=1).reshape(-1, *images.shape[1:])
+                pairs = self.encode_image(both).reshape(images.shape[0], 2, -1)
+                out["image"], out["focused"] = pairs[:, 0], pairs[:, 1]
             else:
                 out["focused"] = self.encode_image(focused)
         if "image" in modalities and "image" not in out:

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from focusclip_jax.sharding import constrain_batch
+
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
 AttentionImpl = Literal["xla", "cudnn", "auto"] | None
 Remat = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
@@ -76,12 +78,14 @@ def layer_norm(
 def attention_implementation(
     requested: AttentionImpl, dtype: jnp.dtype, head_dim: int
 ) -> Literal["xla", "cudnn"] | None:
-    """`implementation=` for `jax.nn.dot_product_attention`.
+    """`implementation=` for `jax.nn.dot_product_attention`, decided while tracing.
 
-    'auto' takes cuDNN's fused flash attention where it applies (a CUDA GPU, bfloat16/float16
+    'auto' takes cuDNN's fused flash attention where it applies (NVIDIA GPUs, bfloat16/float16
     inputs, head dim a multiple of 8 up to 128) and XLA's einsum-softmax-einsum elsewhere (CPU,
-    TPU, float32). None leaves the choice to JAX (XLA in jax 0.12). 'cudnn' where it cannot
-    run fails at compile time with cuDNN's own message.
+    TPU, float32). The GPU is that of the mesh being compiled for (`sharding.traced_on`), so a
+    step compiled ahead of time for an H100 from a CPU host gets cuDNN; outside a mesh, JAX's
+    default device decides. None leaves the choice to JAX (XLA in jax 0.12). 'cudnn' where it
+    cannot run fails at compile time with cuDNN's own message.
     """
     if requested not in ATTENTION_IMPLS:
         raise ValueError(f"model.attention={requested!r}: expected xla, cudnn, auto or None")
@@ -89,12 +93,43 @@ def attention_implementation(
         return requested
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     fits = head_dim % 8 == 0 and head_dim <= 128
-    return "cudnn" if half and fits and _on_cuda() else "xla"
+    return "cudnn" if half and fits and compiling_for_nvidia_gpu() else "xla"
 
 
-def _on_cuda() -> bool:
-    device = jax.devices()[0]
-    return device.platform == "gpu" and "rocm" not in device.client.platform_version.lower()
+def compiling_for_nvidia_gpu() -> bool:
+    """Whether the devices traced for are NVIDIA GPUs: the context mesh's, else the default's."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    if device is None:
+        device = jax.devices()[0]
+    return device.platform == "gpu" and "nvidia" in device.device_kind.lower()
+
+
+# jax 0.12's cuDNN attention differentiates only even sequence lengths (its backward treats a
+# missing bias as one, and biased training needs T % 2 == 0): odd lengths (ViT-B/16's 197 tokens,
+# CLIP's 77) are padded by masked keys.
+CUDNN_TRAINING_LENGTH_MULTIPLE = 2
+
+
+def _cudnn_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, is_causal: bool
+) -> jax.Array:
+    """cuDNN flash attention; padding is given as key lengths (`mask.sum(-1)`), which assumes the
+    real tokens form a prefix, as the tokenizers produce."""
+    batch, length = q.shape[:2]
+    lengths = (
+        jnp.full((batch,), length, jnp.int32)
+        if mask is None
+        else mask.sum(axis=-1, dtype=jnp.int32)
+    )
+    extra = -length % CUDNN_TRAINING_LENGTH_MULTIPLE
+    if extra:
+        pad = lambda t: jnp.pad(t, ((0, 0), (0, extra), (0, 0), (0, 0)))
+        q, k, v = pad(q), pad(k), pad(v)
+    y = jax.nn.dot_product_attention(
+        q, k, v, key_value_seq_lengths=lengths, is_causal=is_causal, implementation="cudnn"
+    )
+    return y[:, :length]
 
 
 class MultiHeadAttention(nnx.Module):
@@ -113,7 +148,10 @@ class MultiHeadAttention(nnx.Module):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         head_dim = width // num_heads
-        self.implementation = attention_implementation(attention, dtype, head_dim)
+        attention_implementation(attention, dtype, head_dim)  # an unknown name fails here
+        self.attention = attention
+        self.dtype = dtype
+        self.head_dim = head_dim
 
         def in_proj() -> nnx.Einsum:
             return nnx.Einsum(
@@ -144,19 +182,18 @@ class MultiHeadAttention(nnx.Module):
     def __call__(
         self, x: jax.Array, mask: jax.Array | None = None, *, is_causal: bool = False
     ) -> jax.Array:
-        """x: [B, L, width]; mask: bool [B, L], True for real tokens (keys), or None.
-
-        cuDNN takes padding as key lengths (`mask.sum(-1)`), which assumes the real tokens form a
-        prefix, as the tokenizers produce; XLA applies the mask itself.
-        """
+        """x: [B, L, width]; mask: bool [B, L], True for real tokens (keys), or None."""
         q, k, v = self.query(x), self.key(x), self.value(x)
-        padding: dict[str, jax.Array] = {}
-        if mask is not None and self.implementation == "cudnn":
-            padding["key_value_seq_lengths"] = mask.sum(axis=-1, dtype=jnp.int32)
-        elif mask is not None:
-            padding["mask"] = mask[:, None, None, :]
+        implementation = attention_implementation(self.attention, self.dtype, self.head_dim)
+        if implementation == "cudnn":
+            return self.out(_cudnn_attention(q, k, v, mask, is_causal))
         y = jax.nn.dot_product_attention(
-            q, k, v, is_causal=is_causal, implementation=self.implementation, **padding
+            q,
+            k,
+            v,
+            mask=None if mask is None else mask[:, None, None, :],
+            is_causal=is_causal,
+            implementation=implementation,
         )
         return self.out(y)
 
@@ -285,13 +322,16 @@ def run_blocks(
             return apply
         return jax.checkpoint(apply, policy=REMAT_POLICIES[remat], prevent_cse=prevent_cse)
 
+    x = constrain_batch(x)
     if scan_layers:
         graphdef, stacked = nnx.split(blocks)
         # Inside `scan` the recomputation cannot be merged into the forward pass: no CSE guard.
         step = layer(graphdef, prevent_cse=False)
-        x, _ = jax.lax.scan(lambda h, params: (step(params, h, mask), None), x, stacked)
+        x, _ = jax.lax.scan(
+            lambda h, params: (constrain_batch(step(params, h, mask)), None), x, stacked
+        )
         return x
     for block in blocks:
         graphdef, params = nnx.split(block)
-        x = layer(graphdef, prevent_cse=True)(params, x, mask)
+        x = constrain_batch(layer(graphdef, prevent_cse=True)(params, x, mask))
     return x

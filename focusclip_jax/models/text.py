@@ -24,6 +24,7 @@ from focusclip_jax.models.layers import (
     partitioned,
     run_blocks,
 )
+from focusclip_jax.sharding import constrain_batch
 
 Pooling = Literal["mean", "mean_with_padding", "cls"]
 
@@ -124,7 +125,7 @@ class BertTextEncoder(nnx.Module):
             + self.pos_embed.embedding[: tokens.shape[1]]
             + self.type_embed.embedding[0]
         )
-        x = self.embed_norm(x.astype(self.dtype))
+        x = self.embed_norm(constrain_batch(x.astype(self.dtype)))
         x = run_blocks(self.blocks, x, mask, scan_layers=self.scan_layers, remat=self.remat)
         if self.pooling == "cls":
             return x[:, 0]
@@ -189,7 +190,7 @@ class CausalTextEncoder(nnx.Module):
     def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
         _check_length(tokens, self.max_len)
         x = self.token_embed(tokens) + self.pos_embed.embedding[: tokens.shape[1]]
-        x = x.astype(self.dtype)
+        x = constrain_batch(x.astype(self.dtype))
         x = run_blocks(
             self.blocks, x, mask, scan_layers=self.scan_layers, remat=self.remat, is_causal=True
         )

@@ -17,6 +17,7 @@ from focusclip_jax.models.layers import (
     partitioned,
     run_blocks,
 )
+from focusclip_jax.sharding import constrain_batch
 
 # width, depth, heads, MLP hidden and patch size of the standard ViTs (Dosovitskiy et al.; timm).
 _BASE = {
@@ -122,7 +123,9 @@ class ViT(nnx.Module):
 
     def __call__(self, images: jax.Array) -> jax.Array:
         """images: float [B, H, W, 3] (already normalised) → CLS features [B, width]."""
-        x = self.patch_embed(self.patchify(images.astype(self.dtype)))
+        x = constrain_batch(
+            self.patch_embed(constrain_batch(self.patchify(images.astype(self.dtype))))
+        )
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, self.width))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
         if self.pre_norm is not None:

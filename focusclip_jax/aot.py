@@ -1,0 +1,465 @@
+"""Will it fit? Compile a config's training step for a TPU slice or GPU cluster you don't have.
+
+    python -m focusclip_jax.aot --config=configs/pretrain.py --topology=v5e-8
+    python -m focusclip_jax.aot --config=configs/pretrain.py --topology=h100-8 \
+        --config.model.dtype=bfloat16 --config.mesh.data=1 --config.mesh.fsdp=-1
+    python -m focusclip_jax.aot --config=configs/pretrain.py --topology=v6e-8 --find_max_batch
+
+The step is the one `python -m focusclip_jax.main` would run with the same config and overrides
+(`train.Trainer`), lowered for compile-only devices of the target (`focusclip_jax.targets`) and
+compiled by the target's own compiler on this host: libtpu for TPUs, XLA's GPU compiler for
+NVIDIA. The report, per device: argument, output, aliased, temporary and code bytes against the
+chip's memory; compile time; analytic FLOPs against XLA's count; a roofline step time and img/s
+at the chip's peak and at 40% MFU; the collectives by kind. Exit status: 0 compiled and fits,
+3 out of memory (the TPU compiler's verdict; on GPUs, the estimate against the memory JAX
+preallocates), 2 a bad flag or config. Needs the compile toolchains: requirements-aot.txt.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from focusclip_jax import targets
+
+if __name__ == "__main__":
+    targets.configure_compile_only_environment()  # before JAX starts
+
+import jax
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from focusclip_jax import flops, sharding, train
+from input_pipeline import pipeline
+
+GiB = targets.GiB
+MFU_ASSUMED = 0.4  # a well-tuned transformer step on TPU/GPU (roofline at 40% of peak)
+COLLECTIVE_KINDS = (
+    "all-gather",
+    "all-reduce",
+    "reduce-scatter",
+    "all-to-all",
+    "collective-permute",
+    "ragged-all-to-all",
+)
+_COLLECTIVE = re.compile(
+    r"=\s*(?P<shape>\(.*?\)|\S+)\s+(?P<kind>" + "|".join(COLLECTIVE_KINDS) + r")(?:-start)?\("
+)
+_ARRAY = re.compile(r"(?P<dtype>[a-z]+[0-9]*)\[(?P<dims>[0-9,]*)\]")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}  # else 4 or 8
+# Token counts a tokenizer kind has when its files are not at hand (AOT needs only the size).
+DEFAULT_VOCAB_SIZES = {"bert_wordpiece": 30522, "clip_bpe": 49408}
+
+
+class OutOfMemoryError(Exception):
+    """The compiler (or, on GPUs, the memory estimate) says the step does not fit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    """One collective op of the compiled program (its largest array, in bytes)."""
+
+    kind: str
+    dtype: str
+    shape: tuple[int, ...]
+    bytes: int
+
+
+def _array_bytes(dtype: str, shape: tuple[int, ...]) -> int:
+    width = _BYTES.get(dtype, 8 if dtype.endswith("64") else 4)
+    return width * math.prod(shape)
+
+
+def collectives(hlo_text: str) -> list[Collective]:
+    """Every collective of an optimised HLO module (async `-start` ops counted once; a loop body's
+    ops once, however often the loop runs)."""
+    found = []
+    for match in _COLLECTIVE.finditer(hlo_text):
+        arrays = [
+            (m.group("dtype"), tuple(int(d) for d in m.group("dims").split(",") if d))
+            for m in _ARRAY.finditer(match.group("shape"))
+        ]
+        if not arrays:
+            continue
+        dtype, shape = max(arrays, key=lambda a: _array_bytes(*a))
+        found.append(Collective(match.group("kind"), dtype, shape, _array_bytes(dtype, shape)))
+    return found
+
+
+def collective_summary(found: list[Collective]) -> dict[str, dict[str, Any]]:
+    """By kind: count, total bytes and the largest op."""
+    summary: dict[str, dict[str, Any]] = {}
+    for kind in COLLECTIVE_KINDS:
+        ops = [c for c in found if c.kind == kind]
+        if ops:
+            largest = max(ops, key=lambda c: c.bytes)
+            summary[kind] = {
+                "count": len(ops),
+                "bytes": sum(c.bytes for c in ops),
+                "largest": f"{largest.dtype}[{','.join(map(str, largest.shape))}]",
+                "largest_bytes": largest.bytes,
+            }
+    return summary
+
+
+def memory(compiled: jax.stages.Compiled) -> dict[str, int]:
+    """Per-device bytes of the compiled program (XLA's `memory_analysis()`, an estimate)."""
+    stats = compiled.memory_analysis()
+    parts = {
+        "argument": stats.argument_size_in_bytes,
+        "output": stats.output_size_in_bytes,
+        "aliased": stats.alias_size_in_bytes,
+        "temporary": stats.temp_size_in_bytes,
+        "code": stats.generated_code_size_in_bytes,
+    }
+    parts["total"] = (
+        parts["argument"] + parts["output"] - parts["aliased"] + parts["temporary"] + parts["code"]
+    )
+    return parts
+
+
+def vocab_size(config: ml_collections.ConfigDict) -> tuple[int, str]:
+    """The text tower's vocabulary: `model.vocab_size`, else the tokenizer's, else the tokenizer
+    kind's usual size when its files are elsewhere (only the embedding's shape matters here)."""
+    if config.model.vocab_size != -1:
+        return config.model.vocab_size, "model.vocab_size"
+    kind = config.tokenizer.kind
+    if kind == "fitted_bpe":
+        return config.tokenizer.vocab_size, "tokenizer.vocab_size (fitted_bpe, at most)"
+    try:
+        return pipeline.create_tokenizer(config).vocab_size, f"the {kind} tokenizer"
+    except (OSError, ValueError) as error:
+        if kind in DEFAULT_VOCAB_SIZES:
+            return DEFAULT_VOCAB_SIZES[kind], f"{kind}'s usual size (tokenizer files not found)"
+        raise ValueError(
+            f"config model.vocab_size=-1 and the {kind} tokenizer cannot be built ({error}); "
+            "give --config.model.vocab_size"
+        ) from error
+
+
+def abstract_batch(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> dict[str, jax.ShapeDtypeStruct]:
+    rows = sharding.batch_sharding(mesh)
+    return {
+        name: jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=rows)
+        for name, spec in pipeline.batch_spec(config).items()
+    }
+
+
+def check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    shards = sharding.data_parallel_size(mesh)
+    if config.train.batch_size < 1 or config.train.batch_size % shards:
+        raise ValueError(
+            f"config train.batch_size={config.train.batch_size}: must be a positive multiple of "
+            f"the {shards} batch shards of mesh {dict(mesh.shape)}"
+        )
+
+
+def compile_step(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vocab: int
+) -> tuple[train.Trainer, jax.stages.Compiled, float]:
+    """The training step of `config`, compiled for the mesh's devices; (trainer, program, s)."""
+    check_batch(config, mesh)
+    trainer = train.Trainer(config, mesh, vocab_size=vocab)
+    start = time.perf_counter()
+    lowered = trainer.step.lower(trainer.abstract_state, abstract_batch(config, mesh))
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" in str(error):
+            raise OutOfMemoryError(_first_line_with(str(error), "RESOURCE_EXHAUSTED")) from None
+        raise
+    return trainer, compiled, time.perf_counter() - start
+
+
+def _first_line_with(text: str, needle: str) -> str:
+    return next((line.strip() for line in text.splitlines() if needle in line), text.strip())
+
+
+def xla_flops(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    vocab: int,
+    compiled: jax.stages.Compiled,
+    how: str = "auto",
+) -> tuple[float | None, str]:
+    """XLA's FLOP count of the whole step (all devices) and what was counted.
+
+    XLA's cost analysis counts a loop body once, so for a config with `model.scan_layers` the
+    count comes from an unrolled twin of the step (`how='auto'` or 'unrolled': one more, slower
+    compile); 'compiled' counts the program as is; 'none' skips it. GPU compilers give no count.
+    """
+    if how == "none":
+        return None, "not counted"
+    if how not in ("auto", "unrolled", "compiled"):
+        raise ValueError(f"--xla_flops={how!r}: expected auto, unrolled, compiled or none")
+    program, counted = compiled, "the compiled step"
+    if how != "compiled" and config.model.get("scan_layers", False):
+        twin_config = config.copy_and_resolve_references()
+        twin_config.model.scan_layers = False
+        _, program, _ = compile_step(twin_config, mesh, vocab)
+        counted = "an unrolled twin (scan_layers=False)"
+    cost = program.cost_analysis()
+    if isinstance(cost, list | tuple):  # older jax: one dict per program
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None, "no count from this compiler"
+    return float(cost["flops"]) * mesh.devices.size, counted
+
+
+def fits(report_memory: dict[str, int], target: targets.Target) -> bool:
+    """GPUs: the estimate against JAX's preallocated share (XLA's GPU compiler does not check);
+    TPUs: compiling was the verdict, the estimate is informative."""
+    return target.chip.platform == "tpu" or report_memory["total"] <= target.usable_bytes
+
+
+def analyse(
+    config: ml_collections.ConfigDict,
+    target: targets.Target,
+    *,
+    devices: list[Any] | None = None,
+    flops_how: str = "auto",
+) -> dict[str, Any]:
+    """Compile `config`'s step for `target` and measure it; raises OutOfMemoryError."""
+    devices = devices if devices is not None else target.devices()
+    mesh = sharding.create_mesh(config.mesh, devices=devices)
+    vocab, vocab_source = vocab_size(config)
+    trainer, compiled, compile_s = compile_step(config, mesh, vocab)
+    mem = memory(compiled)
+    if not fits(mem, target):
+        raise OutOfMemoryError(
+            f"estimated {mem['total'] / GiB:.2f} GiB per device, above the "
+            f"{target.usable_bytes / GiB:.2f} GiB JAX preallocates on a {target.chip.name} "
+            f"({targets.GPU_DEFAULT_MEMORY_FRACTION:.0%}; XLA_PYTHON_CLIENT_MEM_FRACTION)"
+        )
+    dtype = str(config.model.dtype)
+    analytic = flops.train_step_flops(config)["total"]
+    xla_total, xla_counted = xla_flops(config, mesh, vocab, compiled, flops_how)
+    peak = targets.peak_flops(target.chip, dtype)
+    step_at_peak = analytic / mesh.devices.size / peak
+    batch = config.train.batch_size
+    hlo = compiled.as_text() or ""
+    return {
+        "target": targets.describe(target),
+        "topology": target.name,
+        "devices": mesh.devices.size,
+        "mesh": dict(mesh.shape),
+        "batch": batch,
+        "batch_per_device": batch / mesh.devices.size,
+        "dtype": dtype,
+        "scan_layers": bool(config.model.get("scan_layers", False)),
+        "remat": str(config.model.get("remat", "none")),
+        "attention": _attention_kernels(hlo),
+        "vocab_size": vocab,
+        "vocab_source": vocab_source,
+        "compile_s": compile_s,
+        "memory": mem,
+        "memory_capacity": target.chip.memory_bytes,
+        "memory_usable": target.usable_bytes,
+        "headroom": target.usable_bytes - mem["total"],
+        "analytic_flops": analytic,
+        "xla_flops": xla_total,
+        "xla_flops_of": xla_counted,
+        "analytic_over_xla": analytic / xla_total if xla_total else None,
+        "peak_flops_per_device": peak,
+        "roofline_step_s": step_at_peak,
+        "roofline_images_per_s": batch / step_at_peak,
+        f"images_per_s_at_{round(100 * MFU_ASSUMED)}pct_mfu": MFU_ASSUMED * batch / step_at_peak,
+        "collectives": collective_summary(collectives(hlo)),
+        "parameters": sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params)),
+    }
+
+
+def _attention_kernels(hlo: str) -> str:
+    """Which attention the compiled program runs: cuDNN's fused kernels show as custom calls."""
+    return "cudnn" if "__cudnn$fmha" in hlo else "xla"
+
+
+def find_max_batch(
+    config: ml_collections.ConfigDict,
+    target: targets.Target,
+    *,
+    limit: int = 1 << 20,
+    log: Any = print,
+) -> tuple[int, dict[str, Any] | None, list[tuple[int, str]]]:
+    """The largest global batch (a multiple of the batch shards, at most `limit`) that fits.
+
+    Memory is close to affine in the batch, so each try is where the line through the nearest
+    two tries so far reaches the chip's memory, kept strictly inside the bracket
+    [largest that fits, smallest that does not]: a few compiles instead of a bisection's dozen.
+    Returns (batch, its report, the tries); batch 0 when not even one example per shard fits.
+    """
+    devices = target.devices()
+    shards = sharding.data_parallel_size(sharding.create_mesh(config.mesh, devices=devices))
+    tries: list[tuple[int, str]] = []
+    measured: dict[int, float] = {}  # batch → bytes per device (estimate or compiler's report)
+    best, best_report, too_big = 0, None, None
+
+    def attempt(batch: int) -> None:
+        nonlocal best, best_report, too_big
+        trial = config.copy_and_resolve_references()
+        trial.train.batch_size = batch
+        try:
+            report = analyse(trial, target, devices=devices, flops_how="none")
+        except OutOfMemoryError as error:
+            tries.append((batch, "out of memory"))
+            log(f"  batch {batch}: out of memory ({error})")
+            too_big = batch if too_big is None else min(too_big, batch)
+            if used := _reported_usage(str(error)):
+                measured[batch] = used
+            return
+        measured[batch] = report["memory"]["total"]
+        tries.append((batch, f"fits, {measured[batch] / GiB:.2f} GiB"))
+        log(f"  batch {batch}: fits, {measured[batch] / GiB:.2f} GiB per device")
+        best, best_report = batch, report
+
+    batch = min(max(shards, config.train.batch_size // shards * shards), limit)
+    attempt(batch)
+    while best == 0 and batch > shards:  # shrink until something fits
+        batch = max(shards, batch // 2 // shards * shards)
+        attempt(batch)
+    while best and best + shards <= limit and (too_big is None or too_big - best > shards):
+        ceiling = too_big if too_big is not None else limit + shards
+        guess = _affine_guess(measured, target.usable_bytes, shards)
+        if guess is None or not best < guess < ceiling:
+            guess = 2 * best if too_big is None else (best + too_big) // 2 // shards * shards
+        guess = min(max(guess, best + shards), ceiling - shards)
+        attempt(guess)
+    return best, best_report, tries
+
+
+def _reported_usage(message: str) -> float | None:
+    """Bytes the TPU compiler says the program needs ("Used 20.3G of 15.75G hbm")."""
+    match = re.search(r"Used\s+([0-9.]+)([KMGT])\s+of", message)
+    if not match:
+        return None
+    return float(match.group(1)) * 1024 ** "KMGT".index(match.group(2)) * 1024
+
+
+def _affine_guess(measured: dict[int, float], capacity: int, shards: int) -> int | None:
+    """Where the line through the two nearest measured points reaches `capacity`."""
+    if len(measured) < 2:
+        return None
+    points = sorted(measured.items(), key=lambda kv: abs(kv[1] - capacity))[:2]
+    (b0, m0), (b1, m1) = sorted(points)
+    if b1 == b0 or m1 <= m0:
+        return None
+    slope = (m1 - m0) / (b1 - b0)
+    return int((b0 + (capacity - m0) / slope) // shards * shards)
+
+
+def _size(num_bytes: float) -> str:
+    return (
+        f"{num_bytes / GiB:.2f} GiB"
+        if abs(num_bytes) >= GiB / 10
+        else f"{num_bytes / 2**20:.1f} MiB"
+    )
+
+
+def _flop(count: float) -> str:
+    return f"{count / 1e12:.2f} TFLOP" if count >= 1e11 else f"{count / 1e9:.3f} GFLOP"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    mem = report["memory"]
+    lines = [
+        report["target"],
+        f"mesh {report['mesh']} | global batch {report['batch']} "
+        f"({report['batch_per_device']:g} per device) | {report['dtype']} | "
+        f"scan_layers={report['scan_layers']} remat={report['remat']} | "
+        f"attention {report['attention']} | vocab {report['vocab_size']} "
+        f"({report['vocab_source']})",
+        f"compiled in {report['compile_s']:.1f} s; {report['parameters'] / 1e6:.2f} M parameters",
+        "memory per device (XLA's estimate):",
+        *(
+            f"  {name:10s}{_size(mem[name]):>12s}"
+            for name in ("argument", "output", "aliased", "temporary", "code")
+        ),
+        f"  {'total':10s}{_size(mem['total']):>12s} of {_size(report['memory_capacity'])}"
+        f" ({_size(report['memory_usable'])} usable), headroom {_size(report['headroom'])}",
+    ]
+    xla = report["xla_flops"]
+    ratio = f"{report['analytic_over_xla']:.3f}" if xla else "n/a"
+    roofline = report["roofline_images_per_s"]
+    lines += [
+        f"FLOPs per step: analytic {_flop(report['analytic_flops'])}, XLA "
+        + (f"{_flop(xla)} ({report['xla_flops_of']})" if xla else report["xla_flops_of"])
+        + f", analytic/XLA {ratio}",
+        f"roofline at {report['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per device: step "
+        f"{1000 * report['roofline_step_s']:.2f} ms, {roofline:.0f} img/s; at {MFU_ASSUMED:.0%}"
+        f" MFU {MFU_ASSUMED * roofline:.0f} img/s",
+        "collectives (per program; a scanned loop's body counted once):",
+    ]
+    for kind, c in report["collectives"].items():
+        lines.append(
+            f"  {kind:20s}{c['count']:5d} ops {_size(c['bytes']):>12s}, largest "
+            f"{c['largest']} ({_size(c['largest_bytes'])})"
+        )
+    if not report["collectives"]:
+        lines.append("  none")
+    return "\n".join(lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py.")
+    flags.DEFINE_string("topology", None, "v4-8, v5e-8, v5e-256, v5p-8, v6e-8, h100-8, a100-8, ...")
+    flags.DEFINE_integer("num_slices", 1, "TPU slices joined over the data-centre network.")
+    flags.DEFINE_integer("num_hosts", 1, "GPU hosts (each with the GPUs the topology names).")
+    flags.DEFINE_bool("find_max_batch", False, "Search the largest global batch that fits.")
+    flags.DEFINE_enum(
+        "xla_flops",
+        "auto",
+        ["auto", "unrolled", "compiled", "none"],
+        "XLA's FLOP count: auto/unrolled compiles an unrolled twin when the config scans its "
+        "layers (XLA counts a loop body once); compiled counts the program; none skips it.",
+    )
+    flags.DEFINE_string("json", "", "Also write the report to this JSON file.")
+    flags.mark_flags_as_required(["config", "topology"])
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    config = FLAGS.config
+    try:
+        target = targets.parse(
+            FLAGS.topology, num_slices=FLAGS.num_slices, num_hosts=FLAGS.num_hosts
+        )
+        if FLAGS.find_max_batch:
+            print(f"Searching the largest batch on {targets.describe(target)}", flush=True)
+            best, report, tries = find_max_batch(config, target)
+            print(f"largest global batch that fits: {best} (tries: {tries})")
+            if report is None:
+                sys.exit(3)
+            config = config.copy_and_resolve_references()
+            config.train.batch_size = best
+        report = analyse(config, target, flops_how=FLAGS.xla_flops)
+    except (targets.TargetError, ValueError) as error:
+        _fail(str(error))
+    except OutOfMemoryError as error:
+        print(f"out of memory on {FLAGS.topology}: {error}", file=sys.stderr)
+        sys.exit(3)
+    print(format_report(report))
+    if FLAGS.json:
+        Path(FLAGS.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
