@@ -1,10 +1,13 @@
-# `make demo` and `make test` set everything up themselves (a Python 3.12 venv in .venv).
+# `make demo` and `make test` set everything up themselves (a Python 3.12 venv in .venv; the tests
+# run in .venv-aot, which adds the TPU and GPU compile toolchains of requirements-aot.txt).
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+AOT_VENV := .venv-aot
+AOT_PY := $(AOT_VENV)/bin/python
 DEMO_WORKDIR ?= workdirs/demo
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv aot-venv clean
 
 # A Python >= 3.12: $PYTHON, python3.12/python3 on PATH, pyenv's versions, or a clear error.
 define find_python
@@ -28,6 +31,19 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 
 venv: $(VENV)/.installed
 
+# .venv plus the compile toolchains (focusclip_jax.aot), kept apart so that nothing else loads
+# libtpu or the CUDA plugin: .venv's packages are seen through a site dir added at start-up.
+$(AOT_VENV)/.installed: requirements-aot.txt $(VENV)/.installed
+	rm -rf $(AOT_VENV)
+	$(PY) -m venv $(AOT_VENV)
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	  aot_site=$$($(AOT_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	  echo "import site; site.addsitedir('$$(realpath $$site)')" > "$$aot_site/focusclip_venv.pth"
+	$(AOT_PY) -m pip install --quiet --no-deps -r requirements-aot.txt
+	touch $@
+
+aot-venv: $(AOT_VENV)/.installed
+
 demo: venv
 	rm -rf $(DEMO_WORKDIR)
 	$(PY) -m focusclip_jax.main --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
@@ -37,12 +53,12 @@ demo: venv
 synthpose-bench: venv
 	$(PY) -m bench.synthpose
 
-test: venv
+test: aot-venv
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(AOT_PY) -m pytest
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) workdirs
+	rm -rf $(VENV) $(AOT_VENV) workdirs

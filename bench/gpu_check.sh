@@ -2,6 +2,7 @@
 # GPU benchmarks and GPU-only correctness checks, in one call of a lent GPU machine (< 8 minutes).
 #
 #   bench/gpu_check.sh [--wheels=DIR] [--out=DIR] [--batch=N] [--steps=N] [--venv=DIR]
+#   bench/gpu_check.sh --compile_only[=h100-1] [--out=DIR] [--batch=N]     (on a CPU host)
 #
 # Run from anywhere on a CUDA machine whose image has jax (CUDA plugin), flax, optax, orbax, torch,
 # timm and transformers but not the rest of requirements.txt. Stages, each under its own `timeout`:
@@ -10,13 +11,19 @@
 #               portpicker (FACTS.md). Fetch them on a machine with PyPI, into the repo's .whl/:
 #                 bench/gpu_check.sh --fetch_wheels
 #   2. bench    ViT-B/16 + BERT-base at context 128, bf16: the JAX step (compile, step time, img/s,
-#               MFU against the 989 TFLOP/s bf16 peak) and the PyTorch reference on the same card
-#               and batch, fp32 eager (the original) and tuned (bf16 autocast + SDPA)
-#   3. checks   bench-small (ViT-Ti/16 + BERT-mini): bf16 vs fp32 loss and gradient norm from the
-#               same weights and batch; cuDNN flash attention vs XLA attention (the kernel alone,
-#               then the whole model's loss in bf16)
+#               MFU against the 989 TFLOP/s bf16 peak, peak memory) and the PyTorch reference on
+#               the same card and batch, fp32 eager (the original) and tuned (bf16 autocast +
+#               SDPA); then the same step compiled ahead of time for this GPU's kind by
+#               focusclip_jax.aot, whose memory estimate the summary holds against the peak
+#   3. checks   bench-small (ViT-Ti/16 at 197 tokens + BERT-mini): bf16 vs fp32 loss and gradient
+#               norm from the same weights and batch; cuDNN flash attention vs XLA attention (the
+#               kernel alone, then the whole model's loss in bf16)
 # and prints a summary table. Results (JSON, logs) go to --out (default: $OUT if set, else
 # /tmp/gpu_check).
+#
+# --compile_only runs everything up to running a kernel, on a host without a GPU, in the Python
+# of .venv-aot (`make aot-venv`; or $PYTHON): stage 2's and 3's steps compiled for the target
+# (default h100-1) by the AOT tool, and stage 3's cuDNN attention found in its compiled program.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +35,7 @@ venv=/tmp/gpu_check_venv
 batch=64
 steps=10
 fetch=0
+compile_only=""
 
 for arg in "$@"; do
   case $arg in
@@ -37,7 +45,9 @@ for arg in "$@"; do
     --steps=*) steps=${arg#*=} ;;
     --venv=*) venv=${arg#*=} ;;
     --fetch_wheels) fetch=1 ;;
-    -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --compile_only) compile_only=h100-1 ;;
+    --compile_only=*) compile_only=${arg#*=} ;;
+    -h | --help) sed -n '2,27p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +65,40 @@ fi
 mkdir -p "$out"
 cd "$REPO_ROOT"
 log() { printf '\n== %s ==\n' "$*"; }
+
+if [[ -n $compile_only ]]; then
+  python=${PYTHON:-$REPO_ROOT/.venv-aot/bin/python}
+  [[ -x $python ]] || { echo "no $python: run 'make aot-venv' or set PYTHON" >&2; exit 1; }
+  status=0
+  log "2. bench's step (B/16 + BERT-base, context 128, bf16, batch $batch) for $compile_only"
+  timeout 900 "$python" -m focusclip_jax.aot --config=configs/bench.py:b16_128 \
+    --topology="$compile_only" --config.model.dtype=bfloat16 --config.train.batch_size="$batch" \
+    --xla_flops=none --json="$out/aot_b16_128.json" 2>&1 | tee "$out/aot_bench.log" || status=$?
+  log "3. checks' step (bench-small, bf16, attention auto) for $compile_only"
+  timeout 600 "$python" - "$compile_only" <<'EOF' 2>&1 | tee "$out/aot_checks.log" || status=$?
+"""bench-small in bfloat16: cuDNN attention forward and backward at the ViT's 197 tokens."""
+import sys
+
+from focusclip_jax import targets
+
+targets.configure_compile_only_environment()
+from configs import bench  # noqa: E402
+from focusclip_jax import aot, sharding  # noqa: E402
+
+config = bench.get_config("small")
+config.model.dtype = "bfloat16"
+target = targets.parse(sys.argv[1])
+mesh = sharding.create_mesh(config.mesh, devices=target.devices())
+_, program, seconds = aot.compile_step(config, mesh, config.model.vocab_size)
+hlo = program.as_text()
+calls = {k: hlo.count(f'"__cudnn$fmha{k}"') for k in ("Softmax", "SoftmaxBackward")}
+print(f"compiled in {seconds:.1f} s; cuDNN attention custom calls: {calls}")
+sys.exit(0 if calls["Softmax"] and calls["SoftmaxBackward"] else 1)
+EOF
+  log "summary"
+  echo "compile-only check for $compile_only: $( ((status == 0)) && echo passed || echo FAILED)"
+  exit "$status"
+fi
 
 log "1. setup"
 shopt -s nullglob
@@ -84,6 +128,18 @@ timeout 230 "$python" -m bench.compare --config=configs/bench.py:b16_128 \
   --torch_python="$python" --torch_device=cuda --modes=original,tuned \
   --json="$out/bench_b16_128.json" 2>&1 | tee "$out/bench.log" | grep -v '^[IW][0-9]' ||
   status_bench=$?
+
+# The AOT tool's estimate for this GPU's kind, to hold against the peak the bench measured.
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)
+case $gpu_name in
+  *H200*) aot_target=h200-1 ;;
+  *A100*) aot_target=a100-1 ;;
+  *) aot_target=h100-1 ;;
+esac
+timeout 240 "$python" -m focusclip_jax.aot --config=configs/bench.py:b16_128 \
+  --topology="$aot_target" --config.model.dtype=bfloat16 --config.train.batch_size="$batch" \
+  --xla_flops=none --json="$out/aot_b16_128.json" >"$out/aot.log" 2>&1 ||
+  echo "aot: no estimate for $aot_target (see aot.log)"
 
 log "3. checks: bf16 vs fp32, cuDNN vs XLA attention"
 status_checks=0
@@ -172,6 +228,13 @@ if bench_file.exists():
               f"| {jax_step / r['step_s']:.2f} |")
 else:
     print("bench: no result (see bench.log)")
+aot_file = out / "aot_b16_128.json"
+if bench_file.exists() and aot_file.exists():
+    measured = json.loads(bench_file.read_text())[0].get("peak_memory_bytes")
+    estimate = json.loads(aot_file.read_text())["memory"]["total"]
+    if measured:
+        print(f"memory per GPU: AOT estimate {estimate / 2**30:.2f} GiB, measured peak "
+              f"{measured / 2**30:.2f} GiB (estimate / measured {estimate / measured:.2f})")
 checks_file = out / "checks.json"
 if checks_file.exists():
     checks = json.loads(checks_file.read_text())

@@ -53,9 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (keep all), "full" (keep the block's input), "dots_saveable" or
     # "dots_with_no_batch_dims_saveable" (jax.checkpoint policies). Scanned blocks must store every
     # residual they keep, where unrolled ones let XLA recompute cheap elementwise work: "none"
-    # with scan_layers takes ~3x the unrolled step's temporaries. Keeping the weight matmuls'
-    # outputs only (recomputing attention and elementwise work) brings the scan within ~10% of
-    # unrolled at +3% FLOPs (PERFORMANCE.md, "Scanned layers and remat").
+    # with scan_layers takes ~3x the unrolled step's temporaries (TPU v5e). Keeping the weight
+    # matmuls' outputs only (recomputing attention and elementwise work) brings the scan to 1.3x
+    # for +3% FLOPs (PERFORMANCE.md, "Scanned layers and remat").
     config.model.remat = "dots_with_no_batch_dims_saveable"
     config.model.vit_overrides = ml_collections.ConfigDict()
     config.model.text_overrides = ml_collections.ConfigDict()

@@ -232,6 +232,20 @@ def analyse(
     mesh = sharding.create_mesh(config.mesh, devices=devices)
     vocab, vocab_source = vocab_size(config)
     trainer, compiled, compile_s = compile_step(config, mesh, vocab)
+    return report(config, target, trainer, compiled, compile_s, vocab_source, flops_how)
+
+
+def report(
+    config: ml_collections.ConfigDict,
+    target: targets.Target,
+    trainer: train.Trainer,
+    compiled: jax.stages.Compiled,
+    compile_s: float,
+    vocab_source: str = "",
+    flops_how: str = "auto",
+) -> dict[str, Any]:
+    """The numbers of a compiled step (`analyse`); raises OutOfMemoryError where it cannot fit."""
+    mesh, vocab = trainer.mesh, trainer.model_config.vocab_size
     mem = memory(compiled)
     if not fits(mem, target):
         raise OutOfMemoryError(
@@ -264,6 +278,12 @@ def analyse(
         "memory_capacity": target.chip.memory_bytes,
         "memory_usable": target.usable_bytes,
         "headroom": target.usable_bytes - mem["total"],
+        "verdict": (
+            "fits: the TPU compiler placed it in HBM (its own accounting; the estimate above "
+            "may exceed the chip)"
+            if target.chip.platform == "tpu"
+            else "fits: the estimate is within the memory JAX preallocates"
+        ),
         "analytic_flops": analytic,
         "xla_flops": xla_total,
         "xla_flops_of": xla_counted,
@@ -287,14 +307,17 @@ def find_max_batch(
     target: targets.Target,
     *,
     limit: int = 1 << 20,
+    tolerance: float = 1 / 32,
     log: Any = print,
 ) -> tuple[int, dict[str, Any] | None, list[tuple[int, str]]]:
-    """The largest global batch (a multiple of the batch shards, at most `limit`) that fits.
+    """The largest global batch (a multiple of the batch shards, at most `limit`) that fits, to
+    within `tolerance` of itself (or one batch shard).
 
     Memory is close to affine in the batch, so each try is where the line through the nearest
-    two tries so far reaches the chip's memory, kept strictly inside the bracket
-    [largest that fits, smallest that does not]: a few compiles instead of a bisection's dozen.
-    Returns (batch, its report, the tries); batch 0 when not even one example per shard fits.
+    two tries so far reaches the chip's memory (at most 16x the largest fit so far), kept strictly
+    inside the bracket [largest that fits, smallest that does not]: a few compiles instead of a
+    bisection's dozen. (Near the limit the TPU compiler rematerialises to fit, so the line bends
+    there.) Returns (batch, its report, the tries); batch 0 when not one example per shard fits.
     """
     devices = target.devices()
     shards = sharding.data_parallel_size(sharding.create_mesh(config.mesh, devices=devices))
@@ -325,19 +348,27 @@ def find_max_batch(
     while best == 0 and batch > shards:  # shrink until something fits
         batch = max(shards, batch // 2 // shards * shards)
         attempt(batch)
-    while best and best + shards <= limit and (too_big is None or too_big - best > shards):
-        ceiling = too_big if too_big is not None else limit + shards
+
+    def settled() -> bool:
+        return too_big is not None and too_big - best <= max(shards, tolerance * best)
+
+    while best and best + shards <= limit and not settled():
+        ceiling = too_big if too_big is not None else min(16 * best, limit) + shards
         guess = _affine_guess(measured, target.usable_bytes, shards)
-        if guess is None or not best < guess < ceiling:
-            guess = 2 * best if too_big is None else (best + too_big) // 2 // shards * shards
-        guess = min(max(guess, best + shards), ceiling - shards)
-        attempt(guess)
+        if guess is None:
+            guess = 2 * best
+        elif guess <= best:  # the line says `best` is the limit: check just above it
+            guess = best + shards
+        elif guess >= ceiling and too_big is not None:  # the line is off here: bisect
+            guess = (best + too_big) // 2 // shards * shards
+        attempt(min(max(guess, best + shards), ceiling - shards))
     return best, best_report, tries
 
 
 def _reported_usage(message: str) -> float | None:
-    """Bytes the TPU compiler says the program needs ("Used 20.3G of 15.75G hbm")."""
-    match = re.search(r"Used\s+([0-9.]+)([KMGT])\s+of", message)
+    """Bytes the TPU compiler says the program needs ("the total memory required for HLO
+    temporaries (20.3G) exceeds available HBM (15.75G)", or "Used 20.3G of 15.75G hbm")."""
+    match = re.search(r"(?:temporaries \(|Used\s+)([0-9.]+)([KMGT])", message)
     if not match:
         return None
     return float(match.group(1)) * 1024 ** "KMGT".index(match.group(2)) * 1024
@@ -384,6 +415,7 @@ def format_report(report: dict[str, Any]) -> str:
         ),
         f"  {'total':10s}{_size(mem['total']):>12s} of {_size(report['memory_capacity'])}"
         f" ({_size(report['memory_usable'])} usable), headroom {_size(report['headroom'])}",
+        report["verdict"],
     ]
     xla = report["xla_flops"]
     ratio = f"{report['analytic_over_xla']:.3f}" if xla else "n/a"
@@ -415,7 +447,11 @@ def define_flags() -> None:
     flags.DEFINE_string("topology", None, "v4-8, v5e-8, v5e-256, v5p-8, v6e-8, h100-8, a100-8, ...")
     flags.DEFINE_integer("num_slices", 1, "TPU slices joined over the data-centre network.")
     flags.DEFINE_integer("num_hosts", 1, "GPU hosts (each with the GPUs the topology names).")
-    flags.DEFINE_bool("find_max_batch", False, "Search the largest global batch that fits.")
+    flags.DEFINE_bool(
+        "find_max_batch",
+        False,
+        "Search the largest global batch that fits (XLA's FLOPs are then not counted).",
+    )
     flags.DEFINE_enum(
         "xla_flops",
         "auto",
@@ -444,12 +480,12 @@ def main(argv: list[str]) -> None:
         if FLAGS.find_max_batch:
             print(f"Searching the largest batch on {targets.describe(target)}", flush=True)
             best, report, tries = find_max_batch(config, target)
-            print(f"largest global batch that fits: {best} (tries: {tries})")
             if report is None:
-                sys.exit(3)
-            config = config.copy_and_resolve_references()
-            config.train.batch_size = best
-        report = analyse(config, target, flops_how=FLAGS.xla_flops)
+                raise OutOfMemoryError(f"not even {tries[-1][0]} examples fit")
+            report["find_max_batch"] = tries
+            print(f"largest global batch that fits: {best} ({len(tries)} compiles)")
+        else:
+            report = analyse(config, target, flops_how=FLAGS.xla_flops)
     except (targets.TargetError, ValueError) as error:
         _fail(str(error))
     except OutOfMemoryError as error:

@@ -4,7 +4,6 @@ Parameters carry logical axis names (`embed`, `mlp`, `heads`, ...); `config.shar
 them to mesh axes. The batch is split over every mesh axis that holds data (`data` and `fsdp`).
 """
 
-import functools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -13,6 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import linen
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp")
@@ -51,6 +51,19 @@ def create_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | N
         )
     axis_types = (jax.sharding.AxisType.Auto,) * len(names)
     used = devices[: math.prod(sizes)]
+    slices = len({getattr(d, "slice_index", 0) for d in used})
+    if slices > 1:
+        # Several TPU slices (multislice): the outermost axis spans them over the data-centre
+        # network, the rest stays within a slice's ICI.
+        if sizes[0] % slices:
+            raise ValueError(
+                f"config mesh.{names[0]}={sizes[0]} must be a multiple of the {slices} slices: "
+                "it is the axis that spans them"
+            )
+        within = (sizes[0] // slices, *sizes[1:])
+        across = (slices, *(1 for _ in sizes[1:]))
+        grid = mesh_utils.create_hybrid_device_mesh(within, across, devices=used)
+        return Mesh(grid, names, axis_types=axis_types)
     return jax.make_mesh(tuple(sizes), names, axis_types=axis_types, devices=used)
 
 
@@ -84,11 +97,12 @@ def traced_on(mesh: Mesh, fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` traced with `mesh` as the context mesh: activation constraints and device-dependent
     choices (`layers.attention_implementation`) see the devices it is compiled for."""
 
-    @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             return fn(*args, **kwargs)
 
+    # The compiled program's name (profiles, XLA's messages): `fn`'s, also through a partial.
+    wrapped.__name__ = getattr(fn, "__name__", getattr(getattr(fn, "func", None), "__name__", ""))
     return wrapped
 
 

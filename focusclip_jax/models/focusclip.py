@@ -15,6 +15,7 @@ from flax import nnx
 from focusclip_jax.models import text as text_models
 from focusclip_jax.models import vit
 from focusclip_jax.models.layers import AttentionImpl, Remat
+from focusclip_jax.sharding import constrain_batch
 
 MODALITIES = ("image", "focused", "text")
 LOG_100 = math.log(100.0)
@@ -37,6 +38,12 @@ def _projection(in_features: int, embed_dim: int, dtype: jnp.dtype, rngs: nnx.Rn
 def _l2_normalize(x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+def _embed(projection: nnx.Linear, features: jax.Array) -> jax.Array:
+    """A tower's features → its L2-normalised embedding, rows kept where their batch shard is
+    (under FSDP the projection's gathered kernel comes to them, not the reverse)."""
+    return _l2_normalize(constrain_batch(projection(constrain_batch(features))))
 
 
 class FocusCLIP(nnx.Module):
@@ -123,11 +130,11 @@ class FocusCLIP(nnx.Module):
 
     def encode_image(self, images: jax.Array) -> jax.Array:
         """[B, H, W, 3] pixels in [0, 1] → L2-normalised [B, embed_dim]."""
-        return _l2_normalize(self.image_proj(self.image_tower(self._normalize_pixels(images))))
+        return _embed(self.image_proj, self.image_tower(self._normalize_pixels(images)))
 
     def encode_text(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
         """[B, L] token ids and mask → L2-normalised [B, embed_dim]."""
-        return _l2_normalize(self.text_proj(self.text_tower(tokens, mask)))
+        return _embed(self.text_proj, self.text_tower(tokens, mask))
 
     def embed(
         self,
@@ -155,7 +162,7 @@ class FocusCLIP(nnx.Module):
             focused = self.focus(images, heatmaps)
             if self.heatmap_tower == "separate":
                 features = self.focus_tower(self._normalize_pixels(focused))
-                out["focused"] = _l2_normalize(self.focus_proj(features))
+                out["focused"] = _embed(self.focus_proj, features)
             elif "image" in modalities:
                 # Interleaved ([B, 2, ...] → [2B, ...]), not concatenated: each device's share of
                 # the 2B batch is then its own images and their focused copies, no exchange.

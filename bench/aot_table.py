@@ -1,0 +1,104 @@
+"""The largest batch that fits, by target, dtype, remat and sharding: a grid of AOT compiles.
+
+    .venv-aot/bin/python -m bench.aot_table --targets=v5e-8,v5p-8,v6e-8,h100-8 --jobs=2 \
+        --out=workdirs/aot_table
+
+Each cell is `python -m focusclip_jax.aot --config=<config> --topology=<target> --find_max_batch`
+with `model.dtype`, `model.remat` and the mesh overridden (data-parallel: `mesh.data=-1`; FSDP:
+`mesh.data=1 mesh.fsdp=-1`), run as its own process (`--jobs` at a time), its report kept as
+`<out>/<cell>.json`; a cell whose report exists is not compiled again, so an interrupted grid
+resumes. Prints the Markdown table of PERFORMANCE.md.
+"""
+
+import concurrent.futures
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "configs/pretrain.py", "Config file (with :variants).")
+flags.DEFINE_list("targets", ["v5e-8", "v5p-8", "v6e-8", "h100-8"], "Topologies.")
+flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "model.dtype values.")
+flags.DEFINE_list("remats", ["none", "full"], "model.remat values.")
+flags.DEFINE_list("modes", ["dp", "fsdp"], "dp (mesh.data=-1) and/or fsdp (mesh.fsdp=-1).")
+flags.DEFINE_list("overrides", [], "More --config.* overrides for every cell (key=value).")
+flags.DEFINE_integer("jobs", 1, "Cells compiled at the same time.")
+flags.DEFINE_string("out", "workdirs/aot_table", "Folder for the cells' reports and logs.")
+
+MESHES = {
+    "dp": ("--config.mesh.data=-1", "--config.mesh.fsdp=1"),
+    "fsdp": ("--config.mesh.data=1", "--config.mesh.fsdp=-1"),
+}
+
+
+def cell_name(target: str, dtype: str, remat: str, mode: str) -> str:
+    return f"{target}_{dtype}_{remat}_{mode}"
+
+
+def run_cell(target: str, dtype: str, remat: str, mode: str, out: Path) -> tuple[str, str]:
+    """Compiles one cell (unless its report exists); returns (cell, status)."""
+    name = cell_name(target, dtype, remat, mode)
+    report = out / f"{name}.json"
+    if report.exists():
+        return name, "cached"
+    command = [
+        sys.executable,
+        "-m",
+        "focusclip_jax.aot",
+        f"--config={FLAGS.config}",
+        f"--topology={target}",
+        "--find_max_batch",
+        f"--json={report}",
+        f"--config.model.dtype={dtype}",
+        f"--config.model.remat={remat}",
+        *MESHES[mode],
+        *(f"--config.{o}" for o in FLAGS.overrides),
+    ]
+    start = time.perf_counter()
+    with open(out / f"{name}.log", "w") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+    minutes = (time.perf_counter() - start) / 60
+    return name, f"exit {done.returncode} after {minutes:.1f} min"
+
+
+def table(out: Path, cells: list[tuple[str, str, str, str]]) -> str:
+    lines = [
+        "| target | dtype | remat | sharding | largest global batch | per device | GiB per "
+        "device at it | roofline img/s | img/s at 40% MFU | compiles |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for target, dtype, remat, mode in cells:
+        path = out / f"{cell_name(target, dtype, remat, mode)}.json"
+        row = f"| {target} | {dtype} | {remat} | {mode} |"
+        if not path.exists():
+            lines.append(row + " not even one example per device fits, or not run | | | | | |")
+            continue
+        r: dict[str, Any] = json.loads(path.read_text())
+        mfu = next(v for k, v in r.items() if k.startswith("images_per_s_at_"))
+        lines.append(
+            row + f" {r['batch']} | {r['batch_per_device']:g} | "
+            f"{r['memory']['total'] / 2**30:.2f} | {r['roofline_images_per_s']:.0f} | "
+            f"{mfu:.0f} | {len(r.get('find_max_batch', []))} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    out = Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = list(itertools.product(FLAGS.targets, FLAGS.dtypes, FLAGS.remats, FLAGS.modes))
+    with concurrent.futures.ThreadPoolExecutor(FLAGS.jobs) as pool:
+        for name, status in pool.map(lambda c: run_cell(*c, out), cells):
+            print(f"{name}: {status}", flush=True)
+    print(table(out, cells))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,325 @@
+"""Compiling for accelerators this machine does not have (focusclip_jax.targets, .aot).
+
+Target names against the cloud's slice sizes; the tiny and demo steps compiled for TPU v5e-8 and
+8 H100s, data-parallel and FSDP, with their memory and FLOP accounting; cuDNN attention through
+the backward pass at the ViT's 197 tokens; the out-of-memory exit; the batch search. Compiling
+needs the toolchains of requirements-aot.txt (`make test` runs the suite in .venv-aot, which has
+them); without them those tests skip, naming the fix.
+"""
+
+import dataclasses
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import bench, demo
+from focusclip_jax import aot, flops, sharding, targets
+from tests.conftest import REPO
+from tests.test_sharding_memory import batch_activation_collectives
+from tests.tiny import tiny_config
+
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+HAVE_TPU = installed("libtpu")
+HAVE_GPU = installed("jax_plugins.xla_cuda12")
+needs_tpu = pytest.mark.skipif(not HAVE_TPU, reason="no libtpu: make aot-venv")
+needs_gpu = pytest.mark.skipif(not HAVE_GPU, reason="no CUDA compile plugin: make aot-venv")
+MARKS = {"v5e-8": needs_tpu, "h100-8": needs_gpu}
+CONFIGS = {"tiny": tiny_config, "demo": demo.get_config}
+# Global batches unlike any dimension of these configs' weights (widths 32 and 64, contexts 40
+# and 64, ...), so that a gathered weight is never mistaken for a gathered batch.
+BATCHES = {"tiny": 24, "demo": 40}
+MESHES = {"dp": {"data": -1, "fsdp": 1}, "fsdp": {"data": 1, "fsdp": -1}}
+
+# ----------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "devices", "kind", "hosts"),
+    [
+        pytest.param("v4-8", {}, 4, "TPU v4", 1, marks=needs_tpu),
+        pytest.param("v4-16", {}, 8, "TPU v4", 2, marks=needs_tpu),
+        pytest.param("v5e-8", {}, 8, "TPU v5 lite", 1, marks=needs_tpu),
+        pytest.param("v5e-256", {}, 256, "TPU v5 lite", 64, marks=needs_tpu),
+        pytest.param("v5e-16", {"num_slices": 2}, 32, "TPU v5 lite", 8, marks=needs_tpu),
+        pytest.param("v5p-8", {}, 4, "TPU v5", 1, marks=needs_tpu),
+        pytest.param("v5p-128", {}, 64, "TPU v5", 16, marks=needs_tpu),
+        pytest.param("v6e-8", {}, 8, "TPU v6 lite", 1, marks=needs_tpu),
+        pytest.param("h100-8", {}, 8, "NVIDIA H100", 1, marks=needs_gpu),
+        pytest.param("a100-8", {"num_hosts": 2}, 16, "NVIDIA A100", 2, marks=needs_gpu),
+    ],
+)
+def test_cloud_names_give_their_devices(name, options, devices, kind, hosts) -> None:
+    """Cloud names count chips (v5e, v6e) or TensorCores, two per megacore chip (v4, v5p)."""
+    target = targets.parse(name, **options)
+    found = target.devices()
+    assert len(found) == target.num_devices == devices
+    assert all(d.device_kind.startswith(kind) for d in found)
+    assert len({d.process_index for d in found}) == target.num_hosts == hosts
+    if options.get("num_slices"):
+        assert len({d.slice_index for d in found}) == options["num_slices"]
+
+
+def test_slice_shapes_follow_the_cloud_layouts() -> None:
+    shapes = {
+        "v4-8": "v4:2x2x1",
+        "v4-32": "v4:2x2x4",
+        "v5p-128": "v5p:4x4x4",
+        "v5p-640": "v5p:4x4x20",
+        "v5p-768": "v5p:4x8x12",
+        "v5e-1": "v5e:1x1",
+        "v5e-8": "v5e:2x4",
+        "v5e-256": "v5e:16x16",
+        "v6e-128": "v6e:8x16",
+    }
+    assert {name: targets.parse(name).topology for name in shapes} == shapes
+    assert targets.parse("v5e-256").wrap == (True, True, False)
+    assert targets.parse("h100-8", num_hosts=4).topology == "1x4x8"
+    assert targets.parse("a100-8").usable_bytes == int(0.75 * targets.GPUS["a100"].memory_bytes)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("v5e-3", {}, "1, 4, 8, 16"),
+        ("v4-6", {}, "multiples of 8"),
+        ("v5p-24", {}, "4, 8, 16 or 32"),
+        ("v5p-160", {}, "4x4x4 blocks"),
+        ("tpu-8", {}, "unknown accelerator"),
+        ("h100", {}, "a name like"),
+        ("h100-0", {}, "1 to 16"),
+        ("h100-8", {"num_slices": 2}, "--num_hosts"),
+        ("v5e-8", {"num_hosts": 2}, "TPU slices set their own hosts"),
+    ],
+)
+def test_bad_names_are_refused_with_the_rule(name, options, message) -> None:
+    with pytest.raises(targets.TargetError, match=message):
+        targets.parse(name, **options)
+
+
+def test_tokenizer_files_are_not_needed_to_size_the_vocabulary() -> None:
+    """configs/pretrain.py names a BERT vocab.txt absent here: its size is BERT's."""
+    from configs import pretrain
+
+    config = pretrain.get_config()
+    config.tokenizer.vocab = "/nonexistent/vocab.txt"
+    assert aot.vocab_size(config)[0] == 30522
+    config.model.vocab_size = 1000
+    assert aot.vocab_size(config) == (1000, "model.vocab_size")
+
+
+# ----------------------------------------------------------------------------- compiled steps
+
+
+_compiled: dict[tuple[str, str, str], tuple] = {}
+
+
+def compiled_step(config_name: str, target_name: str, mode: str):
+    """(config, target, trainer, program, report) of a step, compiled once per session."""
+    key = (config_name, target_name, mode)
+    if key not in _compiled:
+        config = CONFIGS[config_name]()
+        config.mesh = MESHES[mode]
+        config.train.batch_size = BATCHES[config_name]
+        target = targets.parse(target_name)
+        mesh = sharding.create_mesh(config.mesh, devices=target.devices())
+        trainer, program, seconds = aot.compile_step(config, mesh, aot.vocab_size(config)[0])
+        report = aot.report(config, target, trainer, program, seconds, flops_how="none")
+        _compiled[key] = (config, target, trainer, program, report)
+    return _compiled[key]
+
+
+def shard_bytes(tree) -> int:
+    """Bytes one device holds of a tree of abstract arrays with shardings."""
+    return sum(
+        math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+        for leaf in jax.tree.leaves(tree)
+    )
+
+
+STEPS = [
+    pytest.param(c, t, m, marks=MARKS[t], id=f"{c}-{t}-{m}")
+    for c in CONFIGS
+    for t in MARKS
+    for m in MESHES
+]
+
+
+@pytest.mark.parametrize(("config_name", "target_name", "mode"), STEPS)
+def test_steps_compile_with_their_state_split_as_configured(config_name, target_name, mode):
+    """The compiled step's arguments are this device's share of the train state and batch: all
+    of the state under data parallelism, about 1/8 under FSDP (weights that no mesh axis divides
+    stay whole). Exact on GPUs; TPUs pad small arrays to their (8, 128) tiles, so there the
+    arguments are at least that, and FSDP's a fraction of data parallelism's."""
+    config, target, trainer, program, _ = compiled_step(config_name, target_name, mode)
+    state = trainer.abstract_state
+    batch = aot.abstract_batch(config, trainer.mesh)
+    expected = shard_bytes(state) + shard_bytes(batch)
+    arguments = aot.memory(program)["argument"]
+    if target.chip.platform == "gpu":
+        assert arguments == expected
+    else:
+        assert arguments >= expected
+    whole_state = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
+    if mode == "dp":
+        assert shard_bytes(state) == whole_state
+    else:
+        assert 7 <= whole_state / shard_bytes(state) <= 8
+        data_parallel = compiled_step(config_name, target_name, "dp")[3]
+        assert 3 * arguments < aot.memory(data_parallel)["argument"]
+    hlo = program.as_text()
+    assert not batch_activation_collectives(hlo, config.train.batch_size, config.model.embed_dim)
+
+
+@pytest.mark.parametrize("target_name", [pytest.param(t, marks=m) for t, m in MARKS.items()])
+def test_report_of_the_tiny_step(target_name) -> None:
+    _, target, _, program, report = compiled_step("tiny", target_name, "fsdp")
+    assert report["devices"] == 8 and report["mesh"] == {"data": 1, "fsdp": 8}
+    assert report["memory"]["total"] == aot.memory(program)["total"] > 0
+    assert report["headroom"] == target.usable_bytes - report["memory"]["total"]
+    assert report["collectives"]["all-gather"]["count"] > 0  # FSDP gathers its weights
+    roofline = report["analytic_flops"] / 8 / targets.peak_flops(target.chip, "float32")
+    assert report["roofline_step_s"] == pytest.approx(roofline)
+    assert report["roofline_images_per_s"] == pytest.approx(BATCHES["tiny"] / roofline)
+    assert target.name in aot.format_report(report)
+
+
+@needs_tpu
+def test_analytic_flops_are_90_to_105_percent_of_xlas_count_on_tpu() -> None:
+    """bench.py's `tiny` step (width 256: matmuls dominate) on v5e-8: XLA also counts LayerNorm,
+    GELU, softmax and the optimiser, so the matmul count sits a little below it."""
+    config = bench.get_config("tiny")
+    config.mesh = MESHES["fsdp"]
+    target = targets.parse("v5e-8")
+    mesh = sharding.create_mesh(config.mesh, devices=target.devices())
+    _, program, _ = aot.compile_step(config, mesh, config.model.vocab_size)
+    xla, counted = aot.xla_flops(config, mesh, config.model.vocab_size, program)
+    assert counted == "the compiled step"  # one block per tower: nothing scanned
+    assert 0.9 <= flops.train_step_flops(config)["total"] / xla <= 1.05
+
+
+@needs_gpu
+def test_bfloat16_step_runs_cudnn_attention_forward_and_backward_at_197_tokens() -> None:
+    """bench-small (ViT-Ti/16 at 224 px: 197 tokens; BERT-mini, context 128) in bfloat16 for 8
+    H100s: `attention="auto"` picks cuDNN from the mesh's devices, not this CPU host, and the odd
+    length (which jax 0.12's cuDNN backward rejects) is padded."""
+    config = bench.get_config("small")
+    config.model.dtype = "bfloat16"
+    assert config.model.attention == "auto"
+    target = targets.parse("h100-8")
+    mesh = sharding.create_mesh(config.mesh, devices=target.devices())
+    _, program, _ = aot.compile_step(config, mesh, config.model.vocab_size)
+    hlo = program.as_text()
+    assert hlo.count('custom_call_target="__cudnn$fmhaSoftmaxBackward"') >= 2  # both towers
+    assert hlo.count('custom_call_target="__cudnn$fmhaSoftmax"') >= 2
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run_aot(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "focusclip_jax.aot", *args],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@needs_tpu
+def test_out_of_memory_exits_3_with_the_compilers_message() -> None:
+    done = run_aot(
+        "--config=configs/bench.py:tiny",
+        "--topology=v5e-1",
+        "--config.train.batch_size=262144",
+        "--xla_flops=none",
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "out of memory on v5e-1" in done.stderr and "CompileTimeHbmOom" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--topology=v5e-3",), "error: --topology=v5e-3"),
+        (("--topology=v5e-8", "--config.train.batch_size=12"), "error: config train.batch_size"),
+    ],
+)
+def test_user_errors_exit_2_in_one_line(args, message) -> None:
+    done = run_aot("--config=tests/tiny.py", *args)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------------------- batch search
+
+
+def test_max_batch_search_finds_the_limit_in_few_compiles(monkeypatch) -> None:
+    """Against a known memory law, 1 GiB + 10 MiB per example on a 16 GiB chip with 8 batch
+    shards: the largest fitting batch is 1536 (1 GiB + 15 GiB)."""
+    chip = targets.Chip("fake", "tpu", 16 * targets.GiB, 1e12, 1e12)
+    target = targets.Target("fake-8", chip, 8, 1, "fake")
+    monkeypatch.setattr(targets.Target, "devices", lambda self: jax.devices())
+    compiles = []
+
+    def fake_analyse(config, target, *, devices, flops_how):
+        batch = config.train.batch_size
+        compiles.append(batch)
+        total = targets.GiB + batch * 10 * 2**20
+        if total > target.usable_bytes:
+            raise aot.OutOfMemoryError(f"temporaries ({total / targets.GiB:.2f}G) exceed")
+        return {"memory": {"total": total}, "batch": batch}
+
+    monkeypatch.setattr(aot, "analyse", fake_analyse)
+    config = tiny_config()
+    config.mesh = MESHES["dp"]
+    config.train.batch_size = 32
+    best, report, tries = aot.find_max_batch(config, target, tolerance=0, log=lambda _: None)
+    assert best == 1536 and report["batch"] == 1536
+    assert len(tries) == len(compiles) <= 6
+    assert all(batch % 8 == 0 for batch in compiles)
+    # With a tolerance, the search stops within it, below the limit.
+    compiles.clear()
+    best, _, _ = aot.find_max_batch(config, target, tolerance=1 / 8, log=lambda _: None)
+    assert 1536 * 7 / 8 <= best <= 1536
+    # Nothing fits on a 1 GiB chip: batch 0, no report.
+    small = targets.Target("small-8", dataclasses.replace(chip, memory_bytes=targets.GiB), 8, 1, "")
+    assert aot.find_max_batch(config, small, log=lambda _: None)[:2] == (0, None)
+
+
+def test_collectives_are_read_from_hlo_text() -> None:
+    hlo = """
+  %all-gather-start = (f32[2,8]{1,0}, f32[16,8]{1,0}) all-gather-start(f32[2,8]{1,0} %p), dims={0}
+  %all-gather-done = f32[16,8]{1,0} all-gather-done(%all-gather-start)
+  %ar = bf16[1024]{0} all-reduce(bf16[1024]{0} %g), to_apply=%add
+  %cp = (s32[4]{0}, s32[4]{0}, u32[], u32[]) collective-permute-start(s32[4]{0} %x)
+  %rs.1 = f32[4,3]{1,0} reduce-scatter(f32[32,3]{1,0} %y), dimensions={0}
+"""
+    found = aot.collectives(hlo)
+    assert [(c.kind, c.dtype, c.shape, c.bytes) for c in found] == [
+        ("all-gather", "f32", (16, 8), 512),
+        ("all-reduce", "bf16", (1024,), 2048),
+        ("collective-permute", "s32", (4,), 16),
+        ("reduce-scatter", "f32", (4, 3), 48),
+    ]
+    summary = aot.collective_summary(found)
+    assert summary["all-gather"] == {
+        "count": 1, "bytes": 512, "largest": "f32[16,8]", "largest_bytes": 512
+    }  # fmt: skip
+    assert np.isclose(aot._reported_usage("temporaries (20.5G) exceeds"), 20.5 * 2**30)

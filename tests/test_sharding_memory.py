@@ -1,0 +1,130 @@
+"""FSDP keeps activations batch-sharded; scanned layers keep no more than unrolled ones.
+
+On 8 fake CPU devices, no accelerator toolchain needed. The compiled programs are read with the
+AOT tool's helpers (`focusclip_jax.aot`: collectives from the HLO, XLA's memory analysis).
+"""
+
+import math
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from flax.traverse_util import flatten_dict
+
+from bench import flops as bench_flops
+from configs import bench
+from focusclip_jax import aot, sharding, train
+from input_pipeline import pipeline
+
+MESHES = {"data-parallel": {"data": 8, "fsdp": 1}, "fsdp": {"data": 1, "fsdp": 8}}
+
+
+def batch_activation_collectives(hlo: str, batch: int, embed_dim: int) -> list[aot.Collective]:
+    """Floating-point collectives that carry more than the batch's embeddings: arrays whose
+    leading dimension is the global batch (B, or 2B for the shared tower's images and NT-Xent's
+    samples) and which hold more than 2·B·embed_dim numbers. The loss gathers the embeddings on
+    purpose; anything larger is an activation that should have stayed split over the batch."""
+    return [
+        c
+        for c in aot.collectives(hlo)
+        if c.dtype in ("f32", "bf16", "f16")
+        and c.shape
+        and c.shape[0] in (batch, 2 * batch)
+        and math.prod(c.shape) > 2 * batch * embed_dim
+    ]
+
+
+@pytest.fixture(scope="module")
+def two_steps_each_mode():
+    """bench.py's `tiny` step (width 256: the weights are most of the memory), two steps from the
+    same initialisation on each mesh; the compiled programs kept. A global batch of 24, unlike
+    any dimension of the weights (16 positions, 64-d embeddings), so that the collectives' test
+    cannot mistake a weight for a batch."""
+    config = bench.get_config("tiny")
+    config.train.batch_size = 24
+    host_batch = bench_flops.random_batch(config)
+    runs = {}
+    for mode, shape in MESHES.items():
+        mesh = sharding.create_mesh(shape)
+        trainer = train.Trainer(config, mesh, vocab_size=config.model.vocab_size)
+        state = trainer.init_state()
+        initial = jax.device_get(state.params)
+        batch = pipeline.to_global_arrays(host_batch, sharding.batch_sharding(mesh))
+        compiled = trainer.step.lower(state, batch).compile()
+        losses = []
+        for _ in range(2):
+            state, metrics = compiled(state, batch)
+            losses.append(float(metrics["loss"]))
+        runs[mode] = (compiled, initial, jax.device_get(state.params), losses)
+    return config, runs
+
+
+def test_fsdp_and_data_parallel_train_alike(two_steps_each_mode) -> None:
+    """Same losses (rtol 1e-5) and the same updated parameters (atol 1e-5) on both meshes."""
+    _, runs = two_steps_each_mode
+    (_, init_dp, params_dp, losses_dp), (_, init_fsdp, params_fsdp, losses_fsdp) = (
+        runs["data-parallel"],
+        runs["fsdp"],
+    )
+    np.testing.assert_allclose(losses_fsdp, losses_dp, rtol=1e-5)
+    before, after_dp, after_fsdp = (flatten_dict(p) for p in (init_dp, params_dp, params_fsdp))
+    for path, value in flatten_dict(init_fsdp).items():
+        np.testing.assert_array_equal(value, before[path], err_msg=str(path))
+        np.testing.assert_allclose(after_fsdp[path], after_dp[path], atol=1e-5, err_msg=str(path))
+    assert sum(not np.allclose(after_dp[p], before[p]) for p in before) > len(before) // 2
+
+
+@pytest.mark.parametrize("mode", list(MESHES))
+def test_no_collective_moves_global_batch_activations(two_steps_each_mode, mode) -> None:
+    """Before the activations were constrained, FSDP all-reduced f32[2B, tokens, width] tensors
+    after every layer: each device held the whole global batch."""
+    config, runs = two_steps_each_mode
+    hlo = runs[mode][0].as_text()
+    assert aot.collectives(hlo), "the parser found no collective at all"
+    assert not batch_activation_collectives(
+        hlo, config.train.batch_size, config.model.embed_dim
+    )
+
+
+def test_fsdp_needs_less_memory_per_device_than_data_parallel(two_steps_each_mode) -> None:
+    """XLA's memory analysis per device: FSDP keeps 1/8 of the weights and optimiser state."""
+    _, runs = two_steps_each_mode
+    dp, fsdp = (aot.memory(runs[mode][0]) for mode in MESHES)
+    assert fsdp["argument"] < dp["argument"] / 4
+    assert fsdp["total"] < dp["total"]
+
+
+def test_activation_constraint_is_a_no_op_outside_a_mesh_and_splits_inside() -> None:
+    x = jax.numpy.ones((16, 4))
+    assert sharding.constrain_batch(x) is x  # eager, no mesh in context
+    mesh = sharding.create_mesh({"data": 4, "fsdp": 2})
+    everywhere = sharding.replicated(mesh)
+    step = jax.jit(
+        sharding.traced_on(mesh, lambda a: sharding.constrain_batch(a * 2)),
+        in_shardings=everywhere,
+    )
+    assert step(x).sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+    assert step(jax.numpy.ones((6, 4))).sharding.is_fully_replicated  # 6 rows: not 8 shards
+
+
+def test_scanned_blocks_keep_no_more_temporaries_than_unrolled() -> None:
+    """The default `remat` of configs/pretrain.py under `scan_layers` (keep the weight matmuls'
+    outputs, recompute the rest) against unrolled blocks keeping everything, one CPU device:
+    scanned blocks must store each residual they keep, where unrolled ones let XLA recompute
+    elementwise work. At the paper's size on TPU v5e, scan with remat=none took 3x the
+    temporaries of unrolled (PERFORMANCE.md)."""
+    from configs import pretrain
+
+    mesh = sharding.create_mesh({"data": 1})
+    temporaries = {}
+    for scan, remat in ((False, "none"), (True, pretrain.get_config().model.remat)):
+        config = bench.get_config("tiny")
+        layers = {"width": 128, "depth": 4, "num_heads": 2, "mlp_dim": 512}
+        config.model.vit_overrides = ml_collections.ConfigDict({**layers, "patch_size": 8})
+        config.model.text_overrides = ml_collections.ConfigDict(layers)
+        config.model.max_len = 32
+        config.model.scan_layers, config.model.remat = scan, remat
+        _, compiled, _ = aot.compile_step(config, mesh, config.model.vocab_size)
+        temporaries[scan] = aot.memory(compiled)["temporary"]
+    assert temporaries[True] <= temporaries[False]
