@@ -1,6 +1,8 @@
 """Test setup: 8 fake CPU devices, parsed absl flags (grain workers need them), tiny configs."""
 
 import os
+import tempfile
+from pathlib import Path
 
 from focusclip_jax import targets
 
@@ -19,15 +21,12 @@ os.environ["XLA_FLAGS"] = (
 # CPU devices; libtpu (if the compile toolchains are installed) stays offline and shareable.
 targets.configure_compile_only_environment()
 
-import tempfile
-from pathlib import Path
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
 
-import jax
-import ml_collections
-import pytest
-from absl import flags
-
-from tests.tiny import tiny_config
+from tests.tiny import tiny_config  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()
 

@@ -25,7 +25,6 @@ from tests.test_sharding_memory import batch_activation_collectives
 from tests.tiny import tiny_config
 
 
-
 def installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None

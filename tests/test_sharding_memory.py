@@ -82,9 +82,7 @@ def test_no_collective_moves_global_batch_activations(two_steps_each_mode, mode)
     config, runs = two_steps_each_mode
     hlo = runs[mode][0].as_text()
     assert aot.collectives(hlo), "the parser found no collective at all"
-    assert not batch_activation_collectives(
-        hlo, config.train.batch_size, config.model.embed_dim
-    )
+    assert not batch_activation_collectives(hlo, config.train.batch_size, config.model.embed_dim)
 
 
 def test_fsdp_needs_less_memory_per_device_than_data_parallel(two_steps_each_mode) -> None:
