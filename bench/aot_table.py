@@ -29,6 +29,7 @@ flags.DEFINE_list("remats", ["none", "full"], "model.remat values.")
 flags.DEFINE_list("modes", ["dp", "fsdp"], "dp (mesh.data=-1) and/or fsdp (mesh.fsdp=-1).")
 flags.DEFINE_list("overrides", [], "More --config.* overrides for every cell (key=value).")
 flags.DEFINE_integer("jobs", 1, "Cells compiled at the same time.")
+flags.DEFINE_float("batch_tolerance", 1 / 16, "Each search stops within this fraction.")
 flags.DEFINE_string("out", "workdirs/aot_table", "Folder for the cells' reports and logs.")
 
 MESHES = {
@@ -54,6 +55,7 @@ def run_cell(target: str, dtype: str, remat: str, mode: str, out: Path) -> tuple
         f"--config={FLAGS.config}",
         f"--topology={target}",
         "--find_max_batch",
+        f"--batch_tolerance={FLAGS.batch_tolerance}",
         f"--json={report}",
         f"--config.model.dtype={dtype}",
         f"--config.model.remat={remat}",

@@ -35,7 +35,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from focusclip_jax import flops, sharding, train
+from focusclip_jax import config_checks, flops, sharding, train
 from input_pipeline import pipeline
 
 GiB = targets.GiB
@@ -153,20 +153,11 @@ def abstract_batch(
     }
 
 
-def check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-    shards = sharding.data_parallel_size(mesh)
-    if config.train.batch_size < 1 or config.train.batch_size % shards:
-        raise ValueError(
-            f"config train.batch_size={config.train.batch_size}: must be a positive multiple of "
-            f"the {shards} batch shards of mesh {dict(mesh.shape)}"
-        )
-
-
 def compile_step(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vocab: int
 ) -> tuple[train.Trainer, jax.stages.Compiled, float]:
     """The training step of `config`, compiled for the mesh's devices; (trainer, program, s)."""
-    check_batch(config, mesh)
+    config_checks.validate(config, mesh)
     trainer = train.Trainer(config, mesh, vocab_size=vocab)
     start = time.perf_counter()
     lowered = trainer.step.lower(trainer.abstract_state, abstract_batch(config, mesh))
@@ -338,9 +329,11 @@ def find_max_batch(
             if used := _reported_usage(str(error)):
                 measured[batch] = used
             return
-        measured[batch] = report["memory"]["total"]
-        tries.append((batch, f"fits, {measured[batch] / GiB:.2f} GiB"))
-        log(f"  batch {batch}: fits, {measured[batch] / GiB:.2f} GiB per device")
+        total = report["memory"]["total"]
+        if total <= target.usable_bytes:  # above it the TPU compiler rematerialises: no line
+            measured[batch] = total
+        tries.append((batch, f"fits, {total / GiB:.2f} GiB"))
+        log(f"  batch {batch}: fits, {total / GiB:.2f} GiB per device")
         best, best_report = batch, report
 
     batch = min(max(shards, config.train.batch_size // shards * shards), limit)
@@ -452,6 +445,9 @@ def define_flags() -> None:
         False,
         "Search the largest global batch that fits (XLA's FLOPs are then not counted).",
     )
+    flags.DEFINE_float(
+        "batch_tolerance", 1 / 32, "--find_max_batch stops within this fraction of the batch."
+    )
     flags.DEFINE_enum(
         "xla_flops",
         "auto",
@@ -479,7 +475,7 @@ def main(argv: list[str]) -> None:
         )
         if FLAGS.find_max_batch:
             print(f"Searching the largest batch on {targets.describe(target)}", flush=True)
-            best, report, tries = find_max_batch(config, target)
+            best, report, tries = find_max_batch(config, target, tolerance=FLAGS.batch_tolerance)
             if report is None:
                 raise OutOfMemoryError(f"not even {tries[-1][0]} examples fit")
             report["find_max_batch"] = tries

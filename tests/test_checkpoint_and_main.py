@@ -99,6 +99,27 @@ def test_pretrain_without_data_names_the_missing_files(tmp_path: Path) -> None:
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--config.train.batch_size=12", "error: config train.batch_size=12: must be a multiple"),
+        ("--config.train.batch_size=0", "error: config train.batch_size=0: must be a positive"),
+    ],
+)
+def test_a_bad_batch_is_refused_before_anything_is_written(tmp_path, override, message) -> None:
+    """On 8 devices a global batch of 12 does not split: one line, exit 2, no workdir files (it
+    used to fail after ~80 s of compiling, leaving metrics.jsonl, tb/ and checkpoints/)."""
+    env = ENV | {"XLA_FLAGS": f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count=8"}
+    result = subprocess.run(
+        [*MAIN, "--config=tests/tiny.py", override, f"--workdir={tmp_path / 'run'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
 def test_sigterm_saves_at_the_next_step_and_a_rerun_resumes(tmp_path: Path) -> None:
     """Preemption: SIGTERM mid-run → checkpoint at the next step, exit 0; a rerun resumes."""
     args = [*SMALL_DEMO, f"--workdir={tmp_path}", "--config.train.num_steps=400"]

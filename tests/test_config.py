@@ -49,3 +49,46 @@ def test_unknown_key_and_variant_are_errors() -> None:
         _parse(f"--config={REPO}/configs/pretrain.py", "--config.train.batch_sise=64")
     with pytest.raises(flags.IllegalFlagValueError, match="variant"):
         _parse(f"--config={REPO}/configs/pretrain.py:clipp")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("train.batch_size", 12, r"train\.batch_size=12: must be a multiple of the 8 batch"),
+        ("train.batch_size", 0, r"train\.batch_size=0: must be a positive integer"),
+        ("train.num_steps", -1, r"train\.num_steps=-1: must be a positive integer"),
+        ("eval.batch_size", 0, r"eval\.batch_size=0"),
+        ("train.on_nonfinite", "ignore", r"train\.on_nonfinite='ignore'"),
+        ("loss.kind", "triplet", r"loss\.kind='triplet'"),
+        ("loss.pairs", (("image", "audio"),) * 3, r"loss\.pairs: \('image', 'audio'\)"),
+        ("loss.weights", (1.0,), r"loss\.pairs \(3\) and loss\.weights \(1\)"),
+        ("heatmaps.mode", "limbs", r"heatmaps\.mode='limbs'"),
+        ("heatmaps.min_sigma", 0.0, r"heatmaps\.min_sigma=0\.0: must be > 0"),
+        ("optimizer.name", "lamb", r"optimizer\.name='lamb'"),
+        ("model.remat", "some", r"model\.remat='some'"),
+        ("model.attention", "flash", r"model\.attention='flash'"),
+        ("model.heatmap_tower", "third", r"model\.heatmap_tower='third'"),
+        ("model.vit_size", "XL/14", r"unknown ViT size 'XL/14'"),
+    ],
+)
+def test_bad_keys_are_named_before_anything_is_built(key, value, message) -> None:
+    """`config_checks.validated_mesh`: the first rule broken, named, before any tokenizer,
+    writer or compile (8 fake devices, data-parallel)."""
+    from focusclip_jax import config_checks
+    from tests.tiny import tiny_config
+
+    config = tiny_config()
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(config_checks.ConfigError, match=message):
+        config_checks.validated_mesh(config)
+
+
+def test_the_shipped_configs_pass_the_checks() -> None:
+    import jax
+
+    from focusclip_jax import config_checks
+
+    for name in ("pretrain.py", "pretrain.py:clip,separate,causal,modern", "demo.py", "bench.py"):
+        config = _parse(f"--config={REPO}/configs/{name}")
+        config_checks.validated_mesh(config, jax.devices()[:1])

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from focusclip_jax import sharding, train
+from focusclip_jax import config_checks, train
 from focusclip_jax.evaluators import confusion, table
 from input_pipeline import pipeline
 from input_pipeline.files import InputDataError
@@ -71,8 +71,8 @@ def restore_params(checkpoint: str | Path, trainer: train.Trainer) -> tuple[Any,
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any]:
     """Run every configured zero-shot benchmark on the checkpoint; write and print the table."""
+    mesh = config_checks.validated_mesh(config, training=False)
     pipeline.check_input_files(config)
-    mesh = sharding.create_mesh(config.mesh)
     tokenizer = pipeline.create_tokenizer(config)
     trainer = train.Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
     params, step = restore_params(config.checkpoint, trainer)
