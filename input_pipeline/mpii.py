@@ -41,7 +41,17 @@ NUM_JOINTS = 16
 # mmpose splits, images (people: 22,246 train / 2,958 val).
 EXPECTED_IMAGES = {"train": 14_644, "val": 2_723}
 DEFAULT_SOURCE = "default"  # description source name of files not under a per-source folder
+# The published dataset's folders (Hugging Face `saifkhichi96/mpii-human-pose-captions`) → its
+# config names, which are the source names here: `data.description_sources=("gpt-4",)` picks
+# gpt-4-0613/. Folders already named by config name (gpt-4/, llama-2/, ...) are taken as they are.
+PUBLISHED_FOLDERS = {
+    "gpt-4-0613": "gpt-4",
+    "gpt-3.5-turbo-0613": "gpt-3.5-turbo",
+    "gpt-3.5-turbo-0301": "gpt-3.5-turbo-legacy",
+    "llama-2-70b-chat-hf": "llama-2",
+}
 META_FILE = "meta.json"  # written last by prepare_mpii: its presence marks a finished preparation
+SOURCES_SUFFIX = ".sources.json"  # beside each shard: every record's description sources
 
 
 @dataclasses.dataclass
@@ -207,13 +217,15 @@ def read_official_mat(path: str | Path) -> list[MpiiRecord]:
 
 
 def _description_files(root: Path) -> list[tuple[str, Path]]:
-    """(source, file) pairs: `root/<source>/**/*.json`, or files directly under root (default)."""
+    """(source, file) pairs: `root/<source>/**/*.json` (published folder names mapped to their
+    config names), or files directly under root (the default source)."""
     if root.is_file():
         return [(DEFAULT_SOURCE, root)]
     pairs = []
     for file in sorted(root.rglob("*.json")):
         parts = file.relative_to(root).parts
-        pairs.append((parts[0] if len(parts) > 1 else DEFAULT_SOURCE, file))
+        folder = parts[0] if len(parts) > 1 else DEFAULT_SOURCE
+        pairs.append((PUBLISHED_FOLDERS.get(folder, folder), file))
     return pairs
 
 
@@ -358,14 +370,81 @@ def required_files(data: ml_collections.ConfigDict) -> list[RequiredFile]:
     return files
 
 
+def record_sources(shards: Sequence[str]) -> list[list[str]] | None:
+    """Every record's description sources, in stream order, from the shards' `.sources.json`
+    indexes; None for a preparation made before they existed."""
+    index: list[list[str]] = []
+    for shard in shards:
+        path = Path(shard + SOURCES_SUFFIX)
+        if not path.is_file():
+            return None
+        index += _load_json(path)
+    return index
+
+
+class Subset:
+    """Records `indices` of a random-access source, renumbered 0..n-1 (grain's source protocol)."""
+
+    def __init__(self, source: Any, indices: Sequence[int]):
+        self.source, self.indices = source, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.source[self.indices[index]]
+
+
+def described_by(index: Sequence[Sequence[str]], chosen: Sequence[str], where: str) -> list[int]:
+    """The records that have a description from one of the `chosen` sources; an error listing the
+    sources there are when none has."""
+    keep = [i for i, sources in enumerate(index) if set(sources) & set(chosen)]
+    if not keep:
+        counts: dict[str, int] = {}
+        for sources in index:
+            for source in sources:
+                counts[source] = counts.get(source, 0) + 1
+        found = ", ".join(f"{k} ({v} images)" for k, v in sorted(counts.items())) or "none"
+        raise InputDataError(
+            f"config data.description_sources={tuple(chosen)}: no image of {where} has "
+            f"descriptions from them; its sources are: {found}"
+        )
+    return keep
+
+
 def train_source(data: ml_collections.ConfigDict) -> Any:
-    """The prepared MPII training records (grain ArrayRecord source); fails early, naming files."""
+    """The prepared MPII training records (grain ArrayRecord source); fails early, naming files.
+
+    Only images described by one of `data.description_sources` are streamed: those without are
+    counted and logged, never given another source's text.
+    """
     import grain
 
     require_files(required_files(data))
-    shards = prepared_shards(data.prepared, data.get("split", "train"))
+    split = data.get("split", "train")
+    shards = prepared_shards(data.prepared, split)
     source = grain.sources.ArrayRecordDataSource(shards)
     logging.info("MPII: %d prepared records in %d shards", len(source), len(shards))
+    index = record_sources(shards)
+    if index is None:
+        logging.warning(
+            "MPII: %s was prepared without description-source indexes: images lacking "
+            "data.description_sources=%s take another source's text. Rerun prepare_mpii on it "
+            "to index them (only the indexes are added).",
+            data.prepared,
+            tuple(data.description_sources),
+        )
+        return source
+    keep = described_by(index, data.description_sources, f"{data.prepared} ({split})")
+    if len(keep) < len(index):
+        logging.warning(
+            "MPII: %d of %d %s images have no description from %s: left out of training",
+            len(index) - len(keep),
+            len(index),
+            split,
+            tuple(data.description_sources),
+        )
+        return Subset(source, keep)
     return source
 
 

@@ -72,11 +72,12 @@ def _write_shard(
     quality: int,
     squash_side: int,
 ) -> tuple[int, dict[str, list[str]]]:
-    """Write one shard (temporary name, then rename); returns (written, skipped paths by reason)."""
+    """Write one shard (temporary name, then rename) and its description-source index (renamed
+    first: a shard on disk always has one); returns (written, skipped paths by reason)."""
     skipped: dict[str, list[str]] = collections.defaultdict(list)
     tmp = path + ".tmp"
     writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
-    written = 0
+    sources: list[list[str]] = []
     for record in records:
         file = Path(images) / record.image
         try:
@@ -93,10 +94,27 @@ def _write_shard(
             record, jpeg, size=size, squashed=squashed, squashed_side=squash_side
         )
         writer.write(entry)
-        written += 1
+        sources.append(sorted(record.descriptions))
     writer.close()
+    _write_index(path, sources)
     os.replace(tmp, path)
-    return written, dict(skipped)
+    return len(sources), dict(skipped)
+
+
+def _write_index(shard: str, sources: list[list[str]]) -> None:
+    index = shard + mpii.SOURCES_SUFFIX
+    Path(index + ".tmp").write_text(json.dumps(sources, separators=(",", ":")))
+    os.replace(index + ".tmp", index)
+
+
+def _index_shard(shard: str) -> None:
+    """The source index of a shard written before indexes existed, read from its records."""
+    reader = array_record_module.ArrayRecordReader(shard)
+    try:
+        headers = [mpii.decode_prepared(entry).header for entry in reader.read_all()]
+    finally:
+        reader.close()
+    _write_index(shard, [sorted(h["descriptions"]) for h in headers])
 
 
 def _filter(records: list[mpii.MpiiRecord]) -> tuple[list[mpii.MpiiRecord], dict[str, list[str]]]:
@@ -164,6 +182,9 @@ def prepare(
             jobs[name] = rows[i * records_per_shard : (i + 1) * records_per_shard]
         meta["splits"][split] = {"shards": names, "images": len(rows)}
     todo = {k: v for k, v in jobs.items() if not (out_dir / k).is_file()}
+    for name in jobs.keys() - todo.keys():  # finished before source indexes existed
+        if not (out_dir / (name + mpii.SOURCES_SUFFIX)).is_file():
+            _index_shard(str(out_dir / name))
     logging.info(
         "%d shards, %d finished before, %d to write", len(jobs), len(jobs) - len(todo), len(todo)
     )
@@ -193,6 +214,10 @@ def prepare(
     for info in meta["splits"].values():  # counted from the shards: right after a resume too
         info["images"] = sum(_num_records(out_dir / name) for name in info["shards"])
         unreadable += sum(len(jobs[name]) for name in info["shards"]) - info["images"]
+        index = mpii.record_sources([str(out_dir / name) for name in info["shards"]]) or []
+        info["descriptions"] = dict(
+            sorted(collections.Counter(s for sources in index for s in sources).items())
+        )
     meta["skipped"] = {reason: len(paths) for reason, paths in skipped.items()}
     if unreadable:
         meta["skipped"]["missing or corrupt image"] = unreadable

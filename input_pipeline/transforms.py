@@ -197,8 +197,9 @@ class MpiiTrainTransform(grain.transforms.RandomMap):
 def choose_description(
     descriptions: Mapping[str, str], sources: Sequence[str], rng: np.random.Generator
 ) -> str:
-    """One description, uniformly among the selected sources the image has (all sources when it
-    has none of them, so a gap in one source never stops a run)."""
+    """One description, uniformly among the selected sources the image has. Images with none of
+    them are left out of indexed preparations (`mpii.train_source`); only one prepared before
+    indexes existed can bring one here, and takes any of its sources (logged at start)."""
     chosen = [descriptions[s] for s in sources if s in descriptions] or list(descriptions.values())
     if not chosen:
         return ""

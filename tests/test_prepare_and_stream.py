@@ -13,9 +13,15 @@ from array_record.python import array_record_module
 from PIL import Image
 
 from focusclip_jax import train
-from input_pipeline import mpii, pipeline, prepare_mpii
+from input_pipeline import mpii, pipeline, prepare_mpii, transforms
 from tests.conftest import tiny_config
-from tests.test_mpii import mmpose_rows, write_descriptions, write_jpeg, write_official_mat
+from tests.test_mpii import (
+    description_item,
+    mmpose_rows,
+    write_descriptions,
+    write_jpeg,
+    write_official_mat,
+)
 
 TRAIN_IMAGES = [f"{i:09d}.jpg" for i in range(14)]
 VAL_IMAGES = [f"{i:09d}.jpg" for i in range(100, 103)]
@@ -202,3 +208,87 @@ def test_train_a_few_steps_on_prepared_mpii(prepared: Path, tmp_path: Path) -> N
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert (tmp_path / "checkpoints" / "2").is_dir()
     assert isinstance(results, dict) and jax.device_count() >= 1
+
+
+PUBLISHED = {  # folder → (files, images described): the published dataset's layout
+    "gpt-4-0613": ("train",),
+    "gpt-3.5-turbo-0613": ("train", "val"),
+    "gpt-3.5-turbo-0301": ("train", "val"),
+    "llama-2-70b-chat-hf": ("train", "val"),
+}
+
+
+def write_published_descriptions(root: Path, train: list[str], val: list[str]) -> None:
+    """`saifkhichi96/mpii-human-pose-captions` as published: per model folder a `train.json` (and
+    `val.json`, except gpt-4-0613's), each a list of records with video ids, activity ids and
+    `istrain`. The last training image has no gpt-4 description."""
+    for folder, files in PUBLISHED.items():
+        (root / folder).mkdir(parents=True)
+        for split in files:
+            names = train if split == "train" else val
+            if folder == "gpt-4-0613":
+                names = names[:-1]
+            records = []
+            for k, name in enumerate(names):
+                item = description_item(name, f"{folder} describes {name}.")
+                item["people"][0]["id"] = 1
+                item |= {"video_id": 7, "video_frame": k, "activity_id": 3,
+                         "istrain": split == "train"}  # fmt: skip
+                records.append(item)
+            (root / folder / f"{split}.json").write_text(json.dumps(records))
+
+
+def test_the_published_layout_streams_the_chosen_source_only(tmp_path: Path) -> None:
+    from configs import pretrain
+
+    train, val = [f"{i:09d}.jpg" for i in range(6)], [f"{i:09d}.jpg" for i in range(50, 52)]
+    (tmp_path / "images").mkdir()
+    for i, name in enumerate(train + val):
+        write_jpeg(tmp_path / "images" / name, i, size=(96, 72))
+    (tmp_path / "mpii_train.json").write_text(json.dumps(mmpose_rows(train)))
+    (tmp_path / "mpii_val.json").write_text(json.dumps(mmpose_rows(val, seed=300)))
+    write_published_descriptions(tmp_path / "descriptions", train, val)
+    out = tmp_path / "prepared"
+    meta = prepare_mpii.prepare(
+        str(tmp_path / "images"),
+        [str(tmp_path / "mpii_train.json"), str(tmp_path / "mpii_val.json")],
+        str(tmp_path / "descriptions"), str(out), max_side=64, squash_side=0,
+        records_per_shard=4, workers=1,
+    )  # fmt: skip
+    assert meta["splits"]["train"]["descriptions"] == {
+        "gpt-3.5-turbo": 6, "gpt-3.5-turbo-legacy": 6, "gpt-4": 5, "llama-2": 6,
+    }  # fmt: skip
+    assert "gpt-4" not in meta["splits"]["val"]["descriptions"]
+
+    config = mpii_config(out)
+    assert pretrain.get_config().data.description_sources == ("gpt-4",)
+    config.data.description_sources = ("gpt-4",)  # the default: the published gpt-4-0613/
+    source = mpii.train_source(config.data)
+    headers = [mpii.decode_prepared(source[i]).header for i in range(len(source))]
+    assert sorted(h["image"] for h in headers) == train[:-1]  # left out, not filled from another
+    rng = np.random.default_rng(0)
+    for header in headers:
+        text = transforms.choose_description(header["descriptions"], ("gpt-4",), rng)
+        assert text == f"gpt-4-0613 describes {header['image']}."
+    config.data.description_sources = ("gpt-5",)
+    with pytest.raises(mpii.InputDataError, match=r"gpt-5.*gpt-3\.5-turbo \(6 images\)"):
+        mpii.train_source(config.data)
+    config.data.split, config.data.description_sources = "val", ("gpt-4",)
+    with pytest.raises(mpii.InputDataError, match=r"\(val\).*llama-2 \(2 images\)"):
+        mpii.train_source(config.data)
+
+    # A preparation from before the indexes: a rerun adds them and rewrites no shard.
+    shards = sorted(out.glob("*.array_record"))
+    mtimes = [p.stat().st_mtime_ns for p in shards]
+    for index in out.glob(f"*{mpii.SOURCES_SUFFIX}"):
+        index.unlink()
+    config.data.split = "train"
+    assert len(mpii.train_source(config.data)) == len(train)  # unindexed: all, with a warning
+    prepare_mpii.prepare(
+        str(tmp_path / "images"),
+        [str(tmp_path / "mpii_train.json"), str(tmp_path / "mpii_val.json")],
+        str(tmp_path / "descriptions"), str(out), max_side=64, squash_side=0,
+        records_per_shard=4, workers=1,
+    )  # fmt: skip
+    assert [p.stat().st_mtime_ns for p in shards] == mtimes
+    assert len(mpii.train_source(config.data)) == len(train) - 1
