@@ -292,3 +292,20 @@ def test_the_published_layout_streams_the_chosen_source_only(tmp_path: Path) -> 
     )  # fmt: skip
     assert [p.stat().st_mtime_ns for p in shards] == mtimes
     assert len(mpii.train_source(config.data)) == len(train) - 1
+
+
+def test_pretrain_tiny_variant_trains_on_prepared_shards(prepared: Path, tmp_path: Path) -> None:
+    """`configs/pretrain.py:tiny`, pointed at a prepared folder and nothing else (two steps here):
+    the real pipeline end to end, its BPE fitted on the descriptions and saved in the workdir."""
+    from configs import pretrain
+
+    config = pretrain.get_config("tiny")
+    config.data.prepared = str(prepared)
+    config.data.worker_count = 0
+    config.mesh.data = 1
+    config.train.batch_size, config.train.num_steps = 4, 2
+    config.eval.datasets = ()  # the paper's benchmarks are not in the fixtures
+    train.train_and_evaluate(config, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "loss" in row] == [2]
+    assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "checkpoints" / "2").is_dir()
