@@ -305,10 +305,13 @@ def find_max_batch(
     within `tolerance` of itself (or one batch shard).
 
     Memory is close to affine in the batch, so each try is where the line through the nearest
-    two tries so far reaches the chip's memory (at most 16x the largest fit so far), kept strictly
-    inside the bracket [largest that fits, smallest that does not]: a few compiles instead of a
-    bisection's dozen. (Near the limit the TPU compiler rematerialises to fit, so the line bends
-    there.) Returns (batch, its report, the tries); batch 0 when not one example per shard fits.
+    two tries so far reaches the chip's memory (when it says nothing more fits: one step more if
+    memory is nearly full, else double; at most 16x the largest fit so far), then inside the
+    bracket [largest that fits, smallest that does not] cutting at least a quarter of it: a few
+    compiles instead of a bisection's dozen. Near the limit the TPU compiler rematerialises to
+    fit and its estimate passes the chip's memory: such fits bound the bracket but do not steer
+    the line. Returns (batch, its report, the tries); batch 0 when not one example per shard
+    fits.
     """
     devices = target.devices()
     shards = sharding.data_parallel_size(sharding.create_mesh(config.mesh, devices=devices))
@@ -346,15 +349,19 @@ def find_max_batch(
         return too_big is not None and too_big - best <= max(shards, tolerance * best)
 
     while best and best + shards <= limit and not settled():
-        ceiling = too_big if too_big is not None else min(16 * best, limit) + shards
         guess = _affine_guess(measured, target.usable_bytes, shards)
-        if guess is None:
-            guess = 2 * best
-        elif guess <= best:  # the line says `best` is the limit: check just above it
-            guess = best + shards
-        elif guess >= ceiling and too_big is not None:  # the line is off here: bisect
-            guess = (best + too_big) // 2 // shards * shards
-        attempt(min(max(guess, best + shards), ceiling - shards))
+        if too_big is None:  # no upper bracket yet: the line's limit, else double
+            if guess is None or guess <= best:
+                near_full = measured.get(best, 0) >= 0.9 * target.usable_bytes
+                guess = best + shards if near_full else 2 * best
+            guess = min(guess, 16 * best, limit)
+        else:  # inside the bracket, cutting at least a quarter of it (no crawling)
+            quarter = (too_big - best) // 4
+            if guess is None:
+                guess = (best + too_big) // 2
+            guess = min(max(guess, best + quarter), too_big - quarter) // shards * shards
+            guess = min(max(guess, best + shards), too_big - shards)
+        attempt(max(guess, best + shards))
     return best, best_report, tries
 
 
