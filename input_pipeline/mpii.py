@@ -412,6 +412,18 @@ def described_by(index: Sequence[Sequence[str]], chosen: Sequence[str], where: s
     return keep
 
 
+def _warn_of_crowds(data: ml_collections.ConfigDict, split: str) -> None:
+    """The original renders every annotated person; `data.max_people` keeps the first P."""
+    counts = _load_json(Path(data.prepared) / META_FILE)["splits"][split].get("people_per_image")
+    more = sum(n for people, n in (counts or {}).items() if int(people) > data.max_people)
+    if more:
+        logging.warning(
+            "MPII: %d %s images have more than data.max_people=%d annotated people (at most "
+            "%s); only the first %d are in their heatmaps",
+            more, split, data.max_people, max(counts, key=int), data.max_people,
+        )  # fmt: skip
+
+
 def train_source(data: ml_collections.ConfigDict) -> Any:
     """The prepared MPII training records (grain ArrayRecord source); fails early, naming files.
 
@@ -425,6 +437,7 @@ def train_source(data: ml_collections.ConfigDict) -> Any:
     shards = prepared_shards(data.prepared, split)
     source = grain.sources.ArrayRecordDataSource(shards)
     logging.info("MPII: %d prepared records in %d shards", len(source), len(shards))
+    _warn_of_crowds(data, split)
     index = record_sources(shards)
     if index is None:
         logging.warning(

@@ -218,6 +218,9 @@ def prepare(
         info["descriptions"] = dict(
             sorted(collections.Counter(s for sources in index for s in sources).items())
         )
+    for split, rows in by_split.items():  # annotated people per image (data.max_people keeps P)
+        people = collections.Counter(len(r.people) for r in rows)
+        meta["splits"][split]["people_per_image"] = {str(k): people[k] for k in sorted(people)}
     meta["skipped"] = {reason: len(paths) for reason, paths in skipped.items()}
     if unreadable:
         meta["skipped"]["missing or corrupt image"] = unreadable

@@ -87,6 +87,8 @@ def test_prepare_counts_skips_and_rescales(raw: Path, prepared: Path) -> None:
         "no description": 1,
         "missing or corrupt image": 2,
     }
+    # Of the 12 images that pass the filter, every other one has two people (mmpose_rows).
+    assert meta["splits"]["train"]["people_per_image"] == {"1": 6, "2": 6}
     originals = {r.image: r for r in mpii.read_mmpose_json(raw / "mpii_train.json")}
     shard = prepared / meta["splits"]["train"]["shards"][0]
     for entry in _entries(shard):
@@ -309,3 +311,11 @@ def test_pretrain_tiny_variant_trains_on_prepared_shards(prepared: Path, tmp_pat
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [2]
     assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "checkpoints" / "2").is_dir()
+
+
+def test_images_with_more_people_than_kept_are_counted(prepared: Path, caplog) -> None:
+    config = mpii_config(prepared)
+    config.data.max_people = 1
+    with caplog.at_level("WARNING"):
+        mpii.train_source(config.data)
+    assert "6 train images have more than data.max_people=1 annotated people" in caplog.text
