@@ -1,6 +1,6 @@
 """The largest batch that fits, by target, dtype, remat and sharding: a grid of AOT compiles.
 
-    .venv-aot/bin/python -m bench.aot_table --targets=v5e-8,v5p-8,v6e-8,h100-8 --jobs=2 \
+    .venv-aot/bin/python -m bench.aot_table --targets=v5e-8,v5p-8,v6e-8,h100-8 --jobs=2 \\
         --out=workdirs/aot_table
 
 Each cell is `python -m focusclip_jax.aot --config=<config> --topology=<target> --find_max_batch`
@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags
+from absl import flags
+
+from input_pipeline import files
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/pretrain.py", "Config file (with :variants).")
@@ -103,4 +105,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    files.run(main)

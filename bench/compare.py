@@ -1,6 +1,6 @@
 """The JAX training step and the PyTorch original side by side: same model, batch and threads.
 
-    python -m bench.compare --config=configs/bench.py:small --batch=16 --threads=2 \
+    python -m bench.compare --config=configs/bench.py:small --batch=16 --threads=2 \\
         --torch_python=/tmp/refvenv/bin/python --steps=5
 
 Runs bench/torch_reference.py in `--torch_python` (a Python with torch, timm and transformers:
@@ -38,12 +38,13 @@ from typing import Any  # noqa: E402
 
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bench import flops  # noqa: E402
 from bench.reference_spec import run_in_reference_python, torch_spec  # noqa: E402
 from bench.train_step import TABLE_HEADER, benchmark, markdown_row  # noqa: E402
+from input_pipeline import files  # noqa: E402
 from input_pipeline.heatmaps import render_heatmap_np  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/bench.py:<size>).")
@@ -146,4 +147,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    files.run(main)

@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from array_record.python import array_record_module
 from PIL import Image
 
 from configs import pretrain
-from input_pipeline import heatmaps, mpii, pipeline, prepare_mpii
+from input_pipeline import files, heatmaps, mpii, pipeline, prepare_mpii
 from input_pipeline.tokenizers import BertWordPieceTokenizer, WordTokenizer
 
 FLAGS = flags.FLAGS
@@ -211,4 +211,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    files.run(main)

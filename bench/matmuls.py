@@ -1,6 +1,6 @@
 """The training step's matmuls timed alone, in JAX and PyTorch: the floor a framework's step has.
 
-    python -m bench.matmuls --config=configs/bench.py:small --batch=8 --threads=2 \
+    python -m bench.matmuls --config=configs/bench.py:small --batch=8 --threads=2 \\
         [--torch_python=/tmp/refvenv/bin/python] [--seconds=0.5] [--rounds=2]
 
 Every matmul of a FocusCLIP step (shared image tower, BERT text tower; focusclip_jax/flops.py's
@@ -22,12 +22,13 @@ import os
 import tempfile
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from bench.matmul_timing import flops, step_matmuls, time_jax
 from bench.reference_spec import run_in_reference_python, torch_spec
 from bench.threads import pin_threads
+from input_pipeline import files
 
 config_flags.DEFINE_config_file(
     "config", "configs/bench.py:small", "Config file (configs/bench.py:<size>)."
@@ -91,4 +92,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    files.run(main)

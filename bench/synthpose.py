@@ -1,7 +1,7 @@
 """SynthPose benchmark: CLIP vs FocusCLIP, same data, seed and budget, zero-shot pose accuracy on a
 held-out seed with and without distractors, over several seeds.
 
-    python -m bench.synthpose [--seeds=0,1,2] [--workdir=workdirs/synthpose_bench] \
+    python -m bench.synthpose [--seeds=0,1,2] [--workdir=workdirs/synthpose_bench] \\
         [--config=configs/synthpose.py] [--config.train.num_steps=N ...]
 
 `--config` (with any overrides) is the FocusCLIP run; the CLIP run is the same config with
@@ -26,7 +26,7 @@ from ml_collections import config_flags
 
 from configs import pretrain
 from focusclip_jax import train
-from input_pipeline import synthpose
+from input_pipeline import files, synthpose
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (initialisation and data order).")
@@ -101,4 +101,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    files.run(main)

@@ -1,7 +1,7 @@
 """Compile time, step time, throughput, FLOPs, MFU and memory of the training step for a config.
 
     python -m bench.train_step --config=configs/bench.py:small --steps=20
-    python -m bench.train_step --config=configs/bench.py:demo --devices=8 \
+    python -m bench.train_step --config=configs/bench.py:demo --devices=8 \\
         --config.mesh.data=2 --config.mesh.fsdp=4 --json=/tmp/demo.json
     python -m bench.train_step --config=configs/demo.py --devices=8   # one real pipeline batch
 
@@ -51,13 +51,13 @@ from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bench import flops  # noqa: E402
 from focusclip_jax import flops as model_flops  # noqa: E402
 from focusclip_jax import sharding, train  # noqa: E402
-from input_pipeline import pipeline  # noqa: E402
+from input_pipeline import files, pipeline  # noqa: E402
 
 TABLE_HEADER = (
     "| config | mesh | devices | batch | dtype | compile s | step ms | img/s | img/s/dev "
@@ -306,4 +306,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    files.run(main)

@@ -1,7 +1,7 @@
 """Will it fit? Compile a config's training step for a TPU slice or GPU cluster you don't have.
 
     python -m focusclip_jax.aot --config=configs/pretrain.py --topology=v5e-8
-    python -m focusclip_jax.aot --config=configs/pretrain.py --topology=h100-8 \
+    python -m focusclip_jax.aot --config=configs/pretrain.py --topology=h100-8 \\
         --config.model.dtype=bfloat16 --config.mesh.data=1 --config.mesh.fsdp=-1
     python -m focusclip_jax.aot --config=configs/pretrain.py --topology=v6e-8 --find_max_batch
 
@@ -17,7 +17,6 @@ preallocates), 2 a bad flag or config. Needs the compile toolchains: requirement
 
 import dataclasses
 import json
-import logging
 import math
 import re
 import sys
@@ -32,11 +31,11 @@ if __name__ == "__main__":
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from focusclip_jax import config_checks, flops, sharding, train
-from input_pipeline import pipeline
+from input_pipeline import files, pipeline
 
 GiB = targets.GiB
 MFU_ASSUMED = 0.4  # a well-tuned transformer step on TPU/GPU (roofline at 40% of peak)
@@ -137,7 +136,7 @@ def vocab_size(config: ml_collections.ConfigDict) -> tuple[int, str]:
     except (OSError, ValueError) as error:
         if kind in DEFAULT_VOCAB_SIZES:
             return DEFAULT_VOCAB_SIZES[kind], f"{kind}'s usual size (tokenizer files not found)"
-        raise ValueError(
+        raise config_checks.ConfigError(
             f"config model.vocab_size=-1 and the {kind} tokenizer cannot be built ({error}); "
             "give --config.model.vocab_size"
         ) from error
@@ -156,8 +155,8 @@ def abstract_batch(
 def compile_step(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vocab: int
 ) -> tuple[train.Trainer, jax.stages.Compiled, float]:
-    """The training step of `config`, compiled for the mesh's devices; (trainer, program, s)."""
-    config_checks.validate(config, mesh)
+    """The training step of `config` (checked: `config_checks`), compiled for the mesh's devices;
+    (trainer, program, seconds)."""
     trainer = train.Trainer(config, mesh, vocab_size=vocab)
     start = time.perf_counter()
     lowered = trainer.step.lower(trainer.abstract_state, abstract_batch(config, mesh))
@@ -220,7 +219,7 @@ def analyse(
 ) -> dict[str, Any]:
     """Compile `config`'s step for `target` and measure it; raises OutOfMemoryError."""
     devices = devices if devices is not None else target.devices()
-    mesh = sharding.create_mesh(config.mesh, devices=devices)
+    mesh = config_checks.validated_mesh(config, devices)
     vocab, vocab_source = vocab_size(config)
     trainer, compiled, compile_s = compile_step(config, mesh, vocab)
     return report(config, target, trainer, compiled, compile_s, vocab_source, flops_how)
@@ -466,15 +465,9 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["config", "topology"])
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _fail(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+        files.fail(f"unexpected arguments: {argv[1:]}")
     config = FLAGS.config
     try:
         target = targets.parse(
@@ -489,8 +482,8 @@ def main(argv: list[str]) -> None:
             print(f"largest global batch that fits: {best} ({len(tries)} compiles)")
         else:
             report = analyse(config, target, flops_how=FLAGS.xla_flops)
-    except (targets.TargetError, ValueError) as error:
-        _fail(str(error))
+    except (targets.TargetError, config_checks.ConfigError) as error:
+        files.fail(str(error))
     except OutOfMemoryError as error:
         print(f"out of memory on {FLAGS.topology}: {error}", file=sys.stderr)
         sys.exit(3)
@@ -501,4 +494,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    files.run(main)

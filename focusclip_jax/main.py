@@ -5,7 +5,6 @@ it evaluates a checkpoint instead of training; `--workdir` is then optional.
 """
 
 import logging
-import sys
 
 import jax
 from absl import app, flags
@@ -13,7 +12,7 @@ from ml_collections import config_flags
 
 from focusclip_jax import train, weights
 from focusclip_jax.evaluators import checkpoint_eval
-from input_pipeline.files import InputDataError
+from input_pipeline import files
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py[:variant].")
@@ -50,8 +49,6 @@ def initialize_distributed() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Our progress lines stay; orbax's and grain's per-operation INFO logs go.
-    logging.getLogger("absl").setLevel(logging.WARNING)
     initialize_distributed()
     logging.info(
         "JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices()
@@ -64,12 +61,11 @@ def main(argv: list[str]) -> None:
             checkpoint_eval.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
             return
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (InputDataError, weights.WeightImportError, train.NonFiniteLossError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except (weights.WeightImportError, train.NonFiniteLossError) as error:
+        files.fail(str(error))
     if results and jax.process_index() == 0:
         print("\nZero-shot results\n" + train.results_table(results))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    files.run(main)

@@ -1,7 +1,7 @@
 """One-off zero-shot labelling of a few images with a trained checkpoint.
 
-    python -m focusclip_jax.predict --checkpoint=<workdir or step dir> --images=<files or dirs> \
-        --labels="riding a bike,cooking,running" [--template="a photo of a person {}"] \
+    python -m focusclip_jax.predict --checkpoint=<workdir or step dir> --images=<files or dirs> \\
+        --labels="riding a bike,cooking,running" [--template="a photo of a person {}"] \\
         [--top_k=3] [--out=predictions.csv|.json] [--config=configs/pretrain.py[:variant]]
 
 Prints the top-k labels with probabilities per image. `--config` must describe the checkpoint's
@@ -26,7 +26,7 @@ from ml_collections import config_flags
 from focusclip_jax import sharding, train
 from focusclip_jax.evaluators.checkpoint_eval import restore_params
 from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator
-from input_pipeline import eval_datasets, pipeline
+from input_pipeline import eval_datasets, files, pipeline
 from input_pipeline.files import InputDataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -136,23 +136,20 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.labels_file:
-        labels = [s.strip() for s in Path(FLAGS.labels_file).read_text().splitlines() if s.strip()]
+        lines = Path(FLAGS.labels_file).read_text().splitlines()
+        labels, given = [line.strip() for line in lines if line.strip()], "--labels_file"
     else:
-        labels = FLAGS.labels or []
+        labels, given = [label.strip() for label in FLAGS.labels or [] if label.strip()], "--labels"
     if not labels:
-        raise app.UsageError("give --labels or --labels_file")
-    try:
-        rows = predict(
-            FLAGS.config,
-            FLAGS.checkpoint,
-            image_paths(FLAGS.images),
-            labels,
-            template=FLAGS.template,
-            top_k=FLAGS.top_k,
-        )
-    except InputDataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        raise app.UsageError(f"{given}: no labels; give --labels=a,b,c or --labels_file")
+    rows = predict(
+        FLAGS.config,
+        FLAGS.checkpoint,
+        image_paths(FLAGS.images),
+        labels,
+        template=FLAGS.template,
+        top_k=FLAGS.top_k,
+    )
     for row in rows:
         print(row["image"] + ": " + ", ".join(f"{label} {p:.1%}" for label, p in row["top"]))
     if FLAGS.out:
@@ -161,4 +158,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    files.run(main)

@@ -1,8 +1,18 @@
-"""Required input files: one clear error that names every missing file and how to get it."""
+"""Required input files and the user's mistakes: one clear line, never a traceback.
 
-from collections.abc import Sequence
+`require_files` names every missing file and how to get it; `run` is absl's `app.run` for every
+command-line tool of the project, where a mistake (a missing or unreadable file, a bad flag or
+config key) prints `error: <one line>` and exits with status 2.
+"""
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
+
+from absl import app, flags
 
 
 @dataclass(frozen=True)
@@ -30,3 +40,54 @@ def require_files(files: Sequence[RequiredFile]) -> None:
         lines.append(f"      get it from: {f.source}")
     lines.append("Point the config keys above at the files (see README, 'Data').")
     raise MissingFilesError("\n".join(lines))
+
+
+USER_ERROR_STATUS = 2
+
+
+def fail(message: str) -> NoReturn:
+    """A user's mistake: one line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USER_ERROR_STATUS)
+
+
+def _one_line(error: BaseException) -> str | None:
+    """The message of a user's mistake, or None for anything else (a bug keeps its traceback)."""
+    if isinstance(error, InputDataError | app.UsageError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, OSError) and "Failed loading config file" in str(error):
+        # ml_collections loads --config lazily, listing the paths it tried: keep the reason.
+        return f"--config: {str(error).strip().splitlines()[-1].strip()}"
+    return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, its errors (an unknown flag or config key, a bad value) in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:  # a config file's own error comes with its traceback's text
+        lines = str(error).strip().splitlines()
+        fail(lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}")
+    except (AttributeError, KeyError) as error:  # ml_collections: an override of a missing key
+        key = str(error).strip("'\"")
+        given = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
+        fail(f"{given[0] if given else key}: no such config key")
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+    """`app.run(main)` where the user's mistakes exit 2 in one line; absl and orbax logs stay at
+    WARNING (the tool's own output is what it prints)."""
+
+    def guarded(argv: list[str]) -> Any:
+        logging.getLogger("absl").setLevel(logging.WARNING)
+        try:
+            return main(argv)
+        except (InputDataError, app.UsageError, OSError) as error:
+            message = _one_line(error)
+            if message is None:
+                raise
+            fail(message)
+
+    app.run(guarded, flags_parser=_parse_flags)

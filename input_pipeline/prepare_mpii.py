@@ -30,7 +30,7 @@ from absl import app, flags
 from array_record.python import array_record_module
 from PIL import Image
 
-from input_pipeline import mpii
+from input_pipeline import files, mpii
 
 FLAGS = flags.FLAGS
 
@@ -290,4 +290,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    files.run(main)

@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw
 
-from input_pipeline import heatmaps, mpii
+from input_pipeline import files, heatmaps, mpii
 
 FLAGS = flags.FLAGS
 
@@ -134,4 +134,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    files.run(main)
