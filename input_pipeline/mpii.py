@@ -106,13 +106,14 @@ def _load_json(path: Path) -> Any:
 def read_mmpose_json(path: str | Path) -> list[MpiiRecord]:
     """mmpose's `mpii_{train,val}.json` (one record per person) → one record per image.
 
-    The split is taken from the file name (`mpii_val.json` → val, anything else → train).
+    The split is the file name's, exactly: `mpii_val.json` → val, `mpii_train.json` → train,
+    `mpii_trainval.json` → trainval (`data.split` picks the one to train on).
     """
     path = Path(path)
     rows = _load_json(path)
-    if not isinstance(rows, list):
-        raise InputDataError(f"{path}: expected a JSON list of person records (mmpose MPII)")
-    split = "val" if "val" in path.stem else "train"
+    if not isinstance(rows, list) or not rows:
+        raise InputDataError(f"{path}: expected a non-empty JSON list of person records (mmpose)")
+    split = path.stem.removeprefix("mpii_")
     by_image: dict[str, MpiiRecord] = {}
     for i, row in enumerate(rows):
         where = f"{path} [record {i}]"
@@ -276,9 +277,18 @@ def read_annotations(path: str | Path) -> list[MpiiRecord]:
     if path.is_dir():
         return list(read_descriptions(path).values())
     rows = _load_json(path)
-    if isinstance(rows, list) and rows and isinstance(rows[0], dict) and "joints" in rows[0]:
+    if rows == []:
+        raise InputDataError(f"{path}: expected a non-empty JSON list of records, got []")
+    first = rows[0] if isinstance(rows, list) else rows
+    if isinstance(first, dict) and "joints" in first:
         return read_mmpose_json(path)
-    return list(read_descriptions(path).values())
+    if isinstance(first, dict) and "description" in first:
+        return list(read_descriptions(path).values())
+    raise InputDataError(
+        f"{path}: neither mmpose annotations (a non-empty list of records with 'image', "
+        "'joints', 'joints_vis') nor pose descriptions (records with 'image', 'people', "
+        "'description'); an official .mat must end in .mat"
+    )
 
 
 def attach_descriptions(
@@ -370,16 +380,18 @@ def required_files(data: ml_collections.ConfigDict) -> list[RequiredFile]:
     return files
 
 
+def read_index(shard: str) -> dict[str, Any]:
+    """A shard's `.sources.json` (prepare_mpii): `sources` (each record's description sources),
+    `skipped` and `corrected` (counts by reason)."""
+    return _load_json(Path(shard + SOURCES_SUFFIX))
+
+
 def record_sources(shards: Sequence[str]) -> list[list[str]] | None:
-    """Every record's description sources, in stream order, from the shards' `.sources.json`
-    indexes; None for a preparation made before they existed."""
-    index: list[list[str]] = []
-    for shard in shards:
-        path = Path(shard + SOURCES_SUFFIX)
-        if not path.is_file():
-            return None
-        index += _load_json(path)
-    return index
+    """Every record's description sources, in stream order, from the shards' indexes; None for
+    a preparation made before they existed."""
+    if not all(Path(shard + SOURCES_SUFFIX).is_file() for shard in shards):
+        return None
+    return [sources for shard in shards for sources in read_index(shard)["sources"]]
 
 
 class Subset:

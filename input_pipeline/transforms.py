@@ -65,9 +65,12 @@ def person_box(
     lo, hi = pts.min(axis=0) + 0.5, pts.max(axis=0) + 0.5
     side = max(hi - lo) * (1 + 2 * margin) + 1.0
     cx, cy = (lo + hi) / 2
-    x0, y0 = np.clip([cx - side / 2, cy - side / 2], 0, None)
-    x1, y1 = min(cx + side / 2, width), min(cy + side / 2, height)
-    return (float(x0), float(y0), float(max(x1, x0 + 1)), float(max(y1, y0 + 1)))
+    # Inside the image whatever the joints say (at least one pixel wide).
+    x0 = float(np.clip(cx - side / 2, 0, width - 1))
+    y0 = float(np.clip(cy - side / 2, 0, height - 1))
+    x1 = float(np.clip(cx + side / 2, x0 + 1, width))
+    y1 = float(np.clip(cy + side / 2, y0 + 1, height))
+    return (x0, y0, x1, y1)
 
 
 def random_resized_box(

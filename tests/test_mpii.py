@@ -209,8 +209,18 @@ def test_bad_files_name_the_file_and_what_was_expected(tmp_path: Path) -> None:
     with pytest.raises(InputDataError, match=r"mpii_train.json \[record 0\]: expected 16"):
         mpii.read_mmpose_json(bad)
     bad.write_text(json.dumps({"image": "x.jpg"}))
-    with pytest.raises(InputDataError, match="expected a JSON list"):
+    with pytest.raises(InputDataError, match="expected a non-empty JSON list"):
         mpii.read_mmpose_json(bad)
+    bad.write_text("[]")  # an empty list was accepted: an empty preparation followed
+    with pytest.raises(InputDataError, match=r"mpii_train\.json: expected a non-empty JSON list"):
+        mpii.read_annotations(bad)
+    bad.write_text(json.dumps([{"image": "x.jpg", "keypoints": [], "vis": []}]))  # wrong shape
+    with pytest.raises(InputDataError, match=r"mpii_train\.json: neither mmpose annotations"):
+        mpii.read_annotations(bad)
+    for stem, split in (("mpii_val", "val"), ("mpii_trainval", "trainval"), ("train", "train")):
+        path = tmp_path / f"{stem}.json"
+        path.write_text(json.dumps(mmpose_rows(["x.jpg"])))
+        assert mpii.read_annotations(path)[0].split == split  # "val" in the name is not val
     mat = tmp_path / "bad.mat"
     mat.write_bytes(b"MATLAB 5.0 garbage")
     with pytest.raises(InputDataError, match=r"bad\.mat: not a readable MATLAB"):

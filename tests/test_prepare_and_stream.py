@@ -85,8 +85,10 @@ def test_prepare_counts_skips_and_rescales(raw: Path, prepared: Path) -> None:
     assert meta["skipped"] == {
         "no visible joints": 1,
         "no description": 1,
-        "missing or corrupt image": 2,
+        "missing image": 1,
+        "corrupt image": 1,
     }
+    assert meta["corrected"] == {}
     # Of the 12 images that pass the filter, every other one has two people (mmpose_rows).
     assert meta["splits"]["train"]["people_per_image"] == {"1": 6, "2": 6}
     originals = {r.image: r for r in mpii.read_mmpose_json(raw / "mpii_train.json")}
@@ -319,3 +321,106 @@ def test_images_with_more_people_than_kept_are_counted(prepared: Path, caplog) -
     with caplog.at_level("WARNING"):
         mpii.train_source(config.data)
     assert "6 train images have more than data.max_people=1 annotated people" in caplog.text
+
+
+def _one_split(tmp_path: Path, names: list[str], rows: list[dict], **options) -> dict:
+    (tmp_path / "mpii_train.json").write_text(json.dumps(rows))
+    write_descriptions(tmp_path / "descriptions", names)
+    return prepare_mpii.prepare(
+        str(tmp_path / "images"), [str(tmp_path / "mpii_train.json")],
+        str(tmp_path / "descriptions"), str(tmp_path / "out"),
+        max_side=64, squash_side=0, workers=1, **options,
+    )  # fmt: skip
+
+
+def test_visible_joints_outside_the_image_are_not_visible(tmp_path: Path) -> None:
+    """A joint at (1e9, 1e9) marked visible would spread its part's Gaussian over the frame; a
+    person with every visible joint outside crashed `data.crop=person`. Both are corrected and
+    counted; the person crop stays inside the image whatever the joints say."""
+    names = ["a.jpg", "b.jpg"]
+    (tmp_path / "images").mkdir()
+    for i, name in enumerate(names):
+        write_jpeg(tmp_path / "images" / name, i, size=(96, 72))
+    rows = mmpose_rows(names)  # a.jpg: one person, b.jpg: two
+    rows[0]["joints"][3] = [1e9, 1e9]  # visible, far outside
+    rows[2]["joints"] = [[500.0, 500.0]] * 16  # b.jpg's second person: all outside
+    meta = _one_split(tmp_path, names, rows)
+    assert meta["corrected"] == {
+        prepare_mpii.OUTSIDE_JOINTS: 1 + 15,  # b.jpg's second person: 15 were visible
+        prepare_mpii.OUTSIDE_PEOPLE: 1,
+    }
+    entries = _entries(tmp_path / "out" / meta["splits"]["train"]["shards"][0])
+    headers = {h["image"]: h for h in (mpii.decode_prepared(e).header for e in entries)}
+    assert headers["a.jpg"]["visible"][0][3] == 0 and len(headers["b.jpg"]["keypoints"]) == 1
+    assert transforms.person_box(
+        np.full((1, 16, 2), 500.0, np.float32), np.ones((1, 16), bool), 96, 72, 0.15
+    ) == (95.0, 71.0, 96.0, 72.0)
+
+
+def test_a_repaired_image_gets_in_on_rerun(tmp_path: Path) -> None:
+    """Shard names cover their inputs, image files included: after a corrupt image is replaced,
+    a rerun rewrites exactly its shard (and removes the superseded one)."""
+    names = [f"{i}.jpg" for i in range(4)]
+    (tmp_path / "images").mkdir()
+    for i, name in enumerate(names):
+        write_jpeg(tmp_path / "images" / name, i, size=(96, 72))
+    (tmp_path / "images" / "3.jpg").write_bytes(b"\xff\xd8 broken")
+    first = _one_split(tmp_path, names, mmpose_rows(names), records_per_shard=2)
+    assert first["splits"]["train"]["images"] == 3 and first["skipped"] == {"corrupt image": 1}
+    kept = tmp_path / "out" / first["splits"]["train"]["shards"][0]
+    mtime = kept.stat().st_mtime_ns
+    write_jpeg(tmp_path / "images" / "3.jpg", 3, size=(96, 72))  # repaired
+    second = _one_split(tmp_path, names, mmpose_rows(names), records_per_shard=2)
+    assert second["splits"]["train"]["images"] == 4 and second["skipped"] == {}
+    old, new = first["splits"]["train"]["shards"], second["splits"]["train"]["shards"]
+    assert old[0] == new[0] and kept.stat().st_mtime_ns == mtime  # untouched
+    assert old[1] != new[1] and not (tmp_path / "out" / old[1]).exists()
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.array_record")) == sorted(new)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_killed_preparation_leaves_no_workers(raw: Path, tmp_path: Path, signal_name) -> None:
+    """Workers watch their parent: killed, by SIGTERM or SIGKILL, they stop within seconds
+    instead of writing shards into --out and then sleeping forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    command = [
+        sys.executable, "-m", "input_pipeline.prepare_mpii", f"--images={raw / 'images'}",
+        f"--annotations={raw / 'mpii_train.json'}", f"--descriptions={raw / 'descriptions'}",
+        f"--out={tmp_path / 'out'}", "--records_per_shard=1", "--workers=2",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(workers := _children(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(workers) >= 2, "the pool never started"
+    process.send_signal(getattr(signal, signal_name))
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while (alive := [w for w in workers if Path(f"/proc/{w}").exists()]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    assert not alive, f"workers {alive} outlived their parent"
