@@ -61,6 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # matmuls' outputs only (recomputing attention and elementwise work) brings the scan to 1.3x
     # for +3% FLOPs (PERFORMANCE.md, "Scanned layers and remat").
     config.model.remat = "dots_with_no_batch_dims_saveable"
+    # The original trains Hugging Face's BERT in training mode: dropout 0.1 on the embeddings,
+    # every sub-layer's output and the attention probabilities (written-out attention then).
+    config.model.text_dropout = 0.1
     config.model.vit_overrides = ml_collections.ConfigDict()
     config.model.text_overrides = ml_collections.ConfigDict()
 

@@ -74,8 +74,10 @@ def compute_loss(
     min_sigma: float,
     heatmap_mode: str = "parts",
     joint_sigma: float = 2.0,
+    rng: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The FocusCLIP objective on a batch; heatmaps are rendered here, on the device."""
+    """The FocusCLIP objective on a batch; heatmaps are rendered here, on the device. `rng`:
+    the key of the step's dropout (none: no dropout)."""
     pairs = [tuple(p) for p in loss_config.pairs]
     modalities = needed_modalities(pairs)
     model = nnx.merge(graphdef, params)
@@ -98,6 +100,7 @@ def compute_loss(
         tokens=batch["tokens"],
         mask=batch["mask"],
         modalities=modalities,
+        rng=rng,
     )
     return losses.focusclip_loss(
         embeddings,
@@ -120,8 +123,10 @@ def train_step(
     min_sigma: float,
     heatmap_mode: str = "parts",
     joint_sigma: float = 2.0,
+    seed: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update on a global batch; returns the new state and a flat dict of scalar metrics."""
+    """One update on a global batch; returns the new state and a flat dict of scalar metrics.
+    Dropout draws from the seed folded with the step: a resumed run draws what it would have."""
     loss_fn = functools.partial(
         compute_loss,
         batch=batch,
@@ -130,6 +135,7 @@ def train_step(
         min_sigma=min_sigma,
         heatmap_mode=heatmap_mode,
         joint_sigma=joint_sigma,
+        rng=jax.random.fold_in(jax.random.key(seed), state.step),
     )
     (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
@@ -224,6 +230,7 @@ class Trainer:
             min_sigma=config.heatmaps.min_sigma,
             heatmap_mode=config.heatmaps.mode,
             joint_sigma=config.heatmaps.joint_sigma,
+            seed=config.seed,
         )
         self.step = jax.jit(
             sharding.traced_on(mesh, step),

@@ -349,3 +349,63 @@ def test_config_defaults_build_the_paper_model_abstractly() -> None:
     shapes = flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     assert shapes[("image_tower", "blocks", "mlp", "fc1", "kernel")].shape == (12, 768, 3072)
     assert shapes[("text_tower", "blocks", "attn", "out", "kernel")].shape == (12, 12, 64, 768)
+
+
+# ----------------------------------------------------------------------------- dropout
+
+
+def test_dropout_zeroes_its_rate_and_keeps_the_mean() -> None:
+    x = jnp.ones((400_000,), jnp.float32)
+    dropped = np.asarray(layers.apply_dropout(x, 0.1, jax.random.key(0)))
+    assert abs((dropped == 0).mean() - 0.1) < 0.003
+    assert set(np.unique(dropped)) == {0.0, np.float32(1 / 0.9)}  # inverted: survivors scaled
+    assert abs(dropped.mean() - 1.0) < 0.005
+    assert layers.apply_dropout(x, 0.1, None) is x  # evaluation: no key, no dropout
+
+
+@pytest.mark.parametrize("masking", ["padding", "causal"])
+def test_written_out_attention_matches_the_kernel(masking: str) -> None:
+    """The attention used while dropping probabilities, at rate 0, against XLA's kernel."""
+    rng = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 7, 3, 8)), jnp.float32) for _ in range(3))
+    mask = jnp.asarray(np.arange(7)[None, :] < np.array([[7], [4]]))
+    causal = masking == "causal"
+    got = layers._attention_with_dropout(q, k, v, mask, causal, 0.0, jax.random.key(0))
+    want = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :], is_causal=causal)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_bert_dropout_acts_in_training_only(batch: dict) -> None:
+    """`model.text_dropout` (the original's 0.1): with a key the text embedding changes, the same
+    key reproduces it, another does not; without one (evaluation) it is the model without
+    dropout. Scanned, rematerialised blocks draw the same masks when recomputing: same loss and
+    gradients as unrolled blocks with the same key."""
+    model = tiny_model(text_dropout=0.1)
+    params = random_params(model)
+    without = nnx.merge(nnx.graphdef(tiny_model()), params)
+    merged = nnx.merge(nnx.graphdef(model), params)
+    tokens, mask = batch["tokens"], batch["mask"]
+    evaluation = merged.encode_text(tokens, mask)
+    np.testing.assert_array_equal(evaluation, without.encode_text(tokens, mask))
+    first, second = jax.random.key(1), jax.random.key(2)
+    trained = merged.encode_text(tokens, mask, first)
+    assert not np.allclose(trained, evaluation, atol=1e-3)
+    np.testing.assert_array_equal(trained, merged.encode_text(tokens, mask, first))
+    assert not np.allclose(trained, merged.encode_text(tokens, mask, second), atol=1e-3)
+
+    def loss_with_key(model: nnx.Module) -> Callable[[dict], jax.Array]:
+        graphdef = nnx.graphdef(model)
+
+        def loss(params: dict) -> jax.Array:
+            merged = nnx.merge(graphdef, params)
+            embeddings = merged.embed(**batch, modalities=("image", "text"), rng=first)
+            scale = merged.temperature_scale()
+            return losses.clip_infonce(embeddings["image"], embeddings["text"], scale)
+
+        return loss
+
+    unrolled = jax.value_and_grad(loss_with_key(model))(params)
+    scanned_model = tiny_model(text_dropout=0.1, scan_layers=True, remat="full")
+    loss, grads = jax.value_and_grad(loss_with_key(scanned_model))(stacked(params))
+    np.testing.assert_allclose(loss, unrolled[0], rtol=1e-6)
+    assert_trees_close(unstacked(grads), jax.device_get(unrolled[1]), rtol=1e-5)

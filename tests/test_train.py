@@ -180,3 +180,18 @@ def test_weight_decay_skips_biases_norms_alpha_and_temperature() -> None:
         "embed": {"embedding": True},
         "blocks": {"attn": {"query": {"bias": False}}},
     }
+
+
+def test_text_dropout_draws_in_the_step_from_seed_and_step() -> None:
+    """configs/pretrain.py's BERT dropout reaches the jitted step (a key from the seed folded
+    with the step number); the tiny config's 0 leaves the step without random draws."""
+    batch, vocab_size = _batch(tiny_config())
+
+    def random_draws(text_dropout: float) -> int:
+        config = tiny_config()
+        config.model.text_dropout = text_dropout
+        trainer = train.Trainer(config, sharding.create_mesh({"data": 1}), vocab_size=vocab_size)
+        jaxpr = jax.make_jaxpr(trainer.step)(trainer.abstract_state, batch)
+        return str(jaxpr).count("random_bits")
+
+    assert random_draws(0.0) == 0 < random_draws(0.1)

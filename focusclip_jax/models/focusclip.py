@@ -70,6 +70,7 @@ class FocusCLIP(nnx.Module):
         attention: AttentionImpl = "xla",
         scan_layers: bool = False,
         remat: Remat = "none",
+        text_dropout: float = 0.0,
         vit_overrides: dict | None = None,
         text_overrides: dict | None = None,
         rngs: nnx.Rngs,
@@ -104,6 +105,7 @@ class FocusCLIP(nnx.Module):
             max_len=max_len,
             dtype=dtype,
             rngs=rngs,
+            dropout=text_dropout,
             **extra,
             **speed,
             **(text_overrides or {}),
@@ -132,9 +134,12 @@ class FocusCLIP(nnx.Module):
         """[B, H, W, 3] pixels in [0, 1] → L2-normalised [B, embed_dim]."""
         return _embed(self.image_proj, self.image_tower(self._normalize_pixels(images)))
 
-    def encode_text(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
-        """[B, L] token ids and mask → L2-normalised [B, embed_dim]."""
-        return _embed(self.text_proj, self.text_tower(tokens, mask))
+    def encode_text(
+        self, tokens: jax.Array, mask: jax.Array, rng: jax.Array | None = None
+    ) -> jax.Array:
+        """[B, L] token ids and mask → L2-normalised [B, embed_dim]; `rng`: the text tower's
+        training dropout (none: evaluation)."""
+        return _embed(self.text_proj, self.text_tower(tokens, mask, rng))
 
     def embed(
         self,
@@ -144,8 +149,10 @@ class FocusCLIP(nnx.Module):
         tokens: jax.Array,
         mask: jax.Array,
         modalities: Iterable[str] = MODALITIES,
+        rng: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
-        """Embeddings of the requested modalities (training: the ones the loss pairs need).
+        """Embeddings of the requested modalities (training: the ones the loss pairs need, and a
+        key for dropout).
 
         With the shared tower, plain and focused images go through the ViT as one 2B batch.
         """
@@ -155,7 +162,7 @@ class FocusCLIP(nnx.Module):
             raise ValueError(f"unknown modalities {sorted(unknown)}; expected {MODALITIES}")
         out: dict[str, jax.Array] = {}
         if "text" in modalities:
-            out["text"] = self.encode_text(tokens, mask)
+            out["text"] = self.encode_text(tokens, mask, rng)
         if "focused" in modalities:
             if heatmaps is None:
                 raise ValueError("the 'focused' modality needs heatmaps")

@@ -10,6 +10,10 @@ Speed options shared by the towers (`config.model`): `attention` picks the kerne
 'layers' axis (never sharded) and runs them with one `jax.lax.scan`, so compile time does not
 grow with depth; `remat` recomputes each block's activations in the backward pass
 (`jax.checkpoint` with the named policy) to trade compute for memory.
+
+Dropout (BERT's, as Hugging Face trains it: hidden states and attention probabilities) draws from
+a key passed at call time (`rng`), never from state in the module: the model stays a pure
+function of its parameters, and no key means no dropout (evaluation).
 """
 
 from collections.abc import Callable, Sequence
@@ -105,6 +109,38 @@ def compiling_for_nvidia_gpu() -> bool:
     return device.platform == "gpu" and "nvidia" in device.device_kind.lower()
 
 
+def apply_dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout: zero a `rate` fraction, scale the rest by 1 / (1 - rate); identity
+    without a key (evaluation) or at rate 0."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def _attention_with_dropout(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    is_causal: bool,
+    rate: float,
+    rng: jax.Array,
+) -> jax.Array:
+    """softmax(q·kᵀ/√d + mask), dropped out, times v: written out, since no fused kernel of
+    `jax.nn.dot_product_attention` drops attention probabilities. Softmax in float32."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+    allowed = jnp.ones(logits.shape[-2:], bool)
+    if is_causal:
+        allowed = jnp.tril(allowed)
+    allowed = allowed[None, None]
+    if mask is not None:
+        allowed = allowed & mask[:, None, None, :]
+    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    probs = apply_dropout(jax.nn.softmax(logits, axis=-1), rate, rng).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
 # jax 0.12's cuDNN attention differentiates only even sequence lengths (its backward treats a
 # missing bias as one, and biased training needs T % 2 == 0): odd lengths (ViT-B/16's 197 tokens,
 # CLIP's 77) are padded by masked keys.
@@ -141,6 +177,7 @@ class MultiHeadAttention(nnx.Module):
         num_heads: int,
         *,
         attention: AttentionImpl = "xla",
+        dropout_rate: float = 0.0,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -150,6 +187,7 @@ class MultiHeadAttention(nnx.Module):
         head_dim = width // num_heads
         attention_implementation(attention, dtype, head_dim)  # an unknown name fails here
         self.attention = attention
+        self.dropout_rate = dropout_rate
         self.dtype = dtype
         self.head_dim = head_dim
 
@@ -180,10 +218,19 @@ class MultiHeadAttention(nnx.Module):
         )
 
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None = None, *, is_causal: bool = False
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        is_causal: bool = False,
+        rng: jax.Array | None = None,
     ) -> jax.Array:
-        """x: [B, L, width]; mask: bool [B, L], True for real tokens (keys), or None."""
+        """x: [B, L, width]; mask: bool [B, L], True for real tokens (keys), or None; `rng`:
+        drop attention probabilities (training), which takes the written-out attention."""
         q, k, v = self.query(x), self.key(x), self.value(x)
+        if rng is not None and self.dropout_rate > 0:
+            y = _attention_with_dropout(q, k, v, mask, is_causal, self.dropout_rate, rng)
+            return self.out(y)
         implementation = attention_implementation(self.attention, self.dtype, self.head_dim)
         if implementation == "cudnn":
             return self.out(_cudnn_attention(q, k, v, mask, is_causal))
@@ -247,33 +294,61 @@ class _Block(nnx.Module):
         activation: Activation = "gelu",
         eps: float = 1e-6,
         attention: AttentionImpl = "xla",
+        dropout_rate: float = 0.0,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.dropout_rate = dropout_rate
         self.norm1 = layer_norm(width, eps=eps, **kw)
-        self.attn = MultiHeadAttention(width, num_heads, attention=attention, **kw)
+        self.attn = MultiHeadAttention(
+            width, num_heads, attention=attention, dropout_rate=dropout_rate, **kw
+        )
         self.norm2 = layer_norm(width, eps=eps, **kw)
         self.mlp = Mlp(width, mlp_dim, activation=activation, **kw)
+
+    def _sublayers(
+        self, mask: jax.Array | None, is_causal: bool, rng: jax.Array | None
+    ) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
+        """The attention and MLP sub-layers, each dropping out its output (as HF BERT's
+        SelfOutput and Output do) when given a key; attention also drops its probabilities."""
+        keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
+        rate = self.dropout_rate
+
+        def attend(h: jax.Array) -> jax.Array:
+            return apply_dropout(
+                self.attn(h, mask, is_causal=is_causal, rng=keys[0]), rate, keys[1]
+            )
+
+        return attend, lambda h: apply_dropout(self.mlp(h), rate, keys[2])
 
 
 class PreNormBlock(_Block):
     """x + attn(LN(x)), then + mlp(LN(.)): timm ViT and CLIP blocks."""
 
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None = None, *, is_causal: bool = False
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        is_causal: bool = False,
+        rng: jax.Array | None = None,
     ) -> jax.Array:
-        x = x + self.attn(self.norm1(x), mask, is_causal=is_causal)
-        return x + self.mlp(self.norm2(x))
+        attend, mlp = self._sublayers(mask, is_causal, rng)
+        x = x + attend(self.norm1(x))
+        return x + mlp(self.norm2(x))
 
 
 class PostNormBlock(_Block):
     """LN(x + attn(x)), then LN(. + mlp(.)): BERT blocks (norm1 = attention.output.LayerNorm)."""
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        x = self.norm1(x + self.attn(x, mask))
-        return self.norm2(x + self.mlp(x))
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None = None, *, rng: jax.Array | None = None
+    ) -> jax.Array:
+        attend, mlp = self._sublayers(mask, False, rng)
+        x = self.norm1(x + attend(x))
+        return self.norm2(x + mlp(x))
 
 
 def check_remat(remat: Remat) -> None:
@@ -306,17 +381,22 @@ def run_blocks(
     *,
     scan_layers: bool,
     remat: Remat = "none",
+    rng: jax.Array | None = None,
     **call_kwargs: bool,
 ) -> jax.Array:
-    """Applies the blocks of `make_blocks` in order: `x = block(x, mask, **call_kwargs)`.
+    """Applies the blocks of `make_blocks` in order: `x = block(x, mask, rng=key, **call_kwargs)`,
+    each with its own key split from `rng` (None: no dropout).
 
-    Each block's parameters are split from its graph and passed in explicitly, so that
-    `jax.checkpoint` (with `remat`'s policy) and `jax.lax.scan` see them as arguments.
+    Each block's parameters (and key) are passed in explicitly, so that `jax.checkpoint` (with
+    `remat`'s policy; a recomputed block draws the same dropout) and `jax.lax.scan` see them as
+    arguments.
     """
 
     def layer(graphdef: nnx.GraphDef, prevent_cse: bool) -> Callable:
-        def apply(params: nnx.State, x: jax.Array, mask: jax.Array | None) -> jax.Array:
-            return nnx.merge(graphdef, params)(x, mask, **call_kwargs)
+        def apply(
+            params: nnx.State, x: jax.Array, mask: jax.Array | None, key: jax.Array | None
+        ) -> jax.Array:
+            return nnx.merge(graphdef, params)(x, mask, rng=key, **call_kwargs)
 
         if remat == "none":
             return apply
@@ -325,13 +405,19 @@ def run_blocks(
     x = constrain_batch(x)
     if scan_layers:
         graphdef, stacked = nnx.split(blocks)
+        depth = jax.tree.leaves(stacked)[0].shape[0]
+        keys = None if rng is None else jax.random.split(rng, depth)
         # Inside `scan` the recomputation cannot be merged into the forward pass: no CSE guard.
         step = layer(graphdef, prevent_cse=False)
-        x, _ = jax.lax.scan(
-            lambda h, params: (constrain_batch(step(params, h, mask)), None), x, stacked
-        )
+
+        def body(h: jax.Array, xs: tuple) -> tuple[jax.Array, None]:
+            params, key = xs
+            return constrain_batch(step(params, h, mask, key)), None
+
+        x, _ = jax.lax.scan(body, x, (stacked, keys))
         return x
-    for block in blocks:
+    keys = [None] * len(blocks) if rng is None else list(jax.random.split(rng, len(blocks)))
+    for block, key in zip(blocks, keys, strict=True):
         graphdef, params = nnx.split(block)
-        x = constrain_batch(layer(graphdef, prevent_cse=True)(params, x, mask))
+        x = constrain_batch(layer(graphdef, prevent_cse=True)(params, x, mask, key))
     return x

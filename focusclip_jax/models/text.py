@@ -17,6 +17,7 @@ from focusclip_jax.models.layers import (
     PostNormBlock,
     PreNormBlock,
     Remat,
+    apply_dropout,
     check_remat,
     default_init,
     layer_norm,
@@ -53,6 +54,11 @@ def _embed(
     )
 
 
+def _check_dropout(rate: float) -> None:
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"model.text_dropout={rate!r}: expected a rate in [0, 1)")
+
+
 def _check_length(tokens: jax.Array, max_len: int) -> None:
     if tokens.shape[1] > max_len:
         raise ValueError(f"text length {tokens.shape[1]} exceeds max_len {max_len}")
@@ -63,7 +69,9 @@ class BertTextEncoder(nnx.Module):
 
     Padding is masked out of attention. `pooling`: 'mean' averages the real tokens; 'cls' takes
     the first token; 'mean_with_padding' averages all L positions, padding included — the original
-    FocusCLIP code's behaviour, kept only to reproduce its numbers.
+    FocusCLIP code's behaviour, kept only to reproduce its numbers. `dropout`: BERT's training
+    dropout (0.1 in bert-base-uncased), on the embeddings, each sub-layer's output and the
+    attention probabilities, drawn from the `rng` the call is given (none: evaluation).
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class BertTextEncoder(nnx.Module):
         activation: Activation = "gelu",
         eps: float = 1e-12,
         attention: AttentionImpl = "xla",
+        dropout: float = 0.0,
         scan_layers: bool = False,
         remat: Remat = "none",
         dtype: jnp.dtype = jnp.float32,
@@ -90,9 +99,11 @@ class BertTextEncoder(nnx.Module):
             raise ValueError(
                 f"unknown pooling {pooling!r}; expected mean, mean_with_padding or cls"
             )
+        _check_dropout(dropout)
         self.width = width
         self.max_len = max_len
         self.pooling = pooling
+        self.dropout = dropout
         self.dtype = dtype
         self.token_embed = _embed(vocab_size, width, ("vocab", "embed"), param_dtype, rngs)
         self.pos_embed = _embed(max_len, width, ("pos", "embed"), param_dtype, rngs)
@@ -114,19 +125,31 @@ class BertTextEncoder(nnx.Module):
             activation=activation,
             eps=eps,
             attention=attention,
+            dropout_rate=dropout,
             dtype=dtype,
             param_dtype=param_dtype,
         )
 
-    def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, tokens: jax.Array, mask: jax.Array, rng: jax.Array | None = None
+    ) -> jax.Array:
         _check_length(tokens, self.max_len)
+        embed_key, blocks_key = (None, None) if rng is None else jax.random.split(rng)
         x = (
             self.token_embed(tokens)
             + self.pos_embed.embedding[: tokens.shape[1]]
             + self.type_embed.embedding[0]
         )
         x = self.embed_norm(constrain_batch(x.astype(self.dtype)))
-        x = run_blocks(self.blocks, x, mask, scan_layers=self.scan_layers, remat=self.remat)
+        x = apply_dropout(x, self.dropout, embed_key)
+        x = run_blocks(
+            self.blocks,
+            x,
+            mask,
+            scan_layers=self.scan_layers,
+            remat=self.remat,
+            rng=blocks_key,
+        )
         if self.pooling == "cls":
             return x[:, 0]
         # Averages accumulate in float32: a bfloat16 sum over hundreds of tokens loses digits.
@@ -156,14 +179,17 @@ class CausalTextEncoder(nnx.Module):
         activation: Activation = "quick_gelu",
         eps: float = 1e-5,
         attention: AttentionImpl = "xla",
+        dropout: float = 0.0,
         scan_layers: bool = False,
         remat: Remat = "none",
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        _check_dropout(dropout)
         self.width = width
         self.max_len = max_len
+        self.dropout = dropout
         self.dtype = dtype
         self.token_embed = _embed(vocab_size, width, ("vocab", "embed"), param_dtype, rngs)
         self.pos_embed = _embed(max_len, width, ("pos", "embed"), param_dtype, rngs)
@@ -182,17 +208,27 @@ class CausalTextEncoder(nnx.Module):
             activation=activation,
             eps=eps,
             attention=attention,
+            dropout_rate=dropout,
             dtype=dtype,
             param_dtype=param_dtype,
         )
         self.final_norm = layer_norm(width, eps=eps, **kw)
 
-    def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, tokens: jax.Array, mask: jax.Array, rng: jax.Array | None = None
+    ) -> jax.Array:
         _check_length(tokens, self.max_len)
+        embed_key, blocks_key = (None, None) if rng is None else jax.random.split(rng)
         x = self.token_embed(tokens) + self.pos_embed.embedding[: tokens.shape[1]]
-        x = constrain_batch(x.astype(self.dtype))
+        x = apply_dropout(constrain_batch(x.astype(self.dtype)), self.dropout, embed_key)
         x = run_blocks(
-            self.blocks, x, mask, scan_layers=self.scan_layers, remat=self.remat, is_causal=True
+            self.blocks,
+            x,
+            mask,
+            scan_layers=self.scan_layers,
+            remat=self.remat,
+            rng=blocks_key,
+            is_causal=True,
         )
         eot = jnp.maximum(mask.sum(axis=1) - 1, 0)
         x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
