@@ -5,12 +5,13 @@ it evaluates a checkpoint instead of training; `--workdir` is then optional.
 """
 
 import logging
+import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from focusclip_jax import train, weights
+from focusclip_jax import run_record, train, weights
 from focusclip_jax.evaluators import checkpoint_eval
 from input_pipeline import files
 
@@ -58,7 +59,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--workdir is required for training")
     try:
         if eval_only:
-            checkpoint_eval.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+            overridden = run_record.command_line_overrides(sys.argv)
+            checkpoint_eval.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, overridden)
             return
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (weights.WeightImportError, train.NonFiniteLossError) as error:

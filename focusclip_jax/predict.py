@@ -4,9 +4,11 @@
         --labels="riding a bike,cooking,running" [--template="a photo of a person {}"] \\
         [--top_k=3] [--out=predictions.csv|.json] [--config=configs/pretrain.py[:variant]]
 
-Prints the top-k labels with probabilities per image. `--config` must describe the checkpoint's
-model (the training config and its overrides). Probabilities are a softmax over the cosine
-similarities scaled as in training: by the learnt CLIP scale, or by 1 / the NT-Xent temperature.
+Prints the top-k labels with probabilities per image. The model, tokenizer and loss come from the
+checkpoint's workdir (recorded by training); `--config` gives the rest (batch size, mesh), and is
+needed to describe the model only for workdirs trained before runs were recorded. Probabilities are
+a softmax over the cosine similarities scaled as in training: by the learnt CLIP scale, or by 1 /
+the NT-Xent temperature.
 """
 
 import csv
@@ -23,7 +25,8 @@ from absl import app, flags
 from flax.traverse_util import flatten_dict
 from ml_collections import config_flags
 
-from focusclip_jax import sharding, train
+from focusclip_jax import run_record, sharding, train
+from focusclip_jax.evaluators import checkpoint_eval
 from focusclip_jax.evaluators.checkpoint_eval import restore_params
 from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator
 from input_pipeline import eval_datasets, files, pipeline
@@ -60,10 +63,13 @@ def predict(
     *,
     template: str = "{}",
     top_k: int = 3,
+    overridden: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Per readable image: its path and the top-k (label, probability) pairs."""
+    """Per readable image: its path and the top-k (label, probability) pairs. The model comes
+    from the checkpoint's workdir when it recorded one (`config` then gives evaluation keys)."""
+    config = checkpoint_eval.checkpoint_config(config, checkpoint, overridden)
     mesh = sharding.create_mesh(config.mesh)
-    tokenizer = pipeline.create_tokenizer(config)
+    tokenizer = pipeline.create_tokenizer(config, fit=False)
     trainer = train.Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
     params, _ = restore_params(checkpoint, trainer)
     size = config.model.image_size
@@ -149,6 +155,7 @@ def main(argv: list[str]) -> None:
         labels,
         template=FLAGS.template,
         top_k=FLAGS.top_k,
+        overridden=run_record.command_line_overrides(sys.argv),
     )
     for row in rows:
         print(row["image"] + ": " + ", ".join(f"{label} {p:.1%}" for label, p in row["top"]))

@@ -25,7 +25,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from focusclip_jax import config_checks, losses, models, optim, sharding, weights
+from focusclip_jax import config_checks, losses, models, optim, run_record, sharding, weights
 from focusclip_jax.checkpoint import Checkpointer
 from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator
 from focusclip_jax.logs import MetricWriter
@@ -386,6 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     mesh = config_checks.validated_mesh(config)  # before anything is written or compiled
     pipeline.check_input_files(config, also=weights.required_files(config.get("init")))
     tokenizer = pipeline.create_tokenizer(config, workdir=str(workdir))
+    run_record.write(str(workdir), config, tokenizer.vocab_size)
     train_iter = pipeline.train_iterator(config, tokenizer)
     trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
     writer = MetricWriter(workdir)

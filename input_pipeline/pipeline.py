@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grain
@@ -17,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import eval_datasets, mpii, synthpose
-from input_pipeline.files import RequiredFile, require_files
+from input_pipeline.files import InputDataError, RequiredFile, require_files
 from input_pipeline.heatmaps import NUM_JOINTS
 from input_pipeline.tokenizers import (
     CLIP_BPE_SOURCE,
@@ -95,12 +96,15 @@ def tokenizer_corpus(config: ml_collections.ConfigDict) -> list[str]:
     return texts
 
 
-def create_tokenizer(config: ml_collections.ConfigDict, workdir: str | None = None) -> Tokenizer:
+def create_tokenizer(
+    config: ml_collections.ConfigDict, workdir: str | None = None, *, fit: bool = True
+) -> Tokenizer:
     """`tokenizer.kind`: `synthetic_words` (fitted on SynthPose's describer vocabulary and
     prompts), `words` (a word list), `bert_wordpiece` (BERT's vocab.txt), `clip_bpe` (CLIP's
     bpe_simple_vocab_16e6.txt.gz) or
     `fitted_bpe` (a BPE of `tokenizer.vocab_size` fitted on `tokenizer_corpus`, saved as
-    `tokenizer.path`, by default `<workdir>/tokenizer.json`, and reused from there)."""
+    `tokenizer.path`, by default `<workdir>/tokenizer.json`, and reused from there; `fit=False`,
+    for inference, only reuses: a missing file is an error, never a new fit)."""
     kind = config.tokenizer.kind
     if kind == "synthetic_words":
         return WordTokenizer.fit(synthpose.corpus())
@@ -116,6 +120,13 @@ def create_tokenizer(config: ml_collections.ConfigDict, workdir: str | None = No
             raise ValueError(
                 "config tokenizer.path: where the fitted BPE is saved, e.g. in the workdir"
             )
+        if not fit:
+            if not Path(path).is_file():
+                raise InputDataError(
+                    f"--config.tokenizer.path={path}: the checkpoint's fitted BPE is not there "
+                    "(training saves it in its workdir); inference never fits one"
+                )
+            return FittedBpeTokenizer.from_file(path)
         return FittedBpeTokenizer.load_or_fit(
             path, lambda: tokenizer_corpus(config), config.tokenizer.vocab_size
         )

@@ -134,3 +134,31 @@ def test_main_dispatches_an_eval_config(trained, tmp_path: Path, capsys) -> None
             main.main(["main"])
     finally:  # directly: the validator of a required flag refuses the unset value back
         flags.FLAGS["config"].value, flags.FLAGS["workdir"].value = saved
+
+
+def test_a_recorded_workdir_needs_no_model_keys(trained, tmp_path: Path) -> None:
+    """Training recorded its config: evaluation takes configs/eval_zeroshot.py as is (the paper's
+    B/16 + BERT keys, a vocab.txt nowhere) plus the checkpoint, and predict the paper's config;
+    a model key set to another value than the checkpoint's is named."""
+    from configs import pretrain
+    from focusclip_jax import config_checks, run_record
+
+    trained_config, workdir = trained
+    record = json.loads((workdir / run_record.CONFIG_FILE).read_text())
+    assert record["model"]["vocab_size"] == 169 and record["model"]["vit_size"] == "tiny"
+    _fixtures(tmp_path / "data")
+    config = eval_zeroshot.get_config()
+    config.checkpoint, config.data_root = str(workdir / "checkpoints"), str(tmp_path / "data")
+    config.eval.datasets, config.mesh.data = ("fer2013",), 1
+    summary = checkpoint_eval.evaluate_checkpoint(config, str(tmp_path / "eval"))
+    assert 0.0 <= summary["results"]["fer2013/top3"] <= 1.0
+
+    config.model.embed_dim = 999
+    with pytest.raises(config_checks.ConfigError, match=r"--config\.model\.embed_dim=999"):
+        checkpoint_eval.evaluate_checkpoint(config, str(tmp_path / "eval"), ["model.embed_dim"])
+
+    images = [_jpg(tmp_path / "imgs" / f"{i}.jpg", 50 * i) for i in range(2)]
+    paper = pretrain.get_config()
+    paper.mesh.data = 1
+    rows = predict.predict(paper, str(workdir / "checkpoints" / "2"), images, ["a", "b"])
+    assert len(rows) == 2 and sum(p for _, p in rows[0]["top"]) == pytest.approx(1.0, abs=1e-5)

@@ -313,6 +313,15 @@ def test_pretrain_tiny_variant_trains_on_prepared_shards(prepared: Path, tmp_pat
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [2]
     assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "checkpoints" / "2").is_dir()
+    # The workdir records the config and a copy of the fitted BPE, which inference never refits.
+    from focusclip_jax import run_record
+
+    record = run_record.load(str(tmp_path))
+    assert record.tokenizer.path == str(tmp_path / "tokenizer" / "tokenizer.json")
+    assert record.model.vocab_size == pipeline.create_tokenizer(record, fit=False).vocab_size
+    Path(record.tokenizer.path).unlink()
+    with pytest.raises(mpii.InputDataError, match="inference never fits one"):
+        pipeline.create_tokenizer(record, fit=False)
 
 
 def test_images_with_more_people_than_kept_are_counted(prepared: Path, caplog) -> None:

@@ -9,6 +9,7 @@ per dataset.
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from focusclip_jax import config_checks, train
+from focusclip_jax import config_checks, run_record, train
 from focusclip_jax.evaluators import confusion, table
 from input_pipeline import pipeline
 from input_pipeline.files import InputDataError
@@ -69,11 +70,34 @@ def restore_params(checkpoint: str | Path, trainer: train.Trainer) -> tuple[Any,
     return restored.state["params"], step
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any]:
-    """Run every configured zero-shot benchmark on the checkpoint; write and print the table."""
+def checkpoint_config(
+    config: ml_collections.ConfigDict, checkpoint: str, overridden: Sequence[str] = ()
+) -> ml_collections.ConfigDict:
+    """`config` with the model, tokenizer and loss of the checkpoint's workdir when it recorded
+    them (`run_record`); as given for a workdir from before records."""
+    record = run_record.load(checkpoint)
+    if record is None:
+        logging.warning(
+            "%s has no %s (trained before runs were recorded): the config given must describe "
+            "its model",
+            checkpoint,
+            run_record.CONFIG_FILE,
+        )
+        return config
+    return run_record.with_model_of(
+        record, config, overridden, str(run_record.workdir_of(checkpoint))
+    )
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str | None, overridden: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Run every configured zero-shot benchmark on the checkpoint; write and print the table.
+    `overridden`: the config keys the command line set (they may not contradict the model)."""
+    config = checkpoint_config(config, config.checkpoint, overridden)
     mesh = config_checks.validated_mesh(config, training=False)
     pipeline.check_input_files(config)
-    tokenizer = pipeline.create_tokenizer(config)
+    tokenizer = pipeline.create_tokenizer(config, fit=False)
     trainer = train.Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
     params, step = restore_params(config.checkpoint, trainer)
     out = Path(workdir or checkpoint_location(config.checkpoint)[0].parent / "zero_shot")
