@@ -143,7 +143,7 @@ def test_a_recorded_workdir_needs_no_model_keys(trained, tmp_path: Path) -> None
     from configs import pretrain
     from focusclip_jax import config_checks, run_record
 
-    trained_config, workdir = trained
+    _, workdir = trained
     record = json.loads((workdir / run_record.CONFIG_FILE).read_text())
     assert record["model"]["vocab_size"] == 169 and record["model"]["vit_size"] == "tiny"
     _fixtures(tmp_path / "data")
