@@ -11,6 +11,7 @@ before records existed still loads with the config the user gives, as before.
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,13 +19,18 @@ import jax
 import ml_collections
 from etils import epath
 
-from focusclip_jax.checkpoint import workdir_path
 from focusclip_jax.config_checks import ConfigError
 
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
 # What rebuilds the trained model, its inputs and its similarity scale.
 RECORDED = ("model", "tokenizer", "loss", "heatmaps")
+
+
+def workdir_path(workdir: str | os.PathLike) -> epath.Path:
+    """A local folder (made absolute, as orbax requires) or a bucket URL (gs://..., s3://...)."""
+    workdir = str(workdir)
+    return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
 
 
 def tokenizer_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:

@@ -392,7 +392,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     writer = MetricWriter(workdir)
     writer.write_hparams(flatten_dict(config.to_dict(), sep="."))
     checkpointer = Checkpointer(workdir, config.checkpoint)
-    state = checkpointer.restore(trainer.abstract_state, train_iter) or trainer.init_state()
+    state = checkpointer.restore(trainer.abstract_state, train_iter, config)
+    state = state or trainer.init_state()
     evaluators = create_evaluators(config, trainer, tokenizer)
     batch_rows = sharding.batch_sharding(mesh)
 

@@ -146,3 +146,47 @@ def test_sigterm_saves_at_the_next_step_and_a_rerun_resumes(tmp_path: Path) -> N
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"Restoring checkpoint of step {saved[0]}" in rerun.stderr
     assert max(_losses(tmp_path)) == saved[0] + 2
+
+
+def _damaged_run(tmp_path: Path, damage) -> tuple[Path, dict[int, float]]:
+    """4 steps saved at 3 and 4 (the end); `damage(step_4_folder)`; then a run to 6 resumes."""
+    train.train_and_evaluate(_resume_config(4), tmp_path)
+    damage(tmp_path / "checkpoints" / "4")
+    train.train_and_evaluate(_resume_config(6), tmp_path)
+    return tmp_path, _losses(tmp_path)
+
+
+def _truncate_largest_array_file(step: Path) -> None:
+    files = [p for p in (step / "state").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 3])
+
+
+def _truncate_iterator_state(step: Path) -> None:
+    state = next((step / "data").glob("process_0-of-*.json"))
+    state.write_text(state.read_text()[:10])
+
+
+@pytest.mark.parametrize("damage", [_truncate_largest_array_file, _truncate_iterator_state])
+def test_an_unreadable_latest_step_is_set_aside(tmp_path: Path, damage, caplog) -> None:
+    """Truncated arrays or iterator state: named in a warning, moved to
+    unreadable_checkpoints/ (not deleted), and training resumes from step 3 (it used to stop
+    with a tensorstore traceback or a bare JSONDecodeError)."""
+    with caplog.at_level("INFO"):
+        workdir, losses = _damaged_run(tmp_path, damage)
+    assert "Checkpoint of step 4 is unreadable" in caplog.text
+    assert (workdir / "unreadable_checkpoints" / "4" / "state").is_dir()
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [3, 6]
+    assert "Restoring checkpoint of step 3" in caplog.text and max(losses) == 6
+
+
+def test_resuming_with_another_optimiser_names_it(tmp_path: Path) -> None:
+    from focusclip_jax import config_checks
+
+    config = _resume_config(2)
+    config.optimizer.name = "adamw"
+    train.train_and_evaluate(config, tmp_path)
+    config = _resume_config(4)
+    config.optimizer.name = "sgd"
+    with pytest.raises(config_checks.ConfigError, match=r"optimizer\.name: 'adamw' → 'sgd'"):
+        train.train_and_evaluate(config, tmp_path)

@@ -16,8 +16,9 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from flax.traverse_util import flatten_dict
 
-from focusclip_jax import config_checks, run_record, train
+from focusclip_jax import config_checks, run_record, train, weights
 from focusclip_jax.evaluators import confusion, table
 from input_pipeline import pipeline
 from input_pipeline.files import InputDataError
@@ -54,10 +55,12 @@ def restore_params(checkpoint: str | Path, trainer: train.Trainer) -> tuple[Any,
     """The parameters of the checkpoint's train state, sharded as the trainer shards them.
 
     Only `params` is read (a partial restore): the optimiser of the evaluating config need not be
-    the one the checkpoint was trained with.
+    the one the checkpoint was trained with. The parameters must be the configured model's
+    (checked as training checks them); given a workdir, a step that does not restore is named
+    and the one before it used (a step folder given explicitly must restore).
     """
-    directory, step = checkpoint_location(checkpoint)
-    logging.info("Restoring parameters of step %d from %s", step, directory)
+    directory, latest = checkpoint_location(checkpoint)
+    explicit = Path(checkpoint).absolute().name.isdigit()
     item = {"params": trainer.abstract_state.params}
     restore = ocp.args.PyTreeRestore(
         item=item,
@@ -65,9 +68,26 @@ def restore_params(checkpoint: str | Path, trainer: train.Trainer) -> tuple[Any,
         partial_restore=True,
     )
     manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
-    restored = manager.restore(step, args=ocp.args.Composite(state=restore))
-    manager.close()
-    return restored.state["params"], step
+    steps = [latest] if explicit else sorted(manager.all_steps(), reverse=True)
+    try:
+        for step in steps:
+            where = f"{directory}/{step}"
+            saved = manager.item_metadata(step)["state"].tree["params"]
+            weights.check_tree(flatten_dict(item["params"]), flatten_dict(saved), where)
+            logging.info("Restoring parameters of step %d from %s", step, directory)
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(state=restore))
+            except Exception as error:  # whatever the damage: the step before
+                if explicit:
+                    raise CheckpointNotFoundError(f"{where}: unreadable ({error})") from None
+                logging.warning(
+                    "Checkpoint %s is unreadable (%s); trying the one before", where, error
+                )
+                continue
+            return restored.state["params"], step
+    finally:
+        manager.close()
+    raise CheckpointNotFoundError(f"{directory}: no readable checkpoint")
 
 
 def checkpoint_config(
