@@ -48,6 +48,7 @@ def write(workdir: str, config: ml_collections.ConfigDict, vocab_size: int) -> N
     root = workdir_path(workdir)
     if jax.process_index() != 0 or (root / CONFIG_FILE).exists():
         return
+    root.mkdir(parents=True, exist_ok=True)
     record = config.copy_and_resolve_references()
     record.model.vocab_size = vocab_size
     for key, source in tokenizer_files(config, str(workdir)).items():

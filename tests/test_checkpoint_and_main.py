@@ -190,3 +190,13 @@ def test_resuming_with_another_optimiser_names_it(tmp_path: Path) -> None:
     config.optimizer.name = "sgd"
     with pytest.raises(config_checks.ConfigError, match=r"optimizer\.name: 'adamw' → 'sgd'"):
         train.train_and_evaluate(config, tmp_path)
+
+
+def test_the_run_record_is_written_into_a_new_workdir_once(tmp_path: Path) -> None:
+    from focusclip_jax import run_record
+
+    workdir = tmp_path / "new" / "run"  # `make demo` deletes its workdir first
+    run_record.write(str(workdir), tiny_config(), vocab_size=169)
+    assert run_record.load(str(workdir)).model.vocab_size == 169
+    run_record.write(str(workdir), tiny_config(), vocab_size=5)  # a resumed run keeps the first
+    assert run_record.load(str(workdir / "checkpoints")).model.vocab_size == 169
