@@ -18,20 +18,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = pretrain.get_config()
     config.seed = 0
 
-    config.model.image_size = 64
-    config.model.vit_size = "tiny"
-    config.model.vit_overrides = ml_collections.ConfigDict(
-        {"width": 64, "depth": 3, "num_heads": 2, "mlp_dim": 128, "patch_size": 16}
-    )
-    config.model.text_size = "tiny"
-    config.model.text_overrides = ml_collections.ConfigDict(
-        {"width": 64, "depth": 2, "num_heads": 2, "mlp_dim": 128}
-    )
+    pretrain.tiny_towers(config)
     config.model.max_len = 64  # the opening (posture), legs and arms; a long text's end is cut
-    config.model.embed_dim = 64
-    config.model.scan_layers = False  # a few layers: nothing to save in compile time, and on CPU
-    # the scan's stacked activation buffers cost ~10% of the step (PERFORMANCE.md)
-    config.model.remat = "none"  # unrolled, XLA keeps what the backward pass needs
     config.model.text_dropout = 0.0  # tiny towers on a short budget learn faster without
 
     config.data = ml_collections.ConfigDict()

@@ -57,6 +57,15 @@ TPUS: dict[str, Chip] = {
     "v5p": Chip("TPU v5p", "tpu", 95 * GiB, 459e12, 459e12, "v5p", megacore=True),
     "v6e": Chip("TPU v6e", "tpu", 32 * GiB, 918e12, 918e12, "v6e"),
 }
+# Hopper (H100 SXM, H200): 132 SMs at 1.98 GHz, 50 MiB of L2, 228 KiB of shared memory per SM.
+_HOPPER = dict(
+    compute_capability=(9, 0),
+    core_count=132,
+    clock_rate_ghz=1.98,
+    l2_cache_size=50 * 2**20,
+    shared_memory_per_core=228 * 1024,
+    shared_memory_per_block_optin=227 * 1024,
+)
 GPUS: dict[str, Chip] = {
     "h100": Chip(
         "NVIDIA H100 80GB HBM3",
@@ -64,15 +73,7 @@ GPUS: dict[str, Chip] = {
         84_942_979_072,
         989e12,
         494e12,
-        gpu=dict(
-            compute_capability=(9, 0),
-            core_count=132,
-            clock_rate_ghz=1.98,
-            memory_bandwidth=3_352_320_000_000,
-            l2_cache_size=50 * 2**20,
-            shared_memory_per_core=228 * 1024,
-            shared_memory_per_block_optin=227 * 1024,
-        ),
+        gpu=_HOPPER | {"memory_bandwidth": 3_352_320_000_000},
     ),
     "h200": Chip(
         "NVIDIA H200",
@@ -80,15 +81,7 @@ GPUS: dict[str, Chip] = {
         150_754_820_096,
         989e12,
         494e12,
-        gpu=dict(
-            compute_capability=(9, 0),
-            core_count=132,
-            clock_rate_ghz=1.98,
-            memory_bandwidth=4_800_000_000_000,
-            l2_cache_size=50 * 2**20,
-            shared_memory_per_core=228 * 1024,
-            shared_memory_per_block_optin=227 * 1024,
-        ),
+        gpu=_HOPPER | {"memory_bandwidth": 4_800_000_000_000},
     ),
     "a100": Chip(
         "NVIDIA A100-SXM4-80GB",
