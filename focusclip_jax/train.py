@@ -5,6 +5,7 @@ function compiled with `jax.jit` (explicit in/out shardings, donated state): no 
 walks.
 """
 
+import contextlib
 import functools
 import logging
 import signal
@@ -387,17 +388,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     pipeline.check_input_files(config, also=weights.required_files(config.get("init")))
     tokenizer = pipeline.create_tokenizer(config, workdir=str(workdir))
     run_record.write(str(workdir), config, tokenizer.vocab_size)
-    train_iter = pipeline.train_iterator(config, tokenizer)
     trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
-    writer = MetricWriter(workdir)
-    writer.write_hparams(flatten_dict(config.to_dict(), sep="."))
-    checkpointer = Checkpointer(workdir, config.checkpoint)
-    state = checkpointer.restore(trainer.abstract_state, train_iter, config)
-    state = state or trainer.init_state()
-    evaluators = create_evaluators(config, trainer, tokenizer)
-    batch_rows = sharding.batch_sharding(mesh)
+    # Every exit, errors included, closes what was opened, last first: the signal handler, pending
+    # checkpoint saves (waited for), the data workers, the metric writers.
+    with contextlib.ExitStack() as opened:
+        writer = MetricWriter(workdir)
+        opened.callback(writer.close)
+        train_iter = pipeline.train_iterator(config, tokenizer)
+        opened.callback(train_iter.close)
+        checkpointer = Checkpointer(workdir, config.checkpoint)
+        opened.callback(checkpointer.close)
+        preemption = PreemptionWatcher()
+        opened.callback(preemption.release)
+        writer.write_hparams(flatten_dict(config.to_dict(), sep="."))
+        state = checkpointer.restore(trainer.abstract_state, train_iter, config)
+        state = state or trainer.init_state()
+        evaluators = create_evaluators(config, trainer, tokenizer)
+        return _train_loop(
+            config, trainer, state, train_iter, evaluators, writer, checkpointer, preemption
+        )
 
-    preemption = PreemptionWatcher()
+
+def _train_loop(
+    config: ml_collections.ConfigDict,
+    trainer: Trainer,
+    state: TrainState,
+    train_iter: Any,
+    evaluators: list[ZeroShotEvaluator],
+    writer: MetricWriter,
+    checkpointer: Checkpointer,
+    preemption: PreemptionWatcher,
+) -> dict[str, float]:
+    """Steps to `train.num_steps` with logging, evaluation, checkpoints and preemption."""
+    mesh = trainer.mesh
+    batch_rows = sharding.batch_sharding(mesh)
     step = int(state.step)
     total = config.train.num_steps
     logging.info("Training steps %d → %d on %s", step, total, dict(mesh.shape))
@@ -454,9 +478,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     else:
         if not results and evaluators:  # resumed at the end: evaluate what was restored
             results = evaluate(evaluators, state.params)
-    preemption.release()
-    checkpointer.close()
-    writer.close()
     return results
 
 

@@ -195,3 +195,28 @@ def test_text_dropout_draws_in_the_step_from_seed_and_step() -> None:
         return str(jaxpr).count("random_bits")
 
     assert random_draws(0.0) == 0 < random_draws(0.1)
+
+
+def test_a_run_stopped_by_a_nonfinite_loss_closes_what_it_opened(tmp_path, monkeypatch) -> None:
+    """An error inside the loop still waits for checkpoint saves, closes the data workers and
+    the metric writers, and gives SIGTERM its handler back."""
+    import signal
+
+    from focusclip_jax.checkpoint import Checkpointer
+    from focusclip_jax.logs import MetricWriter
+
+    closed = []
+    for cls in (Checkpointer, MetricWriter):
+        original = cls.close
+        monkeypatch.setattr(
+            cls, "close", lambda self, o=original, c=cls: (closed.append(c.__name__), o(self))
+        )
+    handler = signal.getsignal(signal.SIGTERM)
+    config = tiny_config()
+    config.mesh.data = 1
+    config.eval.datasets = ()
+    config.loss.weights = (float("nan"), 1.0, 1.0)
+    with pytest.raises(train.NonFiniteLossError, match="step 0"):
+        train.train_and_evaluate(config, tmp_path)
+    assert sorted(closed) == ["Checkpointer", "MetricWriter"]
+    assert signal.getsignal(signal.SIGTERM) is handler
