@@ -13,6 +13,7 @@ the NT-Xent temperature.
 
 import csv
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,6 +142,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger().setLevel(logging.WARNING)  # the predictions are the output
     if FLAGS.labels_file:
         lines = Path(FLAGS.labels_file).read_text().splitlines()
         labels, given = [line.strip() for line in lines if line.strip()], "--labels_file"

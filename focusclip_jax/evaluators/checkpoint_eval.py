@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -67,7 +68,11 @@ def restore_params(checkpoint: str | Path, trainer: train.Trainer) -> tuple[Any,
         restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True,
     )
-    manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+    handlers = {
+        "state": ocp.PyTreeCheckpointHandler(),
+        "data": grain.checkpoint.CheckpointHandler(),
+    }
+    manager = ocp.CheckpointManager(directory, item_handlers=handlers)
     steps = [latest] if explicit else sorted(manager.all_steps(), reverse=True)
     try:
         for step in steps:
