@@ -71,8 +71,8 @@ def predict(
     config = checkpoint_eval.checkpoint_config(config, checkpoint, overridden)
     mesh = sharding.create_mesh(config.mesh)
     tokenizer = pipeline.create_tokenizer(config, fit=False)
-    trainer = train.Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
-    params, _ = restore_params(checkpoint, trainer)
+    setup = train.ModelSetup.create(config, mesh, vocab_size=tokenizer.vocab_size)
+    params, _ = restore_params(checkpoint, setup)
     size = config.model.image_size
     decoded = [eval_datasets.decode(eval_datasets.Sample(p, 0), size) for p in images]
     for path, image in zip(images, decoded, strict=True):
@@ -90,8 +90,8 @@ def predict(
     )
     evaluator = ZeroShotEvaluator(
         data,
-        graphdef=trainer.graphdef,
-        param_shardings=trainer.param_shardings,
+        graphdef=setup.graphdef,
+        param_shardings=setup.param_shardings,
         mesh=mesh,
         tokenizer=tokenizer,
         max_len=config.model.max_len,

@@ -6,6 +6,7 @@ walks.
 """
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import signal
@@ -183,23 +184,64 @@ def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ml_coll
     return model_config
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSetup:
+    """The model on a mesh, with nothing to train it: its static graph, abstract parameters in
+    their shardings, and bounded parameters. Built without an optimiser or a compiled step, for
+    training (`Trainer`), evaluation, `predict`, the notebook and the AOT tool alike."""
+
+    config: ml_collections.ConfigDict  # the run's (model, sharding and seed keys are read)
+    model_config: ml_collections.ConfigDict  # `model.vocab_size` resolved
+    mesh: Mesh
+    graphdef: nnx.GraphDef
+    abstract_params: Any  # pure dict of jax.ShapeDtypeStruct with their shardings
+    param_shardings: Any
+    bounds: dict[tuple[str, ...], tuple[float, float]]
+
+    @classmethod
+    def create(
+        cls, config: ml_collections.ConfigDict, mesh: Mesh, *, vocab_size: int
+    ) -> "ModelSetup":
+        model_config = _model_config(config, vocab_size)
+        new_model = lambda: models.create_model(model_config, nnx.Rngs(config.seed))
+        graphdef, abstract = nnx.split(nnx.eval_shape(new_model), nnx.Param)
+        logical_specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract))
+        pure = nnx.to_pure_dict(abstract)
+        rules = [tuple(rule) for rule in config.sharding.rules]
+        shardings = sharding.tree_shardings(logical_specs, pure, mesh, rules)
+        return cls(
+            config=config,
+            model_config=model_config,
+            mesh=mesh,
+            graphdef=graphdef,
+            abstract_params=jax.tree.map(
+                lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+                pure,
+                shardings,
+            ),
+            param_shardings=shardings,
+            bounds=param_bounds(abstract),
+        )
+
+    def new_model(self) -> nnx.Module:
+        """A freshly initialised model (the config's seed)."""
+        return models.create_model(self.model_config, nnx.Rngs(self.config.seed))
+
+
 class Trainer:
-    """The model's static graph, the optimiser, the shardings and the compiled step on one mesh."""
+    """A `ModelSetup` with the optimiser, the train state's shardings and the jitted step."""
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, *, vocab_size: int):
         self.config = config
+        self.setup = ModelSetup.create(config, mesh, vocab_size=vocab_size)
         self.mesh = mesh
-        self.model_config = _model_config(config, vocab_size)
+        self.model_config = self.setup.model_config
+        self.graphdef = self.setup.graphdef
+        self.bounds = self.setup.bounds
+        self.param_shardings = self.setup.param_shardings
         self.total_steps = config.train.num_steps
         self.tx, self.schedule = optim.make_optimizer(config.optimizer, self.total_steps)
-
-        abstract_model = nnx.eval_shape(self._new_model)
-        self.graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-        self.bounds = param_bounds(abstract_params)
-        logical_specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
-        abstract_pure = nnx.to_pure_dict(abstract_params)
-        rules = [tuple(rule) for rule in config.sharding.rules]
-        self.param_shardings = sharding.tree_shardings(logical_specs, abstract_pure, mesh, rules)
+        abstract_pure = self.setup.abstract_params
         abstract_opt_state = jax.eval_shape(self.tx.init, abstract_pure)
         everywhere = sharding.replicated(mesh)
         opt_shardings = optax.tree_map_params(
@@ -240,12 +282,9 @@ class Trainer:
             donate_argnums=(0,),
         )
 
-    def _new_model(self) -> nnx.Module:
-        return models.create_model(self.model_config, nnx.Rngs(self.config.seed))
-
     def _init_state(self, params: Any = None) -> TrainState:
         if params is None:
-            params = nnx.to_pure_dict(nnx.state(self._new_model(), nnx.Param))
+            params = nnx.to_pure_dict(nnx.state(self.setup.new_model(), nnx.Param))
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -263,7 +302,7 @@ class Trainer:
         init = self.config.get("init")
         if not weights.requested(init):
             return jax.jit(self._init_state, out_shardings=self.state_shardings)()
-        params = weights.pretrained_params(init, self._new_model, self.param_shardings)
+        params = weights.pretrained_params(init, self.setup.new_model, self.param_shardings)
         return jax.jit(self._init_state, out_shardings=self.state_shardings, donate_argnums=0)(
             params
         )
@@ -307,7 +346,7 @@ def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
 
 def create_evaluators(
     config: ml_collections.ConfigDict,
-    trainer: Trainer,
+    setup: ModelSetup,
     tokenizer: pipeline.Tokenizer,
     skipped: dict[str, str] | None = None,
 ) -> list[ZeroShotEvaluator]:
@@ -324,9 +363,9 @@ def create_evaluators(
         evaluators.append(
             ZeroShotEvaluator(
                 data,
-                graphdef=trainer.graphdef,
-                param_shardings=trainer.param_shardings,
-                mesh=trainer.mesh,
+                graphdef=setup.graphdef,
+                param_shardings=setup.param_shardings,
+                mesh=setup.mesh,
                 tokenizer=tokenizer,
                 max_len=config.model.max_len,
                 batch_size=config.eval.batch_size,
@@ -403,7 +442,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         writer.write_hparams(flatten_dict(config.to_dict(), sep="."))
         state = checkpointer.restore(trainer.abstract_state, train_iter, config)
         state = state or trainer.init_state()
-        evaluators = create_evaluators(config, trainer, tokenizer)
+        evaluators = create_evaluators(config, trainer.setup, tokenizer)
         return _train_loop(
             config, trainer, state, train_iter, evaluators, writer, checkpointer, preemption
         )

@@ -15,7 +15,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from focusclip_jax import sharding, train
+from focusclip_jax import run_record, sharding, train
 from focusclip_jax.checkpoint import Checkpointer
 from input_pipeline import pipeline
 from tests.conftest import FAST_COMPILE_FLAGS, REPO
@@ -32,6 +32,7 @@ def _save_trained_workdir(workdir: Path) -> None:
     config.mesh.data = 1  # one device: the notebook's kernel has one
     config.train.num_steps = STEPS
     tokenizer = pipeline.create_tokenizer(config, workdir=str(workdir))
+    run_record.write(str(workdir), config, tokenizer.vocab_size)
     trainer = train.Trainer(
         config, sharding.create_mesh(config.mesh), vocab_size=tokenizer.vocab_size
     )

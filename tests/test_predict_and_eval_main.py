@@ -136,7 +136,7 @@ def test_main_dispatches_an_eval_config(trained, tmp_path: Path, capsys) -> None
         flags.FLAGS["config"].value, flags.FLAGS["workdir"].value = saved
 
 
-def test_a_recorded_workdir_needs_no_model_keys(trained, tmp_path: Path) -> None:
+def test_a_recorded_workdir_needs_no_model_keys(trained, tmp_path: Path, monkeypatch) -> None:
     """Training recorded its config: evaluation takes configs/eval_zeroshot.py as is (the paper's
     B/16 + BERT keys, a vocab.txt nowhere) plus the checkpoint, and predict the paper's config;
     a model key set to another value than the checkpoint's is named."""
@@ -144,6 +144,11 @@ def test_a_recorded_workdir_needs_no_model_keys(trained, tmp_path: Path) -> None
     from focusclip_jax import config_checks, run_record
 
     _, workdir = trained
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("inference built a Trainer (optimiser, training step)")
+
+    monkeypatch.setattr(train, "Trainer", no_trainer)  # evaluation needs the model alone
     record = json.loads((workdir / run_record.CONFIG_FILE).read_text())
     assert record["model"]["vocab_size"] == 169 and record["model"]["vit_size"] == "tiny"
     _fixtures(tmp_path / "data")

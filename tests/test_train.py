@@ -105,7 +105,7 @@ def test_gradients_reach_alpha_and_temperature() -> None:
     config = tiny_config("modern")  # learnable temperature
     batch, vocab_size = _batch(config)
     trainer = train.Trainer(config, sharding.create_mesh({"data": 1}), vocab_size=vocab_size)
-    params = nnx.to_pure_dict(nnx.state(trainer._new_model(), nnx.Param))
+    params = nnx.to_pure_dict(nnx.state(trainer.setup.new_model(), nnx.Param))
 
     def loss(p):
         return train.compute_loss(

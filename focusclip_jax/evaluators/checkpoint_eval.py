@@ -52,8 +52,8 @@ def checkpoint_location(path: str | Path) -> tuple[Path, int]:
     return directory, step
 
 
-def restore_params(checkpoint: str | Path, trainer: train.Trainer) -> tuple[Any, int]:
-    """The parameters of the checkpoint's train state, sharded as the trainer shards them.
+def restore_params(checkpoint: str | Path, setup: train.ModelSetup) -> tuple[Any, int]:
+    """The parameters of the checkpoint's train state, sharded as `setup` shards them.
 
     Only `params` is read (a partial restore): the optimiser of the evaluating config need not be
     the one the checkpoint was trained with. The parameters must be the configured model's
@@ -62,7 +62,7 @@ def restore_params(checkpoint: str | Path, trainer: train.Trainer) -> tuple[Any,
     """
     directory, latest = checkpoint_location(checkpoint)
     explicit = Path(checkpoint).absolute().name.isdigit()
-    item = {"params": trainer.abstract_state.params}
+    item = {"params": setup.abstract_params}
     restore = ocp.args.PyTreeRestore(
         item=item,
         restore_args=ocp.checkpoint_utils.construct_restore_args(item),
@@ -123,13 +123,13 @@ def evaluate_checkpoint(
     mesh = config_checks.validated_mesh(config, training=False)
     pipeline.check_input_files(config)
     tokenizer = pipeline.create_tokenizer(config, fit=False)
-    trainer = train.Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
-    params, step = restore_params(config.checkpoint, trainer)
+    setup = train.ModelSetup.create(config, mesh, vocab_size=tokenizer.vocab_size)
+    params, step = restore_params(config.checkpoint, setup)
     out = Path(workdir or checkpoint_location(config.checkpoint)[0].parent / "zero_shot")
     if not workdir:
         out = out / f"step_{step}"
     skipped: dict[str, str] = {}
-    evaluators = train.create_evaluators(config, trainer, tokenizer, skipped)
+    evaluators = train.create_evaluators(config, setup, tokenizer, skipped)
     results: dict[str, float] = {}
     datasets = {}
     for evaluator in evaluators:
