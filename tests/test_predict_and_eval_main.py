@@ -167,3 +167,28 @@ def test_a_recorded_workdir_needs_no_model_keys(trained, tmp_path: Path, monkeyp
     paper.mesh.data = 1
     rows = predict.predict(paper, str(workdir / "checkpoints" / "2"), images, ["a", "b"])
     assert len(rows) == 2 and sum(p for _, p in rows[0]["top"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_export_takes_the_workdir_alone(trained, tmp_path: Path) -> None:
+    """`python -m focusclip_jax.export`: the checkpoint's image tower as a timm file, whatever
+    model the default config describes (the paper's); its tensors are the checkpoint's."""
+    import numpy as np
+    from flax.traverse_util import flatten_dict
+
+    from configs import pretrain
+    from focusclip_jax import export, run_record, sharding
+    from focusclip_jax import weights as weight_io
+
+    _, workdir = trained
+    out = tmp_path / "vit.safetensors"
+    assert export.export(pretrain.get_config(), str(workdir), "image_tower", str(out)) == 2
+    record = run_record.load(str(workdir))
+    mesh = sharding.create_mesh({"data": 1})
+    setup = train.ModelSetup.create(record, mesh, vocab_size=record.model.vocab_size)
+    params, _ = checkpoint_eval.restore_params(str(workdir), setup)
+    exported = weight_io.read_tensors(out)
+    patch = np.asarray(flatten_dict(params)[("image_tower", "patch_embed", "kernel")])
+    conv = exported["patch_embed.proj.weight"]  # timm: [width, 3, p, p]
+    np.testing.assert_array_equal(conv.transpose(2, 3, 1, 0).reshape(patch.shape), patch)
+    with pytest.raises(InputDataError, match="--tower=focus_tower"):
+        export.export(pretrain.get_config(), str(workdir), "focus_tower", str(tmp_path / "f"))
