@@ -5,6 +5,7 @@ Every tokenizer frames a text as `[CLS] tokens… [SEP]` (CLIP's BPE: `<|startof
 token, at `mask.sum() - 1`) both work on its output. Truncation keeps the closing token.
 """
 
+import errno
 import gzip
 import html
 import os
@@ -46,6 +47,11 @@ def _bert_frame(ids: dict[str, int]) -> tuple[int, int, int]:
     return ids[CLS], ids[SEP], ids[PAD]
 
 
+def _missing(path: str | Path, what: str) -> FileNotFoundError:
+    """A missing file the command-line tools report in one line (`files.run`: its name)."""
+    return FileNotFoundError(errno.ENOENT, what, str(path))
+
+
 class WordTokenizer:
     """A word-level vocabulary fitted on a corpus: the demo's tokenizer, exact for its grammar."""
 
@@ -64,7 +70,7 @@ class WordTokenizer:
         """One word per line, specials first (as `save` writes)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"vocabulary file {path} not found")
+            raise _missing(path, "vocabulary file not found")
         return cls(path.read_text().splitlines())
 
     def save(self, path: str | Path) -> None:
@@ -135,9 +141,7 @@ class BertWordPieceTokenizer:
     def __init__(self, vocab_file: str | Path, lower_case: bool = True, max_word_chars: int = 100):
         path = Path(vocab_file)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"BERT vocabulary {path} not found (vocab.txt of the checkpoint)"
-            )
+            raise _missing(path, "BERT vocabulary not found (vocab.txt of the checkpoint)")
         self.vocab = path.read_text(encoding="utf-8").splitlines()
         self.ids = {w: i for i, w in enumerate(self.vocab)}
         missing = [t for t in SPECIAL_TOKENS if t not in self.ids]
@@ -231,7 +235,7 @@ class ClipBpeTokenizer:
     def __init__(self, bpe_file: str | Path):
         path = Path(bpe_file)
         if not path.is_file():
-            raise FileNotFoundError(f"CLIP BPE vocabulary {path} not found ({CLIP_BPE_SOURCE})")
+            raise _missing(path, f"CLIP BPE vocabulary not found ({CLIP_BPE_SOURCE})")
         with gzip.open(path, "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")[1 : CLIP_NUM_MERGES + 1]  # line 0: the version header
         merges = [tuple(line.split()) for line in lines if line.strip()]
@@ -307,7 +311,7 @@ class FittedBpeTokenizer:
     @classmethod
     def from_file(cls, path: str | Path) -> "FittedBpeTokenizer":
         if not Path(path).is_file():
-            raise FileNotFoundError(f"fitted BPE tokenizer {path} not found")
+            raise _missing(path, "fitted BPE tokenizer not found")
         return cls(tokenizers.Tokenizer.from_file(str(path)))
 
     @classmethod

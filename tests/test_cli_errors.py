@@ -39,6 +39,10 @@ CASES = [
      "{r}/bad.json: not readable JSON"),
     ("input_pipeline.synthpose", ["--export={r}/a_file/x", "--num_images=2"],
      "{r}/a_file/x"),
+    ("focusclip_jax.export", ["--checkpoint={r}", "--tower=nose", "--out={r}/x"],
+     "flag --tower=nose: value should be one of"),
+    ("focusclip_jax.export", ["--checkpoint={r}/none", "--tower=text_tower", "--out={r}/x"],
+     "expected a training workdir"),
     ("bench.train_step", ["--config=configs/bench.py:tiny", "--nope=1"],
      "Unknown command line flag 'nope'"),
 ]  # fmt: skip

@@ -100,6 +100,7 @@ def checkpoint_config(
 ) -> ml_collections.ConfigDict:
     """`config` with the model, tokenizer and loss of the checkpoint's workdir when it recorded
     them (`run_record`); as given for a workdir from before records."""
+    checkpoint_location(checkpoint)  # no checkpoint there: named before anything is built
     record = run_record.load(checkpoint)
     if record is None:
         logging.warning(
