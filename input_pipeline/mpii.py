@@ -282,12 +282,12 @@ def read_annotations(path: str | Path) -> list[MpiiRecord]:
     first = rows[0] if isinstance(rows, list) else rows
     if isinstance(first, dict) and "joints" in first:
         return read_mmpose_json(path)
-    if isinstance(first, dict) and "description" in first:
-        return list(read_descriptions(path).values())
+    if isinstance(first, dict) and ("people" in first or "description" in first):
+        return list(read_descriptions(path).values())  # described already, or to describe
     raise InputDataError(
         f"{path}: neither mmpose annotations (a non-empty list of records with 'image', "
-        "'joints', 'joints_vis') nor pose descriptions (records with 'image', 'people', "
-        "'description'); an official .mat must end in .mat"
+        "'joints', 'joints_vis') nor pose-description records ('image', 'people', and "
+        "'description' once described); an official .mat must end in .mat"
     )
 
 
