@@ -307,10 +307,12 @@ def find_max_batch(
     two tries so far reaches the chip's memory (when it says nothing more fits: one step more if
     memory is nearly full, else double; at most 16x the largest fit so far), then inside the
     bracket [largest that fits, smallest that does not] cutting at least a quarter of it: a few
-    compiles instead of a bisection's dozen. Near the limit the TPU compiler rematerialises to
-    fit and its estimate passes the chip's memory: such fits bound the bracket but do not steer
-    the line. Returns (batch, its report, the tries); batch 0 when not one example per shard
-    fits.
+    compiles instead of a bisection's dozen. Until two batches are measured, the line's second
+    point is batch 0 with the first fit's memory less its temporaries (its state and code; it
+    undershoots, so the first guess errs towards fitting). Near the limit the TPU compiler
+    rematerialises to fit and its estimate passes the chip's memory: such fits bound the bracket
+    but do not steer the line. Returns (batch, its report, the tries); batch 0 when not one
+    example per shard fits.
     """
     devices = target.devices()
     shards = sharding.data_parallel_size(sharding.create_mesh(config.mesh, devices=devices))
@@ -334,6 +336,7 @@ def find_max_batch(
         total = report["memory"]["total"]
         if total <= target.usable_bytes:  # above it the TPU compiler rematerialises: no line
             measured[batch] = total
+            measured.setdefault(0, total - report["memory"]["temporary"])
         tries.append((batch, f"fits, {total / GiB:.2f} GiB"))
         log(f"  batch {batch}: fits, {total / GiB:.2f} GiB per device")
         best, best_report = batch, report
@@ -377,7 +380,8 @@ def _affine_guess(measured: dict[int, float], capacity: int, shards: int) -> int
     """Where the line through the two nearest measured points reaches `capacity`."""
     if len(measured) < 2:
         return None
-    points = sorted(measured.items(), key=lambda kv: abs(kv[1] - capacity))[:2]
+    batches = [b for b in measured if b] if len(measured) > 2 else list(measured)
+    points = sorted(((b, measured[b]) for b in batches), key=lambda kv: abs(kv[1] - capacity))[:2]
     (b0, m0), (b1, m1) = sorted(points)
     if b1 == b0 or m1 <= m0:
         return None

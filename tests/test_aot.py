@@ -285,7 +285,7 @@ def test_max_batch_search_finds_the_limit_in_few_compiles(monkeypatch) -> None:
         total = targets.GiB + batch * 10 * 2**20
         if total > target.usable_bytes:
             raise aot.OutOfMemoryError(f"temporaries ({total / targets.GiB:.2f}G) exceed")
-        return {"memory": {"total": total}, "batch": batch}
+        return {"memory": {"total": total, "temporary": batch * 10 * 2**20}, "batch": batch}
 
     monkeypatch.setattr(aot, "analyse", fake_analyse)
     config = tiny_config()
@@ -293,7 +293,7 @@ def test_max_batch_search_finds_the_limit_in_few_compiles(monkeypatch) -> None:
     config.train.batch_size = 32
     best, report, tries = aot.find_max_batch(config, target, tolerance=0, log=lambda _: None)
     assert best == 1536 and report["batch"] == 1536
-    assert len(tries) == len(compiles) <= 6
+    assert len(tries) == len(compiles) <= 4, compiles
     assert all(batch % 8 == 0 for batch in compiles)
     # With a tolerance, the search stops within it, below the limit.
     compiles.clear()
