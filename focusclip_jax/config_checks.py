@@ -119,7 +119,7 @@ def _check_training(config: ml_collections.ConfigDict, mesh: Mesh, process_count
 
 def _check_loss(loss: ml_collections.ConfigDict) -> None:
     try:
-        losses.pair_loss(loss.kind, loss.temperature)
+        losses.create(loss)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     pairs = [tuple(pair) for pair in loss.pairs]
@@ -131,5 +131,3 @@ def _check_loss(loss: ml_collections.ConfigDict) -> None:
     for pair in pairs:
         if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(MODALITIES):
             raise ConfigError(f"config loss.pairs: {pair} is not a pair of two of {MODALITIES}")
-    if loss.kind == "nt_xent" and not loss.temperature > 0:
-        raise ConfigError(f"config loss.temperature={loss.temperature!r}: must be > 0")

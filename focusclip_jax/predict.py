@@ -23,10 +23,9 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
-from flax.traverse_util import flatten_dict
 from ml_collections import config_flags
 
-from focusclip_jax import run_record, sharding, train
+from focusclip_jax import losses, run_record, sharding, train
 from focusclip_jax.evaluators import checkpoint_eval
 from focusclip_jax.evaluators.checkpoint_eval import restore_params
 from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator
@@ -51,9 +50,8 @@ def image_paths(specs: Sequence[str]) -> list[Path]:
 
 
 def _logit_scale(config: ml_collections.ConfigDict, params: Any) -> float:
-    if config.loss.kind == "clip":
-        return float(np.exp(jax.device_get(flatten_dict(params)[("logit_scale",)])))
-    return 1.0 / config.loss.temperature
+    loss = losses.create(config.loss)
+    return float(loss.similarity_scale(jax.device_get(losses.scalars_of(params, loss))))
 
 
 def predict(

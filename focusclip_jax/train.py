@@ -106,10 +106,10 @@ def compute_loss(
     )
     return losses.focusclip_loss(
         embeddings,
-        model.temperature_scale(),
+        model.loss_scalars(),
         pairs=pairs,
         weights=loss_config.weights,
-        loss_fn=losses.pair_loss(loss_config.kind, loss_config.temperature),
+        loss=losses.create(loss_config),
     )
 
 
@@ -158,16 +158,12 @@ def train_step(
         nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
         first_nonfinite_step=first_bad,
     )
-    flat_params = flatten_dict(params)
-    if loss_config.kind == "clip":
-        temperature = 1.0 / jnp.exp(flat_params[("logit_scale",)])
-    else:
-        temperature = jnp.asarray(loss_config.temperature, jnp.float32)
+    contrastive = losses.create(loss_config)
     metrics = {
         "loss": loss,
         **per_pair,
-        "alpha": flat_params[("alpha",)],
-        "temperature": temperature,
+        "alpha": params["alpha"],
+        **contrastive.metrics(losses.scalars_of(params, contrastive)),
         "grad_norm": grad_norm,
         "learning_rate": schedule(state.step),
         "nonfinite_count": new_state.nonfinite_count,
@@ -203,7 +199,10 @@ class ModelSetup:
         cls, config: ml_collections.ConfigDict, mesh: Mesh, *, vocab_size: int
     ) -> "ModelSetup":
         model_config = _model_config(config, vocab_size)
-        new_model = lambda: models.create_model(model_config, nnx.Rngs(config.seed))
+        loss_scalars = losses.create(config.loss).scalars
+        new_model = lambda: models.create_model(
+            model_config, nnx.Rngs(config.seed), loss_scalars=loss_scalars
+        )
         graphdef, abstract = nnx.split(nnx.eval_shape(new_model), nnx.Param)
         logical_specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract))
         pure = nnx.to_pure_dict(abstract)
@@ -225,7 +224,11 @@ class ModelSetup:
 
     def new_model(self) -> nnx.Module:
         """A freshly initialised model (the config's seed)."""
-        return models.create_model(self.model_config, nnx.Rngs(self.config.seed))
+        return models.create_model(
+            self.model_config,
+            nnx.Rngs(self.config.seed),
+            loss_scalars=losses.create(self.config.loss).scalars,
+        )
 
 
 class Trainer:

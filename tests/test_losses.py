@@ -4,6 +4,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -87,10 +88,10 @@ def test_focusclip_loss_is_weighted_sum_over_pairs() -> None:
     pairs = (("focused", "image"), ("focused", "text"), ("image", "text"))
     total, per_pair = losses.focusclip_loss(
         emb,
-        jnp.asarray(1.0),
+        {"logit_scale": jnp.asarray(1.0)},
         pairs=pairs,
         weights=(1.0, 2.0, 0.5),
-        loss_fn=losses.pair_loss("nt_xent", 0.5),
+        loss=losses.create(ml_collections.ConfigDict({"kind": "nt_xent", "temperature": 0.5})),
     )
     expected = {
         f"loss/{x}_{y}": naive_nt_xent(np.asarray(emb[x]), np.asarray(emb[y]), 0.5)
@@ -104,8 +105,24 @@ def test_focusclip_loss_is_weighted_sum_over_pairs() -> None:
 def test_clip_pair_loss_gradient_reaches_the_scale() -> None:
     rng = np.random.default_rng(5)
     a, b = jnp.asarray(_normalized(rng, 4, 6)), jnp.asarray(_normalized(rng, 4, 6))
-    loss_fn = losses.pair_loss("clip", 0.5)
-    grad = jax.grad(lambda s: loss_fn(a, b, s))(jnp.asarray(5.0))
+    clip = losses.create(ml_collections.ConfigDict({"kind": "clip", "temperature": 0.5}))
+    grad = jax.grad(lambda s: clip(a, b, {"logit_scale": s}))(jnp.asarray(np.log(5.0)))
     assert np.isfinite(grad) and abs(float(grad)) > 1e-4
-    with pytest.raises(ValueError, match=r"loss\.kind"):
-        losses.pair_loss("triplet", 0.5)
+    assert float(clip(a, b, {"logit_scale": jnp.log(3.0)})) == pytest.approx(
+        float(losses.clip_infonce(a, b, 3.0)), rel=1e-6
+    )
+    assert float(clip.metrics({"logit_scale": jnp.log(4.0)})["temperature"]) == pytest.approx(0.25)
+
+
+def test_losses_are_built_from_config_and_check_their_keys() -> None:
+    def config(**keys):
+        return ml_collections.ConfigDict({"kind": "nt_xent", "temperature": 0.5, **keys})
+
+    nt_xent = losses.create(config())
+    # NT-Xent's fixed temperature is its zero-shot scale; the model's logit scale is unused.
+    assert float(nt_xent.similarity_scale({"logit_scale": jnp.asarray(9.0)})) == 2.0
+    assert float(nt_xent.metrics({"logit_scale": jnp.asarray(9.0)})["temperature"]) == 0.5
+    with pytest.raises(ValueError, match=r"loss\.temperature=0"):
+        losses.create(config(temperature=0))
+    with pytest.raises(ValueError, match=r"loss\.kind='triplet'.*'clip', 'nt_xent'"):
+        losses.create(config(kind="triplet"))

@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -179,10 +180,10 @@ def loss_fn(model: nnx.Module, batch: dict) -> Callable[[dict], jax.Array]:
         embeddings = merged.embed(**batch, modalities=("image", "focused", "text"))
         total, _ = losses.focusclip_loss(
             embeddings,
-            merged.temperature_scale(),
+            merged.loss_scalars(),
             pairs=PAIRS,
             weights=(1.0, 1.0, 1.0),
-            loss_fn=losses.pair_loss("nt_xent", 0.5),
+            loss=losses.create(ml_collections.ConfigDict({"kind": "nt_xent", "temperature": 0.5})),
         )
         return total
 
@@ -399,7 +400,7 @@ def test_bert_dropout_acts_in_training_only(batch: dict) -> None:
         def loss(params: dict) -> jax.Array:
             merged = nnx.merge(graphdef, params)
             embeddings = merged.embed(**batch, modalities=("image", "text"), rng=first)
-            scale = merged.temperature_scale()
+            scale = jnp.exp(merged.logit_scale[...])
             return losses.clip_infonce(embeddings["image"], embeddings["text"], scale)
 
         return loss

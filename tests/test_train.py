@@ -1,6 +1,7 @@
 """The sharded training step: 8 devices vs 1, shardings, bounds, gradients, non-finite steps."""
 
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ from flax import nnx
 from flax.traverse_util import flatten_dict
 from jax.sharding import PartitionSpec
 
-from focusclip_jax import optim, sharding, train
+from focusclip_jax import losses, optim, sharding, train
 from input_pipeline import pipeline
 from tests.conftest import tiny_config
 
@@ -220,3 +221,38 @@ def test_a_run_stopped_by_a_nonfinite_loss_closes_what_it_opened(tmp_path, monke
         train.train_and_evaluate(config, tmp_path)
     assert sorted(closed) == ["Checkpointer", "MetricWriter"]
     assert signal.getsignal(signal.SIGTERM) is handler
+
+
+class _BiasedCosine(losses.ContrastiveLoss):
+    """A loss written outside the package: a squared error of `scale * cos + bias` against the
+    identity, with a learnable bias in [-2, 2] that starts at 1."""
+
+    scalars: ClassVar[dict[str, losses.Scalar]] = {"test_bias": losses.Scalar(1.0, (-2.0, 2.0))}
+
+    def __call__(self, a, b, scalars):
+        logits = jnp.exp(scalars["logit_scale"]) * a @ b.T + scalars["test_bias"]
+        return jnp.mean((logits - jnp.eye(a.shape[0])) ** 2)
+
+    def metrics(self, scalars):
+        return {"test_bias": scalars["test_bias"]}
+
+
+def test_a_registered_loss_brings_its_scalars_and_metrics(monkeypatch) -> None:
+    """One registry line adds a loss: the model carries its scalar (bounded, trained, in the
+    step's metrics) and no training code names the kind."""
+    monkeypatch.setitem(losses.LOSSES, "biased_cosine", _BiasedCosine)
+    config = tiny_config()
+    config.loss.kind = "biased_cosine"
+    batch, vocab_size = _batch(config)
+    trainer, state, initial, step_losses = _run_steps(
+        config, sharding.create_mesh({"data": 1}), batch, vocab_size, 2
+    )
+    assert float(initial["test_bias"]) == 1.0
+    assert trainer.bounds[("test_bias",)] == (-2.0, 2.0)
+    assert float(state.params["test_bias"]) != 1.0  # it gets gradients and moves
+    assert all(np.isfinite(step_losses))
+    state, metrics = trainer.step(
+        state, pipeline.to_global_arrays(batch, sharding.batch_sharding(trainer.mesh))
+    )
+    assert "temperature" not in metrics
+    assert float(metrics["test_bias"]) == pytest.approx(float(state.params["test_bias"]))

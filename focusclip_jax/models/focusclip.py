@@ -6,7 +6,8 @@ own weights (`'separate'`). Inference encodes images and texts only.
 """
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +74,7 @@ class FocusCLIP(nnx.Module):
         text_dropout: float = 0.0,
         vit_overrides: dict | None = None,
         text_overrides: dict | None = None,
+        loss_scalars: Mapping[str, Any] | None = None,
         rngs: nnx.Rngs,
     ):
         if heatmap_tower not in ("shared", "separate"):
@@ -119,6 +121,13 @@ class FocusCLIP(nnx.Module):
         self.logit_scale = nnx.Param(
             jnp.asarray(logit_scale_init, jnp.float32), bounds=(0.0, LOG_100)
         )
+        # The loss's own learnable scalars (`losses.Scalar`: init and bounds), at the top level.
+        self.loss_scalar_names = tuple(loss_scalars or ())
+        for name, scalar in (loss_scalars or {}).items():
+            if hasattr(self, name):
+                raise ValueError(f"the loss's scalar {name!r} would replace the model's {name}")
+            bounds = {"bounds": tuple(scalar.bounds)} if scalar.bounds else {}
+            setattr(self, name, nnx.Param(jnp.asarray(scalar.init, jnp.float32), **bounds))
 
     def _normalize_pixels(self, images: jax.Array) -> jax.Array:
         mean = jnp.asarray(self.pixel_mean, jnp.float32)
@@ -182,6 +191,7 @@ class FocusCLIP(nnx.Module):
             out["image"] = self.encode_image(images)
         return out
 
-    def temperature_scale(self) -> jax.Array:
-        """exp(logit_scale): the multiplier of cosine similarities in the CLIP loss."""
-        return jnp.exp(self.logit_scale[...])
+    def loss_scalars(self) -> dict[str, jax.Array]:
+        """What the loss reads by name: the logit scale and the scalars the loss declared."""
+        names = ("logit_scale", *self.loss_scalar_names)
+        return {name: getattr(self, name)[...] for name in names}
