@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     size, *variants = (arg or "small").split(",")
     if size not in SIZES:
         raise ValueError(f"configs/bench.py:{size}: expected one of {SIZES}")
-    config = pretrain.get_config(",".join(variants))
+    config = pretrain.base_config()
     config.model.vocab_size = BERT_VOCAB_SIZE
     config.data = ml_collections.ConfigDict()
     config.data.name = "random"
@@ -84,4 +84,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.embed_dim = 64
         config.data.mean_tokens, config.data.std_tokens = 10, 4
         config.train.batch_size = 16
-    return config
+    return pretrain.finish(config, ",".join(variants))

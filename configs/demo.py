@@ -15,7 +15,7 @@ from configs import pretrain
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = pretrain.get_config()
+    config = pretrain.base_config()
     config.seed = 0
 
     pretrain.tiny_towers(config)
@@ -45,11 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.checkpoint.every_steps = 200
     config.checkpoint.keep = 2
-    config.eval.datasets = ("synthpose_pose", "synthpose_pose_alone")
-    config.eval.batch_size = 128
+    config.evals.zero_shot.datasets = ("synthpose_pose", "synthpose_pose_alone")
+    config.evals.zero_shot.batch_size = 128
     config.log_every_steps = 50
-    config.eval_every_steps = 0
 
-    pretrain.apply_variants(config, arg)
+    pretrain.finish(config, arg)
     config.tokenizer.kind = "synthetic_words"  # whatever the variants say: the describer's words
     return config

@@ -21,23 +21,22 @@ OWN_VARIANTS = ("paper", "ensemble")
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variants = [v for v in (arg or "").split(",") if v]
-    config = pretrain.get_config(",".join(v for v in variants if v not in OWN_VARIANTS))
+    config = pretrain.base_config()
+    pretrain.apply_variants(config, ",".join(v for v in variants if v not in OWN_VARIANTS))
     config.mode = "eval"
     del config.checkpoint  # here: the checkpoint to evaluate, not the training's saving policy
     config.checkpoint = ""
     config.data_root = "data/eval"
 
     config.data.name = "benchmarks"  # no training data is read
-    config.data.eval_root = config.get_ref("data_root")
-    config.data.eval_split = "test"  # each dataset's test split, or its validation split
-    config.data.eval_splits = ml_collections.ConfigDict()  # per dataset family: {"emotic": "train"}
-    config.data.eval_templates = "paper"  # or "ensemble"
-    config.data.eval_max_images = 0  # 0: all; N: an evenly spaced subset (quick looks)
-    config.data.eval_decode_threads = 8
-    config.eval.datasets = eval_datasets.PAPER_BENCHMARKS
+    config.evals.zero_shot.datasets = eval_datasets.PAPER_BENCHMARKS
+    config.evals.zero_shot.root = config.get_ref("data_root")
+    config.lock()  # as configs/pretrain.py's: a key that does not exist is an error
 
     if "paper" in variants:
-        config.data.eval_splits = ml_collections.ConfigDict({"emotic": "train", "fer2013": "train"})
+        config.evals.zero_shot.splits = ml_collections.ConfigDict(
+            {"emotic": "train", "fer2013": "train"}
+        )
     if "ensemble" in variants:
-        config.data.eval_templates = "ensemble"
+        config.evals.zero_shot.templates = "ensemble"
     return config

@@ -23,7 +23,42 @@ MPII_TRAIN_IMAGES = 14_644  # mmpose train split, images
 VARIANTS = ("clip", "separate", "causal", "modern", "original", "pretrained", "tiny")
 
 
+def zero_shot_eval(
+    datasets: tuple[str, ...], *, batch_size: int = 256, every_steps: int = 0
+) -> ml_collections.ConfigDict:
+    """A `config.evals` entry of type zero_shot (focusclip_jax/evaluators/zero_shot.py)."""
+    return ml_collections.ConfigDict(
+        {
+            "type": "zero_shot",
+            "datasets": tuple(datasets),
+            "every_steps": every_steps,  # 0: at the end of training only
+            "batch_size": batch_size,
+            "root": "data/eval",  # one folder per benchmark under it
+            "split": "test",  # each dataset's test split, or "val": its validation split
+            "splits": {},  # per dataset family, e.g. {"emotic": "train"} (the paper's)
+            "templates": "paper",  # or "ensemble"
+            "max_images": 0,  # 0: all; N: an evenly spaced subset (quick looks)
+            "decode_threads": 8,
+        }
+    )
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return finish(base_config(), arg)
+
+
+def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Apply the variants named in `arg`, then lock the config: from here on a key that does
+    not exist (a typo in a variant, a derived config or an override) is an error; values may
+    still change."""
+    apply_variants(config, arg)
+    config.lock()
+    return config
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The paper's recipe, every key defined, no variant applied, not locked (derived configs
+    start here)."""
     config = ml_collections.ConfigDict()
     config.seed = 42
 
@@ -152,16 +187,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.keep = 3
     config.checkpoint.async_save = True
 
-    config.eval = ml_collections.ConfigDict()
-    # The paper's benchmarks found under data.eval_root (input_pipeline/eval_datasets.py for the
-    # layouts); missing ones are skipped with a warning. configs/eval_zeroshot.py: eval-only runs.
-    config.eval.datasets = PAPER_BENCHMARKS
-    config.data.eval_root = "data/eval"
-    config.eval.batch_size = 256
+    # Evaluators by name, each `{type, every_steps, ...}` (focusclip_jax/evaluators/): the
+    # paper's benchmarks found under `root` (input_pipeline/eval_datasets.py for the layouts);
+    # missing ones are skipped with a warning. configs/eval_zeroshot.py: eval-only runs.
+    config.evals = ml_collections.ConfigDict()
+    config.evals.zero_shot = zero_shot_eval(PAPER_BENCHMARKS)
     config.log_every_steps = 50
-    config.eval_every_steps = 0  # 0: evaluate at the end only
-
-    apply_variants(config, arg)
     return config
 
 
@@ -237,5 +268,5 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
     config.train.batch_size = 32
     config.train.num_steps = 300
     config.checkpoint.every_steps = 100
-    config.eval.batch_size = 64
+    config.evals.zero_shot.batch_size = 64
     config.log_every_steps = 10

@@ -14,7 +14,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from focusclip_jax import losses, models, optim, sharding
+from focusclip_jax import evaluators, losses, models, optim, sharding
 from focusclip_jax.models.focusclip import MODALITIES
 from input_pipeline.files import InputDataError
 from input_pipeline.heatmaps import HEATMAP_MODES
@@ -22,7 +22,6 @@ from input_pipeline.heatmaps import HEATMAP_MODES
 POSITIVE = (
     "train.batch_size",
     "train.num_steps",
-    "eval.batch_size",
     "log_every_steps",
     "model.image_size",
     "model.max_len",
@@ -67,10 +66,20 @@ def validate(
 ) -> None:
     """Raises ConfigError naming the first key that breaks a rule. `training=False` (evaluation
     of a checkpoint) checks the model and evaluation keys only."""
-    for key in POSITIVE if training else ("eval.batch_size", "model.image_size", "model.max_len"):
+    evals = [f"evals.{name}.batch_size" for name in config.get("evals", {})]
+    checked = POSITIVE if training else ("model.image_size", "model.max_len")
+    for key in (*checked, *evals):
         value = _get(config, key)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"config {key}={value!r}: must be a positive integer")
+    for name, options in config.get("evals", {}).items():
+        every = options.get("every_steps", 0)
+        if not isinstance(every, int) or every < 0:
+            raise ConfigError(f"config evals.{name}.every_steps={every!r}: must be 0 or more")
+    try:
+        evaluators.check_types(config)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if training:
         _check_training(config, mesh, process_count)
     try:

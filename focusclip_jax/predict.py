@@ -28,7 +28,7 @@ from ml_collections import config_flags
 from focusclip_jax import losses, run_record, sharding, train
 from focusclip_jax.evaluators import checkpoint_eval
 from focusclip_jax.evaluators.checkpoint_eval import restore_params
-from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator
+from focusclip_jax.evaluators.zero_shot import ZeroShotClassifier
 from input_pipeline import eval_datasets, files, pipeline
 from input_pipeline.files import InputDataError
 
@@ -62,6 +62,7 @@ def predict(
     *,
     template: str = "{}",
     top_k: int = 3,
+    batch_size: int = 64,
     overridden: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Per readable image: its path and the top-k (label, probability) pairs. The model comes
@@ -86,17 +87,17 @@ def predict(
         class_names=tuple(labels),
         templates=(template,),
     )
-    evaluator = ZeroShotEvaluator(
+    classifier = ZeroShotClassifier(
         data,
         graphdef=setup.graphdef,
         param_shardings=setup.param_shardings,
         mesh=mesh,
         tokenizer=tokenizer,
         max_len=config.model.max_len,
-        batch_size=config.eval.batch_size,
+        batch_size=batch_size,
     )
-    classes = np.asarray(jax.device_get(evaluator.class_embeddings(params)))
-    logits = _logit_scale(config, params) * evaluator.image_embeddings(params) @ classes.T
+    classes = np.asarray(jax.device_get(classifier.class_embeddings(params)))
+    logits = _logit_scale(config, params) * classifier.image_embeddings(params) @ classes.T
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     rows = []
@@ -133,6 +134,7 @@ def define_flags() -> None:
     flags.DEFINE_string("labels_file", None, "Label phrases, one per line (instead of --labels).")
     flags.DEFINE_string("template", "{}", "Prompt template, e.g. 'a photo of a person {}'.")
     flags.DEFINE_integer("top_k", 3, "How many labels to show per image.")
+    flags.DEFINE_integer("batch_size", 64, "Images per batch (a multiple of the devices).")
     flags.DEFINE_string("out", None, "Also write the predictions to this .csv or .json file.")
     flags.mark_flags_as_required(["checkpoint", "images"])
 
@@ -155,6 +157,7 @@ def main(argv: list[str]) -> None:
         labels,
         template=FLAGS.template,
         top_k=FLAGS.top_k,
+        batch_size=FLAGS.batch_size,
         overridden=run_record.command_line_overrides(sys.argv),
     )
     for row in rows:

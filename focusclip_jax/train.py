@@ -22,17 +22,25 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from clu import parameter_overview
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from focusclip_jax import config_checks, losses, models, optim, run_record, sharding, weights
+from focusclip_jax import (
+    config_checks,
+    evaluators,
+    losses,
+    models,
+    optim,
+    run_record,
+    sharding,
+    weights,
+)
 from focusclip_jax.checkpoint import Checkpointer
-from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator
 from focusclip_jax.logs import MetricWriter
 from input_pipeline import heatmaps, pipeline
-from input_pipeline.eval_datasets import DatasetNotFoundError
 
 
 @flax.struct.dataclass
@@ -347,43 +355,6 @@ def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
     }
 
 
-def create_evaluators(
-    config: ml_collections.ConfigDict,
-    setup: ModelSetup,
-    tokenizer: pipeline.Tokenizer,
-    skipped: dict[str, str] | None = None,
-) -> list[ZeroShotEvaluator]:
-    """One evaluator per dataset on disk; a missing one is logged (and noted in `skipped`)."""
-    evaluators = []
-    for name in config.eval.datasets:
-        try:
-            data = pipeline.zero_shot_data(name, config.data)
-        except DatasetNotFoundError as error:
-            logging.warning("Zero-shot dataset %s skipped: %s", name, error)
-            if skipped is not None:
-                skipped[name] = str(error)
-            continue
-        evaluators.append(
-            ZeroShotEvaluator(
-                data,
-                graphdef=setup.graphdef,
-                param_shardings=setup.param_shardings,
-                mesh=setup.mesh,
-                tokenizer=tokenizer,
-                max_len=config.model.max_len,
-                batch_size=config.eval.batch_size,
-            )
-        )
-    return evaluators
-
-
-def evaluate(evaluators: list[ZeroShotEvaluator], params: Any) -> dict[str, float]:
-    results: dict[str, float] = {}
-    for evaluator in evaluators:
-        results |= evaluator.run(params)
-    return results
-
-
 class PreemptionWatcher:
     """SIGTERM (how TPU VMs, SLURM and cloud schedulers preempt) → stop at a step boundary.
 
@@ -431,6 +402,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     tokenizer = pipeline.create_tokenizer(config, workdir=str(workdir))
     run_record.write(str(workdir), config, tokenizer.vocab_size)
     trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
+    overview = parameter_overview.get_parameter_overview(
+        trainer.setup.abstract_params, include_stats=False
+    )
+    logging.info("Parameters (shapes and counts, before initialisation):\n%s", overview)
     # Every exit, errors included, closes what was opened, last first: the signal handler, pending
     # checkpoint saves (waited for), the data workers, the metric writers.
     with contextlib.ExitStack() as opened:
@@ -445,9 +420,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         writer.write_hparams(flatten_dict(config.to_dict(), sep="."))
         state = checkpointer.restore(trainer.abstract_state, train_iter, config)
         state = state or trainer.init_state()
-        evaluators = create_evaluators(config, trainer.setup, tokenizer)
+        due_to_run = evaluators.create(config, trainer.setup, tokenizer)
         return _train_loop(
-            config, trainer, state, train_iter, evaluators, writer, checkpointer, preemption
+            config, trainer, state, train_iter, due_to_run, writer, checkpointer, preemption
         )
 
 
@@ -456,7 +431,7 @@ def _train_loop(
     trainer: Trainer,
     state: TrainState,
     train_iter: Any,
-    evaluators: list[ZeroShotEvaluator],
+    evaluations: list[evaluators.Evaluator],
     writer: MetricWriter,
     checkpointer: Checkpointer,
     preemption: PreemptionWatcher,
@@ -504,9 +479,10 @@ def _train_loop(
             history.clear()
             window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
 
-        if (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total:
-            results = evaluate(evaluators, state.params)
-            writer.write(step, {f"eval/{k}": v for k, v in results.items()})
+        found = evaluators.run_due(evaluations, state.params, step, total).metrics
+        if found:
+            results |= found
+            writer.write(step, {f"eval/{k}": v for k, v in found.items()})
         saved = checkpointer.save(step, state, train_iter, force=step == total)
         if saved:
             logging.info("Checkpoint of step %d queued", step)
@@ -518,8 +494,8 @@ def _train_loop(
             )
             break
     else:
-        if not results and evaluators:  # resumed at the end: evaluate what was restored
-            results = evaluate(evaluators, state.params)
+        if not results and evaluations:  # resumed at the end: evaluate what was restored
+            results = evaluators.run_due(evaluations, state.params, total, total).metrics
     return results
 
 

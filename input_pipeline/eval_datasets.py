@@ -5,7 +5,8 @@ from the dataset's boxes first), labels, class names in the order of the dataset
 of a Python set: the original misaligned Stanford40's prompts and labels that way), the prompt
 phrase of each class with its article right ("an adult person"), templates and top-k.
 
-Layouts under `data.eval_root` (one folder per dataset; what each reader expects, as published):
+Layouts under the evaluator's `root` (`evals.<name>.root`; one folder per dataset; what each
+reader expects, as published):
   stanford40/   ImageSplits/actions.txt (header line, then `action<TAB>count`: the class order),
                 ImageSplits/<action>_{train,test}.txt (file names), JPEGImages/<file>.
   kinetics400/  {train,validate,test}.csv (`label,youtube_id,time_start,time_end,split[,is_cc]`,
@@ -39,8 +40,10 @@ Layouts under `data.eval_root` (one folder per dataset; what each reader expects
                 `caltech_birds2011-<split>.{tfrecord,array_record}-NNNNN-of-NNNNN` shards of
                 tf.train.Example records), read without TensorFlow or TFDS.
 
-Splits: `data.eval_split` ("test" by default; "val" picks a validation split where one exists),
-overridden per dataset family by `data.eval_splits` (the `paper` variant of
+Each reader takes the zero-shot evaluator's options (`evals.<name>`: `root`, `split`, `splits`,
+`templates`, `max_images`, `decode_threads`) with the model's `image_size` added.
+Splits: `split` ("test" by default; "val" picks a validation split where one exists),
+overridden per dataset family by `splits` (the `paper` variant of
 configs/eval_zeroshot.py sets EMOTIC and FER2013 to "train", as the paper evaluated them).
 Unreadable images are dropped and counted (`unreadable`); a missing folder or file raises
 `DatasetNotFoundError` naming what was expected, so the other datasets still evaluate.
@@ -192,8 +195,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def _split(data: ml_collections.ConfigDict, family: str, allowed: dict[str, str]) -> str:
     """The dataset's own name for the configured split ("test" → "PrivateTest" for FER2013)."""
-    overrides = data.get("eval_splits") or {}
-    split = overrides.get(family, data.get("eval_split", "test"))
+    split = (data.splits or {}).get(family, data.split)
     if split not in allowed:
         raise InputDataError(
             f"{family}: split {split!r} not available; choose from {list(allowed)}"
@@ -235,11 +237,11 @@ def _build(
     """Decode the samples (in threads: PIL releases the GIL), drop and count unreadable ones."""
     if not samples:
         raise DatasetNotFoundError(f"{name}: no samples found for this split")
-    max_images = data.get("eval_max_images", 0)
+    max_images = data.max_images
     if max_images and len(samples) > max_images:  # evenly spaced: every part of the list
         samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_images).astype(int)]
     size = data.image_size
-    with ThreadPoolExecutor(data.get("eval_decode_threads", 8)) as pool:
+    with ThreadPoolExecutor(data.decode_threads) as pool:
         decoded = list(pool.map(lambda s: decode(s, size), samples))
     kept = [i for i, image in enumerate(decoded) if image is not None]
     unreadable = len(samples) - len(kept)
@@ -247,7 +249,7 @@ def _build(
         logging.warning("%s: %d of %d images could not be read", name, unreadable, len(samples))
     if not kept:
         raise InputDataError(f"{name}: none of the {len(samples)} images could be read")
-    style = data.get("eval_templates", "paper")
+    style = data.templates
     return {
         "name": name,
         "images": np.stack([decoded[i] for i in kept]),
@@ -261,7 +263,7 @@ def _build(
 
 
 def _root(data: ml_collections.ConfigDict, folder: str) -> Path:
-    root = Path(data.get("eval_root", "data/eval")) / folder
+    root = Path(data.root) / folder
     return _require(root, f"the {folder} dataset folder")
 
 
@@ -719,6 +721,9 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict], dict[str, Any]]] = {
 PAPER_BENCHMARKS = tuple(name for name in DATASETS if name not in ("fairface_age", "cub200"))
 
 
-def load(name: str, data: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The fields of `pipeline.ZeroShotData` for benchmark `name`."""
-    return DATASETS[name](data)
+def load(name: str, options: ml_collections.ConfigDict, image_size: int) -> dict[str, Any]:
+    """The fields of `pipeline.ZeroShotData` for benchmark `name`, read as the zero-shot
+    evaluator's `options` say, at the model's `image_size`."""
+    return DATASETS[name](
+        ml_collections.ConfigDict({**options.to_dict(), "image_size": image_size})
+    )

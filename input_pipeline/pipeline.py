@@ -243,7 +243,7 @@ def _synthpose_pose(max_distractors: int, name: str) -> Callable[..., ZeroShotDa
     """The target's pose class, zero-shot, on the held-out seed (`data.eval_seed`): with 0–3
     distractors, or the same targets alone (`max_distractors=0`)."""
 
-    def load(data: ml_collections.ConfigDict) -> ZeroShotData:
+    def load(data: ml_collections.ConfigDict, options: ml_collections.ConfigDict) -> ZeroShotData:
         images, labels = _synthpose_eval_records(
             data.eval_records, data.eval_seed, data.image_size, max_distractors
         )
@@ -259,18 +259,25 @@ def _synthpose_pose(max_distractors: int, name: str) -> Callable[..., ZeroShotDa
     return load
 
 
-def _benchmark(name: str) -> Callable[[ml_collections.ConfigDict], ZeroShotData]:
-    return lambda data: ZeroShotData(**eval_datasets.load(name, data))
+ZeroShotReader = Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict], ZeroShotData]
 
 
-ZERO_SHOT_DATASETS: dict[str, Callable[[ml_collections.ConfigDict], ZeroShotData]] = {
+def _benchmark(name: str) -> ZeroShotReader:
+    return lambda data, options: ZeroShotData(**eval_datasets.load(name, options, data.image_size))
+
+
+ZERO_SHOT_DATASETS: dict[str, ZeroShotReader] = {
     "synthpose_pose": _synthpose_pose(synthpose.MAX_DISTRACTORS, "synthpose_pose"),
     "synthpose_pose_alone": _synthpose_pose(0, "synthpose_pose_alone"),
     **{name: _benchmark(name) for name in eval_datasets.DATASETS},
 }
 
 
-def zero_shot_data(name: str, data: ml_collections.ConfigDict) -> ZeroShotData:
+def zero_shot_data(
+    name: str, data: ml_collections.ConfigDict, options: ml_collections.ConfigDict
+) -> ZeroShotData:
+    """Zero-shot dataset `name`: `data` is the run's data section (image size; SynthPose's
+    held-out seed), `options` the zero-shot evaluator's (`evals.<name>`: where and what to read)."""
     if name not in ZERO_SHOT_DATASETS:
         raise ValueError(f"zero-shot dataset {name!r}: registered are {sorted(ZERO_SHOT_DATASETS)}")
-    return ZERO_SHOT_DATASETS[name](data)
+    return ZERO_SHOT_DATASETS[name](data, options)

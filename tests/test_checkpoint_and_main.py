@@ -21,7 +21,7 @@ def _losses(workdir: Path) -> dict[int, float]:
 def _resume_config(num_steps: int):
     config = tiny_config()
     config.mesh.data = 1  # orbax saves on one device are fast; resharding is another test's job
-    config.eval.datasets = ()
+    config.evals.zero_shot.datasets = ()
     config.train.num_steps = num_steps
     config.optimizer.schedule = "constant"  # the run length must not change the learning rates
     config.checkpoint.every_steps = 3
@@ -73,7 +73,7 @@ SMALL_DEMO = (
     "--config.train.num_steps=8",
     "--config.optimizer.warmup_steps=1",
     "--config.log_every_steps=1",
-    "--config.eval.batch_size=16",
+    "--config.evals.zero_shot.batch_size=16",
 )
 
 
@@ -123,7 +123,7 @@ def test_a_bad_batch_is_refused_before_anything_is_written(tmp_path, override, m
 def test_sigterm_saves_at_the_next_step_and_a_rerun_resumes(tmp_path: Path) -> None:
     """Preemption: SIGTERM mid-run → checkpoint at the next step, exit 0; a rerun resumes."""
     args = [*SMALL_DEMO, f"--workdir={tmp_path}", "--config.train.num_steps=400"]
-    args += ["--config.checkpoint.every_steps=1000", "--config.eval.datasets=()"]
+    args += ["--config.checkpoint.every_steps=1000", "--config.evals.zero_shot.datasets=()"]
     process = subprocess.Popen(
         [*MAIN, *args],
         cwd=REPO,

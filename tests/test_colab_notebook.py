@@ -58,8 +58,8 @@ def test_notebook_trains_visualises_and_predicts(
     monkeypatch.setenv("FOCUSCLIP_STEPS", str(STEPS))
     monkeypatch.setenv("FOCUSCLIP_WORKDIR", str(workdir))
     # Training skips its own evaluation; the notebook classifies the tiny config's held-out set.
-    monkeypatch.setenv("FOCUSCLIP_OVERRIDES", "--config.eval.datasets=()")
-    monkeypatch.setenv("FOCUSCLIP_HELD_OUT", tiny_config().eval.datasets[0])
+    monkeypatch.setenv("FOCUSCLIP_OVERRIDES", "--config.evals.zero_shot.datasets=()")
+    monkeypatch.setenv("FOCUSCLIP_HELD_OUT", tiny_config().evals.zero_shot.datasets[0])
     monkeypatch.setenv("FOCUSCLIP_LABELS", ", ".join(LABELS))
     monkeypatch.setenv("FOCUSCLIP_TEMPLATE", "a photo of a person {}.")
     monkeypatch.setenv("FOCUSCLIP_NUM_IMAGES", "4")

@@ -1,5 +1,7 @@
 """Configs: variants, command-line overrides, unknown keys."""
 
+import functools
+
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -57,7 +59,9 @@ def test_unknown_key_and_variant_are_errors() -> None:
         ("train.batch_size", 12, r"train\.batch_size=12: must be a multiple of the 8 batch"),
         ("train.batch_size", 0, r"train\.batch_size=0: must be a positive integer"),
         ("train.num_steps", -1, r"train\.num_steps=-1: must be a positive integer"),
-        ("eval.batch_size", 0, r"eval\.batch_size=0"),
+        ("evals.zero_shot.batch_size", 0, r"evals\.zero_shot\.batch_size=0"),
+        ("evals.zero_shot.every_steps", -1, r"evals\.zero_shot\.every_steps=-1"),
+        ("evals.zero_shot.type", "probe", r"evals\.zero_shot\.type='probe'"),
         ("train.on_nonfinite", "ignore", r"train\.on_nonfinite='ignore'"),
         ("loss.kind", "triplet", r"loss\.kind='triplet'"),
         ("loss.pairs", (("image", "audio"),) * 3, r"loss\.pairs: \('image', 'audio'\)"),
@@ -78,8 +82,8 @@ def test_bad_keys_are_named_before_anything_is_built(key, value, message) -> Non
     from tests.tiny import tiny_config
 
     config = tiny_config()
-    section, name = key.split(".")
-    config[section][name] = value
+    *sections, name = key.split(".")
+    functools.reduce(lambda c, section: c[section], sections, config)[name] = value
     with pytest.raises(config_checks.ConfigError, match=message):
         config_checks.validated_mesh(config)
 
@@ -92,3 +96,22 @@ def test_the_shipped_configs_pass_the_checks() -> None:
     for name in ("pretrain.py", "pretrain.py:clip,separate,causal,modern", "demo.py", "bench.py"):
         config = _parse(f"--config={REPO}/configs/{name}")
         config_checks.validated_mesh(config, jax.devices()[:1])
+
+
+def test_configs_are_locked_after_their_variants_in_any_order() -> None:
+    """A key that does not exist is an error from the variants on (a typo in a derived config
+    or a variant would otherwise add a key nothing reads), and variants commute."""
+    from configs import bench, demo, eval_zeroshot, pretrain
+
+    for config in (
+        pretrain.get_config("tiny"),
+        demo.get_config(),
+        eval_zeroshot.get_config("paper,clip"),
+        bench.get_config("small"),
+    ):
+        assert config.is_locked
+        with pytest.raises(AttributeError, match="locked"):
+            config.model.scan_layer = True
+    one = pretrain.get_config("pretrained,causal,clip")
+    other = pretrain.get_config("clip,causal,pretrained")
+    assert one.to_dict() == other.to_dict() and one.init.text == ""

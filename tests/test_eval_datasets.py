@@ -11,16 +11,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import pretrain
 from input_pipeline import eval_datasets, pipeline
 from input_pipeline.eval_datasets import DatasetNotFoundError
 from input_pipeline.files import InputDataError
 
 
-def _data(root: Path, **overrides) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        {"eval_root": str(root), "image_size": 8, "eval_split": "test", "eval_splits": {}}
-        | overrides
-    )
+def _options(root: Path, **overrides) -> ml_collections.ConfigDict:
+    """The zero-shot evaluator's entry (configs/pretrain.py) reading from `root`."""
+    options = pretrain.zero_shot_eval(eval_datasets.PAPER_BENCHMARKS)
+    options.root = str(root)
+    options.update(overrides)
+    return options
+
+
+def _read(name: str, options: ml_collections.ConfigDict) -> pipeline.ZeroShotData:
+    return pipeline.zero_shot_data(name, ml_collections.ConfigDict({"image_size": 8}), options)
 
 
 def _jpg(path: Path, value: int = 100, size: tuple[int, int] = (8, 8)) -> Path:
@@ -49,7 +55,7 @@ def test_stanford40_class_order_from_actions_txt_and_prompts_aligned(tmp_path: P
         for i in (1, 2, 3):
             _jpg(root / "JPEGImages" / f"{a}_{i:03d}.jpg")
     (root / "JPEGImages" / "cooking_002.jpg").write_bytes(b"not a jpeg")
-    data = pipeline.zero_shot_data("stanford40", _data(tmp_path))
+    data = _read("stanford40", _options(tmp_path))
     assert data.class_names == tuple(actions)
     assert data.labels.tolist() == [0, 0, 1, 1, 2]
     assert data.unreadable == 1
@@ -69,7 +75,7 @@ def test_kinetics_middle_frame_and_sorted_labels(tmp_path: Path) -> None:
     for i in range(3):
         _jpg(root / "frames" / "abc_000010_000020" / f"img_{i:05d}.jpg", 50 * i)
     _jpg(root / "frames" / "abseiling" / "xyz_000000_000010.jpg")
-    data = pipeline.zero_shot_data("kinetics400", _data(tmp_path))
+    data = _read("kinetics400", _options(tmp_path))
     assert data.class_names == ("abseiling", "riding a bike")
     assert data.labels.tolist() == [1, 0]
     assert data.unreadable == 1  # the clip without frames is reported with the results
@@ -77,7 +83,7 @@ def test_kinetics_middle_frame_and_sorted_labels(tmp_path: Path) -> None:
     shutil.rmtree(root / "frames")
     (root / "frames").mkdir()
     with pytest.raises(DatasetNotFoundError, match="no extracted frames"):
-        pipeline.zero_shot_data("kinetics400", _data(tmp_path))
+        _read("kinetics400", _options(tmp_path))
 
 
 def _emotic_mat(root: Path) -> None:
@@ -126,17 +132,17 @@ def _emotic_mat(root: Path) -> None:
 
 def test_emotic_person_crops_emotions_and_ages(tmp_path: Path) -> None:
     _emotic_mat(tmp_path / "emotic")
-    emotion = pipeline.zero_shot_data("emotic_emotion", _data(tmp_path))
+    emotion = _read("emotic_emotion", _options(tmp_path))
     names = eval_datasets.EMOTIC_CATEGORIES
     assert len(emotion.class_names) == 26
     assert [names[i] for i in emotion.labels] == ["Happiness", "Peace", "Anger", "Doubt/Confusion"]
     assert emotion.templates[0].format(emotion.prompt_names[9]) == (
         "a photo of a person who is feeling doubt or confusion"
     )
-    age = pipeline.zero_shot_data("emotic_age", _data(tmp_path))
+    age = _read("emotic_age", _options(tmp_path))
     assert [age.class_names[i] for i in age.labels] == ["Kid", "Adult", "Teenager"]
     assert age.templates[0].format(age.prompt_names[2]) == "a photo of an adult person"
-    paper = pipeline.zero_shot_data("emotic_age", _data(tmp_path, eval_splits={"emotic": "train"}))
+    paper = _read("emotic_age", _options(tmp_path, splits={"emotic": "train"}))
     assert paper.labels.tolist() == [2]
 
 
@@ -153,8 +159,8 @@ def test_lagenda_body_and_face_boxes_and_age_bins(tmp_path: Path) -> None:
     _csv(root / "annotations.csv", [*header, "gender", "age"], rows)
     for n in "abc":
         _jpg(root / "images" / f"{n}.jpg")
-    face = pipeline.zero_shot_data("lagenda_face", _data(tmp_path))
-    body = pipeline.zero_shot_data("lagenda_body", _data(tmp_path))
+    face = _read("lagenda_face", _options(tmp_path))
+    body = _read("lagenda_body", _options(tmp_path))
     assert face.labels.tolist() == [0, 1, 2] and body.labels.tolist() == [0, 2]
     assert face.templates[0].format(face.prompt_names[0]) == "a photo of a kid person"
 
@@ -164,7 +170,7 @@ def test_utkface_age_from_file_name(tmp_path: Path) -> None:
     for name in ("2_0_0_1.jpg.chip.jpg", "9_1_2_2.jpg", "19_0_1_3.jpg", "29_0_0_4.jpg"):
         _jpg(root / name)
     _jpg(root / "61_1_20170109150557335.jpg.chip.jpg")  # a published name missing its race
-    data = pipeline.zero_shot_data("utkface", _data(tmp_path))
+    data = _read("utkface", _options(tmp_path))
     ages = sorted(zip(data.labels.tolist(), strict=True))
     assert ages == [(0,), (1,), (2,), (3,)]
 
@@ -177,13 +183,11 @@ def _fer_rows(labels: list[int], usages: list[str]) -> list[list]:
 def test_fer2013_split_names_and_paper_variant(tmp_path: Path) -> None:
     rows = _fer_rows([3, 0, 6, 1], ["Training", "PrivateTest", "PrivateTest", "PublicTest"])
     _csv(tmp_path / "fer2013" / "fer2013.csv", ["emotion", "pixels", "Usage"], rows)
-    test = pipeline.zero_shot_data("fer2013", _data(tmp_path))
+    test = _read("fer2013", _options(tmp_path))
     assert test.labels.tolist() == [0, 6] and test.images.shape == (2, 8, 8, 3)
     assert test.templates[0].format(test.prompt_names[0]) == "a photo of an angry looking face"
-    assert pipeline.zero_shot_data(
-        "fer2013", _data(tmp_path, eval_split="val")
-    ).labels.tolist() == [1]
-    paper = pipeline.zero_shot_data("fer2013", _data(tmp_path, eval_splits={"fer2013": "train"}))
+    assert _read("fer2013", _options(tmp_path, split="val")).labels.tolist() == [1]
+    paper = _read("fer2013", _options(tmp_path, splits={"fer2013": "train"}))
     assert paper.labels.tolist() == [3]
 
 
@@ -199,7 +203,7 @@ def test_ferplus_majority_votes(tmp_path: Path) -> None:
     ]
     new_rows = [["PrivateTest", f"fer{i:07d}.png", *v] for i, v in enumerate(votes)]
     _csv(tmp_path / "ferplus" / "fer2013new.csv", header, new_rows)
-    data = pipeline.zero_shot_data("ferplus", _data(tmp_path))
+    data = _read("ferplus", _options(tmp_path))
     assert data.labels.tolist() == [7, 1]
     assert data.templates[0].format(data.prompt_names[6]) == "a photo of an afraid looking face"
 
@@ -213,10 +217,10 @@ def test_fairface_race_and_age_from_val_csv(tmp_path: Path) -> None:
     _csv(root / "fairface_label_val.csv", ["file", "age", "gender", "race", "service_test"], rows)
     for i in (1, 2):
         _jpg(root / "val" / f"{i}.jpg")
-    race = pipeline.zero_shot_data("fairface_race", _data(tmp_path))
+    race = _read("fairface_race", _options(tmp_path))
     assert race.labels.tolist() == [3, 1]
     assert race.templates[0].format(race.prompt_names[3]) == "a photo of an east asian person"
-    age = pipeline.zero_shot_data("fairface_age", _data(tmp_path))
+    age = _read("fairface_age", _options(tmp_path))
     assert age.labels.tolist() == [1, 8]
 
 
@@ -233,7 +237,7 @@ def test_cub_raw_folder_test_split(tmp_path: Path) -> None:
     (root / "train_test_split.txt").write_text("".join(f"{i} {t}\n" for i, _, _, t in images))
     for _, c, f, _ in images:
         _jpg(root / "images" / c / f)
-    data = pipeline.zero_shot_data("cub200", _data(tmp_path))
+    data = _read("cub200", _options(tmp_path))
     assert data.labels.tolist() == [1, 0]
     assert data.class_names == ("Black_footed_Albatross", "Laysan_Albatross")
 
@@ -315,7 +319,7 @@ def test_cub_from_a_tfds_data_dir(tmp_path: Path, file_format: str) -> None:
             path.write_bytes(
                 b"".join(struct.pack("<QI", len(r), 0) + r + b"\0" * 4 for r in records)
             )
-    data = pipeline.zero_shot_data("cub200", _data(tmp_path))
+    data = _read("cub200", _options(tmp_path))
     assert data.class_names == ("Black_footed_Albatross", "Laysan_Albatross")  # as classes.txt
     assert data.labels.tolist() == [1, 0, 1]
     assert data.images[:, 0, 0, 0].tolist() == pytest.approx([20, 40, 60], abs=3)
@@ -323,12 +327,12 @@ def test_cub_from_a_tfds_data_dir(tmp_path: Path, file_format: str) -> None:
         "a photo of a Laysan Albatross, a type of bird."
     )
     with pytest.raises(InputDataError, match="lacks some classes"):
-        pipeline.zero_shot_data("cub200", _data(tmp_path, eval_split="train"))
+        _read("cub200", _options(tmp_path, split="train"))
 
 
 def test_missing_folder_names_what_was_expected(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError, match=r"stanford40 dataset folder at .*stanford40"):
-        pipeline.zero_shot_data("stanford40", _data(tmp_path))
+        _read("stanford40", _options(tmp_path))
     (tmp_path / "fer2013").mkdir()
     with pytest.raises(DatasetNotFoundError, match=r"fer2013\.csv"):
-        pipeline.zero_shot_data("fer2013", _data(tmp_path))
+        _read("fer2013", _options(tmp_path))

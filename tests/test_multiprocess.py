@@ -18,7 +18,7 @@ from tests.conftest import FAST_COMPILE_FLAGS, REPO, tiny_config
 # A constant schedule: the run length must not matter. SGD: Adam's normalisation would blow the
 # last-bit differences between device layouts up past any tight tolerance within a few steps.
 OVERRIDES = {
-    "eval.datasets": (),
+    "evals.zero_shot.datasets": (),
     "optimizer.schedule": "constant",
     "optimizer.name": "sgd",
     "optimizer.weight_decay": 0.0,

@@ -24,7 +24,7 @@ ACTIONS = ("running", "cooking")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[ml_collections.ConfigDict, Path]:
     config = tiny_config()
     config.mesh.data = 1  # orbax saves on one device are fast
-    config.eval.datasets = ()
+    config.evals.zero_shot.datasets = ()
     config.train.num_steps = 2
     workdir = tmp_path_factory.mktemp("run")
     train.train_and_evaluate(config, workdir)
@@ -48,10 +48,11 @@ def _fixtures(root: Path) -> None:
 
 def _eval_config(trained_config: ml_collections.ConfigDict, checkpoint: Path, data_root: Path):
     config = eval_zeroshot.get_config()
-    for key in ("model", "tokenizer", "mesh", "eval"):
+    for key in ("model", "tokenizer", "mesh"):
         config[key] = trained_config[key]
+    config.evals.zero_shot.batch_size = trained_config.evals.zero_shot.batch_size
     config.data.image_size = trained_config.model.image_size
-    config.eval.datasets = ("stanford40", "fer2013", "utkface")  # utkface: not on disk
+    config.evals.zero_shot.datasets = ("stanford40", "fer2013", "utkface")  # utkface: not on disk
     config.checkpoint = str(checkpoint)
     config.data_root = str(data_root)
     return config
@@ -122,7 +123,7 @@ def test_main_dispatches_an_eval_config(trained, tmp_path: Path, capsys) -> None
     trained_config, workdir = trained
     _fixtures(tmp_path / "data")
     config = _eval_config(trained_config, workdir / "checkpoints" / "2", tmp_path / "data")
-    config.eval.datasets = ("fer2013",)
+    config.evals.zero_shot.datasets = ("fer2013",)
     saved = flags.FLAGS.config, flags.FLAGS.workdir
     try:
         flags.FLAGS.config, flags.FLAGS.workdir = config, str(tmp_path / "out")
@@ -154,7 +155,7 @@ def test_a_recorded_workdir_needs_no_model_keys(trained, tmp_path: Path, monkeyp
     _fixtures(tmp_path / "data")
     config = eval_zeroshot.get_config()
     config.checkpoint, config.data_root = str(workdir / "checkpoints"), str(tmp_path / "data")
-    config.eval.datasets, config.mesh.data = ("fer2013",), 1
+    config.evals.zero_shot.datasets, config.mesh.data = ("fer2013",), 1
     summary = checkpoint_eval.evaluate_checkpoint(config, str(tmp_path / "eval"))
     assert 0.0 <= summary["results"]["fer2013/top3"] <= 1.0
 

@@ -204,7 +204,7 @@ def test_iterator_state_restores_the_next_batch_with_workers(prepared: Path) -> 
 def test_train_a_few_steps_on_prepared_mpii(prepared: Path, tmp_path: Path) -> None:
     config = mpii_config(prepared, batch_size=4)
     config.mesh.data = 1
-    config.eval.datasets = ()
+    config.evals.zero_shot.datasets = ()
     config.train.num_steps = 2
     results = train.train_and_evaluate(config, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -308,7 +308,7 @@ def test_pretrain_tiny_variant_trains_on_prepared_shards(prepared: Path, tmp_pat
     config.data.worker_count = 0
     config.mesh.data = 1
     config.train.batch_size, config.train.num_steps = 4, 2
-    config.eval.datasets = ()  # the paper's benchmarks are not in the fixtures
+    config.evals.zero_shot.datasets = ()  # the paper's benchmarks are not in the fixtures
     train.train_and_evaluate(config, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [2]

@@ -135,8 +135,9 @@ def test_alone_split_keeps_the_targets_and_drops_the_distractors(scenes) -> None
 def test_zero_shot_split_labels_prompts_and_tokens() -> None:
     config = tiny_config()
     data = config.data
-    crowded = pipeline.zero_shot_data("synthpose_pose", data)
-    alone = pipeline.zero_shot_data("synthpose_pose_alone", data)
+    options = config.evals.zero_shot
+    crowded = pipeline.zero_shot_data("synthpose_pose", data, options)
+    alone = pipeline.zero_shot_data("synthpose_pose_alone", data, options)
     expected = [
         synthpose.make_example(i, seed=data.eval_seed, image_size=data.image_size)
         for i in range(data.eval_records)

@@ -1,5 +1,6 @@
 """The sharded training step: 8 devices vs 1, shardings, bounds, gradients, non-finite steps."""
 
+import logging
 import math
 from typing import ClassVar
 
@@ -198,9 +199,12 @@ def test_text_dropout_draws_in_the_step_from_seed_and_step() -> None:
     assert random_draws(0.0) == 0 < random_draws(0.1)
 
 
-def test_a_run_stopped_by_a_nonfinite_loss_closes_what_it_opened(tmp_path, monkeypatch) -> None:
+def test_a_run_stopped_by_a_nonfinite_loss_closes_what_it_opened(
+    tmp_path, monkeypatch, caplog
+) -> None:
     """An error inside the loop still waits for checkpoint saves, closes the data workers and
-    the metric writers, and gives SIGTERM its handler back."""
+    the metric writers, and gives SIGTERM its handler back. (The run first logs its parameter
+    table, clu's.)"""
     import signal
 
     from focusclip_jax.checkpoint import Checkpointer
@@ -215,11 +219,16 @@ def test_a_run_stopped_by_a_nonfinite_loss_closes_what_it_opened(tmp_path, monke
     handler = signal.getsignal(signal.SIGTERM)
     config = tiny_config()
     config.mesh.data = 1
-    config.eval.datasets = ()
+    config.evals.zero_shot.datasets = ()
     config.loss.weights = (float("nan"), 1.0, 1.0)
-    with pytest.raises(train.NonFiniteLossError, match="step 0"):
+    with caplog.at_level(logging.INFO), pytest.raises(train.NonFiniteLossError, match="step 0"):
         train.train_and_evaluate(config, tmp_path)
     assert sorted(closed) == ["Checkpointer", "MetricWriter"]
+    setup = train.ModelSetup.create(config, sharding.create_mesh({"data": 1}), vocab_size=9)
+    table = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Parameters"))
+    assert "| alpha " in table and "| logit_scale " in table
+    width = next(p for p in table.splitlines() if p.startswith("| text_proj/kernel "))
+    assert str(setup.abstract_params["text_proj"]["kernel"].shape) in width
     assert signal.getsignal(signal.SIGTERM) is handler
 
 

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from focusclip_jax import sharding
-from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator, class_prompts, top_k_accuracy
+from focusclip_jax.evaluators.zero_shot import ZeroShotClassifier, class_prompts, top_k_accuracy
 from input_pipeline.pipeline import ZeroShotData
 from input_pipeline.tokenizers import WordTokenizer
 
@@ -73,7 +73,7 @@ def test_evaluator_on_eight_devices_with_padding(caplog: pytest.LogCaptureFixtur
         templates=("a photo of {}.", "something {}"),
         top_k=(1, 3),
     )
-    evaluator = ZeroShotEvaluator(
+    classifier = ZeroShotClassifier(
         data,
         graphdef=graphdef,
         param_shardings=jax.tree.map(lambda _: sharding.replicated(mesh), params),
@@ -83,7 +83,16 @@ def test_evaluator_on_eight_devices_with_padding(caplog: pytest.LogCaptureFixtur
         batch_size=8,
     )
     with caplog.at_level(logging.INFO):
-        results = evaluator.run(params)
+        results = classifier.run(params)
     assert "colours: embedded 21/21 images (100%" in caplog.text  # progress, per ~10%
-    assert results == {"colours/top1": pytest.approx(19 / 21), "colours/top3": 1.0}
-    np.testing.assert_allclose(np.asarray(evaluator.class_embeddings(params)), np.eye(3), atol=1e-6)
+    # Classes 0 and 1 each lose one of their 7 images: per class 6/7, 6/7, 7/7 (mean 19/21).
+    assert results.metrics == {
+        "colours/top1": pytest.approx(19 / 21),
+        "colours/top3": 1.0,
+        "colours/mean_per_class_top1": pytest.approx((6 / 7 + 6 / 7 + 1) / 3),
+    }
+    matrix, names = results.confusions["colours"]
+    np.testing.assert_array_equal(matrix, [[6, 1, 0], [0, 6, 1], [0, 0, 7]])
+    assert names == COLOURS and results.datasets["colours"]["images"] == 21
+    embedded = np.asarray(classifier.class_embeddings(params))
+    np.testing.assert_allclose(embedded, np.eye(3), atol=1e-6)

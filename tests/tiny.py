@@ -27,7 +27,7 @@ def tiny_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.warmup_steps = 0
     config.checkpoint.every_steps = 2
     config.checkpoint.async_save = False
-    config.eval.batch_size = 16
+    config.evals.zero_shot.batch_size = 16
     config.log_every_steps = 1
     return config
 

@@ -1,1 +1,47 @@
-"""Evaluators: objects with `run(params) -> {name: value}`, built from `config.evals`."""
+"""Evaluators by `type`, built from the entries of `config.evals`.
+
+To add one: a file with an `Evaluator` subclass (`base.py`) and a line in `EVALUATORS`; then
+`config.evals.<name> = {"type": <type>, "every_steps": N, ...its own keys}`.
+"""
+
+from typing import Any
+
+import ml_collections
+
+from focusclip_jax.evaluators.base import Evaluator, Results
+from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator
+from input_pipeline.pipeline import Tokenizer
+
+__all__ = ["EVALUATORS", "Evaluator", "Results", "create", "run_due"]
+
+EVALUATORS: dict[str, type[Evaluator]] = {
+    "zero_shot": ZeroShotEvaluator,
+}
+
+
+def check_types(config: ml_collections.ConfigDict) -> None:
+    """Each `config.evals` entry names a registered type (ValueError naming the key if not)."""
+    for name, options in config.evals.items():
+        kind = options.get("type")
+        if kind not in EVALUATORS:
+            raise ValueError(
+                f"config evals.{name}.type={kind!r}: expected one of {sorted(EVALUATORS)}"
+            )
+
+
+def create(config: ml_collections.ConfigDict, setup: Any, tokenizer: Tokenizer) -> list[Evaluator]:
+    """One evaluator per `config.evals` entry, in the order of their names."""
+    check_types(config)
+    return [
+        EVALUATORS[options.type](name, options, config=config, setup=setup, tokenizer=tokenizer)
+        for name, options in sorted(config.evals.items())
+    ]
+
+
+def run_due(evaluators: list[Evaluator], params: Any, step: int, last_step: int) -> Results:
+    """The evaluators due after `step`, their results merged."""
+    results = Results({})
+    for evaluator in evaluators:
+        if evaluator.due(step, last_step):
+            results |= evaluator.run(params)
+    return results

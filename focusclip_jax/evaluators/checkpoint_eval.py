@@ -8,7 +8,6 @@ per dataset.
 
 import json
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict
 
-from focusclip_jax import config_checks, run_record, train, weights
+from focusclip_jax import config_checks, evaluators, run_record, train, weights
 from focusclip_jax.evaluators import confusion, table
 from input_pipeline import pipeline
 from input_pipeline.files import InputDataError
@@ -118,7 +117,7 @@ def checkpoint_config(
 def evaluate_checkpoint(
     config: ml_collections.ConfigDict, workdir: str | None, overridden: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """Run every configured zero-shot benchmark on the checkpoint; write and print the table.
+    """Run every configured evaluator on the checkpoint; write and print the table.
     `overridden`: the config keys the command line set (they may not contradict the model)."""
     config = checkpoint_config(config, config.checkpoint, overridden)
     mesh = config_checks.validated_mesh(config, training=False)
@@ -129,43 +128,21 @@ def evaluate_checkpoint(
     out = Path(workdir or checkpoint_location(config.checkpoint)[0].parent / "zero_shot")
     if not workdir:
         out = out / f"step_{step}"
-    skipped: dict[str, str] = {}
-    evaluators = train.create_evaluators(config, setup, tokenizer, skipped)
-    results: dict[str, float] = {}
-    datasets = {}
-    for evaluator in evaluators:
-        data, start = evaluator.data, time.perf_counter()
-        results |= evaluator.run(params)
-        results[f"{data.name}/mean_per_class_top1"] = confusion.mean_per_class_accuracy(
-            evaluator.confusion
-        )
-        if jax.process_index() == 0:
-            confusion.save_png(evaluator.confusion, data.class_names, out / f"{data.name}.png")
-        datasets[data.name] = {
-            "images": len(data.labels),
-            "unreadable": data.unreadable,
-            "classes": list(data.class_names),
-            "first_class_prompts": [
-                t.format((data.prompt_names or data.class_names)[0]) for t in data.templates
-            ],
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-        logging.info(
-            "%s: %d images in %.1f s", data.name, len(data.labels), time.perf_counter() - start
-        )
-    report = table.report(results)
+    found = evaluators.run_due(evaluators.create(config, setup, tokenizer), params, step, step)
+    if jax.process_index() == 0:
+        for name, (matrix, class_names) in found.confusions.items():
+            confusion.save_png(matrix, class_names, out / f"{name}.png")
+    report = table.report(found.metrics)
     summary = {
         "checkpoint": str(config.checkpoint),
         "step": step,
-        "split": config.data.eval_split,
-        "split_overrides": dict(config.data.eval_splits),
-        "templates": config.data.eval_templates,
-        "results": results,
-        "datasets": datasets,
-        "skipped": skipped,
+        "evals": config.evals.to_dict(),  # what was read, and how (splits, templates, ...)
+        "results": found.metrics,
+        "datasets": found.datasets,
+        "skipped": found.skipped,
         "table": report,
     }
-    text = table.markdown(report) + _notes(datasets, skipped)
+    text = table.markdown(report) + _notes(found.datasets, found.skipped)
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(summary, indent=1))

@@ -1,7 +1,9 @@
 """Zero-shot classification: class names × prompt templates → class embeddings; top-k accuracy.
 
-Images go through the image tower in fixed-size, padded batches split over the mesh's data axes
-(one compiled function for every batch); padding rows are masked out of the counts.
+`ZeroShotClassifier` scores one dataset (and serves `predict`); `ZeroShotEvaluator` is the
+`type="zero_shot"` evaluator over the datasets of its config entry. Images go through the image
+tower in fixed-size, padded batches split over the mesh's data axes (one compiled function for
+every batch); padding rows are masked out of the counts.
 """
 
 import functools
@@ -18,6 +20,9 @@ from jax.sharding import Mesh
 
 from focusclip_jax import sharding
 from focusclip_jax.evaluators import confusion
+from focusclip_jax.evaluators.base import Evaluator, Results
+from input_pipeline import pipeline
+from input_pipeline.eval_datasets import DatasetNotFoundError
 from input_pipeline.pipeline import Tokenizer, ZeroShotData
 
 PROMPT_BUCKET = 64
@@ -38,8 +43,9 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
     return np.pad(array, pad)
 
 
-class ZeroShotEvaluator:
-    """`run(params)` → {f"{name}/top{k}": accuracy}. Compiled functions are built on first use."""
+class ZeroShotClassifier:
+    """One dataset's images against its class prompts. Compiled functions are built on first
+    use."""
 
     def __init__(
         self,
@@ -130,15 +136,68 @@ class ZeroShotEvaluator:
                 )  # fmt: skip
         return np.concatenate(outputs)
 
-    def run(self, params: Any) -> dict[str, float]:
+    def run(self, params: Any) -> Results:
+        """Top-k and mean per-class top-1 accuracies, the confusion matrix and what was read."""
+        start = time.perf_counter()
+        data = self.data
         classes = np.asarray(jax.device_get(self.class_embeddings(params)))
         scores = self.image_embeddings(params) @ classes.T
-        # The last run's confusion matrix: eval-only runs report mean per-class accuracy and PNGs.
-        self.confusion = confusion.confusion_matrix(scores, self.data.labels, len(classes))
-        return {
-            f"{self.data.name}/top{k}": top_k_accuracy(scores, self.data.labels, k)
-            for k in self.data.top_k
+        matrix = confusion.confusion_matrix(scores, data.labels, len(classes))
+        metrics = {
+            f"{data.name}/top{k}": top_k_accuracy(scores, data.labels, k) for k in data.top_k
         }
+        metrics[f"{data.name}/mean_per_class_top1"] = confusion.mean_per_class_accuracy(matrix)
+        seconds = time.perf_counter() - start
+        logging.info("%s: %d images in %.1f s", data.name, len(data.labels), seconds)
+        described = {
+            "images": len(data.labels),
+            "unreadable": data.unreadable,
+            "classes": list(data.class_names),
+            "first_class_prompts": [
+                t.format((data.prompt_names or data.class_names)[0]) for t in data.templates
+            ],
+            "seconds": round(seconds, 2),
+        }
+        return Results(
+            metrics,
+            datasets={data.name: described},
+            confusions={data.name: (matrix, tuple(data.class_names))},
+        )
+
+
+class ZeroShotEvaluator(Evaluator):
+    """`type="zero_shot"`: the entry's `datasets` (those not on disk are skipped and named),
+    read as its `root`, `split`, `splits`, `templates`, `max_images` and `decode_threads` say, in
+    batches of `batch_size`."""
+
+    def __init__(self, name: str, options: Any, *, config: Any, setup: Any, tokenizer: Tokenizer):
+        super().__init__(name, options, config=config, setup=setup, tokenizer=tokenizer)
+        self.classifiers: list[ZeroShotClassifier] = []
+        self.skipped: dict[str, str] = {}
+        for dataset in options.datasets:
+            try:
+                data = pipeline.zero_shot_data(dataset, config.data, options)
+            except DatasetNotFoundError as error:
+                logging.warning("Zero-shot dataset %s skipped: %s", dataset, error)
+                self.skipped[dataset] = str(error)
+                continue
+            self.classifiers.append(
+                ZeroShotClassifier(
+                    data,
+                    graphdef=setup.graphdef,
+                    param_shardings=setup.param_shardings,
+                    mesh=setup.mesh,
+                    tokenizer=tokenizer,
+                    max_len=config.model.max_len,
+                    batch_size=options.batch_size,
+                )
+            )
+
+    def run(self, params: Any) -> Results:
+        results = Results({}, skipped=dict(self.skipped))
+        for classifier in self.classifiers:
+            results |= classifier.run(params)
+        return results
 
 
 def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
