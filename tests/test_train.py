@@ -1,5 +1,6 @@
 """The sharded training step: 8 devices vs 1, shardings, bounds, gradients, non-finite steps."""
 
+import json
 import logging
 import math
 from typing import ClassVar
@@ -12,7 +13,7 @@ from flax import nnx
 from flax.traverse_util import flatten_dict
 from jax.sharding import PartitionSpec
 
-from focusclip_jax import losses, optim, sharding, train
+from focusclip_jax import evaluators, losses, optim, sharding, train
 from input_pipeline import pipeline
 from tests.conftest import tiny_config
 
@@ -265,3 +266,28 @@ def test_a_registered_loss_brings_its_scalars_and_metrics(monkeypatch) -> None:
     )
     assert "temperature" not in metrics
     assert float(metrics["test_bias"]) == pytest.approx(float(state.params["test_bias"]))
+
+
+class _AlphaProbe(evaluators.Evaluator):
+    """An evaluator written outside the package: it reports the focus weight alpha."""
+
+    def run(self, params):
+        return evaluators.Results({"probe/alpha": float(params["alpha"])})
+
+
+def test_a_registered_evaluator_runs_on_its_own_schedule(tmp_path, monkeypatch) -> None:
+    """One registry line adds an evaluator type; `config.evals.<name>` runs it every
+    `every_steps` and at the end, its metrics logged and returned."""
+    monkeypatch.setitem(evaluators.EVALUATORS, "alpha_probe", _AlphaProbe)
+    config = tiny_config()  # 4 steps
+    config.mesh.data = 1
+    config.evals.zero_shot.datasets = ()
+    with config.unlocked():
+        config.evals.probe = {"type": "alpha_probe", "every_steps": 3}
+    results = train.train_and_evaluate(config, tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    key = "eval/probe/alpha"
+    probed = {line["step"]: line[key] for line in lines if key in line}
+    assert sorted(probed) == [3, 4]
+    assert results == {"probe/alpha": pytest.approx(probed[4])}
+    assert probed[3] != probed[4]  # alpha moved between the two runs
