@@ -5,6 +5,8 @@ Variants, comma-separated after the file name (`--config=configs/pretrain.py:cli
   separate  a third image tower with its own weights encodes the focused image
   causal    a CLIP-style causal text tower (EOT pooling) instead of BERT, CLIP's BPE tokenizer
   modern    CLIP's symmetric InfoNCE with a learnable temperature, AdamW with warmup + cosine
+  siglip    SigLIP's sigmoid loss (learnable scale from t' = log 10 and bias from -10) over the
+            same pairs; `--config.loss.chunked=True` passes shards around the device ring
   original  reproduce the original code's quirks: text pooling over padding tokens too, alpha
             unconstrained
   pretrained  the paper's initialisation: ImageNet ViT-B/16 (timm) + bert-base-uncased (HF), from
@@ -15,12 +17,14 @@ Variants, comma-separated after the file name (`--config=configs/pretrain.py:cli
 Variants apply in the order above, whatever the order given: `tiny,causal` = `causal,tiny`.
 """
 
+import math
+
 import ml_collections
 
 from input_pipeline.eval_datasets import PAPER_BENCHMARKS
 
 MPII_TRAIN_IMAGES = 14_644  # mmpose train split, images
-VARIANTS = ("clip", "separate", "causal", "modern", "original", "pretrained", "tiny")
+VARIANTS = ("clip", "separate", "causal", "modern", "siglip", "original", "pretrained", "tiny")
 
 
 def zero_shot_eval(
@@ -117,6 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss.temperature = 0.5
     config.loss.pairs = (("focused", "image"), ("focused", "text"), ("image", "text"))
     config.loss.weights = (1.0, 1.0, 1.0)
+    # siglip only: pass embedding shards around the batch axes instead of gathering the batch.
+    config.loss.chunked = False
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "sgd"
@@ -224,6 +230,9 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> None:
             config.optimizer.weight_decay = 0.2
             config.optimizer.schedule = "warmup_cosine"
             config.optimizer.warmup_steps = 500
+        elif variant == "siglip":
+            config.loss.kind = "siglip"
+            config.model.logit_scale_init = math.log(10.0)
         elif variant == "original":
             config.model.text_pooling = "mean_with_padding"
             config.model.constrain_alpha = False

@@ -291,3 +291,21 @@ def test_a_registered_evaluator_runs_on_its_own_schedule(tmp_path, monkeypatch) 
     assert sorted(probed) == [3, 4]
     assert results == {"probe/alpha": pytest.approx(probed[4])}
     assert probed[3] != probed[4]  # alpha moved between the two runs
+
+
+def test_siglip_chunked_on_eight_devices_trains_like_gathered_on_one() -> None:
+    """`:siglip` with `loss.chunked` inside the sharded step (4 × 2 data × fsdp): the losses of
+    the gathered loss on one device, and the bias it carries moves from -10."""
+    config = tiny_config("siglip")
+    config.loss.chunked = True
+    batch, vocab_size = _batch(config)
+    mesh8 = sharding.create_mesh({"data": 4, "fsdp": 2})
+    _, state8, initial, losses8 = _run_steps(config, mesh8, batch, vocab_size, 2)
+    config.loss.chunked = False
+    mesh1 = sharding.create_mesh({"data": 1, "fsdp": 1})
+    _, state1, _, losses1 = _run_steps(config, mesh1, batch, vocab_size, 2)
+    np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+    assert float(initial["logit_bias"]) == -10.0
+    assert float(initial["logit_scale"]) == pytest.approx(math.log(10.0))
+    bias8, bias1 = float(state8.params["logit_bias"]), float(state1.params["logit_bias"])
+    assert bias8 != -10.0 and bias8 == pytest.approx(bias1, abs=1e-5)

@@ -12,12 +12,22 @@ import ml_collections
 from focusclip_jax.losses.base import ContrastiveLoss, Scalar, Scalars
 from focusclip_jax.losses.clip import CLIP, clip_infonce
 from focusclip_jax.losses.nt_xent import NTXent, nt_xent
+from focusclip_jax.losses.siglip import SigLIP, chunked_sigmoid_loss, sigmoid_loss
 
-__all__ = ["ContrastiveLoss", "Scalar", "Scalars", "clip_infonce", "nt_xent"]
+__all__ = [
+    "ContrastiveLoss",
+    "Scalar",
+    "Scalars",
+    "chunked_sigmoid_loss",
+    "clip_infonce",
+    "nt_xent",
+    "sigmoid_loss",
+]
 
 LOSSES: dict[str, type[ContrastiveLoss]] = {
     "nt_xent": NTXent,
     "clip": CLIP,
+    "siglip": SigLIP,
 }
 
 Pair = tuple[str, str]
