@@ -170,6 +170,9 @@ def base_config() -> ml_collections.ConfigDict:
     # A NaN/Inf loss or gradient: the update is always skipped; "stop" then ends the run with an
     # error naming the step, "skip" goes on and logs the count.
     config.train.on_nonfinite = "stop"
+    # Parameters left untrained: regular expressions matched in full against '/'-joined paths,
+    # e.g. ("image_tower/.*",) locks the image tower (LiT), (".*_proj/.*",) freezes projections.
+    config.train.frozen = ()
     config.train.num_epochs = 64
     config.train.num_steps = config.train.get_ref("num_epochs") * (
         config.data.get_ref("train_records") // config.train.get_ref("batch_size")

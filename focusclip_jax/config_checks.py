@@ -86,7 +86,13 @@ def validate(
         model_config = ml_collections.ConfigDict(config.model.to_dict())
         if model_config.vocab_size == -1:  # from the tokenizer, built later: any size checks keys
             model_config.vocab_size = 2
-        nnx.eval_shape(lambda: models.create_model(model_config, nnx.Rngs(0)))
+        scalars = losses.create(config.loss).scalars
+        model = nnx.eval_shape(
+            lambda: models.create_model(model_config, nnx.Rngs(0), loss_scalars=scalars)
+        )
+        if training:
+            params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+            optim.check_frozen(params, tuple(config.train.get("frozen", ())))
     except TypeError as error:  # a constructor argument the config should not have
         raise ConfigError(f"config model: {error}") from None
     except ValueError as error:

@@ -1,5 +1,8 @@
-"""Optimisers from config: the paper's SGD with momentum, and AdamW with warmup + cosine."""
+"""Optimisers from config: the paper's SGD with momentum, and AdamW with warmup + cosine;
+parameters matching `train.frozen` are left out of both (no update, no optimiser state)."""
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -34,10 +37,42 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key in decayed, params)
 
 
+def parameter_path(path: tuple[Any, ...]) -> str:
+    """A parameter's '/'-joined path, as `train.frozen` patterns match it (`image_tower/...`)."""
+    return "/".join(str(getattr(key, "key", key)) for key in path)
+
+
+def frozen_mask(params: Any, patterns: Sequence[str]) -> Any:
+    """True for each parameter whose path matches one of the regular expressions (in full)."""
+    compiled = [re.compile(pattern) for pattern in patterns]
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(p.fullmatch(parameter_path(path)) for p in compiled), params
+    )
+
+
+def check_frozen(params: Any, patterns: Sequence[str]) -> None:
+    """Each pattern must be a regular expression that matches at least one parameter."""
+    paths = [parameter_path(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    for pattern in patterns:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as error:
+            raise ValueError(
+                f"config train.frozen: {pattern!r} is no regular expression ({error})"
+            ) from None
+        if not any(compiled.fullmatch(path) for path in paths):
+            raise ValueError(
+                f"config train.frozen: {pattern!r} matches no parameter (paths look like "
+                f"{paths[0]!r}; the tower prefixes are "
+                f"{sorted({path.split('/')[0] for path in paths})})"
+            )
+
+
 def make_optimizer(
-    opt: ml_collections.ConfigDict, total_steps: int
+    opt: ml_collections.ConfigDict, total_steps: int, frozen: Sequence[str] = ()
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Gradient clipping by global norm, then the configured optimiser."""
+    """Gradient clipping by global norm, then the configured optimiser, over the parameters
+    that `frozen` does not match; the frozen ones get zero updates and hold no state."""
     schedule = learning_rate_schedule(opt, total_steps)
     if opt.name == "sgd":
         core = optax.chain(
@@ -56,4 +91,12 @@ def make_optimizer(
     else:
         raise ValueError(f"config optimizer.name={opt.name!r}: expected sgd or adamw")
     clip = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm > 0 else []
-    return optax.chain(*clip, core), schedule
+    trained = optax.chain(*clip, core)
+    if not frozen:
+        return trained, schedule
+    labels = lambda params: jax.tree.map(
+        lambda is_frozen: "frozen" if is_frozen else "trained", frozen_mask(params, frozen)
+    )
+    return optax.multi_transform(
+        {"trained": trained, "frozen": optax.set_to_zero()}, labels
+    ), schedule

@@ -239,6 +239,30 @@ class ModelSetup:
         )
 
 
+def _state_shardings(abstract_opt_state: Any, abstract_params: Any, other: Any) -> Any:
+    """The optimiser state's shardings: a leaf that ends with a parameter's path and has its
+    shape (a moment, a trace) is sharded as that parameter; counters and the rest: `other`.
+    By path, so states that leave frozen parameters out (`optax.MaskedNode`) are covered too."""
+    by_path = {
+        tuple(key.key for key in path): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)
+    }
+
+    def sharding_of(path: tuple[Any, ...], leaf: Any) -> Any:
+        keys: list[Any] = []
+        for key in reversed(path):  # the trailing dict keys: the parameter's path, if any
+            if not isinstance(key, jax.tree_util.DictKey):
+                break
+            keys.insert(0, key.key)
+        for start in range(len(keys)):
+            param = by_path.get(tuple(keys[start:]))
+            if param is not None and param.shape == leaf.shape:
+                return param.sharding
+        return other
+
+    return jax.tree_util.tree_map_with_path(sharding_of, abstract_opt_state)
+
+
 class Trainer:
     """A `ModelSetup` with the optimiser, the train state's shardings and the jitted step."""
 
@@ -251,17 +275,13 @@ class Trainer:
         self.bounds = self.setup.bounds
         self.param_shardings = self.setup.param_shardings
         self.total_steps = config.train.num_steps
-        self.tx, self.schedule = optim.make_optimizer(config.optimizer, self.total_steps)
+        frozen = tuple(config.train.frozen)
+        self.tx, self.schedule = optim.make_optimizer(config.optimizer, self.total_steps, frozen)
         abstract_pure = self.setup.abstract_params
+        optim.check_frozen(abstract_pure, frozen)
         abstract_opt_state = jax.eval_shape(self.tx.init, abstract_pure)
         everywhere = sharding.replicated(mesh)
-        opt_shardings = optax.tree_map_params(
-            self.tx,
-            lambda _, s: s,
-            abstract_opt_state,
-            self.param_shardings,
-            transform_non_params=lambda _: everywhere,
-        )
+        opt_shardings = _state_shardings(abstract_opt_state, abstract_pure, everywhere)
         self.state_shardings = TrainState(
             step=everywhere,
             params=self.param_shardings,

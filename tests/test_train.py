@@ -309,3 +309,33 @@ def test_siglip_chunked_on_eight_devices_trains_like_gathered_on_one() -> None:
     assert float(initial["logit_scale"]) == pytest.approx(math.log(10.0))
     bias8, bias1 = float(state8.params["logit_bias"]), float(state1.params["logit_bias"])
     assert bias8 != -10.0 and bias8 == pytest.approx(bias1, abs=1e-5)
+
+
+def test_frozen_parameters_stay_bit_identical_and_hold_no_state() -> None:
+    """LiT's lock (`train.frozen`): the image tower and its projection keep their exact bits
+    through three sharded steps (4 × 2 data × fsdp) and have no optimiser state; the rest
+    trains, its state sharded like its parameters."""
+    config = tiny_config()
+    config.train.frozen = ("image_tower/.*", "image_proj/.*")
+    batch, vocab_size = _batch(config)
+    mesh = sharding.create_mesh({"data": 4, "fsdp": 2})
+    _, state, initial, _ = _run_steps(config, mesh, batch, vocab_size, 3)
+    final = flatten_dict(jax.device_get(state.params))
+    for path, before in flatten_dict(initial).items():
+        after = np.asarray(final[path])
+        if path[0] in ("image_tower", "image_proj"):
+            assert after.tobytes() == np.asarray(before).tobytes(), path
+        elif path[-1] == "kernel":
+            assert not np.array_equal(after, before), path
+    state_paths = [
+        jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)
+    ]
+    assert state_paths and not any("image_" in p for p in state_paths)
+    kernel = state.params["text_proj"]["kernel"]
+    moments = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state)
+        if "text_proj" in jax.tree_util.keystr(path) and leaf.shape == kernel.shape
+    ]
+    assert moments and all(m.sharding == kernel.sharding for m in moments)
+    assert kernel.sharding.spec[0] == "fsdp"
