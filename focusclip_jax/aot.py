@@ -304,14 +304,15 @@ def find_max_batch(
     within `tolerance` of itself (or one batch shard).
 
     Memory is close to affine in the batch, so each try is where the line through the nearest
-    two tries so far reaches the chip's memory (when it says nothing more fits: one step more if
-    memory is nearly full, else double; at most 16x the largest fit so far), then inside the
-    bracket [largest that fits, smallest that does not] cutting at least a quarter of it: a few
-    compiles instead of a bisection's dozen. Until two batches are measured, the line's second
-    point is batch 0 with the first fit's memory less its temporaries (its state and code; it
-    undershoots, so the first guess errs towards fitting). Near the limit the TPU compiler
-    rematerialises to fit and its estimate passes the chip's memory: such fits bound the bracket
-    but do not steer the line. Returns (batch, its report, the tries); batch 0 when not one
+    two tries so far reaches the chip's memory (when it says nothing more fits: one tolerance
+    more if memory is nearly full, else double; at most 16x the largest fit so far), then inside
+    the bracket [largest that fits, smallest that does not] cutting at least a quarter of it (the
+    middle when the line points outside the bracket): a few compiles instead of a bisection's
+    dozen. Until two batches are measured, the line's second point is batch 0 with the first
+    fit's memory less its temporaries (its state and code; it undershoots, so the first guess
+    errs towards fitting). Near the limit the TPU compiler rematerialises to fit and its
+    estimate passes the chip's memory: such fits bound the bracket but do not steer the line.
+    Returns (batch, its report, the tries); batch 0 when not one
     example per shard fits.
     """
     devices = target.devices()
@@ -355,11 +356,12 @@ def find_max_batch(
         if too_big is None:  # no upper bracket yet: the line's limit, else double
             if guess is None or guess <= best:
                 near_full = measured.get(best, 0) >= 0.9 * target.usable_bytes
-                guess = best + shards if near_full else 2 * best
+                step = max(shards, int(tolerance * best) // shards * shards)  # settles it
+                guess = best + step if near_full else 2 * best
             guess = min(guess, 16 * best, limit)
         else:  # inside the bracket, cutting at least a quarter of it (no crawling)
             quarter = (too_big - best) // 4
-            if guess is None:
+            if guess is None or not best < guess < too_big:  # the line disagrees: bisect
                 guess = (best + too_big) // 2
             guess = min(max(guess, best + quarter), too_big - quarter) // shards * shards
             guess = min(max(guess, best + shards), too_big - shards)

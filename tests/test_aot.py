@@ -299,6 +299,22 @@ def test_max_batch_search_finds_the_limit_in_few_compiles(monkeypatch) -> None:
     compiles.clear()
     best, _, _ = aot.find_max_batch(config, target, tolerance=1 / 8, log=lambda _: None)
     assert 1536 * 7 / 8 <= best <= 1536
+
+    # A plateau near the chip's memory, then a jump (seen on GPUs when the compiler changes its
+    # plan): the line is flat, so the search steps by the tolerance and bisects the bracket.
+    def plateau(config, target, *, devices, flops_how):
+        batch = config.train.batch_size
+        compiles.append(batch)
+        total = min(targets.GiB + batch * 10 * 2**20, 15 * targets.GiB)
+        if batch > 2400:
+            raise aot.OutOfMemoryError(f"temporaries ({3 * total / targets.GiB:.2f}G) exceed")
+        return {"memory": {"total": total, "temporary": batch * 10 * 2**20}, "batch": batch}
+
+    monkeypatch.setattr(aot, "analyse", plateau)
+    compiles.clear()
+    best, _, _ = aot.find_max_batch(config, target, tolerance=1 / 8, log=lambda _: None)
+    assert 2400 * 7 / 8 <= best <= 2400 and len(compiles) <= 8, compiles
+    monkeypatch.setattr(aot, "analyse", fake_analyse)
     # Nothing fits on a 1 GiB chip: batch 0, no report.
     small = targets.Target("small-8", dataclasses.replace(chip, memory_bytes=targets.GiB), 8, 1, "")
     assert aot.find_max_batch(config, small, log=lambda _: None)[:2] == (0, None)
