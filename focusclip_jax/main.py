@@ -66,7 +66,7 @@ def main(argv: list[str]) -> None:
     except (weights.WeightImportError, train.NonFiniteLossError) as error:
         files.fail(str(error))
     if results and jax.process_index() == 0:
-        print("\nZero-shot results\n" + train.results_table(results))
+        print("\nEvaluation results\n" + train.results_table(results))
 
 
 if __name__ == "__main__":

@@ -230,13 +230,18 @@ class ZeroShotData:
 @functools.cache
 def _synthpose_eval_records(
     num_records: int, seed: int, image_size: int, max_distractors: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out SynthPose split, drawn once: images and the targets' pose classes."""
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The held-out SynthPose split, drawn once: images, the targets' pose classes and the
+    scenes' descriptions."""
     source = synthpose.SynthPose(
         num_records, seed, image_size, max_people=1, max_distractors=max_distractors
     )
     records = [source[i] for i in range(len(source))]
-    return np.stack([r["image"] for r in records]), np.asarray([r["label"] for r in records])
+    return (
+        np.stack([r["image"] for r in records]),
+        np.asarray([r["label"] for r in records]),
+        tuple(r["description"] for r in records),
+    )
 
 
 def _synthpose_pose(max_distractors: int, name: str) -> Callable[..., ZeroShotData]:
@@ -244,7 +249,7 @@ def _synthpose_pose(max_distractors: int, name: str) -> Callable[..., ZeroShotDa
     distractors, or the same targets alone (`max_distractors=0`)."""
 
     def load(data: ml_collections.ConfigDict, options: ml_collections.ConfigDict) -> ZeroShotData:
-        images, labels = _synthpose_eval_records(
+        images, labels, _ = _synthpose_eval_records(
             data.eval_records, data.eval_seed, data.image_size, max_distractors
         )
         return ZeroShotData(
@@ -281,3 +286,33 @@ def zero_shot_data(
     if name not in ZERO_SHOT_DATASETS:
         raise ValueError(f"zero-shot dataset {name!r}: registered are {sorted(ZERO_SHOT_DATASETS)}")
     return ZERO_SHOT_DATASETS[name](data, options)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalData:
+    """Images and the text written for each (row i describes image i)."""
+
+    name: str
+    images: np.ndarray  # uint8 [N, H, W, 3], resized to the model's input
+    texts: tuple[str, ...]
+
+
+def _synthpose_retrieval(data: ml_collections.ConfigDict) -> RetrievalData:
+    """The held-out SynthPose scenes (`data.eval_seed`, 0–3 distractors) and their descriptions."""
+    images, _, texts = _synthpose_eval_records(
+        data.eval_records, data.eval_seed, data.image_size, synthpose.MAX_DISTRACTORS
+    )
+    return RetrievalData("synthpose", images, texts)
+
+
+RETRIEVAL_DATASETS: dict[str, Callable[[ml_collections.ConfigDict], RetrievalData]] = {
+    "synthpose": _synthpose_retrieval,
+}
+
+
+def retrieval_data(name: str, data: ml_collections.ConfigDict) -> RetrievalData:
+    """Held-out described images `name` for image-text retrieval (`data`: the run's data
+    section)."""
+    if name not in RETRIEVAL_DATASETS:
+        raise ValueError(f"retrieval dataset {name!r}: registered are {sorted(RETRIEVAL_DATASETS)}")
+    return RETRIEVAL_DATASETS[name](data)

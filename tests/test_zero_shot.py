@@ -1,16 +1,20 @@
-"""Zero-shot evaluator with an analytic fake model that knows the answer."""
+"""Zero-shot and retrieval evaluators with an analytic fake model that knows the answer."""
 
 import logging
+import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from focusclip_jax import sharding
+from focusclip_jax import evaluators, sharding
+from focusclip_jax.evaluators import retrieval
 from focusclip_jax.evaluators.zero_shot import ZeroShotClassifier, class_prompts, top_k_accuracy
-from input_pipeline.pipeline import ZeroShotData
+from input_pipeline import pipeline
+from input_pipeline.pipeline import RetrievalData, ZeroShotData
 from input_pipeline.tokenizers import WordTokenizer
 
 COLOURS = ("red", "green", "blue")
@@ -96,3 +100,60 @@ def test_evaluator_on_eight_devices_with_padding(caplog: pytest.LogCaptureFixtur
     assert names == COLOURS and results.datasets["colours"]["images"] == 21
     embedded = np.asarray(classifier.class_embeddings(params))
     np.testing.assert_allclose(embedded, np.eye(3), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+def test_retrieval_metrics_on_a_hand_built_similarity() -> None:
+    """Three images, three distinct texts. Image→text ranks 1, 2 (0.8 above its 0.7) and 2 (its
+    0.5 tied by another text's: ties count against the query); text→image ranks 1, 1, 1."""
+    similarity = np.array([[0.9, 0.1, 0.0], [0.8, 0.7, 0.2], [0.1, 0.5, 0.5]])
+    found = retrieval.retrieval_metrics(similarity, ("a", "b", "c"), ks=(1, 2))
+    assert found == {
+        "image_to_text_R@1": pytest.approx(1 / 3),
+        "image_to_text_R@2": 1.0,
+        "image_to_text_median_rank": 2.0,
+        "text_to_image_R@1": 1.0,
+        "text_to_image_R@2": 1.0,
+        "text_to_image_median_rank": 1.0,
+    }
+
+
+def test_retrieval_evaluator_with_the_colour_model(monkeypatch) -> None:
+    """Nine images (three per colour) described by their colour's name, except image 0: green,
+    described "red". Image→text: image 0 ranks its text 7th (three green texts score above,
+    three blue ones tie); text→image: each "green" text finds image 0 tied with its own."""
+    tokenizer = WordTokenizer.fit(["red green blue"])
+    model = ColourModel(tokenizer)
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(params)
+    mesh = sharding.create_mesh({"data": -1})
+    colours = np.arange(9) % 3
+    drawn = colours.copy()
+    drawn[0] = 1
+    data = RetrievalData("colours", _images(drawn), tuple(COLOURS[c] for c in colours))
+    monkeypatch.setitem(pipeline.RETRIEVAL_DATASETS, "colours", lambda _: data)
+    setup = types.SimpleNamespace(
+        graphdef=graphdef,
+        param_shardings=jax.tree.map(lambda _: sharding.replicated(mesh), params),
+        mesh=mesh,
+    )
+    config = ml_collections.ConfigDict({"data": {}, "model": {"max_len": 4}})
+    options = ml_collections.ConfigDict(
+        {"type": "retrieval", "datasets": ("colours",), "batch_size": 8, "every_steps": 0}
+    )
+    evaluator = evaluators.EVALUATORS["retrieval"](
+        "retrieval", options, config=config, setup=setup, tokenizer=tokenizer
+    )
+    found = evaluator.run(params).metrics
+    assert found == {
+        "colours/image_to_text_R@1": pytest.approx(8 / 9),
+        "colours/image_to_text_R@5": pytest.approx(8 / 9),
+        "colours/image_to_text_R@10": 1.0,
+        "colours/image_to_text_median_rank": 1.0,
+        "colours/text_to_image_R@1": pytest.approx(6 / 9),
+        "colours/text_to_image_R@5": 1.0,
+        "colours/text_to_image_R@10": 1.0,
+        "colours/text_to_image_median_rank": 1.0,
+    }

@@ -101,15 +101,25 @@ class ZeroShotClassifier:
         prompts = class_prompts(
             self.data.prompt_names or self.data.class_names, self.data.templates
         )
-        everywhere = sharding.replicated(self.mesh)
-        # Prompt counts rounded up (repeating the first prompt): datasets share one compilation.
-        rows = -(-len(prompts) // PROMPT_BUCKET) * PROMPT_BUCKET
-        padded = prompts + prompts[:1] * (rows - len(prompts))
-        tokens, mask = (_global_array(a, everywhere) for a in self.tokenizer(padded, self.max_len))
-        embeddings = self._encode_texts(params, tokens, mask)[: len(prompts)]
+        embeddings = self.text_embeddings(params, prompts)
         per_class = embeddings.reshape(len(self.data.class_names), len(self.data.templates), -1)
         mean = per_class.mean(axis=1)
         return mean / jnp.linalg.norm(mean, axis=-1, keepdims=True)
+
+    def text_embeddings(self, params: Any, texts: Sequence[str]) -> jax.Array:
+        """[N, D] for the texts, in chunks of at most `max(batch_size, PROMPT_BUCKET)` rows."""
+        everywhere = sharding.replicated(self.mesh)
+        chunk = max(self.batch_size, PROMPT_BUCKET)
+        outputs = []
+        for start in range(0, len(texts), chunk):
+            part = list(texts[start : start + chunk])
+            # Rounded up (repeating the first text): every chunk and dataset share one compile.
+            rows = -(-len(part) // PROMPT_BUCKET) * PROMPT_BUCKET
+            padded = part + part[:1] * (rows - len(part))
+            encoded = self.tokenizer(padded, self.max_len)
+            tokens, mask = (_global_array(a, everywhere) for a in encoded)
+            outputs.append(self._encode_texts(params, tokens, mask)[: len(part)])
+        return jnp.concatenate(outputs)
 
     def image_embeddings(self, params: Any) -> np.ndarray:
         """[N, D] for the dataset's images, in padded batches sharded over the data axes.
