@@ -7,7 +7,9 @@ Each cell is `python -m focusclip_jax.aot --config=<config> --topology=<target> 
 with `model.dtype`, `model.remat` and the mesh overridden (data-parallel: `mesh.data=-1`; FSDP:
 `mesh.data=1 mesh.fsdp=-1`), run as its own process (`--jobs` at a time), its report kept as
 `<out>/<cell>.json`; a cell whose report exists is not compiled again, so an interrupted grid
-resumes. Prints the Markdown table of PERFORMANCE.md.
+resumes. A cell already found on another target of the same platform seeds the search's first
+batch (its per-device memory line carried to this target's memory and devices): two or three
+compiles instead of four to six. Prints the Markdown table of PERFORMANCE.md.
 """
 
 import concurrent.futures
@@ -21,6 +23,7 @@ from typing import Any
 
 from absl import flags
 
+from focusclip_jax import targets
 from input_pipeline import files
 
 FLAGS = flags.FLAGS
@@ -44,6 +47,29 @@ def cell_name(target: str, dtype: str, remat: str, mode: str) -> str:
     return f"{target}_{dtype}_{remat}_{mode}"
 
 
+def first_batch(target: str, dtype: str, remat: str, mode: str, out: Path) -> int | None:
+    """Where a cell's search starts: from the same cell found on another target of the same
+    platform, its per-device state and code plus temporaries per example (an overestimate, so
+    the first try errs towards fitting) carried to this target; None: the config's batch."""
+    new = targets.parse(target)
+    for other in FLAGS.targets:
+        path = out / f"{cell_name(other, dtype, remat, mode)}.json"
+        if other == target or not path.exists():
+            continue
+        if targets.parse(other).chip.platform != new.chip.platform:
+            continue
+        found: dict[str, Any] = json.loads(path.read_text())
+        if not found["batch"]:
+            continue
+        memory = found["memory"]
+        fixed = memory["total"] - memory["temporary"]
+        per_example = memory["temporary"] / found["batch_per_device"]
+        per_device = int(0.95 * (new.usable_bytes - fixed) / per_example)
+        if per_device >= 1:
+            return per_device * new.num_devices
+    return None
+
+
 def run_cell(target: str, dtype: str, remat: str, mode: str, out: Path) -> tuple[str, str]:
     """Compiles one cell (unless its report exists); returns (cell, status)."""
     name = cell_name(target, dtype, remat, mode)
@@ -64,6 +90,9 @@ def run_cell(target: str, dtype: str, remat: str, mode: str, out: Path) -> tuple
         *MESHES[mode],
         *(f"--config.{o}" for o in FLAGS.overrides),
     ]
+    start = first_batch(target, dtype, remat, mode, out)
+    if start:
+        command.append(f"--config.train.batch_size={start}")
     start = time.perf_counter()
     with open(out / f"{name}.log", "w") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
