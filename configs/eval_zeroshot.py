@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.name = "benchmarks"  # no training data is read
     config.evals.zero_shot.datasets = eval_datasets.PAPER_BENCHMARKS
     config.evals.zero_shot.root = config.get_ref("data_root")
+    config.evals.linear_probe.root = config.get_ref("data_root")
     config.lock()  # as configs/pretrain.py's: a key that does not exist is an error
 
     if "paper" in variants:

@@ -18,6 +18,7 @@ Variants apply in the order above, whatever the order given: `tiny,causal` = `ca
 """
 
 import math
+from typing import Any
 
 import ml_collections
 
@@ -45,6 +46,17 @@ def zero_shot_eval(
             "decode_threads": 8,
         }
     )
+
+
+def linear_probe_eval(datasets: tuple[str, ...], **keys: Any) -> ml_collections.ConfigDict:
+    """A `config.evals` entry of type linear_probe (focusclip_jax/evaluators/linear_probe.py):
+    read as the zero-shot entry reads, fitted on `fit_split`, scored on `score_split`."""
+    entry = zero_shot_eval(datasets, **keys)
+    entry.type = "linear_probe"
+    entry.fit_split = "train"
+    entry.score_split = "test"
+    entry.l2 = (1e-6, 1e-4, 1e-2, 1.0)  # chosen on a fifth of the fitting images
+    return entry
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -201,6 +213,8 @@ def base_config() -> ml_collections.ConfigDict:
     # missing ones are skipped with a warning. configs/eval_zeroshot.py: eval-only runs.
     config.evals = ml_collections.ConfigDict()
     config.evals.zero_shot = zero_shot_eval(PAPER_BENCHMARKS)
+    # Linear probes on frozen image embeddings: none by default (each needs a train split).
+    config.evals.linear_probe = linear_probe_eval(())
     config.log_every_steps = 50
     return config
 

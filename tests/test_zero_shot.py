@@ -1,4 +1,5 @@
-"""Zero-shot and retrieval evaluators with an analytic fake model that knows the answer."""
+"""Zero-shot, retrieval and linear-probe evaluators, with an analytic fake model that knows
+the answer."""
 
 import logging
 import types
@@ -7,11 +8,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
+from configs import pretrain
 from focusclip_jax import evaluators, sharding
-from focusclip_jax.evaluators import retrieval
+from focusclip_jax.evaluators import linear_probe, retrieval
 from focusclip_jax.evaluators.zero_shot import ZeroShotClassifier, class_prompts, top_k_accuracy
 from input_pipeline import pipeline
 from input_pipeline.pipeline import RetrievalData, ZeroShotData
@@ -157,3 +160,63 @@ def test_retrieval_evaluator_with_the_colour_model(monkeypatch) -> None:
         "colours/text_to_image_R@10": 1.0,
         "colours/text_to_image_median_rank": 1.0,
     }
+
+
+# ----------------------------------------------------------------------------- linear probe
+
+
+def test_logistic_fit_reaches_the_penalised_optimum() -> None:
+    """At the returned weights the gradient of cross-entropy + l2/2 ||w||² vanishes."""
+    rng = np.random.default_rng(3)
+    features = jnp.asarray(rng.normal(size=(60, 5)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 3, 60))
+    params = linear_probe.fit_logistic(features, labels, jnp.float32(1e-2), num_classes=3)
+    grad = jax.grad(linear_probe._objective)(params, features, labels, 1e-2)
+    assert float(optax.global_norm(grad)) < 1e-4
+
+
+def test_probe_chooses_the_penalty_on_held_out_fitting_images() -> None:
+    """Separable clusters, class 2 three times as frequent: the largest penalty flattens the
+    weights and predicts the frequent class (60%); the validation split picks a small one and
+    the score is perfect."""
+    rng = np.random.default_rng(4)
+    centres = np.eye(3, 8) * 4
+
+    def points(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = (np.arange(n) % 5).clip(max=2)
+        return (centres[labels] + rng.normal(scale=0.3, size=(n, 8))).astype(np.float32), labels
+
+    (fit_x, fit_y), (score_x, score_y) = points(90), points(30)
+    found = linear_probe.probe(fit_x, fit_y, score_x, score_y, 3, (1e-4, 1e-2, 1e6))
+    assert found["linear_probe_top1"] == 1.0 and found["linear_probe_mean_per_class_top1"] == 1.0
+    assert found["linear_probe_l2"] in (1e-4, 1e-2)
+
+
+def test_linear_probe_evaluator_fits_train_and_scores_test(monkeypatch) -> None:
+    """With the colour model's image embeddings and a dataset whose train and test images are
+    different colours of the same classes, the probe is perfect; identical splits are refused."""
+    tokenizer = WordTokenizer.fit(["red green blue"])
+    graphdef, params = nnx.split(ColourModel(tokenizer), nnx.Param)
+    params = nnx.to_pure_dict(params)
+    mesh = sharding.create_mesh({"data": -1})
+
+    def colours(data, options) -> ZeroShotData:
+        labels = np.arange(30 if options.split == "train" else 12) % 3
+        return ZeroShotData("colours", _images(labels), labels.astype(np.int32), COLOURS, ("{}",))
+
+    monkeypatch.setitem(pipeline.ZERO_SHOT_DATASETS, "colours", colours)
+    setup = types.SimpleNamespace(
+        graphdef=graphdef,
+        param_shardings=jax.tree.map(lambda _: sharding.replicated(mesh), params),
+        mesh=mesh,
+    )
+    config = ml_collections.ConfigDict({"data": {}, "model": {"max_len": 4}})
+    options = pretrain.linear_probe_eval(("colours",), batch_size=8)
+    probe_evaluator = evaluators.EVALUATORS["linear_probe"]
+    found = probe_evaluator("probe", options, config=config, setup=setup, tokenizer=tokenizer)
+    metrics = found.run(params).metrics
+    assert metrics["colours/linear_probe_top1"] == 1.0
+    assert metrics["colours/linear_probe_mean_per_class_top1"] == 1.0
+    options.score_split = "train"
+    with pytest.raises(ValueError, match="same images for fit_split 'train' and score_split"):
+        probe_evaluator("probe", options, config=config, setup=setup, tokenizer=tokenizer)

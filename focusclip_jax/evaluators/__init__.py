@@ -9,6 +9,7 @@ from typing import Any
 import ml_collections
 
 from focusclip_jax.evaluators.base import Evaluator, Results
+from focusclip_jax.evaluators.linear_probe import LinearProbeEvaluator
 from focusclip_jax.evaluators.retrieval import RetrievalEvaluator
 from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator
 from input_pipeline.pipeline import Tokenizer
@@ -18,6 +19,7 @@ __all__ = ["EVALUATORS", "Evaluator", "Results", "create", "run_due"]
 EVALUATORS: dict[str, type[Evaluator]] = {
     "zero_shot": ZeroShotEvaluator,
     "retrieval": RetrievalEvaluator,
+    "linear_probe": LinearProbeEvaluator,
 }
 
 
