@@ -519,8 +519,14 @@ def _train_loop(
     return results
 
 
+NOT_PERCENT = ("median_rank", "_l2")  # metric names ending so are counts or settings
+
+
 def results_table(results: Mapping[str, float]) -> str:
-    """A Markdown table of evaluation results (percent)."""
-    lines = ["| metric | value (%) |", "|---|---:|"]
-    lines += [f"| {name} | {100 * value:.2f} |" for name, value in results.items()]
+    """A Markdown table of evaluation results: accuracies and recalls in percent, ranks and
+    chosen penalties as they are."""
+    lines = ["| metric | value |", "|---|---:|"]
+    for name, value in results.items():
+        shown = f"{value:g}" if name.endswith(NOT_PERCENT) else f"{100 * value:.2f}%"
+        lines.append(f"| {name} | {shown} |")
     return "\n".join(lines)
