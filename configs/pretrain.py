@@ -185,6 +185,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Parameters left untrained: regular expressions matched in full against '/'-joined paths,
     # e.g. ("image_tower/.*",) locks the image tower (LiT), (".*_proj/.*",) freezes projections.
     config.train.frozen = ()
+    # K > 1: the towers see K chunks of the batch in turn, the gradient stays the whole batch's
+    # (every negative); activation memory of one chunk, the towers' forward pass twice.
+    config.train.accumulate_steps = 1
     config.train.num_epochs = 64
     config.train.num_steps = config.train.get_ref("num_epochs") * (
         config.data.get_ref("train_records") // config.train.get_ref("batch_size")

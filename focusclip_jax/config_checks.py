@@ -111,6 +111,14 @@ def _check_training(config: ml_collections.ConfigDict, mesh: Mesh, process_count
         raise ConfigError(
             f"config train.batch_size={batch}: must divide over the {process_count} processes"
         )
+    chunks = config.train.get("accumulate_steps", 1)
+    if not isinstance(chunks, int) or chunks < 1:
+        raise ConfigError(f"config train.accumulate_steps={chunks!r}: must be a positive integer")
+    if batch % (chunks * shards):
+        raise ConfigError(
+            f"config train.batch_size={batch}: must be a multiple of train.accumulate_steps "
+            f"({chunks}) x the {shards} batch shards (each chunk splits over the devices)"
+        )
     policy = config.train.get("on_nonfinite", "stop")
     if policy not in NONFINITE_POLICIES:
         raise ConfigError(f"config train.on_nonfinite={policy!r}: expected stop or skip")

@@ -75,21 +75,18 @@ def needed_modalities(pairs: Any) -> tuple[str, ...]:
     return tuple(sorted({m for pair in pairs for m in pair}))
 
 
-def compute_loss(
+def embed_batch(
     params: Any,
     batch: Mapping[str, jax.Array],
     *,
     graphdef: nnx.GraphDef,
-    loss_config: ml_collections.ConfigDict,
+    modalities: tuple[str, ...],
     min_sigma: float,
     heatmap_mode: str = "parts",
     joint_sigma: float = 2.0,
     rng: jax.Array | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The FocusCLIP objective on a batch; heatmaps are rendered here, on the device. `rng`:
-    the key of the step's dropout (none: no dropout)."""
-    pairs = [tuple(p) for p in loss_config.pairs]
-    modalities = needed_modalities(pairs)
+) -> dict[str, jax.Array]:
+    """The batch's embeddings of `modalities`; heatmaps are rendered here, on the device."""
     model = nnx.merge(graphdef, params)
     images = batch["image"].astype(jnp.float32) / 255.0
     focus_maps = None
@@ -104,7 +101,7 @@ def compute_loss(
             mode=heatmap_mode,
             joint_sigma=joint_sigma,
         )
-    embeddings = model.embed(
+    return model.embed(
         images=images,
         heatmaps=focus_maps,
         tokens=batch["tokens"],
@@ -112,13 +109,99 @@ def compute_loss(
         modalities=modalities,
         rng=rng,
     )
+
+
+def contrastive_loss(
+    embeddings: Mapping[str, jax.Array], params: Any, loss_config: ml_collections.ConfigDict
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The configured loss over the pairs, its scalars read from the parameters."""
+    loss = losses.create(loss_config)
     return losses.focusclip_loss(
         embeddings,
-        model.loss_scalars(),
-        pairs=pairs,
+        losses.scalars_of(params, loss),
+        pairs=[tuple(p) for p in loss_config.pairs],
         weights=loss_config.weights,
-        loss=losses.create(loss_config),
+        loss=loss,
     )
+
+
+def compute_loss(
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    loss_config: ml_collections.ConfigDict,
+    min_sigma: float,
+    heatmap_mode: str = "parts",
+    joint_sigma: float = 2.0,
+    rng: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The FocusCLIP objective on a batch. `rng`: the key of the step's dropout (none: no
+    dropout)."""
+    embeddings = embed_batch(
+        params,
+        batch,
+        graphdef=graphdef,
+        modalities=needed_modalities(loss_config.pairs),
+        min_sigma=min_sigma,
+        heatmap_mode=heatmap_mode,
+        joint_sigma=joint_sigma,
+        rng=rng,
+    )
+    return contrastive_loss(embeddings, params, loss_config)
+
+
+def accumulated_loss_and_grads(
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    *,
+    accumulate_steps: int,
+    graphdef: nnx.GraphDef,
+    loss_config: ml_collections.ConfigDict,
+    min_sigma: float,
+    heatmap_mode: str = "parts",
+    joint_sigma: float = 2.0,
+    rng: jax.Array | None = None,
+) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Any]:
+    """The loss over the whole batch and its exact gradient, the towers run on
+    `accumulate_steps` chunks at a time (GradCache, open_clip's `--accum-freq`): every chunk's
+    embeddings without gradients, then the loss and its gradient with respect to all the
+    embeddings (every negative of the whole batch), then each chunk again, pulling its share of
+    that gradient back to the parameters. Activations are held for one chunk at a time; the
+    towers run forward twice. Chunk k takes rows k, k + K, ... (each chunk stays split over the
+    devices); chunk k's dropout draws from the step's key folded with k."""
+    steps = accumulate_steps
+    chunked = jax.tree.map(
+        lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch
+    )
+    keys = None if rng is None else jax.random.split(rng, steps)
+    embed = functools.partial(
+        embed_batch,
+        graphdef=graphdef,
+        modalities=needed_modalities(loss_config.pairs),
+        min_sigma=min_sigma,
+        heatmap_mode=heatmap_mode,
+        joint_sigma=joint_sigma,
+    )
+
+    def forward(_: None, xs: tuple) -> tuple[None, dict[str, jax.Array]]:
+        chunk, key = xs
+        return None, jax.lax.stop_gradient(embed(params, chunk, rng=key))
+
+    _, per_chunk = jax.lax.scan(forward, None, (chunked, keys))
+    whole = jax.tree.map(lambda e: e.reshape(-1, e.shape[-1]), per_chunk)
+    (loss, per_pair), (embedding_grads, grads) = jax.value_and_grad(
+        lambda e, p: contrastive_loss(e, p, loss_config), argnums=(0, 1), has_aux=True
+    )(whole, params)
+    cotangents = jax.tree.map(lambda g: g.reshape(steps, -1, g.shape[-1]), embedding_grads)
+
+    def backward(total: Any, xs: tuple) -> tuple[Any, None]:
+        chunk, key, cotangent = xs
+        _, pull_back = jax.vjp(lambda p: embed(p, chunk, rng=key), params)
+        return jax.tree.map(jnp.add, total, pull_back(cotangent)[0]), None
+
+    grads, _ = jax.lax.scan(backward, grads, (chunked, keys, cotangents))
+    return (loss, per_pair), grads
 
 
 def train_step(
@@ -134,12 +217,13 @@ def train_step(
     heatmap_mode: str = "parts",
     joint_sigma: float = 2.0,
     seed: int = 0,
+    accumulate_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on a global batch; returns the new state and a flat dict of scalar metrics.
-    Dropout draws from the seed folded with the step: a resumed run draws what it would have."""
-    loss_fn = functools.partial(
-        compute_loss,
-        batch=batch,
+    Dropout draws from the seed folded with the step: a resumed run draws what it would have.
+    `accumulate_steps` > 1 runs the towers on that many chunks of the batch at a time, with the
+    whole batch's gradient (`accumulated_loss_and_grads`)."""
+    options = dict(
         graphdef=graphdef,
         loss_config=loss_config,
         min_sigma=min_sigma,
@@ -147,7 +231,13 @@ def train_step(
         joint_sigma=joint_sigma,
         rng=jax.random.fold_in(jax.random.key(seed), state.step),
     )
-    (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if accumulate_steps > 1:
+        (loss, per_pair), grads = accumulated_loss_and_grads(
+            state.params, batch, accumulate_steps=accumulate_steps, **options
+        )
+    else:
+        loss_fn = functools.partial(compute_loss, batch=batch, **options)
+        (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = project_to_bounds(optax.apply_updates(state.params, updates), bounds)
@@ -305,6 +395,7 @@ class Trainer:
             heatmap_mode=config.heatmaps.mode,
             joint_sigma=config.heatmaps.joint_sigma,
             seed=config.seed,
+            accumulate_steps=config.train.accumulate_steps,
         )
         self.step = jax.jit(
             sharding.traced_on(mesh, step),

@@ -74,6 +74,7 @@ SMALL_DEMO = (
     "--config.optimizer.warmup_steps=1",
     "--config.log_every_steps=1",
     "--config.evals.zero_shot.batch_size=16",
+    "--config.evals.retrieval.batch_size=16",
 )
 
 
@@ -82,6 +83,7 @@ def test_demo_through_main_learns_a_repeated_batch(tmp_path: Path) -> None:
     result = _main(*SMALL_DEMO, f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| synthpose_pose/top1 |" in result.stdout
+    assert "| synthpose/image_to_text_R@1 |" in result.stdout  # the demo's retrieval evaluator
     losses = _losses(tmp_path)
     assert len(losses) == 8 and losses[8] < losses[1] * 0.95
     assert (tmp_path / "checkpoints" / "8").is_dir()

@@ -1,5 +1,6 @@
 """The sharded training step: 8 devices vs 1, shardings, bounds, gradients, non-finite steps."""
 
+import functools
 import json
 import logging
 import math
@@ -8,6 +9,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from flax.traverse_util import flatten_dict
@@ -293,15 +295,18 @@ def test_a_registered_evaluator_runs_on_its_own_schedule(tmp_path, monkeypatch) 
     assert probed[3] != probed[4]  # alpha moved between the two runs
 
 
-def test_siglip_chunked_on_eight_devices_trains_like_gathered_on_one() -> None:
-    """`:siglip` with `loss.chunked` inside the sharded step (4 × 2 data × fsdp): the losses of
-    the gathered loss on one device, and the bias it carries moves from -10."""
+def test_siglip_chunked_and_accumulated_on_eight_devices_trains_like_one_device() -> None:
+    """`:siglip` with `loss.chunked` and `train.accumulate_steps=2` inside the sharded step
+    (4 × 2 data × fsdp, chunks of 8): the losses of the gathered loss on one batch on one
+    device, and the bias it carries moves from -10 alike."""
     config = tiny_config("siglip")
     config.loss.chunked = True
+    config.train.accumulate_steps = 2
     batch, vocab_size = _batch(config)
     mesh8 = sharding.create_mesh({"data": 4, "fsdp": 2})
     _, state8, initial, losses8 = _run_steps(config, mesh8, batch, vocab_size, 2)
     config.loss.chunked = False
+    config.train.accumulate_steps = 1
     mesh1 = sharding.create_mesh({"data": 1, "fsdp": 1})
     _, state1, _, losses1 = _run_steps(config, mesh1, batch, vocab_size, 2)
     np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
@@ -339,3 +344,31 @@ def test_frozen_parameters_stay_bit_identical_and_hold_no_state() -> None:
     ]
     assert moments and all(m.sharding == kernel.sharding for m in moments)
     assert kernel.sharding.spec[0] == "fsdp"
+
+
+@pytest.mark.parametrize("kind", ["nt_xent", "clip", "siglip"])
+def test_accumulated_gradient_is_the_whole_batch_gradient(kind) -> None:
+    """Four chunks of 4 (towers run per chunk, the loss over all 16): the loss and the
+    gradient of one batch of 16, for each loss."""
+    config = tiny_config()
+    config.loss.kind = kind
+    batch, vocab_size = _batch(config)
+    setup = train.ModelSetup.create(
+        config, sharding.create_mesh({"data": 1}), vocab_size=vocab_size
+    )
+    params = nnx.to_pure_dict(nnx.state(setup.new_model(), nnx.Param))
+    options = dict(graphdef=setup.graphdef, loss_config=config.loss, min_sigma=1.0)
+    whole = functools.partial(train.compute_loss, batch=batch, **options)
+    (loss, per_pair), grads = jax.jit(jax.value_and_grad(whole, has_aux=True))(params)
+    accumulated = jax.jit(
+        functools.partial(train.accumulated_loss_and_grads, accumulate_steps=4, **options)
+    )
+    (chunked_loss, chunked_pairs), chunked_grads = accumulated(params, batch)
+    assert float(chunked_loss) == pytest.approx(float(loss), rel=1e-5)
+    assert chunked_pairs.keys() == per_pair.keys()
+    flat, chunked_flat = flatten_dict(grads), flatten_dict(chunked_grads)
+    for path, grad in flat.items():
+        np.testing.assert_allclose(
+            chunked_flat[path], grad, rtol=1e-4, atol=1e-5, err_msg=str(path)
+        )
+    assert float(optax.global_norm(grads)) > 0
