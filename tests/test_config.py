@@ -95,7 +95,16 @@ def test_the_shipped_configs_pass_the_checks() -> None:
 
     from focusclip_jax import config_checks
 
-    for name in ("pretrain.py", "pretrain.py:clip,separate,causal,modern", "demo.py", "bench.py"):
+    shipped = (
+        "pretrain.py",
+        "pretrain.py:clip,separate,causal,modern",
+        "pretrain.py:siglip",
+        "demo.py",
+        "bench.py",
+        "finetune.py",
+        "finetune.py:lit,siglip",
+    )
+    for name in shipped:
         config = _parse(f"--config={REPO}/configs/{name}")
         config_checks.validated_mesh(config, jax.devices()[:1])
 

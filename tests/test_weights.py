@@ -24,6 +24,7 @@ from configs import pretrain
 from focusclip_jax import models, sharding, train, weights
 from focusclip_jax.models import text, vit
 from focusclip_jax.weights import common, hf_bert, loader, timm_vit
+from input_pipeline import pipeline
 from input_pipeline.tokenizers import BertWordPieceTokenizer
 from tests.conftest import tiny_config
 
@@ -340,3 +341,56 @@ def test_parameter_tree_check_names_a_flipped_scan_layers() -> None:
         weights.check_tree(
             abstract_params(heatmap_tower="separate", scan_layers=True), scanned, "ckpt"
         )
+
+
+def test_finetune_config_starts_from_open_clip_and_lit_locks_the_image_side() -> None:
+    """configs/finetune.py:lit at the fixture's size: both towers, their projections and the
+    logit scale come from the open_clip checkpoint, the focus weight alpha is new; one sharded
+    step (4 × 2 devices) trains the text side and leaves the image side's bits alone."""
+    from configs import finetune
+
+    config = finetune.get_config("lit")
+    config.model.image_size = 32
+    config.model.vit_size = "tiny"
+    config.model.vit_overrides = ml_collections.ConfigDict(CLIP_VIT_ARGS)
+    config.model.text_size = "tiny"
+    config.model.text_overrides = ml_collections.ConfigDict(CLIP_TEXT_ARGS)
+    config.model.max_len = 16
+    config.model.embed_dim = 16
+    config.model.scan_layers, config.model.remat = False, "none"
+    config.init.image = config.init.text = f"open_clip:{CLIP_FILE}"
+    config.train.batch_size = 8
+    config.optimizer.warmup_steps = 0  # the recipe's warmup starts at a learning rate of 0
+    config.data.max_people = 2
+    mesh = sharding.create_mesh({"data": 4, "fsdp": 2})
+    trainer = train.Trainer(config, mesh, vocab_size=100)
+    state = trainer.init_state()
+    initial = flatten_dict(jax.device_get(state.params))
+    reference = models.FocusCLIP(
+        image_size=32, vit_size="tiny", text_kind="clip", text_size="tiny", vocab_size=100,
+        max_len=16, embed_dim=16, vit_overrides=CLIP_VIT_ARGS, text_overrides=CLIP_TEXT_ARGS,
+        rngs=nnx.Rngs(0),
+    )  # fmt: skip
+    spec = f"open_clip:{CLIP_FILE}"
+    loaded = weights.load({"image": spec, "text": spec}, flat_params(reference))
+    for path, value in loaded.items():
+        np.testing.assert_array_equal(initial[path], value, err_msg=str(path))
+    assert float(initial[("alpha",)]) == 0.5
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+        "keypoints": rng.uniform(0, 32, (8, 2, 16, 2)).astype(np.float32),
+        "visible": np.ones((8, 2, 16), bool),
+        "person_mask": np.array([[True, False]] * 8),
+        "tokens": rng.integers(1, 100, (8, 16)).astype(np.int32),
+        "mask": (np.arange(16) < rng.integers(4, 17, (8, 1))).astype(np.int32),
+    }
+    state, metrics = trainer.step(
+        state, pipeline.to_global_arrays(batch, sharding.batch_sharding(mesh))
+    )
+    assert np.isfinite(float(metrics["loss"]))
+    final = flatten_dict(jax.device_get(state.params))
+    for path, before in initial.items():
+        if path[0] in ("image_tower", "image_proj"):
+            assert np.asarray(final[path]).tobytes() == np.asarray(before).tobytes(), path
+    assert not np.array_equal(final[("text_proj", "kernel")], initial[("text_proj", "kernel")])
