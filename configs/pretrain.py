@@ -216,6 +216,10 @@ def base_config() -> ml_collections.ConfigDict:
     # missing ones are skipped with a warning. configs/eval_zeroshot.py: eval-only runs.
     config.evals = ml_collections.ConfigDict()
     config.evals.zero_shot = zero_shot_eval(PAPER_BENCHMARKS)
+    # Image-text retrieval on the prepared MPII validation split (skipped when not prepared).
+    config.evals.retrieval = ml_collections.ConfigDict(
+        {"type": "retrieval", "datasets": ("mpii_val",), "batch_size": 256, "every_steps": 0}
+    )
     # Linear probes on frozen image embeddings: none by default (each needs a train split).
     config.evals.linear_probe = linear_probe_eval(())
     config.log_every_steps = 50
@@ -298,4 +302,5 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
     config.train.num_steps = 300
     config.checkpoint.every_steps = 100
     config.evals.zero_shot.batch_size = 64
+    config.evals.retrieval.batch_size = 64
     config.log_every_steps = 10

@@ -309,7 +309,15 @@ def test_pretrain_tiny_variant_trains_on_prepared_shards(prepared: Path, tmp_pat
     config.mesh.data = 1
     config.train.batch_size, config.train.num_steps = 4, 2
     config.evals.zero_shot.datasets = ()  # the paper's benchmarks are not in the fixtures
-    train.train_and_evaluate(config, tmp_path)
+    results = train.train_and_evaluate(config, tmp_path)
+    # Retrieval on the prepared validation split, its images with their descriptions.
+    assert set(results) == {
+        f"mpii_val/{direction}_{metric}"
+        for direction in ("image_to_text", "text_to_image")
+        for metric in ("R@1", "R@5", "R@10", "median_rank")
+    }
+    assert results["mpii_val/image_to_text_R@10"] == 1.0  # fewer than 10 validation images
+    assert 1 <= results["mpii_val/text_to_image_median_rank"] <= len(VAL_IMAGES)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [2]
     assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "checkpoints" / "2").is_dir()

@@ -1,11 +1,14 @@
 """Image-text retrieval on held-out described images: recall@k both ways and the median rank.
 
-`type="retrieval"`: for each dataset of the entry (`pipeline.RETRIEVAL_DATASETS`), every image
+`type="retrieval"`: for each dataset of the entry (`pipeline.RETRIEVAL_DATASETS`: `mpii_val`,
+the prepared MPII validation split with its descriptions; `synthpose`, the held-out scenes),
+every image
 ranks every text by cosine similarity (image→text) and every text every image (text→image).
 A text written for several images (SynthPose's rule-based descriptions can repeat) counts as
 correct for each of them: the positives of image i are the texts equal to its own.
 """
 
+import logging
 from typing import Any
 
 import jax
@@ -14,6 +17,7 @@ import numpy as np
 from focusclip_jax.evaluators.base import Evaluator, Results
 from focusclip_jax.evaluators.zero_shot import ZeroShotClassifier
 from input_pipeline import pipeline
+from input_pipeline.eval_datasets import DatasetNotFoundError
 from input_pipeline.pipeline import Tokenizer, ZeroShotData
 
 
@@ -49,8 +53,14 @@ class RetrievalEvaluator(Evaluator):
     def __init__(self, name: str, options: Any, *, config: Any, setup: Any, tokenizer: Tokenizer):
         super().__init__(name, options, config=config, setup=setup, tokenizer=tokenizer)
         self.encoders = []
+        self.skipped: dict[str, str] = {}
         for dataset in options.datasets:
-            data = pipeline.retrieval_data(dataset, config.data)
+            try:
+                data = pipeline.retrieval_data(dataset, config.data)
+            except DatasetNotFoundError as error:
+                logging.warning("Retrieval dataset %s skipped: %s", dataset, error)
+                self.skipped[dataset] = str(error)
+                continue
             as_classes = ZeroShotData(  # the texts as "classes" with the template "{}"
                 name=data.name,
                 images=data.images,
@@ -76,4 +86,4 @@ class RetrievalEvaluator(Evaluator):
             similarity = encoder.image_embeddings(params) @ texts.T
             found = retrieval_metrics(similarity, data.texts)
             metrics |= {f"{data.name}/{key}": value for key, value in found.items()}
-        return Results(metrics)
+        return Results(metrics, skipped=dict(self.skipped))
