@@ -6,8 +6,9 @@ same way (summed per person, clipped, summed over people, clipped). In "joints" 
 joint with non-finite coordinates is treated as missing; a joint outside the image still adds its
 tail inside it, as a part centred outside does.
 
-Recipe (per image): for every annotated person and each of the 10 MPII part groups in
-`PART_GROUPS`, keep the group's visible joints and skip the part when fewer than 2 remain; the
+Recipe (per image): for every annotated person and each part group of the keypoints' skeleton
+(`skeleton.py`: MPII's 10, the original's, in `PART_GROUPS`; COCO's 10), keep the group's
+visible joints and skip the part when fewer than 2 remain; the
 part's Gaussian is centred on the centre of those joints' bounding box with σx, σy = half the box
 width, height; parts are summed per person and clipped to [0, 1], then people are summed and
 clipped to [0, 1]:
@@ -34,28 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NUM_JOINTS = 16
+from input_pipeline import skeleton
 
-# MPII joint ids: 0 r_ankle, 1 r_knee, 2 r_hip, 3 l_hip, 4 l_knee, 5 l_ankle, 6 pelvis, 7 thorax,
-# 8 upper_neck, 9 head_top, 10 r_wrist, 11 r_elbow, 12 r_shoulder, 13 l_shoulder, 14 l_elbow,
-# 15 l_wrist. Groups and their order as in the original code.
-PART_GROUPS: dict[str, tuple[int, ...]] = {
-    "head": (7, 8, 9, 12, 13),
-    "torso": (6, 7, 12, 13, 2, 3),
-    "left_upper_arm": (13, 14, 7),
-    "right_upper_arm": (12, 11, 7),
-    "left_lower_arm": (14, 15, 13),
-    "right_lower_arm": (11, 10, 12),
-    "left_upper_leg": (3, 4, 6),
-    "right_upper_leg": (2, 1, 6),
-    "left_lower_leg": (4, 5, 3),
-    "right_lower_leg": (1, 0, 2),
-}
-
-# The groups as a padded [10, 6] gather table plus its validity mask, for the vectorised renderer.
-_MAX_GROUP = max(len(ids) for ids in PART_GROUPS.values())
-_PART_INDEX = np.array([ids + (0,) * (_MAX_GROUP - len(ids)) for ids in PART_GROUPS.values()])
-_PART_VALID = np.array([[k < len(ids) for k in range(_MAX_GROUP)] for ids in PART_GROUPS.values()])
+NUM_JOINTS = skeleton.MPII.num_joints
+PART_GROUPS: dict[str, tuple[int, ...]] = dict(skeleton.MPII.parts)  # MPII's, the original's
 
 
 HEATMAP_MODES = ("parts", "joints")
@@ -73,12 +56,12 @@ def _check_args(mode: str, min_sigma: float, joint_sigma: float) -> None:
 def _gaussians_np(
     keypoints: np.ndarray, visible: np.ndarray, mode: str, min_sigma: float, joint_sigma: float
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(centre (x, y), σ (x, y)) of each Gaussian of one person: keypoints [16, 2], visible [16]."""
+    """(centre (x, y), σ (x, y)) of each Gaussian of one person: keypoints [J, 2], visible [J]."""
     if mode == "joints":
         used = visible & np.isfinite(keypoints).all(axis=-1)
         return [(keypoints[j], np.full(2, joint_sigma)) for j in np.flatnonzero(used)]
     gaussians = []
-    for ids in PART_GROUPS.values():
+    for _, ids in skeleton.for_joints(len(keypoints)).parts:
         pts = keypoints[[i for i in ids if visible[i]]]
         if len(pts) < 2:
             continue
@@ -97,7 +80,8 @@ def render_heatmap_np(
     mode: str = "parts",
     joint_sigma: float = 2.0,
 ) -> np.ndarray:
-    """Heatmap of one image on the host: keypoints [P, 16, 2] (x, y), visible [P, 16], mask [P].
+    """Heatmap of one image on the host: keypoints [P, J, 2] (x, y), visible [P, J], mask [P]
+    (J: the joints of a registered skeleton, MPII's 16 or COCO's 17).
 
     The reference renderer (loops over people and parts, literally as the recipe reads); used for
     inspection, tests and hosts without accelerators. Returns float32 [height, width] in [0, 1].
@@ -130,20 +114,21 @@ def render_heatmaps(
     mode: str = "parts",
     joint_sigma: float = 2.0,
 ) -> jax.Array:
-    """Heatmaps of a batch on the device: keypoints [B, P, 16, 2], visible [B, P, 16], mask [B, P].
+    """Heatmaps of a batch on the device: keypoints [B, P, J, 2], visible [B, P, J], mask [B, P]
+    (J: the joints of a registered skeleton, which gives the part groups).
 
     Jittable with static `height`/`width`/`mode`/`joint_sigma`. Each Gaussian is separable, so the
     whole batch is a gather, two small exps ([B, P·G, H] and [B, P·G, W]) and one batched matmul
-    over the P·G Gaussians (G = 10 parts or 16 joints); the sum over people and Gaussians is clipped
-    once (equal to per-person clipping, see the module docstring). Invisible joints, parts with < 2
-    visible joints and masked people
-    contribute exactly 0, and nothing is ever NaN. Returns `dtype` [B, height, width] in [0, 1].
+    over the P·G Gaussians (G = the skeleton's parts, or its joints); the sum over people and
+    Gaussians is clipped once (equal to per-person clipping, see the module docstring).
+    Invisible joints, parts with < 2 visible joints and masked people contribute exactly 0, and
+    nothing is ever NaN. Returns `dtype` [B, height, width] in [0, 1].
     """
     _check_args(mode, min_sigma, joint_sigma)
     kp = jnp.asarray(keypoints, jnp.float32)
     vis = jnp.asarray(visible, bool) & jnp.asarray(person_mask, bool)[..., None]
     if mode == "joints":
-        used = vis & jnp.all(jnp.isfinite(kp), axis=-1)  # [B, P, 16]
+        used = vis & jnp.all(jnp.isfinite(kp), axis=-1)  # [B, P, J]
         centre = jnp.where(used[..., None], kp, 0.0)
         sigma = jnp.full(centre.shape, joint_sigma, jnp.float32)
     else:
@@ -171,13 +156,14 @@ def render_heatmaps(
 def _part_gaussians(
     kp: jax.Array, vis: jax.Array, min_sigma: float
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(used [B, P, 10], centre [B, P, 10, 2], σ [B, P, 10, 2]) of every part's Gaussian."""
-    part_kp = kp[:, :, _PART_INDEX]  # [B, P, 10, 6, 2]
-    part_vis = (vis[:, :, _PART_INDEX] & _PART_VALID)[..., None]  # [B, P, 10, 6, 1]
+    """(used [B, P, G], centre [B, P, G, 2], σ [B, P, G, 2]) of every part's Gaussian."""
+    index, valid = skeleton.for_joints(kp.shape[2]).part_tables  # [G, K] (MPII: [10, 6])
+    part_kp = kp[:, :, index]  # [B, P, G, K, 2]
+    part_vis = (vis[:, :, index] & valid)[..., None]  # [B, P, G, K, 1]
     # Masked joints are replaced before min/max, so a NaN or -1 placeholder never leaks in.
-    lo = jnp.min(jnp.where(part_vis, part_kp, jnp.inf), axis=3)  # [B, P, 10, 2]
+    lo = jnp.min(jnp.where(part_vis, part_kp, jnp.inf), axis=3)  # [B, P, G, 2]
     hi = jnp.max(jnp.where(part_vis, part_kp, -jnp.inf), axis=3)
-    used = jnp.sum(part_vis[..., 0], axis=3) >= 2  # [B, P, 10]
+    used = jnp.sum(part_vis[..., 0], axis=3) >= 2  # [B, P, G]
     lo = jnp.where(used[..., None], lo, 0.0)
     hi = jnp.where(used[..., None], hi, 0.0)
     return used, (lo + hi) / 2, jnp.maximum((hi - lo) / 2, min_sigma)

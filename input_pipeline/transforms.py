@@ -24,11 +24,10 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from input_pipeline import skeleton
 from input_pipeline.mpii import NUM_JOINTS, decode_prepared
 
 CROP_MODES = ("squash", "person", "random_resized")
-# MPII right ↔ left: ankle 0↔5, knee 1↔4, hip 2↔3, wrist 10↔15, elbow 11↔14, shoulder 12↔13
-FLIP_PERMUTATION = np.array([5, 4, 3, 2, 1, 0, 6, 7, 8, 9, 15, 14, 13, 12, 11, 10])
 _LEFT_RIGHT = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)\b")
 _SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left",
          "LEFT": "RIGHT", "RIGHT": "LEFT"}  # fmt: skip
@@ -44,10 +43,12 @@ def box_keypoints(keypoints: np.ndarray, box: Box, out_w: int, out_h: int) -> np
 
 
 def flip_keypoints(keypoints: np.ndarray, visible: np.ndarray, width: int):
-    """Mirror x and swap left/right joints: the flipped person's left is still joint 3, 4, 5..."""
-    flipped = keypoints[..., FLIP_PERMUTATION, :].copy()
+    """Mirror x and swap left/right joints (the skeleton's pairs, found by the joint count): the
+    flipped person's left is still MPII's joint 3, 4, 5..."""
+    permutation = skeleton.for_joints(keypoints.shape[-2]).flip_permutation
+    flipped = keypoints[..., permutation, :].copy()
     flipped[..., 0] = width - 1 - flipped[..., 0]
-    return flipped, visible[..., FLIP_PERMUTATION]
+    return flipped, visible[..., permutation]
 
 
 def swap_left_right(text: str) -> str:

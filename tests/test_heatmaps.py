@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from input_pipeline import skeleton
 from input_pipeline.heatmaps import PART_GROUPS, render_heatmap_np, render_heatmaps
 
 MPII_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mpii_sample"
@@ -183,3 +184,38 @@ def test_joints_mode_clipped_to_unit_interval_and_checked():
         render_heatmap_np(kp[0], np.ones((2, 16), bool), np.ones(2, bool), H, W, 1.0, "joints", 0.0)
     with pytest.raises(ValueError, match="mode"):
         render_heatmap_np(kp[0], np.ones((2, 16), bool), np.ones(2, bool), H, W, mode="limbs")
+
+
+# ----------------------------------------------------------------------------- skeletons
+
+
+def test_skeletons_flip_left_and_right_and_keep_the_original_groups() -> None:
+    """MPII's flip is the original's permutation and its groups the original's; for every
+    skeleton the flip is an involution that maps each left joint's name to its right one."""
+    np.testing.assert_array_equal(
+        skeleton.MPII.flip_permutation, [5, 4, 3, 2, 1, 0, 6, 7, 8, 9, 15, 14, 13, 12, 11, 10]
+    )
+    assert PART_GROUPS["head"] == (7, 8, 9, 12, 13) and len(PART_GROUPS) == 10
+    mirror = {"l_": "r_", "r_": "l_"}
+    for body in skeleton.SKELETONS.values():
+        order = body.flip_permutation
+        np.testing.assert_array_equal(order[order], np.arange(body.num_joints))
+        for joint, source in enumerate(order):
+            name = body.joints[joint]
+            expected = mirror[name[:2]] + name[2:] if name[:2] in mirror else name
+            assert body.joints[source] == expected, (body.name, name)
+    assert skeleton.for_joints(17) is skeleton.COCO
+    with pytest.raises(ValueError, match="keypoints with 5 joints"):
+        skeleton.for_joints(5)
+
+
+@pytest.mark.parametrize("mode", ["parts", "joints"])
+def test_coco_keypoints_render_alike_on_host_and_device(mode: str) -> None:
+    """17 COCO joints: the part groups come from COCO's skeleton; both renderers agree."""
+    rng = np.random.default_rng(11)
+    kp = rng.uniform(-2, 34, (3, 2, 17, 2)).astype(np.float32)
+    vis = rng.random((3, 2, 17)) < 0.8
+    mask = np.array([[True, True], [True, False], [False, False]])
+    ref, out = _render_both(kp, vis, mask, mode=mode, joint_sigma=2.0)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert ref[0].max() > 0.5 and ref[2].max() == 0.0

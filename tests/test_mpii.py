@@ -9,7 +9,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from input_pipeline import heatmaps, mpii, transforms
+from input_pipeline import heatmaps, mpii, skeleton, transforms
 from input_pipeline.files import InputDataError
 from tests.conftest import MPII_SAMPLE
 
@@ -281,7 +281,7 @@ def test_flip_mirrors_pixels_swaps_joints_and_words() -> None:
             continue
         flipped_seen += 1
         np.testing.assert_array_equal(b["image"], a["image"][:, ::-1])
-        perm = transforms.FLIP_PERMUTATION
+        perm = skeleton.MPII.flip_permutation
         np.testing.assert_allclose(b["keypoints"][0, :, 0], 47 - a["keypoints"][0, perm, 0])
         np.testing.assert_allclose(b["keypoints"][0, :, 1], a["keypoints"][0, perm, 1])
         assert b["description"] == transforms.swap_left_right(a["description"])
