@@ -355,7 +355,8 @@ def find_max_batch(
         guess = _affine_guess(measured, target.usable_bytes, shards)
         if too_big is None:  # no upper bracket yet: the line's limit, else double
             if guess is None or guess <= best:
-                near_full = measured.get(best, 0) >= 0.9 * target.usable_bytes
+                # (a fit past the chip's memory, placed by the TPU compiler, is full too)
+                near_full = best_report["memory"]["total"] >= 0.9 * target.usable_bytes
                 step = max(shards, int(tolerance * best) // shards * shards)  # settles it
                 guess = best + step if near_full else 2 * best
             guess = min(guess, 16 * best, limit)

@@ -314,6 +314,21 @@ def test_max_batch_search_finds_the_limit_in_few_compiles(monkeypatch) -> None:
     compiles.clear()
     best, _, _ = aot.find_max_batch(config, target, tolerance=1 / 8, log=lambda _: None)
     assert 2400 * 7 / 8 <= best <= 2400 and len(compiles) <= 8, compiles
+
+    # Past the chip's memory the TPU compiler still places programs (its estimate exceeds the
+    # chip): such a fit counts as full, the search steps by the tolerance, never doubles.
+    def placed_past_the_chip(config, target, *, devices, flops_how):
+        batch = config.train.batch_size
+        compiles.append(batch)
+        total = targets.GiB + batch * 10 * 2**20 if batch <= 1400 else 17 * targets.GiB
+        if batch > 1700:
+            raise aot.OutOfMemoryError(f"temporaries ({total / targets.GiB:.2f}G) exceed")
+        return {"memory": {"total": total, "temporary": batch * 10 * 2**20}, "batch": batch}
+
+    monkeypatch.setattr(aot, "analyse", placed_past_the_chip)
+    compiles.clear()
+    best, _, _ = aot.find_max_batch(config, target, tolerance=1 / 8, log=lambda _: None)
+    assert 1700 * 7 / 8 <= best <= 1700 and max(compiles) < 2 * 1700, compiles
     monkeypatch.setattr(aot, "analyse", fake_analyse)
     # Nothing fits on a 1 GiB chip: batch 0, no report.
     small = targets.Target("small-8", dataclasses.replace(chip, memory_bytes=targets.GiB), 8, 1, "")
