@@ -328,7 +328,7 @@ def test_max_batch_search_finds_the_limit_in_few_compiles(monkeypatch) -> None:
     monkeypatch.setattr(aot, "analyse", placed_past_the_chip)
     compiles.clear()
     best, _, _ = aot.find_max_batch(config, target, tolerance=1 / 8, log=lambda _: None)
-    assert 1700 * 7 / 8 <= best <= 1700 and max(compiles) < 2 * 1700, compiles
+    assert 1700 * 7 / 8 <= best <= 1700 and max(compiles) <= 1.25 * 1700, compiles
     monkeypatch.setattr(aot, "analyse", fake_analyse)
     # Nothing fits on a 1 GiB chip: batch 0, no report.
     small = targets.Target("small-8", dataclasses.replace(chip, memory_bytes=targets.GiB), 8, 1, "")
