@@ -36,6 +36,7 @@ flags.DEFINE_list("overrides", [], "More --config.* overrides for every cell (ke
 flags.DEFINE_integer("jobs", 1, "Cells compiled at the same time.")
 flags.DEFINE_float("batch_tolerance", 1 / 16, "Each search stops within this fraction.")
 flags.DEFINE_string("out", "workdirs/aot_table", "Folder for the cells' reports and logs.")
+flags.DEFINE_bool("table_only", False, "Print the table of the reports there, compile nothing.")
 
 MESHES = {
     "dp": ("--config.mesh.data=-1", "--config.mesh.fsdp=1"),
@@ -90,9 +91,9 @@ def run_cell(target: str, dtype: str, remat: str, mode: str, out: Path) -> tuple
         *MESHES[mode],
         *(f"--config.{o}" for o in FLAGS.overrides),
     ]
-    start = first_batch(target, dtype, remat, mode, out)
-    if start:
-        command.append(f"--config.train.batch_size={start}")
+    first = first_batch(target, dtype, remat, mode, out)
+    if first:
+        command.append(f"--config.train.batch_size={first}")
     start = time.perf_counter()
     with open(out / f"{name}.log", "w") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
@@ -110,7 +111,7 @@ def table(out: Path, cells: list[tuple[str, str, str, str]]) -> str:
         path = out / f"{cell_name(target, dtype, remat, mode)}.json"
         row = f"| {target} | {dtype} | {remat} | {mode} |"
         if not path.exists():
-            lines.append(row + " not even one example per device fits, or not run | | | | | |")
+            lines.append(row + " not run yet | | | | | |")
             continue
         r: dict[str, Any] = json.loads(path.read_text())
         mfu = next(v for k, v in r.items() if k.startswith("images_per_s_at_"))
@@ -127,6 +128,9 @@ def main(argv: list[str]) -> None:
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     cells = list(itertools.product(FLAGS.targets, FLAGS.dtypes, FLAGS.remats, FLAGS.modes))
+    if FLAGS.table_only:
+        print(table(out, cells))
+        return
     with concurrent.futures.ThreadPoolExecutor(FLAGS.jobs) as pool:
         for name, status in pool.map(lambda c: run_cell(*c, out), cells):
             print(f"{name}: {status}", flush=True)
