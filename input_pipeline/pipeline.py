@@ -7,7 +7,6 @@ them on the device from the keypoints (input_pipeline.heatmaps holds both render
 
 import dataclasses
 import functools
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from input_pipeline import eval_datasets, mpii, synthpose
+from input_pipeline import eval_datasets, mpii, skeleton, sources, synthpose
 from input_pipeline.files import InputDataError, RequiredFile, require_files
-from input_pipeline.heatmaps import NUM_JOINTS
 from input_pipeline.tokenizers import (
     CLIP_BPE_SOURCE,
     BertWordPieceTokenizer,
@@ -32,32 +30,6 @@ Tokenizer = Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]
 TRAIN_FIELDS = ("image", "keypoints", "visible", "person_mask")
 
 
-@functools.cache
-def _synthpose_records(
-    num_records: int, seed: int, image_size: int, max_people: int
-) -> tuple[dict[str, Any], ...]:
-    """SynthPose people, drawn once into memory (and once per process: a benchmark's runs share
-    them): drawing costs more than a demo's step."""
-    source = synthpose.SynthPose(num_records, seed, image_size, max_people)
-    logging.info("Drawing %d SynthPose training images into memory", len(source))
-    return tuple(source[i] for i in range(len(source)))
-
-
-def _synthpose_train_source(data: ml_collections.ConfigDict) -> Sequence[dict[str, Any]]:
-    return _synthpose_records(data.train_records, data.seed, data.image_size, data.max_people)
-
-
-TRAIN_SOURCES: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {
-    "synthpose": _synthpose_train_source,
-    "mpii": mpii.train_source,
-}
-# Per-record random maps applied after shuffle/repeat/shard (a fresh draw each epoch), before
-# tokenizing: decoding and augmentation of stored records. Sources without one are ready as stored.
-RECORD_MAPS: dict[str, Callable[[ml_collections.ConfigDict], grain.transforms.RandomMap]] = {
-    "mpii": mpii.record_map,
-}
-
-
 BERT_VOCAB = (
     "vocab.txt of a Hugging Face BERT checkpoint, e.g. google-bert/bert-base-uncased "
     "(the folder the text tower's weights come from)"
@@ -66,8 +38,10 @@ TOKENIZER_KINDS = ("synthetic_words", "words", "bert_wordpiece", "clip_bpe", "fi
 
 
 def check_input_files(config: ml_collections.ConfigDict, also: Sequence[RequiredFile] = ()) -> None:
-    """Fail before any work, naming every missing data, vocabulary (and `also`) file at once."""
-    files = mpii.required_files(config.data) if config.data.name == "mpii" else []
+    """Fail before any work, naming every missing data, vocabulary (and `also`) file at once
+    (an evaluation-only `data.name` that is no training source needs no data files)."""
+    source = sources.DATA_SOURCES.get(config.data.name)
+    files = source.required_files(config.data) if source else []
     if config.tokenizer.kind == "bert_wordpiece":
         files.append(RequiredFile("tokenizer.vocab", config.tokenizer.vocab, BERT_VOCAB))
     elif config.tokenizer.kind == "words":
@@ -80,20 +54,8 @@ def check_input_files(config: ml_collections.ConfigDict, also: Sequence[Required
 
 
 def tokenizer_corpus(config: ml_collections.ConfigDict) -> list[str]:
-    """The texts a `fitted_bpe` tokenizer is fitted on: SynthPose's describer vocabulary and
-    prompts, or every text the MPII training stream can pick (`transforms.choose_description`)
-    from the prepared records."""
-    if config.data.name == "synthpose":
-        return synthpose.corpus()
-    if config.data.name != "mpii":
-        raise ValueError(f"config data.name={config.data.name!r}: no corpus to fit a BPE on")
-    sources = tuple(config.data.description_sources)
-    records = mpii.train_source(config.data)
-    texts: list[str] = []
-    for i in range(len(records)):
-        described = mpii.decode_prepared(records[i])[0]["descriptions"]
-        texts += [described[s] for s in sources if s in described] or list(described.values())
-    return texts
+    """The texts a `fitted_bpe` tokenizer is fitted on: the training source's (`sources.py`)."""
+    return sources.get(config.data.name).corpus(config.data)
 
 
 def create_tokenizer(
@@ -162,19 +124,15 @@ def train_iterator(
             f"config train.batch_size={config.train.batch_size} must divide over "
             f"{process_count} processes"
         )
-    name = config.data.name
-    if name not in TRAIN_SOURCES:
-        raise ValueError(
-            f"config data.name={name!r}: registered datasets are {sorted(TRAIN_SOURCES)}"
-        )
-    source = TRAIN_SOURCES[name](config.data)
+    source = sources.get(config.data.name)
     dataset = (
-        grain.MapDataset.source(source)
+        grain.MapDataset.source(source.train_source(config.data))
         .shuffle(seed=config.seed)
         .repeat()[process_index::process_count]
     )
-    if name in RECORD_MAPS:
-        dataset = dataset.random_map(RECORD_MAPS[name](config.data), seed=config.seed)
+    record_map = source.record_map(config.data)
+    if record_map is not None:
+        dataset = dataset.random_map(record_map, seed=config.seed)
     # With worker processes, each computes its batches in turn: grain's default 16 prefetch threads
     # per worker (and 500-batch buffer) ran ahead of the consumer and contended for the GIL, about
     # 2x the CPU per image (bench.input_pipeline).
@@ -195,11 +153,13 @@ def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStr
     processes together): for compiling the step before any data exists."""
     batch, size = config.train.batch_size, config.data.image_size
     people, max_len = config.data.max_people, config.model.max_len
+    source = sources.DATA_SOURCES.get(config.data.name)
+    joints = (source.skeleton if source else skeleton.MPII).num_joints
     spec = lambda shape, dtype: jax.ShapeDtypeStruct((batch, *shape), np.dtype(dtype))
     return {
         "image": spec((size, size, 3), np.uint8),
-        "keypoints": spec((people, NUM_JOINTS, 2), np.float32),
-        "visible": spec((people, NUM_JOINTS), bool),
+        "keypoints": spec((people, joints, 2), np.float32),
+        "visible": spec((people, joints), bool),
         "person_mask": spec((people,), bool),
         "tokens": spec((max_len,), np.int32),
         "mask": spec((max_len,), bool),
