@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if size not in SIZES:
         raise ValueError(f"configs/bench.py:{size}: expected one of {SIZES}")
     config = pretrain.base_config()
+    pretrain.apply_variants(config, ",".join(variants))  # then the size: it has the last word
     config.model.vocab_size = BERT_VOCAB_SIZE
     config.data = ml_collections.ConfigDict()
     config.data.name = "random"
@@ -84,4 +85,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.embed_dim = 64
         config.data.mean_tokens, config.data.std_tokens = 10, 4
         config.train.batch_size = 16
-    return pretrain.finish(config, ",".join(variants))
+    config.lock()
+    return config

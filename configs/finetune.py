@@ -9,8 +9,10 @@ normalisation. The focus branch (alpha) is new; the paper's three pairs train wi
 from the checkpoint's temperature, AdamW at a fine-tuning learning rate.
 
 Variants, comma-separated: `lit` locks the image tower and its projection (LiT: the text side
-learns to read the pretrained image embeddings); any variant of configs/pretrain.py (`siglip`,
-`tiny`, ...).
+learns to read the pretrained image embeddings); of configs/pretrain.py's, those that keep the
+checkpoint's towers: `clip` (the (image, text) pair alone), `separate` (a focus tower, also
+started from the checkpoint) and `siglip` (the sigmoid loss; the scale is the checkpoint's, the
+bias starts at -10). The others would replace what fine-tuning sets and are refused.
 """
 
 import ml_collections
@@ -19,10 +21,17 @@ from configs import pretrain
 
 CHECKPOINT = "open_clip:data/weights/open_clip_vit_b16.safetensors"
 OWN_VARIANTS = ("lit",)
+PRETRAIN_VARIANTS = ("clip", "separate", "siglip")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variants = [v.strip() for v in (arg or "").split(",") if v.strip()]
+    refused = [v for v in variants if v not in OWN_VARIANTS + PRETRAIN_VARIANTS]
+    if refused:
+        raise ValueError(
+            f"configs/finetune.py: variant {refused[0]!r} would replace what fine-tuning sets; "
+            f"expected some of {OWN_VARIANTS + PRETRAIN_VARIANTS}"
+        )
     config = pretrain.base_config()
     pretrain.apply_variants(config, "causal")  # CLIP's text tower and BPE, context 77
     config.model.vit_size = "B/16"

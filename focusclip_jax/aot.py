@@ -317,6 +317,7 @@ def find_max_batch(
     """
     devices = target.devices()
     shards = sharding.data_parallel_size(sharding.create_mesh(config.mesh, devices=devices))
+    limit = max(shards, limit // shards * shards)
     tries: list[tuple[int, str]] = []
     measured: dict[int, float] = {}  # batch → bytes per device (estimate or compiler's report)
     best, best_report, too_big = 0, None, None

@@ -169,7 +169,8 @@ def accumulated_loss_and_grads(
     embeddings (every negative of the whole batch), then each chunk again, pulling its share of
     that gradient back to the parameters. Activations are held for one chunk at a time; the
     towers run forward twice. Chunk k takes rows k, k + K, ... (each chunk stays split over the
-    devices); chunk k's dropout draws from the step's key folded with k."""
+    devices, and the chunks' embeddings go back in the batch's order without moving); chunk k's
+    dropout draws from the k-th key split from the step's."""
     steps = accumulate_steps
     chunked = jax.tree.map(
         lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch
@@ -189,11 +190,13 @@ def accumulated_loss_and_grads(
         return None, jax.lax.stop_gradient(embed(params, chunk, rng=key))
 
     _, per_chunk = jax.lax.scan(forward, None, (chunked, keys))
-    whole = jax.tree.map(lambda e: e.reshape(-1, e.shape[-1]), per_chunk)
+    whole = jax.tree.map(lambda e: e.swapaxes(0, 1).reshape(-1, e.shape[-1]), per_chunk)
     (loss, per_pair), (embedding_grads, grads) = jax.value_and_grad(
         lambda e, p: contrastive_loss(e, p, loss_config), argnums=(0, 1), has_aux=True
     )(whole, params)
-    cotangents = jax.tree.map(lambda g: g.reshape(steps, -1, g.shape[-1]), embedding_grads)
+    cotangents = jax.tree.map(
+        lambda g: g.reshape(-1, steps, g.shape[-1]).swapaxes(0, 1), embedding_grads
+    )
 
     def backward(total: Any, xs: tuple) -> tuple[Any, None]:
         chunk, key, cotangent = xs
@@ -218,11 +221,13 @@ def train_step(
     joint_sigma: float = 2.0,
     seed: int = 0,
     accumulate_steps: int = 1,
+    frozen: tuple[str, ...] = (),
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on a global batch; returns the new state and a flat dict of scalar metrics.
     Dropout draws from the seed folded with the step: a resumed run draws what it would have.
     `accumulate_steps` > 1 runs the towers on that many chunks of the batch at a time, with the
-    whole batch's gradient (`accumulated_loss_and_grads`)."""
+    whole batch's gradient (`accumulated_loss_and_grads`). `frozen` parameters' gradients are left
+    out of the logged norm and the finiteness check (and so never computed)."""
     options = dict(
         graphdef=graphdef,
         loss_config=loss_config,
@@ -238,6 +243,9 @@ def train_step(
     else:
         loss_fn = functools.partial(compute_loss, batch=batch, **options)
         (loss, per_pair), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if frozen:
+        mask = optim.frozen_mask(grads, frozen)
+        grads = jax.tree.map(lambda g, f: jnp.zeros_like(g) if f else g, grads, mask)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = project_to_bounds(optax.apply_updates(state.params, updates), bounds)
@@ -396,6 +404,7 @@ class Trainer:
             joint_sigma=config.heatmaps.joint_sigma,
             seed=config.seed,
             accumulate_steps=config.train.accumulate_steps,
+            frozen=frozen,
         )
         self.step = jax.jit(
             sharding.traced_on(mesh, step),

@@ -3,8 +3,9 @@ its left/right pairs (what a horizontal flip swaps).
 
 The heatmap renderers and the flip take a `Skeleton`, so a data source with other keypoints
 (COCO's 17) brings its own instead of editing them. MPII's part groups are the original FocusCLIP
-code's; COCO's follow the same recipe with COCO's joints (its face points stand in for MPII's
-neck and head top).
+code's; COCO's name the same ten parts with COCO's joints: its face points and shoulders make the
+head, and since COCO has no thorax or pelvis, upper limbs are drawn from their two end joints,
+lower limbs from theirs plus the joint above (as MPII's).
 """
 
 import dataclasses
@@ -75,12 +76,12 @@ COCO = Skeleton(
         ("torso", (5, 6, 11, 12)),
         ("left_upper_arm", (5, 7)),
         ("right_upper_arm", (6, 8)),
-        ("left_lower_arm", (7, 9)),
-        ("right_lower_arm", (8, 10)),
+        ("left_lower_arm", (7, 9, 5)),
+        ("right_lower_arm", (8, 10, 6)),
         ("left_upper_leg", (11, 13)),
         ("right_upper_leg", (12, 14)),
-        ("left_lower_leg", (13, 15)),
-        ("right_lower_leg", (14, 16)),
+        ("left_lower_leg", (13, 15, 11)),
+        ("right_lower_leg", (14, 16, 12)),
     ),
     flip_pairs=((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
 )  # fmt: skip

@@ -126,3 +126,12 @@ def test_configs_are_locked_after_their_variants_in_any_order() -> None:
     one = pretrain.get_config("pretrained,causal,clip")
     other = pretrain.get_config("clip,causal,pretrained")
     assert one.to_dict() == other.to_dict() and one.init.text == ""
+
+
+def test_finetune_refuses_variants_that_replace_what_it_sets() -> None:
+    from configs import finetune
+
+    with pytest.raises(ValueError, match=r"variant 'modern' would replace"):
+        finetune.get_config("modern")
+    assert finetune.get_config("siglip").loss.kind == "siglip"
+    assert finetune.get_config("lit").train.frozen == ("image_tower/.*", "image_proj/.*")

@@ -220,3 +220,18 @@ def test_linear_probe_evaluator_fits_train_and_scores_test(monkeypatch) -> None:
     options.score_split = "train"
     with pytest.raises(ValueError, match="same images for fit_split 'train' and score_split"):
         probe_evaluator("probe", options, config=config, setup=setup, tokenizer=tokenizer)
+
+
+def test_a_nan_score_never_ranks_first_and_two_entries_may_not_report_one_metric() -> None:
+    similarity = np.array([[np.nan, 0.1], [0.2, 0.9]])
+    found = retrieval.retrieval_metrics(similarity, ("a", "b"), ks=(1,))
+    assert found["image_to_text_R@1"] == 0.5  # image 0's own text scored NaN: ranked last
+
+    class Constant(evaluators.Evaluator):
+        def run(self, params):
+            return evaluators.Results({"data/top1": 0.5})
+
+    options = ml_collections.ConfigDict({"type": "constant", "every_steps": 0})
+    made = [Constant(n, options, config=None, setup=None, tokenizer=None) for n in ("a", "b")]
+    with pytest.raises(ValueError, match=r"evals\.a and evals\.b both report data/top1"):
+        evaluators.run_due(made, {}, 1, 1)

@@ -44,8 +44,16 @@ def create(config: ml_collections.ConfigDict, setup: Any, tokenizer: Tokenizer) 
 
 def run_due(evaluators: list[Evaluator], params: Any, step: int, last_step: int) -> Results:
     """The evaluators due after `step`, their results merged."""
-    results = Results({})
+    results, reported_by = Results({}), {}
     for evaluator in evaluators:
         if evaluator.due(step, last_step):
-            results |= evaluator.run(params)
+            found = evaluator.run(params)
+            for key in found.metrics:
+                if key in reported_by:  # two entries reading the same dataset the same way
+                    raise ValueError(
+                        f"config evals.{reported_by[key]} and evals.{evaluator.name} both report "
+                        f"{key}: give one of them other datasets"
+                    )
+                reported_by[key] = evaluator.name
+            results |= found
     return results

@@ -67,10 +67,11 @@ def probe(
 ) -> dict[str, float]:
     """The penalty with the best validation accuracy (ties: the larger one), refitted on all the
     fitting data; its top-1 and mean per-class accuracy on the scored data."""
+    if len(fit_labels) < 2:
+        raise ValueError(f"a linear probe needs at least 2 fitting images, got {len(fit_labels)}")
     held = np.zeros(len(fit_labels), bool)
-    held[
-        np.random.default_rng(0).permutation(len(held))[: int(VALIDATION_FRACTION * len(held))]
-    ] = 1
+    count = max(1, int(VALIDATION_FRACTION * len(held)))
+    held[np.random.default_rng(0).permutation(len(held))[:count]] = True
     fit = functools.partial(fit_logistic, num_classes=num_classes)
     chosen, best = penalties[0], -1.0
     for l2 in sorted(penalties, reverse=True):
@@ -107,6 +108,11 @@ class LinearProbeEvaluator(Evaluator):
             except DatasetNotFoundError as error:
                 self.skipped[dataset] = str(error)
                 continue
+            if fit.class_names != score.class_names:
+                raise ValueError(
+                    f"config evals.{name}: {dataset}'s {options.fit_split!r} and "
+                    f"{options.score_split!r} splits list different classes"
+                )
             if fit.images.shape == score.images.shape and np.array_equal(fit.images, score.images):
                 raise ValueError(
                     f"config evals.{name}: {dataset} gives the same images for fit_split "

@@ -24,6 +24,7 @@ from input_pipeline.pipeline import Tokenizer, ZeroShotData
 def first_positive_ranks(similarity: np.ndarray, positives: np.ndarray) -> np.ndarray:
     """Per row, the 1-based rank of its best-scored positive: 1 + the columns scored above it
     (ties count against the query, so a constant model ranks last, not first)."""
+    similarity = np.nan_to_num(similarity, nan=-np.inf)  # a NaN score never ranks first
     best = np.where(positives, similarity, -np.inf).max(axis=1, keepdims=True)
     above = ((similarity >= best) & ~positives).sum(axis=1)
     return 1 + above
