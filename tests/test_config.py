@@ -62,6 +62,8 @@ def test_unknown_key_and_variant_are_errors() -> None:
         ("evals.zero_shot.batch_size", 0, r"evals\.zero_shot\.batch_size=0"),
         ("evals.zero_shot.every_steps", -1, r"evals\.zero_shot\.every_steps=-1"),
         ("evals.zero_shot.type", "probe", r"evals\.zero_shot\.type='probe'"),
+        ("evals.retrieval.datasets", ("coco",), r"evals\.retrieval\.datasets: 'coco' is not"),
+        ("evals.linear_probe.l2", (-1.0,), r"evals\.linear_probe\.l2=\(-1\.0,\)"),
         ("train.frozen", ("vision/.*",), r"train\.frozen: 'vision/\.\*' matches no parameter"),
         ("train.frozen", ("(",), r"train\.frozen: '\(' is no regular expression"),
         ("train.on_nonfinite", "ignore", r"train\.on_nonfinite='ignore'"),

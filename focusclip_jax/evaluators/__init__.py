@@ -24,13 +24,15 @@ EVALUATORS: dict[str, type[Evaluator]] = {
 
 
 def check_types(config: ml_collections.ConfigDict) -> None:
-    """Each `config.evals` entry names a registered type (ValueError naming the key if not)."""
+    """Each `config.evals` entry names a registered type and passes its type's checks (its
+    datasets registered, ...): ValueError naming the key if not."""
     for name, options in config.evals.items():
         kind = options.get("type")
         if kind not in EVALUATORS:
             raise ValueError(
                 f"config evals.{name}.type={kind!r}: expected one of {sorted(EVALUATORS)}"
             )
+        EVALUATORS[kind].check(name, options)
 
 
 def create(config: ml_collections.ConfigDict, setup: Any, tokenizer: Tokenizer) -> list[Evaluator]:

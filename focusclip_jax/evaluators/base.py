@@ -52,6 +52,20 @@ class Evaluator(abc.ABC):
         self.options = options
         self.every_steps = options.every_steps
 
+    @classmethod
+    def check(cls, name: str, options: ml_collections.ConfigDict) -> None:
+        """Refuse a wrong entry before anything runs (ValueError naming the key); by default its
+        datasets, if it has any, may be anything."""
+        del name, options
+
+    @staticmethod
+    def check_datasets(name: str, options: ml_collections.ConfigDict, known: Any) -> None:
+        unknown = [d for d in options.datasets if d not in known]
+        if unknown:
+            raise ValueError(
+                f"config evals.{name}.datasets: {unknown[0]!r} is not one of {sorted(known)}"
+            )
+
     def due(self, step: int, last_step: int) -> bool:
         """Whether training runs this evaluator after `step`."""
         return bool(self.every_steps and step % self.every_steps == 0) or step == last_step

@@ -95,6 +95,12 @@ class LinearProbeEvaluator(Evaluator):
     `splits`, `max_images`, `decode_threads`), `fit_split` to fit, `score_split` to score,
     penalties `l2`."""
 
+    @classmethod
+    def check(cls, name: str, options: Any) -> None:
+        cls.check_datasets(name, options, pipeline.ZERO_SHOT_DATASETS)
+        if not options.l2 or any(not penalty >= 0 for penalty in options.l2):
+            raise ValueError(f"config evals.{name}.l2={options.l2!r}: penalties must be >= 0")
+
     def __init__(self, name: str, options: Any, *, config: Any, setup: Any, tokenizer: Tokenizer):
         super().__init__(name, options, config=config, setup=setup, tokenizer=tokenizer)
         self.datasets = []

@@ -51,6 +51,10 @@ def retrieval_metrics(
 class RetrievalEvaluator(Evaluator):
     """`type="retrieval"`: the entry's `datasets`, encoded in batches of `batch_size`."""
 
+    @classmethod
+    def check(cls, name: str, options: Any) -> None:
+        cls.check_datasets(name, options, pipeline.RETRIEVAL_DATASETS)
+
     def __init__(self, name: str, options: Any, *, config: Any, setup: Any, tokenizer: Tokenizer):
         super().__init__(name, options, config=config, setup=setup, tokenizer=tokenizer)
         self.encoders = []

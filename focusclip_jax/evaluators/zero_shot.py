@@ -180,6 +180,10 @@ class ZeroShotEvaluator(Evaluator):
     read as its `root`, `split`, `splits`, `templates`, `max_images` and `decode_threads` say, in
     batches of `batch_size`."""
 
+    @classmethod
+    def check(cls, name: str, options: Any) -> None:
+        cls.check_datasets(name, options, pipeline.ZERO_SHOT_DATASETS)
+
     def __init__(self, name: str, options: Any, *, config: Any, setup: Any, tokenizer: Tokenizer):
         super().__init__(name, options, config=config, setup=setup, tokenizer=tokenizer)
         self.classifiers: list[ZeroShotClassifier] = []
