@@ -5,7 +5,12 @@ held-out seed with and without distractors, over several seeds.
         [--config=configs/synthpose.py] [--config.train.num_steps=N ...]
 
 `--config` (with any overrides) is the FocusCLIP run; the CLIP run is the same config with
-pretrain.py's `clip` variant applied (the (image, text) pair alone).
+pretrain.py's `clip` variant applied (the (image, text) pair alone). Other comparisons, each a
+change to that run (`VARIANTS`): `--variants=nt_xent,siglip` (the loss), `--variants=batch16,
+batch64_as_16x4` (4x the steps at batch 16 against batch 64 accumulated from chunks of 16: the
+same images seen, and 4x the negatives per step). With variants other than clip and focusclip the
+table has a column per variant: zero-shot top-1 with and without distractors and retrieval
+recall@1 both ways.
 
 Prints one Markdown table (accuracy per variant and condition, mean ± std over seeds, and the
 FocusCLIP − CLIP gap, mean ± std of the per-seed differences) and writes every run's numbers to
@@ -30,11 +35,33 @@ from input_pipeline import files, synthpose
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (initialisation and data order).")
-flags.DEFINE_list("variants", ["clip", "focusclip"], "Which to train (the table needs both).")
+flags.DEFINE_list("variants", ["clip", "focusclip"], "Which to train, of VARIANTS.")
 config_flags.DEFINE_config_file("config", "configs/synthpose.py", "The FocusCLIP run's config.")
 flags.DEFINE_string("workdir", "workdirs/synthpose_bench", "Runs go here (replaced).")
 
+
+def _batch16(config) -> None:
+    config.train.num_steps *= config.train.batch_size // 16
+    config.train.batch_size = 16
+
+
+VARIANTS = {
+    "focusclip": lambda config: None,
+    "clip": lambda config: pretrain.apply_variants(config, "clip"),
+    "nt_xent": lambda config: setattr(config.loss, "kind", "nt_xent"),
+    "siglip": lambda config: pretrain.apply_variants(config, "siglip"),
+    "batch16": _batch16,
+    "batch64_as_16x4": lambda config: setattr(
+        config.train, "accumulate_steps", config.train.batch_size // 16
+    ),
+}
 CONDITIONS = {"synthpose_pose": "with distractors", "synthpose_pose_alone": "alone"}
+COMPARED = {
+    "synthpose_pose/top1": "zero-shot top-1, with distractors",
+    "synthpose_pose_alone/top1": "zero-shot top-1, alone",
+    "synthpose/image_to_text_R@1": "image→text R@1",
+    "synthpose/text_to_image_R@1": "text→image R@1",
+}
 METRICS = ("top1", "top3")
 
 
@@ -62,6 +89,16 @@ def table(runs: dict[str, dict[int, dict[str, float]]], num_classes: int) -> str
     return "\n".join(lines)
 
 
+def variants_table(runs: dict[str, dict[int, dict[str, float]]]) -> str:
+    """Markdown: a row per compared metric, a column per variant (mean ± std over seeds)."""
+    names = list(runs)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for key, label in COMPARED.items():
+        cells = [_mean_std([runs[v][s][key] for s in sorted(runs[v])]) for v in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -69,14 +106,16 @@ def main(argv: list[str]) -> None:
     root = Path(FLAGS.workdir)
     shutil.rmtree(root, ignore_errors=True)
     seeds = [int(s) for s in FLAGS.seeds]
+    unknown = [v for v in FLAGS.variants if v not in VARIANTS]
+    if unknown:
+        files.fail(f"--variants: {unknown[0]!r} is not one of {sorted(VARIANTS)}")
     runs: dict[str, dict[int, dict[str, float]]] = {v: {} for v in FLAGS.variants}
     seconds: dict[str, list[float]] = {v: [] for v in runs}
     start = time.perf_counter()
     for seed in seeds:
         for variant in runs:
             config = FLAGS.config.copy_and_resolve_references()
-            if variant == "clip":
-                pretrain.apply_variants(config, "clip")
+            VARIANTS[variant](config)
             config.seed = seed
             run_start = time.perf_counter()
             results = train.train_and_evaluate(config, root / f"{variant}_seed{seed}")
@@ -97,6 +136,8 @@ def main(argv: list[str]) -> None:
     )
     if set(runs) == {"clip", "focusclip"}:
         print(table(runs, num_classes=len(synthpose.POSE_CLASSES)))
+    else:
+        print(variants_table(runs))
     sys.stdout.flush()
 
 

@@ -94,3 +94,32 @@ def test_timed_jax_products_compute_the_layouts_product(layout):
     b = rhs.transpose(0, 2, 1) if layout == "nt" else rhs  # [b, k, n]
     np.testing.assert_allclose(matmul_timing.jax_product(layout)(lhs, rhs), a @ b, rtol=1e-5)
     assert (a @ b).shape == (2, 5, 4)
+
+
+def test_synthpose_comparisons_change_only_what_they_name():
+    """bench.synthpose's variants: same images seen for batch16 and batch64_as_16x4 (4x the
+    steps at a quarter of the batch, or chunks of 16 accumulated), the losses by kind."""
+    from bench import synthpose as synthpose_bench
+    from configs import synthpose
+
+    def made(name):
+        config = synthpose.get_config()
+        synthpose_bench.VARIANTS[name](config)
+        return config
+
+    plain = synthpose.get_config()
+    small, accumulated = made("batch16"), made("batch64_as_16x4")
+    seen = plain.train.num_steps * plain.train.batch_size
+    assert small.train.batch_size == 16 and small.train.num_steps * 16 == seen
+    assert accumulated.train.accumulate_steps * 16 == accumulated.train.batch_size == 64
+    assert made("siglip").loss.kind == "siglip" and made("nt_xent").loss.kind == "nt_xent"
+    assert [tuple(p) for p in made("clip").loss.pairs] == [("image", "text")]
+    runs = {
+        v: {
+            0: dict.fromkeys(synthpose_bench.COMPARED, 0.5),
+            1: dict.fromkeys(synthpose_bench.COMPARED, 0.7),
+        }
+        for v in ("nt_xent", "siglip")
+    }
+    table = synthpose_bench.variants_table(runs)
+    assert "| zero-shot top-1, with distractors | 60.0 ± 10.0 | 60.0 ± 10.0 |" in table
