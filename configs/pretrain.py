@@ -11,6 +11,9 @@ Variants, comma-separated after the file name (`--config=configs/pretrain.py:cli
             unconstrained
   pretrained  the paper's initialisation: ImageNet ViT-B/16 (timm) + bert-base-uncased (HF), from
             the files under data/weights/ (README "Pretrained towers"), ViT input normalisation
+  coco      COCO-2017 people instead of MPII's (`python -m input_pipeline.prepare_coco`): 17
+            joints and COCO's part groups, a human-written caption sampled per step, retrieval
+            on the prepared val2017 images with their captions
   tiny      the real MPII pipeline in minutes on a CPU: tiny towers at 64 px, a BPE fitted on the
             descriptions (saved in the workdir), 300 steps of 32 (point data.prepared at any
             prepared MPII-format folder)
@@ -25,7 +28,10 @@ import ml_collections
 from input_pipeline.eval_datasets import PAPER_BENCHMARKS
 
 MPII_TRAIN_IMAGES = 14_644  # mmpose train split, images
-VARIANTS = ("clip", "separate", "causal", "modern", "siglip", "original", "pretrained", "tiny")
+VARIANTS = (
+    "clip", "separate", "causal", "modern", "siglip", "original", "pretrained", "coco", "tiny"
+)  # fmt: skip
+COCO_TRAIN_IMAGES = 56_599  # train2017 images with a person whose keypoints are labelled
 
 
 def zero_shot_eval(
@@ -267,6 +273,13 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> None:
                 config.tokenizer.vocab = "data/bert-base-uncased/vocab.txt"
             config.model.pixel_mean = (0.5, 0.5, 0.5)  # timm vit_base_patch16_224 (AugReg)
             config.model.pixel_std = (0.5, 0.5, 0.5)
+        elif variant == "coco":
+            config.data.name = "coco"
+            config.data.prepared = "data/coco/prepared"
+            config.data.train_records = COCO_TRAIN_IMAGES
+            # prepare_coco's caption sources: one of the image's captions per step
+            config.data.description_sources = tuple(f"caption_{i}" for i in range(7))
+            config.evals.retrieval.datasets = ("coco_val",)
         elif variant == "tiny":
             _tiny(config)
 

@@ -265,11 +265,12 @@ def _synthpose_retrieval(data: ml_collections.ConfigDict) -> RetrievalData:
     return RetrievalData("synthpose", images, texts)
 
 
-def _mpii_val_retrieval(data: ml_collections.ConfigDict) -> RetrievalData:
-    """The prepared MPII validation split (`data.prepared`), each whole image squashed to the
-    model's size with one description: from the first of `data.description_sources` it has,
-    else from its first source by name (the published gpt-4 descriptions have no validation
-    split: the authors pair it with gpt-3.5-turbo's). Undescribed images are left out."""
+def _prepared_val_retrieval(data: ml_collections.ConfigDict, name: str) -> RetrievalData:
+    """The prepared validation split (`data.prepared`: MPII's, or COCO's with its captions),
+    each whole image squashed to the model's size with one description: from the first of
+    `data.description_sources` it has, else from its first source by name (the published gpt-4
+    descriptions have no validation split: the authors pair it with gpt-3.5-turbo's).
+    Undescribed images are left out."""
     import grain
 
     try:
@@ -288,12 +289,13 @@ def _mpii_val_retrieval(data: ml_collections.ConfigDict) -> RetrievalData:
             texts.append(described[order[0]])
     if not images:
         raise eval_datasets.DatasetNotFoundError(f"{data.prepared}: no described validation image")
-    return RetrievalData("mpii_val", np.stack(images), tuple(texts))
+    return RetrievalData(name, np.stack(images), tuple(texts))
 
 
 RETRIEVAL_DATASETS: dict[str, Callable[[ml_collections.ConfigDict], RetrievalData]] = {
     "synthpose": _synthpose_retrieval,
-    "mpii_val": _mpii_val_retrieval,
+    "mpii_val": functools.partial(_prepared_val_retrieval, name="mpii_val"),
+    "coco_val": functools.partial(_prepared_val_retrieval, name="coco_val"),
 }
 
 

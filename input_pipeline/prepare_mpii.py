@@ -217,9 +217,34 @@ def prepare(
     workers: int = 0,
 ) -> dict:
     """Read, filter, shard and write; returns (and writes as meta.json) the counts per split."""
-    start = time.perf_counter()
     records = [r for a in annotations for r in mpii.read_annotations(a)]
     records = mpii.attach_descriptions(records, mpii.read_descriptions(descriptions))
+    return write_prepared(
+        records,
+        images,
+        out,
+        max_side=max_side,
+        quality=quality,
+        squash_side=squash_side,
+        records_per_shard=records_per_shard,
+        workers=workers,
+    )
+
+
+def write_prepared(
+    records: list[mpii.MpiiRecord],
+    images: str,
+    out: str,
+    *,
+    max_side: int = 512,
+    quality: int = 90,
+    squash_side: int = 224,
+    records_per_shard: int = 512,
+    workers: int = 0,
+) -> dict:
+    """Filter, shard and write records of any skeleton (COCO's preparation writes through here
+    too); returns (and writes as meta.json) the counts per split."""
+    start = time.perf_counter()
     records, skipped = _filter(records)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

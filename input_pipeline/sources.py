@@ -87,9 +87,17 @@ class MpiiSource(DataSource):
         return texts
 
 
+class CocoSource(MpiiSource):
+    """COCO-2017 people with keypoints and captions, prepared by `prepare_coco` into MPII's
+    format: COCO's 17 joints, captions as the description sources `caption_0`, ..."""
+
+    skeleton: ClassVar[Skeleton] = skeleton.COCO
+
+
 DATA_SOURCES: dict[str, DataSource] = {
     "synthpose": SynthPoseSource(),
     "mpii": MpiiSource(),
+    "coco": CocoSource(),
 }
 
 

@@ -122,8 +122,9 @@ def decode_and_resize(jpeg: bytes, box_fn, size: int, keypoints: np.ndarray):
 
 @dataclasses.dataclass(frozen=True)
 class MpiiTrainTransform(grain.transforms.RandomMap):
-    """A prepared MPII entry → image uint8 [S, S, 3], keypoints [P, 16, 2], visible [P, 16],
-    person_mask [P], and one description (sampled among `sources`)."""
+    """A prepared entry → image uint8 [S, S, 3], keypoints [P, J, 2], visible [P, J] (J: the
+    entry's joints, MPII's 16 or COCO's 17), person_mask [P], and one description (sampled among
+    `sources`)."""
 
     image_size: int
     max_people: int
@@ -163,8 +164,9 @@ class MpiiTrainTransform(grain.transforms.RandomMap):
         """`squashed`: the stored copy squashed to `header["squashed_side"]`²; when that is the
         image size, the `squash` crop decodes it and resizes nothing."""
         people = min(len(header["keypoints"]), self.max_people)
-        keypoints = np.zeros((self.max_people, NUM_JOINTS, 2), np.float32)
-        visible = np.zeros((self.max_people, NUM_JOINTS), bool)
+        joints = len(header["keypoints"][0]) if header["keypoints"] else NUM_JOINTS
+        keypoints = np.zeros((self.max_people, joints, 2), np.float32)
+        visible = np.zeros((self.max_people, joints), bool)
         if people:
             keypoints[:people] = np.asarray(header["keypoints"][:people], np.float32)
             visible[:people] = np.asarray(header["visible"][:people], bool)
