@@ -123,7 +123,10 @@ def main(argv: list[str]) -> None:
             runs[variant][seed] = {k: float(v) for k, v in results.items()}
             print(
                 f"[{time.perf_counter() - start:.0f} s] {variant} seed {seed}: "
-                + ", ".join(f"{k} {100 * v:.1f}" for k, v in results.items()),
+                + ", ".join(
+                    f"{k} {v:g}" if k.endswith(train.NOT_PERCENT) else f"{k} {100 * v:.1f}%"
+                    for k, v in results.items()
+                ),
                 flush=True,
             )
     steps = config.train.num_steps
