@@ -34,10 +34,14 @@ from focusclip_jax import train
 from input_pipeline import files, synthpose
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (initialisation and data order).")
-flags.DEFINE_list("variants", ["clip", "focusclip"], "Which to train, of VARIANTS.")
-config_flags.DEFINE_config_file("config", "configs/synthpose.py", "The FocusCLIP run's config.")
-flags.DEFINE_string("workdir", "workdirs/synthpose_bench", "Runs go here (replaced).")
+
+
+def _define_flags() -> None:
+    """Defined when run as a command only: importing the module (tests) defines none."""
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (initialisation and data order).")
+    flags.DEFINE_list("variants", ["clip", "focusclip"], "Which to train, of VARIANTS.")
+    config_flags.DEFINE_config_file("config", "configs/synthpose.py", "The FocusCLIP run's config.")
+    flags.DEFINE_string("workdir", "workdirs/synthpose_bench", "Runs go here (replaced).")
 
 
 def _batch16(config) -> None:
@@ -145,4 +149,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     files.run(main)
