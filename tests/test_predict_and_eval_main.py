@@ -39,7 +39,8 @@ def _fixtures(root: Path) -> None:
     )
     for value, action in enumerate(ACTIONS):
         (splits / f"{action}_test.txt").write_text(f"{action}_001.jpg\n{action}_002.jpg\n")
-        for i in (1, 2):
+        (splits / f"{action}_train.txt").write_text(f"{action}_003.jpg\n{action}_004.jpg\n")
+        for i in (1, 2, 3, 4):
             _jpg(root / "stanford40" / "JPEGImages" / f"{action}_{i:03d}.jpg", 60 + 100 * value)
     (root / "stanford40" / "JPEGImages" / "cooking_002.jpg").write_bytes(b"broken")
     rows = _fer_rows([0, 3, 6], ["PrivateTest", "PrivateTest", "Training"])
@@ -53,6 +54,8 @@ def _eval_config(trained_config: ml_collections.ConfigDict, checkpoint: Path, da
     config.evals.zero_shot.batch_size = trained_config.evals.zero_shot.batch_size
     config.data.image_size = trained_config.model.image_size
     config.evals.zero_shot.datasets = ("stanford40", "fer2013", "utkface")  # utkface: not on disk
+    config.evals.linear_probe.datasets = ("stanford40",)  # fitted on its train split
+    config.evals.linear_probe.batch_size = config.evals.zero_shot.batch_size
     config.checkpoint = str(checkpoint)
     config.data_root = str(data_root)
     return config
@@ -88,6 +91,9 @@ def test_eval_config_on_fixtures_writes_the_table(trained, tmp_path: Path) -> No
     assert "| activity | Stanford40 | top3 | 100.00 |" in markdown
     assert "stanford40: 1 unreadable images dropped (3 evaluated)." in markdown
     assert "utkface: not evaluated" in markdown
+    # The linear probe joins the results, in its own table below the paper's.
+    assert 0.0 <= saved["results"]["stanford40/linear_probe_top1"] <= 1.0
+    assert "Other evaluations" in markdown and "| stanford40/linear_probe_top1 |" in markdown
     assert (out / "stanford40.png").is_file() and (out / "fer2013.png").is_file()
 
     # A step folder works as well, and a path without checkpoints is named in the error.

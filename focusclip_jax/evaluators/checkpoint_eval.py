@@ -142,13 +142,24 @@ def evaluate_checkpoint(
         "skipped": found.skipped,
         "table": report,
     }
-    text = table.markdown(report) + _notes(found.datasets, found.skipped)
+    text = table.markdown(report) + _others(found.metrics) + _notes(found.datasets, found.skipped)
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(summary, indent=1))
         (out / "results.md").write_text(text + "\n")
         print(f"\nZero-shot results of step {step} ({out})\n{text}")
     return summary
+
+
+def _others(metrics: dict[str, float]) -> str:
+    """The metrics outside the paper's table (retrieval, linear probes, ...), as their own."""
+    in_table = {row.dataset for row in table.ROWS}
+    others = {
+        key: value
+        for key, value in metrics.items()
+        if key.split("/")[0] not in in_table or "linear_probe" in key
+    }
+    return f"\n\nOther evaluations\n{train.results_table(others)}" if others else ""
 
 
 def _notes(datasets: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str:
