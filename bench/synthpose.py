@@ -107,12 +107,12 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    unknown = [v for v in FLAGS.variants if v not in VARIANTS]
+    if unknown:  # before anything is removed
+        files.fail(f"--variants: {unknown[0]!r} is not one of {sorted(VARIANTS)}")
     root = Path(FLAGS.workdir)
     shutil.rmtree(root, ignore_errors=True)
     seeds = [int(s) for s in FLAGS.seeds]
-    unknown = [v for v in FLAGS.variants if v not in VARIANTS]
-    if unknown:
-        files.fail(f"--variants: {unknown[0]!r} is not one of {sorted(VARIANTS)}")
     runs: dict[str, dict[int, dict[str, float]]] = {v: {} for v in FLAGS.variants}
     seconds: dict[str, list[float]] = {v: [] for v in runs}
     start = time.perf_counter()
