@@ -51,6 +51,7 @@ class Evaluator(abc.ABC):
         self.name = name
         self.options = options
         self.every_steps = options.every_steps
+        self.config, self.setup, self.tokenizer = config, setup, tokenizer
 
     @classmethod
     def check(cls, name: str, options: ml_collections.ConfigDict) -> None:

@@ -20,7 +20,7 @@ import optax
 
 from focusclip_jax.evaluators import confusion
 from focusclip_jax.evaluators.base import Evaluator, Results
-from focusclip_jax.evaluators.zero_shot import ZeroShotClassifier, top_k_accuracy
+from focusclip_jax.evaluators.zero_shot import classifier_for, top_k_accuracy
 from input_pipeline import pipeline
 from input_pipeline.eval_datasets import DatasetNotFoundError
 from input_pipeline.pipeline import Tokenizer
@@ -124,18 +124,7 @@ class LinearProbeEvaluator(Evaluator):
                     f"config evals.{name}: {dataset} gives the same images for fit_split "
                     f"{options.fit_split!r} and score_split {options.score_split!r}"
                 )
-            encode = [
-                ZeroShotClassifier(
-                    data,
-                    graphdef=setup.graphdef,
-                    param_shardings=setup.param_shardings,
-                    mesh=setup.mesh,
-                    tokenizer=tokenizer,
-                    max_len=config.model.max_len,
-                    batch_size=options.batch_size,
-                )
-                for data in (fit, score)
-            ]
+            encode = [classifier_for(self, data) for data in (fit, score)]
             self.datasets.append((dataset, fit, score, encode))
 
     def run(self, params: Any) -> Results:

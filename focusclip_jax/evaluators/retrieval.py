@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from focusclip_jax.evaluators.base import Evaluator, Results
-from focusclip_jax.evaluators.zero_shot import ZeroShotClassifier
+from focusclip_jax.evaluators.zero_shot import classifier_for
 from input_pipeline import pipeline
 from input_pipeline.eval_datasets import DatasetNotFoundError
 from input_pipeline.pipeline import Tokenizer, ZeroShotData
@@ -73,16 +73,7 @@ class RetrievalEvaluator(Evaluator):
                 class_names=data.texts,
                 templates=("{}",),
             )
-            encoder = ZeroShotClassifier(
-                as_classes,
-                graphdef=setup.graphdef,
-                param_shardings=setup.param_shardings,
-                mesh=setup.mesh,
-                tokenizer=tokenizer,
-                max_len=config.model.max_len,
-                batch_size=options.batch_size,
-            )
-            self.encoders.append((data, encoder))
+            self.encoders.append((data, classifier_for(self, as_classes)))
 
     def run(self, params: Any) -> Results:
         metrics: dict[str, float] = {}

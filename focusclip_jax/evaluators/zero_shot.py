@@ -175,6 +175,19 @@ class ZeroShotClassifier:
         )
 
 
+def classifier_for(evaluator: Evaluator, data: ZeroShotData) -> ZeroShotClassifier:
+    """A classifier of `data` on the evaluator's model, in batches of its entry's size."""
+    return ZeroShotClassifier(
+        data,
+        graphdef=evaluator.setup.graphdef,
+        param_shardings=evaluator.setup.param_shardings,
+        mesh=evaluator.setup.mesh,
+        tokenizer=evaluator.tokenizer,
+        max_len=evaluator.config.model.max_len,
+        batch_size=evaluator.options.batch_size,
+    )
+
+
 class ZeroShotEvaluator(Evaluator):
     """`type="zero_shot"`: the entry's `datasets` (those not on disk are skipped and named),
     read as its `root`, `split`, `splits`, `templates`, `max_images` and `decode_threads` say, in
@@ -195,17 +208,7 @@ class ZeroShotEvaluator(Evaluator):
                 logging.warning("Zero-shot dataset %s skipped: %s", dataset, error)
                 self.skipped[dataset] = str(error)
                 continue
-            self.classifiers.append(
-                ZeroShotClassifier(
-                    data,
-                    graphdef=setup.graphdef,
-                    param_shardings=setup.param_shardings,
-                    mesh=setup.mesh,
-                    tokenizer=tokenizer,
-                    max_len=config.model.max_len,
-                    batch_size=options.batch_size,
-                )
-            )
+            self.classifiers.append(classifier_for(self, data))
 
     def run(self, params: Any) -> Results:
         results = Results({}, skipped=dict(self.skipped))
