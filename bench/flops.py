@@ -41,14 +41,16 @@ def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, 
 
     People have 1 to `data.max_people` entries with random keypoints inside the image, most joints
     visible; texts get lengths ~ N(data.mean_tokens, data.std_tokens) clipped to
-    [data.min_tokens, model.max_len], random ids below the vocabulary size, padding after.
+    [data.min_tokens, model.text.max_len], random ids below the vocabulary size, padding after.
     """
     rng = np.random.default_rng(seed)
     batch, size = config.train.batch_size, config.model.image_size
-    people, max_len = config.data.max_people, config.model.max_len
-    vocab = config.model.vocab_size
+    people, max_len = config.data.max_people, config.model.text.max_len
+    vocab = config.model.text.vocab_size
     if vocab <= 1:
-        raise ValueError(f"config model.vocab_size={vocab}: random tokens need a vocabulary size")
+        raise ValueError(
+            f"config model.text.vocab_size={vocab}: random tokens need a vocabulary size"
+        )
     lengths = np.clip(
         rng.normal(config.data.mean_tokens, config.data.std_tokens, batch).round(),
         min(config.data.min_tokens, max_len),

@@ -89,7 +89,7 @@ config = bench.get_config("small")
 config.model.dtype = "bfloat16"
 target = targets.parse(sys.argv[1])
 mesh = sharding.create_mesh(config.mesh, devices=target.devices())
-_, program, seconds = aot.compile_step(config, mesh, config.model.vocab_size)
+_, program, seconds = aot.compile_step(config, mesh, config.model.text.vocab_size)
 hlo = program.as_text()
 calls = {k: hlo.count(f'"__cudnn$fmha{k}"') for k in ("Softmax", "SoftmaxBackward")}
 print(f"compiled in {seconds:.1f} s; cuDNN attention custom calls: {calls}")
@@ -184,7 +184,7 @@ def first_step(dtype: str, attention: str) -> dict:
     config.model.attention = attention
     config.mesh.data = 1
     mesh = sharding.create_mesh(config.mesh)
-    trainer = train.Trainer(config, mesh, vocab_size=config.model.vocab_size)
+    trainer = train.Trainer(config, mesh, vocab_size=config.model.text.vocab_size)
     batch = pipeline.to_global_arrays(flops.random_batch(config), sharding.batch_sharding(mesh))
     _, metrics = trainer.step(trainer.init_state(), batch)
     return {k: float(metrics[k]) for k in ("loss", "grad_norm")}

@@ -9,8 +9,7 @@ from typing import Any
 
 import ml_collections
 
-from focusclip_jax.models.text import TEXT_SIZES
-from focusclip_jax.models.vit import VIT_SIZES
+from focusclip_jax.models import towers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,17 +17,19 @@ REPO = Path(__file__).resolve().parents[1]
 def torch_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The sizes and recipe bench/torch_reference.py builds, from a config's model and loss."""
     model = config.model
-    if model.text_kind != "bert" or model.heatmap_tower != "shared":
-        raise ValueError("the PyTorch reference is the original's: BERT text, shared image tower")
+    towers_ok = model.image.name == "vit" and model.text.name == "bert"
+    if not towers_ok or model.heatmap_tower != "shared":
+        raise ValueError("the PyTorch reference is the original's: ViT, BERT, shared image tower")
     if config.loss.kind != "nt_xent" or config.optimizer.name != "sgd":
         raise ValueError("the PyTorch reference trains with NT-Xent and SGD, as the original")
-    overrides = lambda o: o.to_dict() if o else {}
+    _, vit = towers.resolve("image", model.image.to_dict())
+    _, text = towers.resolve("text", model.text.to_dict())
     return {
         "image_size": model.image_size,
-        "vit": {**VIT_SIZES[model.vit_size], **overrides(model.get("vit_overrides"))},
-        "text": {**TEXT_SIZES[model.text_size], **overrides(model.get("text_overrides"))},
-        "vocab_size": model.vocab_size,
-        "max_len": model.max_len,
+        "vit": vit,
+        "text": {key: text[key] for key in ("width", "depth", "num_heads", "mlp_dim")},
+        "vocab_size": text["vocab_size"],
+        "max_len": text["max_len"],
         "embed_dim": model.embed_dim,
         "pairs": [list(p) for p in config.loss.pairs],
         "temperature": config.loss.temperature,

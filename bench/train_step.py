@@ -79,7 +79,7 @@ def sharding_mode(mesh: jax.sharding.Mesh) -> str:
 def _first_batch(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], int]:
     """(host batch, vocabulary size): random for `data.name=random`, else the pipeline's."""
     if config.data.name == "random":
-        return flops.random_batch(config), config.model.vocab_size
+        return flops.random_batch(config), config.model.text.vocab_size
     tokenizer = pipeline.create_tokenizer(config)
     return next(pipeline.train_iterator(config, tokenizer)), tokenizer.vocab_size
 
@@ -114,7 +114,7 @@ def _xla_step_flops(
         raise ValueError(f"--xla_cost={how!r}: expected unrolled, compiled or none")
     twin_config = config.copy_and_resolve_references()
     twin_config.model.scan_layers = False
-    twin = train.Trainer(twin_config, trainer.mesh, vocab_size=trainer.model_config.vocab_size)
+    twin = train.Trainer(twin_config, trainer.mesh, vocab_size=trainer.model_config.text.vocab_size)
     twin_compiled = twin.step.lower(twin.abstract_state, batch).compile()
     return _xla_flops(twin_compiled) * devices, "an unrolled twin (scan_layers=False)"
 

@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"configs/bench.py:{size}: expected one of {SIZES}")
     config = pretrain.base_config()
     pretrain.apply_variants(config, ",".join(variants))  # then the size: it has the last word
-    config.model.vocab_size = BERT_VOCAB_SIZE
+    config.model.text.vocab_size = BERT_VOCAB_SIZE
     config.data = ml_collections.ConfigDict()
     config.data.name = "random"
     config.data.image_size = config.model.get_ref("image_size")
@@ -43,44 +43,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.bench.name = size
 
     if size == "small":
-        config.model.vit_size = "Ti/16"
-        config.model.text_size = "bert-base"
-        config.model.text_overrides = ml_collections.ConfigDict(
-            {"width": 256, "depth": 4, "num_heads": 4, "mlp_dim": 1024}
-        )
-        config.model.max_len = 128
+        config.model.image.size = "Ti/16"
+        config.model.text.update({"width": 256, "depth": 4, "num_heads": 4, "mlp_dim": 1024})
+        config.model.text.max_len = 128
         # Unrolled: on CPU the scan's stacked activation buffers cost about a sixth of the step
         # (PERFORMANCE.md), and 16 blocks compile in seconds either way.
         config.model.scan_layers = False
         config.model.remat = "none"
     elif size == "b16_128":
-        config.model.max_len = 128
+        config.model.text.max_len = 128
     elif size == "b16_512":
-        config.model.max_len = 512
+        config.model.text.max_len = 512
     elif size in ("demo", "tiny"):
         from configs import demo
 
         demo_model = demo.get_config().model
         config.model.image_size = demo_model.image_size
-        config.model.vit_size = demo_model.vit_size
-        config.model.vit_overrides = demo_model.vit_overrides
-        config.model.text_size = demo_model.text_size
-        config.model.text_overrides = demo_model.text_overrides
-        config.model.max_len = demo_model.max_len
+        config.model.image = demo_model.image
+        config.model.text = demo_model.text
         config.model.embed_dim = demo_model.embed_dim
-        config.model.vocab_size = 1000
+        config.model.text.vocab_size = 1000
         config.data.mean_tokens, config.data.std_tokens = 40, 15
         config.data.min_tokens = 4
         config.train.batch_size = 64
     if size == "tiny":
         config.model.image_size = 32
-        config.model.vit_overrides = ml_collections.ConfigDict(
+        config.model.image.update(
             {"width": 256, "depth": 1, "num_heads": 4, "mlp_dim": 1024, "patch_size": 8}
         )
-        config.model.text_overrides = ml_collections.ConfigDict(
-            {"width": 256, "depth": 1, "num_heads": 4, "mlp_dim": 1024}
-        )
-        config.model.max_len = 16
+        config.model.text.update({"width": 256, "depth": 1, "num_heads": 4, "mlp_dim": 1024})
+        config.model.text.max_len = 16
         config.model.scan_layers = False  # one block per tower: XLA counts the step as it runs
         config.model.embed_dim = 64
         config.data.mean_tokens, config.data.std_tokens = 10, 4

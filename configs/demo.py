@@ -19,8 +19,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
 
     pretrain.tiny_towers(config)
-    config.model.max_len = 64  # the opening (posture), legs and arms; a long text's end is cut
-    config.model.text_dropout = 0.0  # tiny towers on a short budget learn faster without
+    config.model.text.max_len = 64  # the opening (posture), legs and arms; a long text's end is cut
+    config.model.text.dropout = 0.0  # tiny towers on a short budget learn faster without
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "synthpose"

@@ -34,8 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     config = pretrain.base_config()
     pretrain.apply_variants(config, "causal")  # CLIP's text tower and BPE, context 77
-    config.model.vit_size = "B/16"
-    config.model.vit_overrides = ml_collections.ConfigDict(
+    config.model.image.update(
         {"pre_norm": True, "patch_bias": False, "eps": 1e-5, "activation": "quick_gelu"}
     )
     config.model.embed_dim = 512

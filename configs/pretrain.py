@@ -87,14 +87,24 @@ def base_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = "focusclip"
     config.model.image_size = 224
-    config.model.vit_size = "B/16"
-    config.model.text_kind = "bert"
-    config.model.text_size = "bert-base"
-    config.model.vocab_size = -1  # -1: taken from the tokenizer
-    config.model.max_len = 512
+    # The towers by name (focusclip_jax/models/towers.py): `size` picks a row of the tower's size
+    # table; any other key is one of its options (e.g. depth, num_heads, pre_norm) over the size's.
+    config.model.image = ml_collections.ConfigDict({"name": "vit", "size": "B/16"})
+    # vocab_size -1: taken from the tokenizer. The original trains Hugging Face's BERT in training
+    # mode: dropout 0.1 on the embeddings, every sub-layer's output and the attention
+    # probabilities (written-out attention then).
+    config.model.text = ml_collections.ConfigDict(
+        {
+            "name": "bert",
+            "size": "bert-base",
+            "vocab_size": -1,
+            "max_len": 512,
+            "pooling": "mean",
+            "dropout": 0.1,
+        }
+    )
     config.model.embed_dim = 512
     config.model.heatmap_tower = "shared"
-    config.model.text_pooling = "mean"
     config.model.pixel_mean = (0.0, 0.0, 0.0)  # the original feeds [0, 1] pixels unnormalised
     config.model.pixel_std = (1.0, 1.0, 1.0)
     config.model.alpha_init = 0.5
@@ -118,11 +128,6 @@ def base_config() -> ml_collections.ConfigDict:
     # matmuls' outputs only (recomputing attention and elementwise work) brings the scan to 1.3x
     # for +3% FLOPs (PERFORMANCE.md, "Scanned layers and remat").
     config.model.remat = "dots_with_no_batch_dims_saveable"
-    # The original trains Hugging Face's BERT in training mode: dropout 0.1 on the embeddings,
-    # every sub-layer's output and the attention probabilities (written-out attention then).
-    config.model.text_dropout = 0.1
-    config.model.vit_overrides = ml_collections.ConfigDict()
-    config.model.text_overrides = ml_collections.ConfigDict()
 
     # Checkpoints the towers start from ("" = random init); see focusclip_jax/weights.
     config.init = ml_collections.ConfigDict()
@@ -246,9 +251,11 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> None:
         elif variant == "separate":
             config.model.heatmap_tower = "separate"
         elif variant == "causal":
-            config.model.text_kind = "clip"
-            config.model.text_size = "clip-b"
-            config.model.max_len = 77
+            text = config.model.text
+            config.model.text = ml_collections.ConfigDict(
+                {"name": "clip", "size": "clip-b", "vocab_size": -1, "max_len": 77}
+                | {"dropout": text.dropout}
+            )
             config.tokenizer.kind = "clip_bpe"
             config.tokenizer.vocab = "data/clip/bpe_simple_vocab_16e6.txt.gz"
             if config.init.text.startswith("hf_bert:"):  # a BERT checkpoint cannot start it
@@ -264,11 +271,12 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> None:
             config.loss.kind = "siglip"
             config.model.logit_scale_init = math.log(10.0)
         elif variant == "original":
-            config.model.text_pooling = "mean_with_padding"
+            if config.model.text.name == "bert":  # the causal tower pools at its end token
+                config.model.text.pooling = "mean_with_padding"
             config.model.constrain_alpha = False
         elif variant == "pretrained":
             config.init.image = "timm_vit:data/weights/vit_base_patch16_224.safetensors"
-            if config.model.text_kind == "bert":  # the causal tower has no BERT checkpoint
+            if config.model.text.name == "bert":  # the causal tower has no BERT checkpoint
                 config.init.text = "hf_bert:data/bert-base-uncased"
                 config.tokenizer.vocab = "data/bert-base-uncased/vocab.txt"
             config.model.pixel_mean = (0.5, 0.5, 0.5)  # timm vit_base_patch16_224 (AugReg)
@@ -290,13 +298,11 @@ def tiny_towers(config: ml_collections.ConfigDict) -> None:
     stacked activation buffers cost ~10% of the step, PERFORMANCE.md) keeping everything for
     the backward pass (XLA recomputes what it can when unrolled); random initialisation."""
     config.model.image_size = 64
-    config.model.vit_size = "tiny"
-    config.model.vit_overrides = ml_collections.ConfigDict(
-        {"width": 64, "depth": 3, "num_heads": 2, "mlp_dim": 128, "patch_size": 16}
+    config.model.image.update(
+        {"size": "tiny", "width": 64, "depth": 3, "num_heads": 2, "mlp_dim": 128, "patch_size": 16}
     )
-    config.model.text_size = "tiny"
-    config.model.text_overrides = ml_collections.ConfigDict(
-        {"width": 64, "depth": 2, "num_heads": 2, "mlp_dim": 128}
+    config.model.text.update(
+        {"size": "tiny", "width": 64, "depth": 2, "num_heads": 2, "mlp_dim": 128}
     )
     config.model.embed_dim = 64
     config.model.scan_layers = False
@@ -307,7 +313,7 @@ def tiny_towers(config: ml_collections.ConfigDict) -> None:
 def _tiny(config: ml_collections.ConfigDict) -> None:
     """configs/demo.py's towers on the real pipeline: minutes of CPU on prepared MPII shards."""
     tiny_towers(config)
-    config.model.max_len = 128  # a description's opening: count, posture, legs and arms
+    config.model.text.max_len = 128  # a description's opening: count, posture, legs and arms
     config.tokenizer.kind = "fitted_bpe"
     config.tokenizer.vocab_size = 2048
     config.data.worker_count = 2

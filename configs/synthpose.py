@@ -14,12 +14,8 @@ from configs import demo, pretrain
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = demo.get_config()
-    config.model.vit_overrides = ml_collections.ConfigDict(
-        {"width": 64, "depth": 2, "num_heads": 2, "mlp_dim": 128, "patch_size": 16}
-    )
-    config.model.text_overrides = ml_collections.ConfigDict(
-        {"width": 64, "depth": 1, "num_heads": 2, "mlp_dim": 128}
-    )
+    config.model.image.depth = 2
+    config.model.text.depth = 1
     config.data.train_records = 4096
     config.data.eval_records = 1024
     config.optimizer.learning_rate = 2e-3

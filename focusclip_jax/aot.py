@@ -124,10 +124,11 @@ def memory(compiled: jax.stages.Compiled) -> dict[str, int]:
 
 
 def vocab_size(config: ml_collections.ConfigDict) -> tuple[int, str]:
-    """The text tower's vocabulary: `model.vocab_size`, else the tokenizer's, else the tokenizer
-    kind's usual size when its files are elsewhere (only the embedding's shape matters here)."""
-    if config.model.vocab_size != -1:
-        return config.model.vocab_size, "model.vocab_size"
+    """The text tower's vocabulary: `model.text.vocab_size`, else the tokenizer's, else the
+    tokenizer kind's usual size when its files are elsewhere (only the embedding's shape matters
+    here)."""
+    if config.model.text.vocab_size != -1:
+        return config.model.text.vocab_size, "model.text.vocab_size"
     kind = config.tokenizer.kind
     if kind == "fitted_bpe":
         return config.tokenizer.vocab_size, "tokenizer.vocab_size (fitted_bpe, at most)"
@@ -137,8 +138,8 @@ def vocab_size(config: ml_collections.ConfigDict) -> tuple[int, str]:
         if kind in DEFAULT_VOCAB_SIZES:
             return DEFAULT_VOCAB_SIZES[kind], f"{kind}'s usual size (tokenizer files not found)"
         raise config_checks.ConfigError(
-            f"config model.vocab_size=-1 and the {kind} tokenizer cannot be built ({error}); "
-            "give --config.model.vocab_size"
+            f"config model.text.vocab_size=-1 and the {kind} tokenizer cannot be built ({error}); "
+            "give --config.model.text.vocab_size"
         ) from error
 
 
@@ -235,7 +236,7 @@ def report(
     flops_how: str = "auto",
 ) -> dict[str, Any]:
     """The numbers of a compiled step (`analyse`); raises OutOfMemoryError where it cannot fit."""
-    mesh, vocab = trainer.mesh, trainer.model_config.vocab_size
+    mesh, vocab = trainer.mesh, trainer.model_config.text.vocab_size
     mem = memory(compiled)
     if not fits(mem, target):
         raise OutOfMemoryError(

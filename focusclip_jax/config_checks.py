@@ -24,7 +24,7 @@ POSITIVE = (
     "train.num_steps",
     "log_every_steps",
     "model.image_size",
-    "model.max_len",
+    "model.text.max_len",
     "model.embed_dim",
     "data.max_people",
     "checkpoint.every_steps",
@@ -67,7 +67,7 @@ def validate(
     """Raises ConfigError naming the first key that breaks a rule. `training=False` (evaluation
     of a checkpoint) checks the model and evaluation keys only."""
     evals = [f"evals.{name}.batch_size" for name in config.get("evals", {})]
-    checked = POSITIVE if training else ("model.image_size", "model.max_len")
+    checked = POSITIVE if training else ("model.image_size", "model.text.max_len")
     for key in (*checked, *evals):
         value = _get(config, key)
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -84,8 +84,9 @@ def validate(
         _check_training(config, mesh, process_count)
     try:
         model_config = ml_collections.ConfigDict(config.model.to_dict())
-        if model_config.vocab_size == -1:  # from the tokenizer, built later: any size checks keys
-            model_config.vocab_size = 2
+        text = model_config.get("text", {})
+        if text.get("vocab_size") == -1:  # from the tokenizer, built later: any size checks keys
+            text.vocab_size = 2
         scalars = losses.create(config.loss).scalars
         model = nnx.eval_shape(
             lambda: models.create_model(model_config, nnx.Rngs(0), loss_scalars=scalars)

@@ -10,12 +10,9 @@ through it; focused pixels do, for alpha). XLA's `cost_analysis()` also counts e
 (LayerNorm, GELU, softmax, the optimiser), so it sits a few percent above this count.
 """
 
-from typing import Any
-
 import ml_collections
 
-from focusclip_jax.models.text import TEXT_SIZES
-from focusclip_jax.models.vit import VIT_SIZES
+from focusclip_jax.models import towers
 from input_pipeline.heatmaps import NUM_JOINTS, PART_GROUPS
 
 
@@ -27,13 +24,9 @@ def block_flops(tokens: int, width: int, mlp_dim: int) -> int:
     return projections + attention + mlp
 
 
-def _dims(sizes: dict[str, dict[str, int]], name: str, overrides: Any) -> dict[str, int]:
-    return {**sizes[name], **(overrides.to_dict() if overrides else {})}
-
-
 def vit_forward_flops(model: ml_collections.ConfigDict) -> dict[str, int]:
     """Per image: {'patch': patch-embedding FLOPs, 'rest': blocks + head}; forward only."""
-    dims = _dims(VIT_SIZES, model.vit_size, model.get("vit_overrides"))
+    _, dims = towers.resolve("image", model.image.to_dict())
     patches = (model.image_size // dims["patch_size"]) ** 2
     patch = 2 * patches * 3 * dims["patch_size"] ** 2 * dims["width"]
     blocks = dims["depth"] * block_flops(patches + 1, dims["width"], dims["mlp_dim"])
@@ -43,8 +36,8 @@ def vit_forward_flops(model: ml_collections.ConfigDict) -> dict[str, int]:
 
 def text_forward_flops(model: ml_collections.ConfigDict) -> int:
     """Per text of `max_len` tokens (padding is computed too): blocks + head, forward only."""
-    dims = _dims(TEXT_SIZES, model.text_size, model.get("text_overrides"))
-    blocks = dims["depth"] * block_flops(model.max_len, dims["width"], dims["mlp_dim"])
+    _, dims = towers.resolve("text", model.text.to_dict())
+    blocks = dims["depth"] * block_flops(dims["max_len"], dims["width"], dims["mlp_dim"])
     return blocks + 2 * dims["width"] * model.embed_dim
 
 

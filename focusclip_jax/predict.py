@@ -93,7 +93,7 @@ def predict(
         param_shardings=setup.param_shardings,
         mesh=mesh,
         tokenizer=tokenizer,
-        max_len=config.model.max_len,
+        max_len=config.model.text.max_len,
         batch_size=batch_size,
     )
     classes = np.asarray(jax.device_get(classifier.class_embeddings(params)))

@@ -6,7 +6,8 @@ points at the copies). Evaluation, `predict` and the Colab notebook then need th
 step folder) and nothing else about the model (`load`, `with_model_of`): the model, tokenizer and
 loss sections come from the record; the command line may change evaluation keys only, and a model
 key it sets to another value than the checkpoint's is an error naming it. A workdir written
-before records existed still loads with the config the user gives, as before.
+before records existed still loads with the config the user gives, as before; one recorded before
+the towers had their own sub-configs is read in today's layout.
 """
 
 import json
@@ -14,6 +15,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -50,7 +52,7 @@ def write(workdir: str, config: ml_collections.ConfigDict, vocab_size: int) -> N
         return
     root.mkdir(parents=True, exist_ok=True)
     record = config.copy_and_resolve_references()
-    record.model.vocab_size = vocab_size
+    record.model.text.vocab_size = vocab_size
     for key, source in tokenizer_files(config, str(workdir)).items():
         copy = root / TOKENIZER_DIR / Path(source).name
         copy.parent.mkdir(parents=True, exist_ok=True)
@@ -76,12 +78,34 @@ def load(checkpoint: str) -> ml_collections.ConfigDict | None:
     if not (root / CONFIG_FILE).exists():
         return None
     try:
-        record = ml_collections.ConfigDict(json.loads((root / CONFIG_FILE).read_text()))
+        record = json.loads((root / CONFIG_FILE).read_text())
     except json.JSONDecodeError as error:
         raise ConfigError(f"{root / CONFIG_FILE}: not readable JSON ({error})") from None
+    record = ml_collections.ConfigDict({**record, "model": towers_by_name(record["model"])})
     for key in tokenizer_files(record, str(root)):
         record.tokenizer[key] = str(root / record.tokenizer[key])
     return record
+
+
+def towers_by_name(model: dict[str, Any]) -> dict[str, Any]:
+    """A model section recorded before towers had their own sub-configs (`vit_size`,
+    `text_kind`, ... at the top) in today's layout (`image`, `text`); others unchanged."""
+    if "vit_size" not in model:
+        return model
+    model = dict(model)
+    image = {"name": "vit", "size": model.pop("vit_size"), **(model.pop("vit_overrides") or {})}
+    text = {
+        "name": model.pop("text_kind"),
+        "size": model.pop("text_size"),
+        "vocab_size": model.pop("vocab_size"),
+        "max_len": model.pop("max_len"),
+        "dropout": model.pop("text_dropout", 0.0),
+    }
+    pooling = model.pop("text_pooling", "mean")
+    if text["name"] == "bert":
+        text["pooling"] = pooling
+    text.update(model.pop("text_overrides") or {})
+    return {**model, "image": image, "text": text}
 
 
 def with_model_of(

@@ -279,10 +279,10 @@ def train_step(
 
 
 def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ml_collections.ConfigDict:
-    """`model.vocab_size = -1` means: take it from the tokenizer."""
+    """`model.text.vocab_size = -1` means: take it from the tokenizer."""
     model_config = ml_collections.ConfigDict(config.model.to_dict())
-    if model_config.vocab_size == -1:
-        model_config.vocab_size = vocab_size
+    if model_config.text.vocab_size == -1:
+        model_config.text.vocab_size = vocab_size
     return model_config
 
 
@@ -293,7 +293,7 @@ class ModelSetup:
     training (`Trainer`), evaluation, `predict`, the notebook and the AOT tool alike."""
 
     config: ml_collections.ConfigDict  # the run's (model, sharding and seed keys are read)
-    model_config: ml_collections.ConfigDict  # `model.vocab_size` resolved
+    model_config: ml_collections.ConfigDict  # `model.text.vocab_size` resolved
     mesh: Mesh
     graphdef: nnx.GraphDef
     abstract_params: Any  # pure dict of jax.ShapeDtypeStruct with their shardings

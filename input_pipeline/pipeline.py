@@ -140,7 +140,7 @@ def train_iterator(
     dataset = dataset.batch(
         config.train.batch_size // process_count,
         drop_remainder=True,
-        batch_fn=Tokenize(tokenizer, config.model.max_len),
+        batch_fn=Tokenize(tokenizer, config.model.text.max_len),
     ).to_iter_dataset(sequential if config.data.worker_count > 0 else grain.ReadOptions())
     if config.data.worker_count > 0:
         options = grain.MultiprocessingOptions(num_workers=config.data.worker_count)
@@ -152,7 +152,7 @@ def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStr
     """Shapes and dtypes of one global training batch (what `train_iterator` yields, all
     processes together): for compiling the step before any data exists."""
     batch, size = config.train.batch_size, config.data.image_size
-    people, max_len = config.data.max_people, config.model.max_len
+    people, max_len = config.data.max_people, config.model.text.max_len
     source = sources.DATA_SOURCES.get(config.data.name)
     joints = (source.skeleton if source else skeleton.MPII).num_joints
     spec = lambda shape, dtype: jax.ShapeDtypeStruct((batch, *shape), np.dtype(dtype))

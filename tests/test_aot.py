@@ -116,8 +116,8 @@ def test_tokenizer_files_are_not_needed_to_size_the_vocabulary() -> None:
     config = pretrain.get_config()
     config.tokenizer.vocab = "/nonexistent/vocab.txt"
     assert aot.vocab_size(config)[0] == 30522
-    config.model.vocab_size = 1000
-    assert aot.vocab_size(config) == (1000, "model.vocab_size")
+    config.model.text.vocab_size = 1000
+    assert aot.vocab_size(config) == (1000, "model.text.vocab_size")
 
 
 # ----------------------------------------------------------------------------- compiled steps
@@ -204,8 +204,8 @@ def test_analytic_flops_are_90_to_105_percent_of_xlas_count_on_tpu() -> None:
     config.mesh = MESHES["fsdp"]
     target = targets.parse("v5e-8")
     mesh = sharding.create_mesh(config.mesh, devices=target.devices())
-    _, program, _ = aot.compile_step(config, mesh, config.model.vocab_size)
-    xla, counted = aot.xla_flops(config, mesh, config.model.vocab_size, program)
+    _, program, _ = aot.compile_step(config, mesh, config.model.text.vocab_size)
+    xla, counted = aot.xla_flops(config, mesh, config.model.text.vocab_size, program)
     assert counted == "the compiled step"  # one block per tower: nothing scanned
     assert 0.9 <= flops.train_step_flops(config)["total"] / xla <= 1.05
 
@@ -219,10 +219,10 @@ def test_bfloat16_step_runs_cudnn_attention_forward_and_backward_at_197_tokens()
     attention probabilities (BERT's training dropout, the paper's recipe)."""
     config = bench.get_config("small")
     config.model.dtype = "bfloat16"
-    assert config.model.attention == "auto" and config.model.text_dropout > 0
+    assert config.model.attention == "auto" and config.model.text.dropout > 0
     target = targets.parse("h100-8")
     mesh = sharding.create_mesh(config.mesh, devices=target.devices())
-    _, program, _ = aot.compile_step(config, mesh, config.model.vocab_size)
+    _, program, _ = aot.compile_step(config, mesh, config.model.text.vocab_size)
     hlo = program.as_text()
     assert hlo.count('custom_call_target="__cudnn$fmhaSoftmaxBackward"') == 12
     assert hlo.count('custom_call_target="__cudnn$fmhaSoftmax"') == 12

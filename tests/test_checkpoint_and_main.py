@@ -65,8 +65,8 @@ def _main(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 SMALL_DEMO = (
     "--config=configs/demo.py",
     "--config.model.image_size=32",
-    "--config.model.vit_overrides.depth=1",
-    "--config.model.text_overrides.depth=1",
+    "--config.model.image.depth=1",
+    "--config.model.text.depth=1",
     "--config.data.train_records=16",
     "--config.data.eval_records=16",
     "--config.train.batch_size=16",
@@ -199,6 +199,6 @@ def test_the_run_record_is_written_into_a_new_workdir_once(tmp_path: Path) -> No
 
     workdir = tmp_path / "new" / "run"  # `make demo` deletes its workdir first
     run_record.write(str(workdir), tiny_config(), vocab_size=169)
-    assert run_record.load(str(workdir)).model.vocab_size == 169
+    assert run_record.load(str(workdir)).model.text.vocab_size == 169
     run_record.write(str(workdir), tiny_config(), vocab_size=5)  # a resumed run keeps the first
-    assert run_record.load(str(workdir / "checkpoints")).model.vocab_size == 169
+    assert run_record.load(str(workdir / "checkpoints")).model.text.vocab_size == 169

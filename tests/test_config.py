@@ -2,6 +2,7 @@
 
 import functools
 
+import jax
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -21,8 +22,9 @@ def _parse(*argv: str):
 
 def test_pretrain_is_the_paper_recipe() -> None:
     config = _parse(f"--config={REPO}/configs/pretrain.py")
-    assert config.model.vit_size == "B/16" and config.model.heatmap_tower == "shared"
-    assert config.model.text_size == "bert-base" and config.model.max_len == 512
+    assert config.model.image.to_dict() == {"name": "vit", "size": "B/16"}
+    assert config.model.heatmap_tower == "shared" and config.model.text.name == "bert"
+    assert config.model.text.size == "bert-base" and config.model.text.max_len == 512
     assert config.model.embed_dim == 512 and config.model.image_size == 224
     assert config.loss.kind == "nt_xent" and config.loss.temperature == 0.5
     assert [tuple(p) for p in config.loss.pairs] == [
@@ -76,7 +78,9 @@ def test_unknown_key_and_variant_are_errors() -> None:
         ("model.remat", "some", r"model\.remat='some'"),
         ("model.attention", "flash", r"model\.attention='flash'"),
         ("model.heatmap_tower", "third", r"model\.heatmap_tower='third'"),
-        ("model.vit_size", "XL/14", r"unknown ViT size 'XL/14'"),
+        ("model.image.size", "XL/14", r"model\.image\.size='XL/14': sizes of the vit tower"),
+        ("model.text.name", "gpt", r"model\.text\.name='gpt': text towers are \['bert', 'clip'\]"),
+        ("model.text.name", "clip", r"model\.text\.pooling: the clip tower has no such option"),
     ],
 )
 def test_bad_keys_are_named_before_anything_is_built(key, value, message) -> None:
@@ -137,3 +141,47 @@ def test_finetune_refuses_variants_that_replace_what_it_sets() -> None:
         finetune.get_config("modern")
     assert finetune.get_config("siglip").loss.kind == "siglip"
     assert finetune.get_config("lit").train.frozen == ("image_tower/.*", "image_proj/.*")
+
+
+def test_a_record_from_before_tower_sub_configs_loads_in_todays_layout(tmp_path) -> None:
+    """A workdir's config.json written with the flat tower keys (vit_size, text_kind, ...)
+    loads with `model.image` / `model.text`, and builds the same parameters as today's."""
+    import json
+
+    from flax import nnx
+
+    from focusclip_jax import models, run_record
+    from tests.tiny import tiny_config
+
+    config = tiny_config()
+    old_model = {
+        key: value
+        for key, value in config.model.to_dict().items()
+        if key not in ("image", "text")
+    } | {
+        "vit_size": "tiny",
+        "vit_overrides": {k: v for k, v in config.model.image.items() if k not in ("name", "size")},
+        "text_kind": "bert",
+        "text_size": "tiny",
+        "text_overrides": {"width": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64},
+        "text_pooling": "mean_with_padding",
+        "text_dropout": 0.1,
+        "vocab_size": 120,
+        "max_len": 40,
+    }
+    record = config.to_dict() | {"model": old_model}
+    (tmp_path / run_record.CONFIG_FILE).write_text(json.dumps(record))
+    loaded = run_record.load(str(tmp_path)).model
+    assert loaded.image.to_dict() == config.model.image.to_dict()
+    expected_text = config.model.text.to_dict() | {
+        "vocab_size": 120, "pooling": "mean_with_padding", "dropout": 0.1
+    }  # fmt: skip
+    assert loaded.text.to_dict() == expected_text
+    assert "vit_size" not in loaded and "max_len" not in loaded
+
+    def shapes(model_config) -> dict:
+        model = nnx.eval_shape(lambda: models.create_model(model_config, nnx.Rngs(0)))
+        return jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+    config.model.text.vocab_size = 120
+    assert shapes(loaded) == shapes(config.model)

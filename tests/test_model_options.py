@@ -18,7 +18,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from configs import pretrain
 from focusclip_jax import losses, models
-from focusclip_jax.models import layers, text
+from focusclip_jax.models import layers, towers
 from focusclip_jax.weights import common
 
 PAIRS = (("focused", "image"), ("focused", "text"), ("image", "text"))
@@ -80,7 +80,9 @@ def test_attention_implementation_choice() -> None:
     with pytest.raises(ValueError, match=r"model\.attention='flash'"):
         layers.attention_implementation("flash", jnp.float32, 64)
     with pytest.raises(ValueError, match=r"model\.remat='some'"):
-        layers.check_remat("some")
+        layers.BlockStack(block=layers.PreNormBlock, depth=1, num_heads=1, mlp_dim=1, remat="some")
+    with pytest.raises(ValueError, match=r"dropout=1\.0: expected a rate in \[0, 1\)"):
+        layers.BlockStack(block=layers.PreNormBlock, depth=1, num_heads=1, mlp_dim=1, dropout=1.0)
 
 
 @pytest.mark.skipif(
@@ -105,16 +107,14 @@ def test_cudnn_attention_matches_xla_on_gpu(causal: bool) -> None:
 # ----------------------------------------------------------------------------- whole model
 
 
-def tiny_model(**options) -> models.FocusCLIP:
+def tiny_model(text_dropout: float = 0.0, **options) -> models.FocusCLIP:
     """An abstract model (no initialisers run): its graph, to merge with `random_params`."""
     return nnx.eval_shape(
         lambda: models.FocusCLIP(
             image_size=16,
-            vit_size="tiny",  # width 32, 2 blocks, 2 heads, 8 px patches
-            text_kind="bert",
-            text_size="tiny",
-            vocab_size=50,
-            max_len=12,
+            image={"name": "vit", "size": "tiny"},  # width 32, 2 blocks, 2 heads, 8 px patches
+            text={"name": "bert", "size": "tiny", "vocab_size": 50, "max_len": 12}
+            | {"dropout": text_dropout},
             embed_dim=8,
             rngs=nnx.Rngs(0),
             **options,
@@ -270,8 +270,11 @@ def test_causal_tower_scanned_equals_unscanned() -> None:
 
     def tower(scan_layers: bool) -> nnx.Module:
         return nnx.eval_shape(
-            lambda: text.text_encoder_from_name(
-                "clip", "tiny", vocab_size=50, max_len=12, scan_layers=scan_layers, rngs=nnx.Rngs(0)
+            lambda: towers.create(
+                "text",
+                {"name": "clip", "size": "tiny", "vocab_size": 50, "max_len": 12},
+                scan_layers=scan_layers,
+                rngs=nnx.Rngs(0),
             )
         )
 
@@ -345,7 +348,7 @@ def test_config_defaults_build_the_paper_model_abstractly() -> None:
     config = pretrain.get_config().model
     speed = (config.attention, config.scan_layers, config.remat)
     assert speed == ("auto", True, "dots_with_no_batch_dims_saveable")
-    config.vocab_size = 30522
+    config.text.vocab_size = 30522
     model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
     shapes = flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     assert shapes[("image_tower", "blocks", "mlp", "fc1", "kernel")].shape == (12, 768, 3072)
@@ -377,7 +380,7 @@ def test_written_out_attention_matches_the_kernel(masking: str) -> None:
 
 
 def test_bert_dropout_acts_in_training_only(batch: dict) -> None:
-    """`model.text_dropout` (the original's 0.1): with a key the text embedding changes, the same
+    """`model.text.dropout` (the original's 0.1): with a key the text embedding changes, the same
     key reproduces it, another does not; without one (evaluation) it is the model without
     dropout. Scanned, rematerialised blocks draw the same masks when recomputing: same loss and
     gradients as unrolled blocks with the same key."""

@@ -157,7 +157,8 @@ def test_a_recorded_workdir_needs_no_model_keys(trained, tmp_path: Path, monkeyp
 
     monkeypatch.setattr(train, "Trainer", no_trainer)  # evaluation needs the model alone
     record = json.loads((workdir / run_record.CONFIG_FILE).read_text())
-    assert record["model"]["vocab_size"] == 169 and record["model"]["vit_size"] == "tiny"
+    assert record["model"]["text"]["vocab_size"] == 169
+    assert record["model"]["image"]["size"] == "tiny"
     _fixtures(tmp_path / "data")
     config = eval_zeroshot.get_config()
     config.checkpoint, config.data_root = str(workdir / "checkpoints"), str(tmp_path / "data")
@@ -191,7 +192,7 @@ def test_export_takes_the_workdir_alone(trained, tmp_path: Path) -> None:
     assert export.export(pretrain.get_config(), str(workdir), "image_tower", str(out)) == 2
     record = run_record.load(str(workdir))
     mesh = sharding.create_mesh({"data": 1})
-    setup = train.ModelSetup.create(record, mesh, vocab_size=record.model.vocab_size)
+    setup = train.ModelSetup.create(record, mesh, vocab_size=record.model.text.vocab_size)
     params, _ = checkpoint_eval.restore_params(str(workdir), setup)
     exported = weight_io.read_tensors(out)
     patch = np.asarray(flatten_dict(params)[("image_tower", "patch_embed", "kernel")])

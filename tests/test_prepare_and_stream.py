@@ -326,7 +326,7 @@ def test_pretrain_tiny_variant_trains_on_prepared_shards(prepared: Path, tmp_pat
 
     record = run_record.load(str(tmp_path))
     assert record.tokenizer.path == str(tmp_path / "tokenizer" / "tokenizer.json")
-    assert record.model.vocab_size == pipeline.create_tokenizer(record, fit=False).vocab_size
+    assert record.model.text.vocab_size == pipeline.create_tokenizer(record, fit=False).vocab_size
     Path(record.tokenizer.path).unlink()
     with pytest.raises(mpii.InputDataError, match="inference never fits one"):
         pipeline.create_tokenizer(record, fit=False)

@@ -7,7 +7,6 @@ AOT tool's helpers (`focusclip_jax.aot`: collectives from the HLO, XLA's memory 
 import math
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
@@ -47,7 +46,7 @@ def two_steps_each_mode():
     runs = {}
     for mode, shape in MESHES.items():
         mesh = sharding.create_mesh(shape)
-        trainer = train.Trainer(config, mesh, vocab_size=config.model.vocab_size)
+        trainer = train.Trainer(config, mesh, vocab_size=config.model.text.vocab_size)
         state = trainer.init_state()
         initial = jax.device_get(state.params)
         batch = pipeline.to_global_arrays(host_batch, sharding.batch_sharding(mesh))
@@ -119,10 +118,10 @@ def test_scanned_blocks_keep_no_more_temporaries_than_unrolled() -> None:
     for scan, remat in ((False, "none"), (True, pretrain.get_config().model.remat)):
         config = bench.get_config("tiny")
         layers = {"width": 128, "depth": 4, "num_heads": 2, "mlp_dim": 512}
-        config.model.vit_overrides = ml_collections.ConfigDict({**layers, "patch_size": 8})
-        config.model.text_overrides = ml_collections.ConfigDict(layers)
-        config.model.max_len = 32
+        config.model.image.update({**layers, "patch_size": 8})
+        config.model.text.update(layers)
+        config.model.text.max_len = 32
         config.model.scan_layers, config.model.remat = scan, remat
-        _, compiled, _ = aot.compile_step(config, mesh, config.model.vocab_size)
+        _, compiled, _ = aot.compile_step(config, mesh, config.model.text.vocab_size)
         temporaries[scan] = aot.memory(compiled)["temporary"]
     assert temporaries[True] <= temporaries[False]

@@ -134,7 +134,7 @@ def test_clip_bpe_missing_vocabulary_says_where_to_get_it(tmp_path) -> None:
 
 def test_causal_variant_uses_clip_bpe_through_create_tokenizer() -> None:
     config = pretrain.get_config("causal")
-    assert config.tokenizer.kind == "clip_bpe" and config.model.max_len == 77
+    assert config.tokenizer.kind == "clip_bpe" and config.model.text.max_len == 77
     assert config.tokenizer.vocab == "data/clip/bpe_simple_vocab_16e6.txt.gz"
     config.tokenizer.vocab = str(FIXTURES / GOLDENS["small"]["vocab"])
     tokenizer = pipeline.create_tokenizer(config)
@@ -188,7 +188,7 @@ def test_create_tokenizer_fits_a_bpe_on_the_synthetic_corpus(tmp_path) -> None:
     config.tokenizer.path = str(tmp_path / "tokenizer.json")
     tokenizer = pipeline.create_tokenizer(config)
     assert (tmp_path / "tokenizer.json").is_file() and tokenizer.vocab_size <= 400
-    ids, mask = tokenizer(synthpose.corpus()[:4], config.model.max_len)
+    ids, mask = tokenizer(synthpose.corpus()[:4], config.model.text.max_len)
     assert (ids[mask] != 1).all()  # no [UNK]
 
 

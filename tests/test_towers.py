@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from focusclip_jax.models import text, vit
+from focusclip_jax.models import text, towers, vit
 
 ALLOWED_AXES = {"embed", "mlp", "heads", "kv", "vocab", "patch", "pos", None}
 
@@ -147,10 +147,18 @@ def n_params(model: nnx.Module) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+def named_vit(size: str, image_size: int, **options) -> nnx.Module:
+    """A ViT as `config.model.image = {name: vit, size, **options}` builds it."""
+    sub_config = {"name": "vit", "size": size, **options}
+    return towers.create("image", sub_config, image_size=image_size, rngs=nnx.Rngs(0))
+
+
+def named_text(kind: str, size: str, **options) -> nnx.Module:
+    return towers.create("text", {"name": kind, "size": size, **options}, rngs=nnx.Rngs(0))
+
+
 def tiny_text(kind: str, **kw) -> nnx.Module:
-    return text.text_encoder_from_name(
-        kind, "tiny", vocab_size=50, max_len=12, rngs=nnx.Rngs(0), **kw
-    )
+    return named_text(kind, "tiny", vocab_size=50, max_len=12, **kw)
 
 
 # ----------------------------------------------------------------------------- numerics
@@ -158,9 +166,7 @@ def tiny_text(kind: str, **kw) -> nnx.Module:
 
 @pytest.mark.parametrize("clip_style", [False, True])
 def test_vit_matches_numpy_reference(clip_style: bool):
-    model = vit.vit_from_name(
-        "tiny", image_size=16, rngs=nnx.Rngs(0), pre_norm=clip_style, patch_bias=not clip_style
-    )
+    model = named_vit("tiny", 16, pre_norm=clip_style, patch_bias=not clip_style)
     p = randomize_and_read(model)
     images = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype(np.float32)
     got = np.asarray(model(jnp.asarray(images)))
@@ -221,8 +227,8 @@ def test_causal_ignores_tokens_after_eot():
 
 
 def test_bfloat16_compute_keeps_float32_params():
-    model = vit.vit_from_name("tiny", image_size=16, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    ref = vit.vit_from_name("tiny", image_size=16, rngs=nnx.Rngs(0))
+    model = named_vit("tiny", 16, dtype=jnp.bfloat16)
+    ref = named_vit("tiny", 16)
     assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {np.dtype(np.float32)}
     images = jnp.asarray(np.random.default_rng(6).normal(size=(2, 16, 16, 3)), jnp.float32)
     out = model(images)
@@ -232,9 +238,13 @@ def test_bfloat16_compute_keeps_float32_params():
 
 def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="divisible"):
-        vit.vit_from_name("tiny", image_size=20, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="unknown ViT size"):
-        vit.vit_from_name("H/14", image_size=224, rngs=nnx.Rngs(0))
+        named_vit("tiny", 20)
+    with pytest.raises(ValueError, match=r"model.image.size='H/14': sizes of the vit tower"):
+        named_vit("H/14", 224)
+    with pytest.raises(ValueError, match=r"model.text.pooling: the clip tower has no such option"):
+        tiny_text("clip", pooling="mean")
+    with pytest.raises(ValueError, match=r"model.image.name='resnet': image towers are \['vit'\]"):
+        towers.create("image", {"name": "resnet", "size": "50"}, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="unknown pooling"):
         tiny_text("bert", pooling="max")
     with pytest.raises(ValueError, match="exceeds max_len"):
@@ -263,17 +273,17 @@ def text_count(
 
 @pytest.mark.parametrize("name", sorted(vit.VIT_SIZES))
 def test_vit_sizes_build_abstractly(name: str):
-    model = nnx.eval_shape(lambda: vit.vit_from_name(name, image_size=224, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: named_vit(name, 224))
     assert n_params(model) == vit_count(**vit.VIT_SIZES[name], image_size=224)
     assert model.width == vit.VIT_SIZES[name]["width"]
 
 
 def test_vit_b16_matches_timm_count_and_shape():
     """timm vit_base_patch16_224 with num_classes=0 has 85,798,656 parameters."""
-    model = nnx.eval_shape(lambda: vit.vit_from_name("B/16", image_size=224, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: named_vit("B/16", 224))
     assert n_params(model) == 85_798_656
     out = jax.eval_shape(
-        lambda x: vit.vit_from_name("B/16", image_size=224, rngs=nnx.Rngs(0))(x),
+        lambda x: named_vit("B/16", 224)(x),
         jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32),
     )
     assert out.shape == (2, 768)
@@ -290,7 +300,7 @@ def test_vit_b16_matches_timm_count_and_shape():
     ],
 )
 def test_text_sizes_build_abstractly(kind: str, size: str):
-    model = nnx.eval_shape(lambda: text.text_encoder_from_name(kind, size, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: named_text(kind, size))
     assert n_params(model) == text_count(kind, **text.TEXT_SIZES[size])
 
 
@@ -298,16 +308,16 @@ def test_known_text_counts():
     """HF bert-base-uncased: 109,482,240 incl. the 590,592-parameter pooler we do not build;
     OpenAI CLIP ViT-B text tower without `text_projection`: 63,165,952."""
     bert = nnx.eval_shape(
-        lambda: text.text_encoder_from_name("bert", "bert-base", rngs=nnx.Rngs(0))
+        lambda: named_text("bert", "bert-base")
     )
     assert n_params(bert) == 109_482_240 - 590_592 == 108_891_648
-    clip = nnx.eval_shape(lambda: text.text_encoder_from_name("clip", "clip-b", rngs=nnx.Rngs(0)))
+    clip = nnx.eval_shape(lambda: named_text("clip", "clip-b"))
     assert n_params(clip) == 63_165_952
 
 
 def test_params_carry_logical_axes_without_mesh():
     for model in (
-        vit.vit_from_name("tiny", image_size=16, rngs=nnx.Rngs(0)),
+        named_vit("tiny", 16),
         tiny_text("bert"),
         tiny_text("clip"),
     ):
@@ -327,3 +337,49 @@ def test_params_carry_logical_axes_without_mesh():
         "kv",
     )
     assert tuple(spec["token_embed"]["embedding"].get_value()) == ("vocab", "embed")
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+class MeanColourTower(nnx.Module):
+    """A toy image tower: each image's mean colour through one Linear (no blocks)."""
+
+    def __init__(self, *, width: int, image_size: int, rngs: nnx.Rngs):
+        self.width = width
+        self.colour = nnx.Linear(3, width, rngs=rngs)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        return self.colour(images.mean(axis=(1, 2)))
+
+
+def test_a_tower_registered_from_a_test_builds_into_the_model(monkeypatch) -> None:
+    """One registry line (no edit of the package) and `model.image.name` picks the tower; its
+    size table and sub-config options reach it, the model-wide options it does not take are
+    left out; the image embedding is the tower's numbers, projected and normalised."""
+    from focusclip_jax import models
+
+    kind = towers.TowerKind(MeanColourTower, {"s": {"width": 4}, "m": {"width": 6}})
+    monkeypatch.setitem(towers.IMAGE_TOWERS, "mean_colour", kind)
+    model = models.FocusCLIP(
+        image_size=8,
+        image={"name": "mean_colour", "size": "s", "width": 5},
+        text={"name": "bert", "size": "tiny", "vocab_size": 20, "max_len": 6},
+        embed_dim=3,
+        scan_layers=True,  # model-wide options the toy tower does not take
+        dtype=jnp.float32,
+        pixel_mean=(0.5, 0.5, 0.5),
+        rngs=nnx.Rngs(0),
+    )
+    assert isinstance(model.image_tower, MeanColourTower) and model.image_tower.width == 5
+    images = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype(np.float32)
+    colour = (images - 0.5).mean(axis=(1, 2)) @ np.asarray(model.image_tower.colour.kernel[...])
+    colour += np.asarray(model.image_tower.colour.bias[...])
+    projected = colour @ np.asarray(model.image_proj.kernel[...]) + np.asarray(
+        model.image_proj.bias[...]
+    )
+    expected = projected / np.linalg.norm(projected, axis=-1, keepdims=True)
+    got = model.encode_image(jnp.asarray(images))
+    np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"model\.image\.depth: the mean_colour tower has no such"):
+        towers.create("image", {"name": "mean_colour", "size": "m", "depth": 2}, rngs=nnx.Rngs(0))

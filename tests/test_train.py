@@ -194,7 +194,7 @@ def test_text_dropout_draws_in_the_step_from_seed_and_step() -> None:
 
     def random_draws(text_dropout: float) -> int:
         config = tiny_config()
-        config.model.text_dropout = text_dropout
+        config.model.text.dropout = text_dropout
         trainer = train.Trainer(config, sharding.create_mesh({"data": 1}), vocab_size=vocab_size)
         jaxpr = jax.make_jaxpr(trainer.step)(trainer.abstract_state, batch)
         return str(jaxpr).count("random_bits")

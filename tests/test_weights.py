@@ -37,6 +37,11 @@ CLIP_VIT_ARGS = dict(
     VIT_ARGS, num_heads=2, pre_norm=True, patch_bias=False, eps=1e-5, activation="quick_gelu"
 )
 CLIP_TEXT_ARGS = dict(width=32, depth=2, num_heads=2, mlp_dim=64)
+# The model's tower sub-configs (config.model.image / .text) of the open_clip fixture.
+CLIP_IMAGE_TOWER = {"name": "vit", "size": "tiny", **CLIP_VIT_ARGS}
+CLIP_TEXT_TOWER = {
+    "name": "clip", "size": "tiny", "vocab_size": 100, "max_len": 16, **CLIP_TEXT_ARGS
+}  # fmt: skip
 
 
 def golden(name: str) -> dict[str, np.ndarray]:
@@ -154,14 +159,9 @@ def test_open_clip_matches_encode_image_and_encode_text(scan_layers: bool) -> No
     model = models.FocusCLIP(
         scan_layers=scan_layers,
         image_size=32,
-        vit_size="tiny",
-        text_kind="clip",
-        text_size="tiny",
-        vocab_size=100,
-        max_len=16,
+        image=CLIP_IMAGE_TOWER,
+        text=CLIP_TEXT_TOWER,
         embed_dim=16,
-        vit_overrides=CLIP_VIT_ARGS,
-        text_overrides=CLIP_TEXT_ARGS,
         rngs=nnx.Rngs(0),
     )
     spec = f"open_clip:{CLIP_FILE}"
@@ -278,13 +278,11 @@ def test_timm_vit_export_round_trip(tmp_path: Path, scan_layers: bool) -> None:
 def test_trainer_starts_from_imported_towers(tmp_path: Path) -> None:
     """config.init fills the towers, sharded as the trainer says; they export back unchanged."""
     config = tiny_config("separate")
-    config.model.vit_overrides = ml_collections.ConfigDict(VIT_ARGS)
+    config.model.image.update(VIT_ARGS)
     config.model.image_size = 48  # the 32 px checkpoint, position grid resampled
     bert_args = hf_bert.tower_overrides(hf_bert.read_config(BERT_DIR))
-    config.model.text_overrides = ml_collections.ConfigDict(
-        {k: bert_args[k] for k in ("width", "depth", "num_heads", "mlp_dim")}
-    )
-    config.model.max_len = 24  # shorter than the checkpoint's 40 positions: the first rows
+    config.model.text.update({k: bert_args[k] for k in ("width", "depth", "num_heads", "mlp_dim")})
+    config.model.text.max_len = 24  # shorter than the checkpoint's 40 positions: the first rows
     config.init.image = f"timm_vit:{VIT_FILE}"
     config.init.text = f"hf_bert:{BERT_DIR}"
     trainer = train.Trainer(config, sharding.create_mesh({"data": 4, "fsdp": 2}), vocab_size=100)
@@ -312,7 +310,7 @@ def test_parameter_tree_check_names_a_flipped_scan_layers() -> None:
 
     def abstract_params(**changes) -> dict:
         config = tiny_config().model
-        config.vocab_size = 100
+        config.text.vocab_size = 100
         config.update(changes)
         model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
         return flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
@@ -351,11 +349,10 @@ def test_finetune_config_starts_from_open_clip_and_lit_locks_the_image_side() ->
 
     config = finetune.get_config("lit")
     config.model.image_size = 32
-    config.model.vit_size = "tiny"
-    config.model.vit_overrides = ml_collections.ConfigDict(CLIP_VIT_ARGS)
-    config.model.text_size = "tiny"
-    config.model.text_overrides = ml_collections.ConfigDict(CLIP_TEXT_ARGS)
-    config.model.max_len = 16
+    with config.unlocked():
+        config.model.image = ml_collections.ConfigDict(CLIP_IMAGE_TOWER)
+        text = CLIP_TEXT_TOWER | {"vocab_size": -1, "dropout": config.model.text.dropout}
+        config.model.text = ml_collections.ConfigDict(text)
     config.model.embed_dim = 16
     config.model.scan_layers, config.model.remat = False, "none"
     config.init.image = config.init.text = f"open_clip:{CLIP_FILE}"
@@ -367,10 +364,8 @@ def test_finetune_config_starts_from_open_clip_and_lit_locks_the_image_side() ->
     state = trainer.init_state()
     initial = flatten_dict(jax.device_get(state.params))
     reference = models.FocusCLIP(
-        image_size=32, vit_size="tiny", text_kind="clip", text_size="tiny", vocab_size=100,
-        max_len=16, embed_dim=16, vit_overrides=CLIP_VIT_ARGS, text_overrides=CLIP_TEXT_ARGS,
-        rngs=nnx.Rngs(0),
-    )  # fmt: skip
+        image_size=32, image=CLIP_IMAGE_TOWER, text=CLIP_TEXT_TOWER, embed_dim=16, rngs=nnx.Rngs(0)
+    )
     spec = f"open_clip:{CLIP_FILE}"
     loaded = weights.load({"image": spec, "text": spec}, flat_params(reference))
     for path, value in loaded.items():
@@ -383,7 +378,7 @@ def test_finetune_config_starts_from_open_clip_and_lit_locks_the_image_side() ->
         "visible": np.ones((8, 2, 16), bool),
         "person_mask": np.array([[True, False]] * 8),
         "tokens": rng.integers(1, 100, (8, 16)).astype(np.int32),
-        "mask": (np.arange(16) < rng.integers(4, 17, (8, 1))).astype(np.int32),
+        "mask": np.arange(16) < rng.integers(4, 17, (8, 1)),
     }
     state, metrics = trainer.step(
         state, pipeline.to_global_arrays(batch, sharding.batch_sharding(mesh))

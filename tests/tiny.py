@@ -12,13 +12,11 @@ def tiny_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config = demo.get_config(arg)
     config.model.image_size = 32
-    config.model.vit_overrides = ml_collections.ConfigDict(
+    config.model.image.update(
         {"width": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64, "patch_size": 8}
     )
-    config.model.text_overrides = ml_collections.ConfigDict(
-        {"width": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
-    )
-    config.model.max_len = 40
+    config.model.text.update({"width": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64})
+    config.model.text.max_len = 40
     config.model.embed_dim = 16
     config.data.train_records = 64
     config.data.eval_records = 24

@@ -183,7 +183,7 @@ def classifier_for(evaluator: Evaluator, data: ZeroShotData) -> ZeroShotClassifi
         param_shardings=evaluator.setup.param_shardings,
         mesh=evaluator.setup.mesh,
         tokenizer=evaluator.tokenizer,
-        max_len=evaluator.config.model.max_len,
+        max_len=evaluator.config.model.text.max_len,
         batch_size=evaluator.options.batch_size,
     )
 

@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from focusclip_jax.models import text as text_models
-from focusclip_jax.models import vit
+from focusclip_jax.models import towers
 from focusclip_jax.models.layers import AttentionImpl, Remat
 from focusclip_jax.sharding import constrain_batch
 
@@ -48,20 +47,20 @@ def _embed(projection: nnx.Linear, features: jax.Array) -> jax.Array:
 
 
 class FocusCLIP(nnx.Module):
-    """Three encoders (image, focused image, text) projected to one L2-normalised space."""
+    """Three encoders (image, focused image, text) projected to one L2-normalised space.
+
+    `image` and `text`: the towers' sub-configs (`towers.py`: name, size, options); the speed
+    options reach both.
+    """
 
     def __init__(
         self,
         *,
         image_size: int,
-        vit_size: str,
-        text_kind: str,
-        text_size: str,
-        vocab_size: int,
-        max_len: int,
+        image: Mapping[str, Any],
+        text: Mapping[str, Any],
         embed_dim: int,
         heatmap_tower: str = "shared",
-        text_pooling: str = "mean",
         pixel_mean: Sequence[float] = (0.0, 0.0, 0.0),
         pixel_std: Sequence[float] = (1.0, 1.0, 1.0),
         alpha_init: float = 0.5,
@@ -71,9 +70,6 @@ class FocusCLIP(nnx.Module):
         attention: AttentionImpl = "xla",
         scan_layers: bool = False,
         remat: Remat = "none",
-        text_dropout: float = 0.0,
-        vit_overrides: dict | None = None,
-        text_overrides: dict | None = None,
         loss_scalars: Mapping[str, Any] | None = None,
         rngs: nnx.Rngs,
     ):
@@ -82,36 +78,17 @@ class FocusCLIP(nnx.Module):
         self.heatmap_tower = heatmap_tower
         self.pixel_mean = tuple(pixel_mean)
         self.pixel_std = tuple(pixel_std)
-        speed = dict(attention=attention, scan_layers=scan_layers, remat=remat)
+        shared = dict(dtype=dtype, attention=attention, scan_layers=scan_layers, remat=remat)
 
-        def image_tower() -> vit.ViT:
-            return vit.vit_from_name(
-                vit_size,
-                image_size=image_size,
-                dtype=dtype,
-                rngs=rngs,
-                **speed,
-                **(vit_overrides or {}),
-            )
+        def image_tower() -> nnx.Module:
+            return towers.create("image", image, image_size=image_size, rngs=rngs, **shared)
 
         self.image_tower = image_tower()
         self.image_proj = _projection(self.image_tower.width, embed_dim, dtype, rngs)
         if heatmap_tower == "separate":
             self.focus_tower = image_tower()
             self.focus_proj = _projection(self.focus_tower.width, embed_dim, dtype, rngs)
-        extra = {"pooling": text_pooling} if text_kind == "bert" else {}
-        self.text_tower = text_models.text_encoder_from_name(
-            text_kind,
-            text_size,
-            vocab_size=vocab_size,
-            max_len=max_len,
-            dtype=dtype,
-            rngs=rngs,
-            dropout=text_dropout,
-            **extra,
-            **speed,
-            **(text_overrides or {}),
-        )
+        self.text_tower = towers.create("text", text, rngs=rngs, **shared)
         self.text_proj = _projection(self.text_tower.width, embed_dim, dtype, rngs)
         # `bounds` are enforced by projection after every optimiser update (as open_clip clamps its
         # logit scale), so gradients stay those of the raw parameter. The original leaves alpha

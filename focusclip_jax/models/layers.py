@@ -16,8 +16,9 @@ a key passed at call time (`rng`), never from state in the module: the model sta
 function of its parameters, and no key means no dropout (evaluation).
 """
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -351,73 +352,105 @@ class PostNormBlock(_Block):
         return self.norm2(x + mlp(x))
 
 
-def check_remat(remat: Remat) -> None:
-    """Fails at model build (not at the first step) on an unknown `model.remat`."""
-    if remat != "none" and remat not in REMAT_POLICIES:
-        raise ValueError(f"model.remat={remat!r}: expected none, {', '.join(REMAT_POLICIES)}")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BlockStack:
+    """A tower's transformer blocks and how they run, defined once for every tower.
 
-
-def make_blocks(
-    block: type[_Block], depth: int, *, scan_layers: bool, rngs: nnx.Rngs, **block_options: Any
-) -> nnx.Module:
-    """`depth` blocks `block(**block_options)`: an `nnx.List` (parameters `blocks/<i>/...`), or
-    with `scan_layers` one block whose parameters carry a leading `depth` axis named 'layers'
-    (`blocks/...`)."""
-    if not scan_layers:
-        return nnx.List([block(**block_options, rngs=rngs) for _ in range(depth)])
-
-    @nnx.split_rngs(splits=depth)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYER_AXIS})
-    def stacked(layer_rngs: nnx.Rngs) -> nnx.Module:
-        return block(**block_options, rngs=layer_rngs)
-
-    return stacked(rngs)
-
-
-def run_blocks(
-    blocks: nnx.Module,
-    x: jax.Array,
-    mask: jax.Array | None = None,
-    *,
-    scan_layers: bool,
-    remat: Remat = "none",
-    rng: jax.Array | None = None,
-    **call_kwargs: bool,
-) -> jax.Array:
-    """Applies the blocks of `make_blocks` in order: `x = block(x, mask, rng=key, **call_kwargs)`,
-    each with its own key split from `rng` (None: no dropout).
-
-    Each block's parameters (and key) are passed in explicitly, so that `jax.checkpoint` (with
-    `remat`'s policy; a recomputed block draws the same dropout) and `jax.lax.scan` see them as
-    arguments.
+    `depth` blocks of one kind (`block`), built by `build` and kept by the tower as its `blocks`
+    attribute: an `nnx.List` (parameters `blocks/<i>/...`), or with `scan_layers` one block whose
+    parameters carry a leading `depth` axis named 'layers' (`blocks/...`), run by one
+    `jax.lax.scan`. `remat` recomputes each block's activations in the backward pass with the named
+    policy; `dropout` is the blocks' training dropout. Towers take these as keyword options
+    (`**stack_options`) and keep only what is theirs (embeddings, pooling, final norm).
     """
 
-    def layer(graphdef: nnx.GraphDef, prevent_cse: bool) -> Callable:
-        def apply(
-            params: nnx.State, x: jax.Array, mask: jax.Array | None, key: jax.Array | None
-        ) -> jax.Array:
-            return nnx.merge(graphdef, params)(x, mask, rng=key, **call_kwargs)
+    block: type[_Block]
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    activation: Activation = "gelu"
+    eps: float = 1e-6
+    attention: AttentionImpl = "xla"
+    dropout: float = 0.0
+    scan_layers: bool = False
+    remat: Remat = "none"
 
-        if remat == "none":
-            return apply
-        return jax.checkpoint(apply, policy=REMAT_POLICIES[remat], prevent_cse=prevent_cse)
+    def __post_init__(self) -> None:
+        # Checked at model build, not at the first step.
+        if self.remat != "none" and self.remat not in REMAT_POLICIES:
+            raise ValueError(
+                f"model.remat={self.remat!r}: expected none, {', '.join(REMAT_POLICIES)}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout!r}: expected a rate in [0, 1)")
 
-    x = constrain_batch(x)
-    if scan_layers:
-        graphdef, stacked = nnx.split(blocks)
-        depth = jax.tree.leaves(stacked)[0].shape[0]
-        keys = None if rng is None else jax.random.split(rng, depth)
-        # Inside `scan` the recomputation cannot be merged into the forward pass: no CSE guard.
-        step = layer(graphdef, prevent_cse=False)
+    def build(
+        self, width: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs
+    ) -> nnx.Module:
+        """The blocks' parameters, in the layout `scan_layers` asks for."""
+        options = dict(
+            width=width,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            activation=self.activation,
+            eps=self.eps,
+            attention=self.attention,
+            dropout_rate=self.dropout,
+            dtype=dtype,
+            param_dtype=param_dtype,
+        )
+        if not self.scan_layers:
+            return nnx.List([self.block(**options, rngs=rngs) for _ in range(self.depth)])
 
-        def body(h: jax.Array, xs: tuple) -> tuple[jax.Array, None]:
-            params, key = xs
-            return constrain_batch(step(params, h, mask, key)), None
+        @nnx.split_rngs(splits=self.depth)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYER_AXIS})
+        def stacked(layer_rngs: nnx.Rngs) -> nnx.Module:
+            return self.block(**options, rngs=layer_rngs)
 
-        x, _ = jax.lax.scan(body, x, (stacked, keys))
+        return stacked(rngs)
+
+    def __call__(
+        self,
+        blocks: nnx.Module,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        rng: jax.Array | None = None,
+        **call_kwargs: bool,
+    ) -> jax.Array:
+        """Applies `build`'s blocks in order: `x = block(x, mask, rng=key, **call_kwargs)`, each
+        with its own key split from `rng` (None: no dropout).
+
+        Each block's parameters (and key) are passed in explicitly, so that `jax.checkpoint`
+        (a recomputed block draws the same dropout) and `jax.lax.scan` see them as arguments.
+        """
+
+        def layer(graphdef: nnx.GraphDef, prevent_cse: bool) -> Callable:
+            def apply(
+                params: nnx.State, x: jax.Array, mask: jax.Array | None, key: jax.Array | None
+            ) -> jax.Array:
+                return nnx.merge(graphdef, params)(x, mask, rng=key, **call_kwargs)
+
+            if self.remat == "none":
+                return apply
+            policy = REMAT_POLICIES[self.remat]
+            return jax.checkpoint(apply, policy=policy, prevent_cse=prevent_cse)
+
+        x = constrain_batch(x)
+        if self.scan_layers:
+            graphdef, stacked = nnx.split(blocks)
+            keys = None if rng is None else jax.random.split(rng, self.depth)
+            # Inside `scan` the recomputation cannot be merged into the forward pass: no CSE guard.
+            step = layer(graphdef, prevent_cse=False)
+
+            def body(h: jax.Array, xs: tuple) -> tuple[jax.Array, None]:
+                params, key = xs
+                return constrain_batch(step(params, h, mask, key)), None
+
+            x, _ = jax.lax.scan(body, x, (stacked, keys))
+            return x
+        keys = [None] * self.depth if rng is None else list(jax.random.split(rng, self.depth))
+        for block, key in zip(blocks, keys, strict=True):
+            graphdef, params = nnx.split(block)
+            x = constrain_batch(layer(graphdef, prevent_cse=True)(params, x, mask, key))
         return x
-    keys = [None] * len(blocks) if rng is None else list(jax.random.split(rng, len(blocks)))
-    for block, key in zip(blocks, keys, strict=True):
-        graphdef, params = nnx.split(block)
-        x = constrain_batch(layer(graphdef, prevent_cse=True)(params, x, mask, key))
-    return x

@@ -12,18 +12,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from focusclip_jax.models.layers import (
-    Activation,
-    AttentionImpl,
+    BlockStack,
     PostNormBlock,
     PreNormBlock,
-    Remat,
     apply_dropout,
-    check_remat,
     default_init,
     layer_norm,
-    make_blocks,
     partitioned,
-    run_blocks,
 )
 from focusclip_jax.sharding import constrain_batch
 
@@ -54,11 +49,6 @@ def _embed(
     )
 
 
-def _check_dropout(rate: float) -> None:
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"model.text_dropout={rate!r}: expected a rate in [0, 1)")
-
-
 def _check_length(tokens: jax.Array, max_len: int) -> None:
     if tokens.shape[1] > max_len:
         raise ValueError(f"text length {tokens.shape[1]} exceeds max_len {max_len}")
@@ -78,57 +68,31 @@ class BertTextEncoder(nnx.Module):
         self,
         *,
         width: int,
-        depth: int,
-        num_heads: int,
-        mlp_dim: int,
         vocab_size: int,
         max_len: int,
         type_vocab_size: int = 2,
         pooling: Pooling = "mean",
-        activation: Activation = "gelu",
-        eps: float = 1e-12,
-        attention: AttentionImpl = "xla",
-        dropout: float = 0.0,
-        scan_layers: bool = False,
-        remat: Remat = "none",
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
+        **stack_options: Any,
     ):
         if pooling not in ("mean", "mean_with_padding", "cls"):
             raise ValueError(
                 f"unknown pooling {pooling!r}; expected mean, mean_with_padding or cls"
             )
-        _check_dropout(dropout)
+        self.stack = BlockStack(block=PostNormBlock, **{"eps": 1e-12, **stack_options})
         self.width = width
         self.max_len = max_len
         self.pooling = pooling
-        self.dropout = dropout
         self.dtype = dtype
         self.token_embed = _embed(vocab_size, width, ("vocab", "embed"), param_dtype, rngs)
         self.pos_embed = _embed(max_len, width, ("pos", "embed"), param_dtype, rngs)
         # Segment embeddings exist for weight import; FocusCLIP feeds a single segment (type 0).
         self.type_embed = _embed(type_vocab_size, width, (None, "embed"), param_dtype, rngs)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.embed_norm = layer_norm(width, eps=eps, **kw)
-        check_remat(remat)
-        self.scan_layers = scan_layers
-        self.remat = remat
-        self.blocks = make_blocks(
-            PostNormBlock,
-            depth,
-            scan_layers=scan_layers,
-            rngs=rngs,
-            width=width,
-            num_heads=num_heads,
-            mlp_dim=mlp_dim,
-            activation=activation,
-            eps=eps,
-            attention=attention,
-            dropout_rate=dropout,
-            dtype=dtype,
-            param_dtype=param_dtype,
-        )
+        self.embed_norm = layer_norm(width, eps=self.stack.eps, **kw)
+        self.blocks = self.stack.build(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(
         self, tokens: jax.Array, mask: jax.Array, rng: jax.Array | None = None
@@ -141,15 +105,8 @@ class BertTextEncoder(nnx.Module):
             + self.type_embed.embedding[0]
         )
         x = self.embed_norm(constrain_batch(x.astype(self.dtype)))
-        x = apply_dropout(x, self.dropout, embed_key)
-        x = run_blocks(
-            self.blocks,
-            x,
-            mask,
-            scan_layers=self.scan_layers,
-            remat=self.remat,
-            rng=blocks_key,
-        )
+        x = apply_dropout(x, self.stack.dropout, embed_key)
+        x = self.stack(self.blocks, x, mask, rng=blocks_key)
         if self.pooling == "cls":
             return x[:, 0]
         # Averages accumulate in float32: a bfloat16 sum over hundreds of tokens loses digits.
@@ -171,48 +128,23 @@ class CausalTextEncoder(nnx.Module):
         self,
         *,
         width: int,
-        depth: int,
-        num_heads: int,
-        mlp_dim: int,
         vocab_size: int,
         max_len: int,
-        activation: Activation = "quick_gelu",
-        eps: float = 1e-5,
-        attention: AttentionImpl = "xla",
-        dropout: float = 0.0,
-        scan_layers: bool = False,
-        remat: Remat = "none",
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
+        **stack_options: Any,
     ):
-        _check_dropout(dropout)
+        defaults = {"activation": "quick_gelu", "eps": 1e-5}
+        self.stack = BlockStack(block=PreNormBlock, **{**defaults, **stack_options})
         self.width = width
         self.max_len = max_len
-        self.dropout = dropout
         self.dtype = dtype
         self.token_embed = _embed(vocab_size, width, ("vocab", "embed"), param_dtype, rngs)
         self.pos_embed = _embed(max_len, width, ("pos", "embed"), param_dtype, rngs)
+        self.blocks = self.stack.build(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        check_remat(remat)
-        self.scan_layers = scan_layers
-        self.remat = remat
-        self.blocks = make_blocks(
-            PreNormBlock,
-            depth,
-            scan_layers=scan_layers,
-            rngs=rngs,
-            width=width,
-            num_heads=num_heads,
-            mlp_dim=mlp_dim,
-            activation=activation,
-            eps=eps,
-            attention=attention,
-            dropout_rate=dropout,
-            dtype=dtype,
-            param_dtype=param_dtype,
-        )
-        self.final_norm = layer_norm(width, eps=eps, **kw)
+        self.final_norm = layer_norm(width, eps=self.stack.eps, **kw)
 
     def __call__(
         self, tokens: jax.Array, mask: jax.Array, rng: jax.Array | None = None
@@ -220,40 +152,8 @@ class CausalTextEncoder(nnx.Module):
         _check_length(tokens, self.max_len)
         embed_key, blocks_key = (None, None) if rng is None else jax.random.split(rng)
         x = self.token_embed(tokens) + self.pos_embed.embedding[: tokens.shape[1]]
-        x = apply_dropout(constrain_batch(x.astype(self.dtype)), self.dropout, embed_key)
-        x = run_blocks(
-            self.blocks,
-            x,
-            mask,
-            scan_layers=self.scan_layers,
-            remat=self.remat,
-            rng=blocks_key,
-            is_causal=True,
-        )
+        x = apply_dropout(constrain_batch(x.astype(self.dtype)), self.stack.dropout, embed_key)
+        x = self.stack(self.blocks, x, mask, rng=blocks_key, is_causal=True)
         eot = jnp.maximum(mask.sum(axis=1) - 1, 0)
         x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
         return self.final_norm(x)
-
-
-def text_encoder_from_name(
-    kind: Literal["bert", "clip"],
-    size: str,
-    *,
-    vocab_size: int | None = None,
-    max_len: int | None = None,
-    dtype: jnp.dtype = jnp.float32,
-    rngs: nnx.Rngs,
-    **overrides: Any,
-) -> BertTextEncoder | CausalTextEncoder:
-    """Builds a text tower of `kind` from a `TEXT_SIZES` name; None keeps the size's default."""
-    classes = {"bert": BertTextEncoder, "clip": CausalTextEncoder}
-    if kind not in classes:
-        raise ValueError(f"unknown text encoder kind {kind!r}; expected bert or clip")
-    if size not in TEXT_SIZES:
-        raise ValueError(f"unknown text size {size!r}; known: {sorted(TEXT_SIZES)}")
-    args = dict(TEXT_SIZES[size])
-    if vocab_size is not None:
-        args["vocab_size"] = vocab_size
-    if max_len is not None:
-        args["max_len"] = max_len
-    return classes[kind](**{**args, **overrides}, dtype=dtype, rngs=rngs)

@@ -7,15 +7,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from focusclip_jax.models.layers import (
-    AttentionImpl,
+    BlockStack,
     PreNormBlock,
-    Remat,
-    check_remat,
     default_init,
     layer_norm,
-    make_blocks,
     partitioned,
-    run_blocks,
 )
 from focusclip_jax.sharding import constrain_batch
 
@@ -41,29 +37,22 @@ class ViT(nnx.Module):
     timm's stride-`patch` conv: its weight `[width, 3, p, p]` imports as
     `w.transpose(2, 3, 1, 0).reshape(p * p * 3, width)`.
     `pre_norm` adds the LayerNorm that CLIP's vision tower applies before the blocks (open_clip
-    `ln_pre`); `patch_bias=False` matches CLIP's bias-free patch conv. `attention`,
-    `scan_layers` and `remat`: see `layers.py`.
+    `ln_pre`); `patch_bias=False` matches CLIP's bias-free patch conv. The blocks' options
+    (depth, heads, MLP, `attention`, `scan_layers`, `remat`, ...): `layers.BlockStack`.
     """
 
     def __init__(
         self,
         *,
         width: int,
-        depth: int,
-        num_heads: int,
-        mlp_dim: int,
         patch_size: int,
         image_size: int,
-        activation: str = "gelu",
-        eps: float = 1e-6,
         pre_norm: bool = False,
         patch_bias: bool = True,
-        attention: AttentionImpl = "xla",
-        scan_layers: bool = False,
-        remat: Remat = "none",
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
+        **stack_options: Any,
     ):
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
@@ -71,9 +60,8 @@ class ViT(nnx.Module):
         self.patch_size = patch_size
         self.image_size = image_size
         self.dtype = dtype
-        check_remat(remat)
-        self.scan_layers = scan_layers
-        self.remat = remat
+        self.stack = BlockStack(block=PreNormBlock, **stack_options)
+        eps = self.stack.eps
         num_patches = (image_size // patch_size) ** 2
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.patch_embed = nnx.Linear(
@@ -96,20 +84,7 @@ class ViT(nnx.Module):
             )
         )
         self.pre_norm = layer_norm(width, eps=eps, **kw) if pre_norm else None
-        self.blocks = make_blocks(
-            PreNormBlock,
-            depth,
-            scan_layers=scan_layers,
-            rngs=rngs,
-            width=width,
-            num_heads=num_heads,
-            mlp_dim=mlp_dim,
-            activation=activation,
-            eps=eps,
-            attention=attention,
-            dtype=dtype,
-            param_dtype=param_dtype,
-        )
+        self.blocks = self.stack.build(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm = layer_norm(width, eps=eps, **kw)
 
     def patchify(self, images: jax.Array) -> jax.Array:
@@ -130,19 +105,5 @@ class ViT(nnx.Module):
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
         if self.pre_norm is not None:
             x = self.pre_norm(x)
-        x = run_blocks(self.blocks, x, scan_layers=self.scan_layers, remat=self.remat)
+        x = self.stack(self.blocks, x)
         return self.norm(x[:, 0])
-
-
-def vit_from_name(
-    name: str,
-    *,
-    image_size: int,
-    dtype: jnp.dtype = jnp.float32,
-    rngs: nnx.Rngs,
-    **overrides: Any,
-) -> ViT:
-    """Builds a ViT from a `VIT_SIZES` name; `overrides` replace any constructor argument."""
-    if name not in VIT_SIZES:
-        raise ValueError(f"unknown ViT size {name!r}; known: {sorted(VIT_SIZES)}")
-    return ViT(**{**VIT_SIZES[name], **overrides}, image_size=image_size, dtype=dtype, rngs=rngs)

@@ -113,7 +113,7 @@ def to_params(
         raise common.WeightImportError(
             f"{source}: the checkpoint {'has' if 'norm_pre.weight' in tensors else 'lacks'} a "
             f"LayerNorm before the blocks (timm norm_pre) and the model "
-            f"{'has' if has_pre_norm else 'lacks'} one (vit_overrides.pre_norm)"
+            f"{'has' if has_pre_norm else 'lacks'} one (model.image.pre_norm)"
         )
     heads, depth = common.num_heads(target), common.num_blocks(target)
     out = _mapped_blocks(tensors, "blocks.", TIMM_BLOCK, heads, depth, source)
