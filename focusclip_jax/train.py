@@ -9,10 +9,11 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import re
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
+from clu import metrics as clu_metrics
 from clu import parameter_overview
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
@@ -465,14 +466,53 @@ def check_finite(metrics: Mapping[str, float], policy: str = "stop") -> None:
     )
 
 
-def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
-    """Average the buffered per-step metrics (one host transfer); counters keep the last value."""
-    fetched = jax.device_get(history)
-    latest = ("nonfinite_count", "first_nonfinite_step", "learning_rate", "alpha", "temperature")
-    return {
-        k: float(fetched[-1][k]) if k in latest else float(np.mean([m[k] for m in fetched]))
-        for k in fetched[0]
-    }
+# Step metrics logged as their value at the window's last step, not averaged over the window.
+LAST_VALUE_METRICS = (
+    "nonfinite_count",
+    "first_nonfinite_step",
+    "learning_rate",
+    "alpha",
+    "temperature",
+)
+
+
+class MetricWindow:
+    """The step metrics of one logging window, accumulated on the device as `clu.metrics`: the
+    mean over the window's steps, or the last value (`LAST_VALUE_METRICS`). One jitted merge per
+    step (no host sync), one transfer per window. The names come from the run's loss and pairs,
+    so the clu `Collection` is made for them at the first step."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, str] = {}  # Collection field (an identifier) → metric name
+        self._merge: Callable | None = None
+        self._window: clu_metrics.Collection | None = None
+
+    def _create(self, names: Iterable[str]) -> None:
+        fields = {}
+        for name in sorted(names):
+            field = re.sub(r"\W", "_", name)
+            if field in self._names:
+                raise ValueError(f"metrics {self._names[field]!r} and {name!r} share one field")
+            kind = clu_metrics.LastValue if name in LAST_VALUE_METRICS else clu_metrics.Average
+            self._names[field], fields[field] = name, kind.from_output(name)
+        collection = clu_metrics.Collection.create(**fields)
+        self._empty = collection.empty
+        self._merge = jax.jit(
+            lambda window, metrics: window.merge(collection.single_from_model_output(**metrics))
+        )
+
+    def add(self, metrics: Mapping[str, jax.Array]) -> None:
+        if self._merge is None:
+            self._create(metrics)
+        if self._window is None:
+            self._window = self._empty()
+        self._window = self._merge(self._window, dict(metrics))
+
+    def pop(self) -> dict[str, float]:
+        """The window's values (waits for the device) and a new window."""
+        computed = jax.device_get(self._window.compute())
+        self._window = None
+        return {self._names[field]: float(value) for field, value in computed.items()}
 
 
 class PreemptionWatcher:
@@ -562,7 +602,7 @@ def _train_loop(
     step = int(state.step)
     total = config.train.num_steps
     logging.info("Training steps %d → %d on %s", step, total, dict(mesh.shape))
-    history: list[dict[str, jax.Array]] = []
+    window = MetricWindow()
     window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
     results: dict[str, float] = {}
     while step < total:
@@ -572,10 +612,10 @@ def _train_loop(
         state, metrics = trainer.step(state, batch)
         step += 1
         window_steps += 1
-        history.append(metrics)
+        window.add(metrics)
 
         if step % config.log_every_steps == 0 or step == total:
-            summary = _mean_metrics(history)  # waits for the device: the loop's only sync
+            summary = window.pop()  # waits for the device: the loop's only sync
             check_finite(summary, config.train.get("on_nonfinite", "stop"))
             elapsed = time.perf_counter() - window_start
             images_per_s = window_steps * config.train.batch_size / elapsed
@@ -596,7 +636,6 @@ def _train_loop(
                 100 * summary["data_wait_fraction"],
                 _eta((total - step) * elapsed / window_steps),
             )
-            history.clear()
             window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
 
         found = evaluators.run_due(evaluations, state.params, step, total).metrics

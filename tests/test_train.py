@@ -372,3 +372,29 @@ def test_accumulated_gradient_is_the_whole_batch_gradient(kind) -> None:
             chunked_flat[path], grad, rtol=1e-4, atol=1e-5, err_msg=str(path)
         )
     assert float(optax.global_norm(grads)) > 0
+
+
+def test_metric_window_means_over_steps_and_keeps_last_values() -> None:
+    """The logging window (clu.metrics on the device): per-pair losses averaged over the steps,
+    counters and schedules at their last step, a fresh window after each read."""
+    rng = np.random.default_rng(0)
+    steps = [
+        {
+            "loss": jnp.float32(rng.normal()),
+            "loss/focused_text": jnp.float32(rng.normal()),
+            "learning_rate": jnp.float32(0.1 * i),
+            "nonfinite_count": jnp.int32(i // 2),
+        }
+        for i in range(3)
+    ]
+    window = train.MetricWindow()
+    for metrics in steps:
+        window.add(metrics)
+    summary = window.pop()
+    assert set(summary) == set(steps[0])
+    for name in ("loss", "loss/focused_text"):
+        expected = np.mean([float(m[name]) for m in steps])
+        np.testing.assert_allclose(summary[name], expected, rtol=1e-6)
+    assert summary["learning_rate"] == pytest.approx(0.2) and summary["nonfinite_count"] == 1
+    window.add(steps[0])
+    assert window.pop()["loss"] == pytest.approx(float(steps[0]["loss"]))
