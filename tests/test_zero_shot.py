@@ -142,7 +142,7 @@ def test_retrieval_evaluator_with_the_colour_model(monkeypatch) -> None:
         param_shardings=jax.tree.map(lambda _: sharding.replicated(mesh), params),
         mesh=mesh,
     )
-    config = ml_collections.ConfigDict({"data": {}, "model": {"max_len": 4}})
+    config = ml_collections.ConfigDict({"data": {}, "model": {"text": {"max_len": 4}}})
     options = ml_collections.ConfigDict(
         {"type": "retrieval", "datasets": ("colours",), "batch_size": 8, "every_steps": 0}
     )
@@ -210,7 +210,7 @@ def test_linear_probe_evaluator_fits_train_and_scores_test(monkeypatch) -> None:
         param_shardings=jax.tree.map(lambda _: sharding.replicated(mesh), params),
         mesh=mesh,
     )
-    config = ml_collections.ConfigDict({"data": {}, "model": {"max_len": 4}})
+    config = ml_collections.ConfigDict({"data": {}, "model": {"text": {"max_len": 4}}})
     options = pretrain.linear_probe_eval(("colours",), batch_size=8)
     probe_evaluator = evaluators.EVALUATORS["linear_probe"]
     found = probe_evaluator("probe", options, config=config, setup=setup, tokenizer=tokenizer)
