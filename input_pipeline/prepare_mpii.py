@@ -55,8 +55,9 @@ SKIP_EXAMPLES = 5  # paths logged per skip reason
 NAME = "mpii_pose_descriptions"  # the TFDS dataset name (prepare_coco's is its own)
 VERSION = "1.0.0"
 DESCRIPTION = (
-    "FocusCLIP's prepared pose-description records: resized JPEG, squashed copy, keypoints and "
-    "descriptions per image, one `entry` feature decoded by input_pipeline.mpii.decode_prepared."
+    "FocusCLIP's prepared images with keypoints and descriptions (input_pipeline.prepare_mpii or "
+    "prepare_coco): per image one `entry` feature holding the resized JPEG, its squashed copy, "
+    "keypoints and descriptions, decoded by input_pipeline.mpii.decode_prepared."
 )
 
 
@@ -404,10 +405,7 @@ def finish(version_dir: Path, name: str, meta: dict) -> None:
         name=name, version=tfds.core.Version(VERSION), data_dir=str(version_dir), module_name=""
     )
     info = tfds.core.DatasetInfo(
-        builder=identity,
-        description=DESCRIPTION,
-        features=mpii.tfds_features(),
-        homepage="https://human-pose.mpi-inf.mpg.de/",
+        builder=identity, description=DESCRIPTION, features=mpii.tfds_features()
     )
     info.set_file_format("array_record")
     template = tfds.core.ShardedFileTemplate(
