@@ -16,6 +16,7 @@ from configs import pretrain
 from input_pipeline import eval_datasets, pipeline
 from input_pipeline.eval_datasets import DatasetNotFoundError
 from input_pipeline.files import InputDataError
+from tests.conftest import imports_tensorflow
 
 
 def _options(root: Path, **overrides) -> ml_collections.ConfigDict:
@@ -303,6 +304,13 @@ def test_cub_through_tfds_from_an_array_record_build(tmp_path: Path) -> None:
     with pytest.raises(InputDataError, match="lacks some classes"):
         _read("cub200", _options(tmp_path, split="train"))
     assert "tensorflow" not in sys.modules
+    read = f"""
+import ml_collections
+from input_pipeline import eval_datasets
+options = ml_collections.ConfigDict({_options(tmp_path).to_dict()!r})
+assert len(eval_datasets.load("cub200", options, 8)["labels"]) == 3
+"""
+    assert not imports_tensorflow(read, tmp_path / "check")
 
 
 def test_cub_tfrecord_build_is_refused_with_the_command_that_converts_it(tmp_path: Path) -> None:

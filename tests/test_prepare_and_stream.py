@@ -17,7 +17,7 @@ from PIL import Image
 
 from focusclip_jax import train
 from input_pipeline import mpii, pipeline, prepare_mpii, transforms
-from tests.conftest import tiny_config
+from tests.conftest import imports_tensorflow, tiny_config
 from tests.test_mpii import (
     description_item,
     mmpose_rows,
@@ -114,11 +114,11 @@ def test_prepare_counts_skips_and_rescales(raw: Path, prepared: Path) -> None:
 
 
 def test_prepare_writes_a_tfds_dataset_that_grain_streams_without_tensorflow(
-    prepared: Path,
+    prepared: Path, tmp_path: Path
 ) -> None:
     """The preparation is a TFDS dataset: TFDS opens it from its version folder or by name from
     the data_dir, with the splits' counts in dataset_info.json, and grain streams it; neither
-    imports TensorFlow."""
+    imports TensorFlow, here nor where one is installed."""
     import grain
 
     version_dir = prepared / prepare_mpii.NAME / prepare_mpii.VERSION
@@ -135,6 +135,14 @@ def test_prepare_writes_a_tfds_dataset_that_grain_streams_without_tensorflow(
     )
     assert sorted(stream) == VAL_IMAGES
     assert "tensorflow" not in sys.modules
+    assert imports_tensorflow("import tensorflow", tmp_path / "check")  # the stand-in is seen
+    read = f"""
+import grain
+from input_pipeline import mpii, prepare_mpii
+source, _ = mpii.open_split({str(prepared)!r}, "train")
+assert len(list(grain.MapDataset.source(source).map(mpii.decode_prepared))) == {GOOD_TRAIN}
+"""
+    assert not imports_tensorflow(read, tmp_path)
 
 
 def test_prepare_is_idempotent_and_resumes(raw: Path, tmp_path: Path) -> None:
