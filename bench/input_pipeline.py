@@ -126,6 +126,7 @@ def _ours(
     process and of the workers)."""
     config = pretrain.get_config()
     config.data.prepared = str(prepared)
+    config.data.description_sources = (mpii.DEFAULT_SOURCE,)  # one descriptions.json
     config.data.worker_count = workers
     config.data.crop = crop
     it = pipeline.train_iterator(config, tokenizer, process_index=0, process_count=1)
