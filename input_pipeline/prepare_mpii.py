@@ -1,4 +1,4 @@
-"""MPII images + annotations + pose descriptions → ArrayRecord shards the training stream reads.
+"""MPII images + annotations + pose descriptions → a TFDS dataset (ArrayRecord) training streams.
 
     python -m input_pipeline.prepare_mpii --images=<dir> --annotations=<mpii_train.json> \\
         --annotations=<mpii_val.json> --descriptions=<dir> --out=<dir> [--max_side=512] \\
