@@ -36,9 +36,10 @@ reader expects, as published):
                 train/ val/ image folders (github joojs/fairface); FairFace has no test split.
   cub200/       CUB_200_2011 as unpacked (optionally inside CUB_200_2011/): classes.txt,
                 images.txt, image_class_labels.txt, train_test_split.txt, images/NNN.Name/;
-                or a TFDS data dir holding caltech_birds2011/<version>/ (dataset_info.json and
-                `caltech_birds2011-<split>.{tfrecord,array_record}-NNNNN-of-NNNNN` shards of
-                tf.train.Example records), read without TensorFlow or TFDS.
+                or a TFDS data_dir holding caltech_birds2011/<version>/ built as ArrayRecord
+                (`tfds build caltech_birds2011 --file_format=array_record`), read with TFDS's
+                data source, without TensorFlow; a TFRecord build is refused with the command
+                that converts it.
 
 Each reader takes the zero-shot evaluator's options (`evals.<name>`: `root`, `split`, `splits`,
 `templates`, `max_images`, `decode_threads`) with the model's `image_size` added.
@@ -53,7 +54,6 @@ import csv
 import io
 import logging
 import re
-import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -570,105 +570,36 @@ def _table(path: Path) -> dict[int, str]:
     return {int(k): v.strip() for k, v in pairs}
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        value, pos, shift = value | (byte & 0x7F) << shift, pos + 1, shift + 7
-        if byte < 0x80:
-            return value, pos
-
-
-def _proto_fields(buf: bytes) -> Iterable[tuple[int, int | bytes]]:
-    """(field number, value) of a serialized protobuf message: varints as int, the rest as bytes."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        wire = key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            value, pos = buf[pos : pos + size], pos + size
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, pos = buf[pos : pos + size], pos + size
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield key >> 3, value
-
-
-def parse_example(record: bytes) -> dict[str, list[bytes] | list[int]]:
-    """The bytes and (non-negative) int64 features of a serialized tf.train.Example.
-
-    Hand-decoded from tensorflow/core/example/{example,feature}.proto so that reading a TFDS
-    data dir needs neither TensorFlow nor TFDS: Example.features (1) → Features.feature (1, map
-    entries: key 1, Feature 2) → Feature.bytes_list (1) or int64_list (3) → value (1). Float
-    lists (2) are skipped.
-    """
-    features: dict[str, list[bytes] | list[int]] = {}
-    for _, features_msg in _proto_fields(record):
-        for _, entry in _proto_fields(features_msg):
-            fields = dict(_proto_fields(entry))
-            for kind, values in _proto_fields(fields.get(2, b"")):
-                items = [v for _, v in _proto_fields(values)]
-                if kind == 1:
-                    features[fields[1].decode()] = items
-                elif kind == 3:  # packed (one run of varints) or one varint per value
-                    features[fields[1].decode()] = [
-                        n for v in items for n in (_varints(v) if isinstance(v, bytes) else [v])
-                    ]
-    return features
-
-
-def _varints(buf: bytes) -> list[int]:
-    values, pos = [], 0
-    while pos < len(buf):
-        value, pos = _varint(buf, pos)
-        values.append(value)
-    return values
-
-
-def _tfrecords(path: Path) -> list[bytes]:
-    """Records of a TFRecord file: u64 length, u32 masked CRC, data, u32 masked CRC (unchecked)."""
-    buf, records, pos = path.read_bytes(), [], 0
-    while pos < len(buf):
-        (length,) = struct.unpack_from("<Q", buf, pos)
-        records.append(buf[pos + 12 : pos + 12 + length])
-        pos += 12 + length + 4
-    return records
-
-
 def _cub200_tfds(version_dir: Path, split: str, data: ml_collections.ConfigDict) -> dict[str, Any]:
-    """CUB-200-2011 from a TFDS `caltech_birds2011` build, names as in the raw classes.txt.
+    """CUB-200-2011 from a TFDS `caltech_birds2011` build, through TFDS's data source (ArrayRecord
+    builds; TFRecord ones need TensorFlow to read), names as in the raw classes.txt.
 
     TFDS's labels are the folder number - 1 (the raw class order); the class names come from the
-    folders in `image/filename` (`.../images/001.Black_footed_Albatross/...`).
+    folders in `image/filename` (`.../images/001.Black_footed_Albatross/...`). Images and masks
+    stay encoded (decoded and resized here like every benchmark's).
     """
-    shards = sorted(version_dir.glob(f"caltech_birds2011-{split}.*-of-*"))
-    if not shards:
-        raise DatasetNotFoundError(
-            f"cub200: no caltech_birds2011-{split}.{{tfrecord,array_record}}-* shards in "
-            f"{version_dir}"
-        )
-    samples, names = [], {}
-    for shard in shards:
-        if ".array_record-" in shard.name:
-            from array_record.python.array_record_module import ArrayRecordReader
+    import tensorflow_datasets as tfds
 
-            reader = ArrayRecordReader(str(shard))
-            records = reader.read_all()
-            reader.close()
-        else:
-            records = _tfrecords(shard)
-        for record in records:
-            example = parse_example(record)
-            if not {"image", "label", "image/filename"} <= example.keys():
-                raise InputDataError(f"cub200: {shard} holds records without image/label fields")
-            label = int(example["label"][0])
-            folder = Path(example["image/filename"][0].decode()).parent.name
-            names[label] = folder.split(".", 1)[-1]
-            samples.append(Sample(bytes(example["image"][0]), label))
+    builder = tfds.builder_from_directory(str(version_dir))
+    if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+        raise InputDataError(
+            f"cub200: {version_dir} is a {builder.info.file_format.value} build, which TFDS reads "
+            "only with TensorFlow; convert it once where TensorFlow is installed: tfds "
+            f"convert_format --dataset_version_dir={version_dir} --out_file_format=array_record "
+            "(or point evals.cub200.root at the raw CUB_200_2011 folder)"
+        )
+    if split not in builder.info.splits:
+        raise DatasetNotFoundError(f"cub200: no {split!r} split in {version_dir}")
+    skip = tfds.decode.SkipDecoding()
+    source = builder.as_data_source(
+        split=split, decoders={"image": skip, "segmentation_mask": skip}
+    )
+    samples, names = [], {}
+    for i in range(len(source)):
+        record = source[i]
+        label = int(record["label"])
+        names[label] = Path(record["image/filename"].decode()).parent.name.split(".", 1)[-1]
+        samples.append(Sample(record["image"], label))
     if sorted(names) != list(range(len(names))):
         raise InputDataError(f"cub200: the {split} split of {version_dir} lacks some classes")
     class_names = [names[i] for i in range(len(names))]
@@ -678,10 +609,17 @@ def _cub200_tfds(version_dir: Path, split: str, data: ml_collections.ConfigDict)
 
 def cub200(data: ml_collections.ConfigDict) -> dict[str, Any]:
     root = _root(data, "cub200")
-    tfds_builds = sorted(root.glob("caltech_birds2011/*/dataset_info.json"))
+    tfds_builds = [p.parent for p in root.glob("caltech_birds2011/*/dataset_info.json")]
     if tfds_builds:  # the newest version folder
+        from tensorflow_datasets.core.utils.version import Version
+
+        newest = max(
+            (p for p in tfds_builds if Version.is_valid(p.name)),
+            key=lambda p: Version(p.name),
+            default=tfds_builds[0],
+        )
         split = _split(data, "cub200", {"train": "train", "test": "test"})
-        return _cub200_tfds(tfds_builds[-1].parent, split, data)
+        return _cub200_tfds(newest, split, data)
     if (root / "CUB_200_2011").is_dir():
         root = root / "CUB_200_2011"
     split = _split(data, "cub200", {"train": "1", "test": "0"})

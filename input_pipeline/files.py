@@ -9,10 +9,10 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NoReturn
 
 from absl import app, flags
+from etils import epath
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class MissingFilesError(InputDataError, FileNotFoundError):
 
 
 def require_files(files: Sequence[RequiredFile]) -> None:
-    missing = [f for f in files if not f.path or not Path(f.path).exists()]
+    missing = [f for f in files if not f.path or not epath.Path(f.path).exists()]  # gs:// too
     if not missing:
         return
     lines = ["Required input files are missing:"]

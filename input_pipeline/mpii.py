@@ -5,14 +5,17 @@ Readers for the official `mpii_human_pose_v1_u12_1.mat`, mmpose's `mpii_{train,v
 0-based pixels with pixel (row i, col j) centred at x = j, y = i (the heatmap convention): the three
 formats store MATLAB's 1-based coordinates, so every reader subtracts 1, as mmpose does.
 
-Training streams *prepared* records (`python -m input_pipeline.prepare_mpii`): ArrayRecord shards
-of resized JPEG bytes (and a copy squashed to the training size) plus keypoints and descriptions,
-encoded by `encode_prepared`.
+Training streams *prepared* records (`python -m input_pipeline.prepare_mpii`): a TFDS dataset of
+ArrayRecord shards whose one feature (`entry`) holds resized JPEG bytes (and a copy squashed to the
+training size) plus keypoints and descriptions, encoded by `encode_prepared`. It is opened with
+`tfds.builder_from_directory(...).as_data_source()` (no TensorFlow) through `etils.epath`, so
+`data.prepared` may be a gs:// bucket.
 """
 
 import dataclasses
 import json
 import logging
+import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from input_pipeline.files import InputDataError, RequiredFile, require_files
 
@@ -34,7 +38,7 @@ DESCRIPTIONS = (
     "(linked from https://saifkhichi.com/research/focusclip)"
 )
 PREPARED = (
-    "prepared ArrayRecord shards: python -m input_pipeline.prepare_mpii --images=<data.images> "
+    "a prepared TFDS dataset: python -m input_pipeline.prepare_mpii --images=<data.images> "
     "--annotations=<data.annotations> --descriptions=<data.descriptions> --out=<data.prepared>"
 )
 NUM_JOINTS = 16
@@ -50,7 +54,9 @@ PUBLISHED_FOLDERS = {
     "gpt-3.5-turbo-0301": "gpt-3.5-turbo-legacy",
     "llama-2-70b-chat-hf": "llama-2",
 }
-META_FILE = "meta.json"  # written last by prepare_mpii: its presence marks a finished preparation
+ENTRY = "entry"  # the prepared dataset's one TFDS feature: an `encode_prepared` entry
+INFO_FILE = "dataset_info.json"  # written last by prepare_mpii: marks a finished preparation
+META_FILE = "meta.json"  # beside the shards: settings, skips, corrections, people per image
 SOURCES_SUFFIX = ".sources.json"  # beside each shard: every record's description sources
 
 
@@ -352,45 +358,103 @@ def decode_prepared(entry: bytes) -> PreparedEntry:
     return PreparedEntry(header, entry[4 + size : squashed_start], entry[squashed_start:])
 
 
-def prepared_shards(prepared: str | Path, split: str) -> list[str]:
-    """The finished shards of a split, in order; an error naming the folder when there are none."""
-    prepared = Path(prepared)
-    meta_file = prepared / META_FILE
-    if not meta_file.is_file():
-        raise InputDataError(f"{prepared}: no finished preparation (no {META_FILE}); {PREPARED}")
-    meta = _load_json(meta_file)
-    shards = meta.get("splits", {}).get(split, {}).get("shards", [])
-    if not shards:
-        raise InputDataError(f"{meta_file}: no shards for split {split!r}")
-    return [str(prepared / s) for s in shards]
+def tfds_features() -> Any:
+    """The prepared dataset's TFDS features: one bytes tensor per record, so that writing and
+    reading need no TensorFlow and the entry decodes as before (`decode_prepared`)."""
+    import tensorflow_datasets as tfds
+
+    return tfds.features.FeaturesDict(
+        {ENTRY: tfds.features.Tensor(shape=(), dtype=np.object_, doc="encode_prepared entry")}
+    )
+
+
+def _finished(prepared: str) -> epath.Path | None:
+    """The TFDS version folder of a finished preparation: `prepared` itself when it holds a
+    dataset_info.json, else the newest version of the one dataset under it (a TFDS data_dir);
+    None when there is none. A preparation from before they were TFDS datasets is an error."""
+    from tensorflow_datasets.core.utils.version import Version
+
+    root = epath.Path(prepared)
+    if (root / INFO_FILE).exists():
+        return root
+    found = [p.parent for p in root.glob(f"*/*/{INFO_FILE}") if Version.is_valid(p.parent.name)]
+    names = sorted({p.parent.name for p in found})
+    if len(names) > 1:
+        raise InputDataError(
+            f"{prepared}: holds the TFDS datasets {names}; point data.prepared at one of "
+            f"their version folders (<data_dir>/<name>/<version>)"
+        )
+    if not found and (root / META_FILE).exists():
+        raise InputDataError(
+            f"{prepared}: plain ArrayRecord shards from before preparations were TFDS datasets; "
+            f"run the same prepare_mpii (or prepare_coco) command with --out={prepared} again: "
+            "it converts them without re-encoding images"
+        )
+    return max(found, key=lambda p: Version(p.name)) if found else None
+
+
+def dataset_dir(prepared: str) -> epath.Path:
+    """The TFDS version folder of a finished preparation; an error naming `prepared` if none."""
+    found = _finished(prepared)
+    if found is None:
+        raise InputDataError(f"{prepared}: no finished preparation (no {INFO_FILE}); {PREPARED}")
+    return found
+
+
+class PreparedSplit:
+    """A split of a preparation as grain reads it (len, getitem): record i is its
+    `encode_prepared` entry. Pickles (grain's workers) as its TFDS data source does."""
+
+    def __init__(self, source: Any):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> bytes:
+        return self.source[index][ENTRY]
+
+
+def open_split(prepared: str, split: str) -> tuple[PreparedSplit, list[str]]:
+    """A prepared split and its shard paths (their indexes beside them), opened with TFDS's
+    `builder_from_directory(...).as_data_source()`: no TensorFlow; gs:// paths work."""
+    import tensorflow_datasets as tfds
+
+    version_dir = dataset_dir(prepared)
+    builder = tfds.builder_from_directory(os.fspath(version_dir))
+    if split not in builder.info.splits:
+        raise InputDataError(
+            f"{version_dir}: no split {split!r} (it has {sorted(builder.info.splits)})"
+        )
+    shards = [os.fspath(path) for path in builder.info.splits[split].filepaths]
+    return PreparedSplit(builder.as_data_source(split=split)), shards
 
 
 def required_files(data: ml_collections.ConfigDict) -> list[RequiredFile]:
     """A finished preparation when there is one; else the raw files and the prepared folder."""
     prepared = data.get("prepared", "")
-    if prepared and (Path(prepared) / META_FILE).is_file():
-        return [RequiredFile("data.prepared", str(Path(prepared) / META_FILE), PREPARED)]
+    found = _finished(prepared) if prepared else None
+    if found is not None:
+        return [RequiredFile("data.prepared", os.fspath(found / INFO_FILE), PREPARED)]
     files = [
         RequiredFile("data.images", data.images, MPII_IMAGES),
         RequiredFile("data.annotations", data.annotations, MMPOSE_ANNOTATIONS),
         RequiredFile("data.descriptions", data.descriptions, DESCRIPTIONS),
     ]
     if prepared:
-        files.append(RequiredFile("data.prepared", str(Path(prepared) / META_FILE), PREPARED))
+        expected = f"{prepared}/<dataset>/<version>/{INFO_FILE}"
+        files.append(RequiredFile("data.prepared", expected, PREPARED))
     return files
 
 
 def read_index(shard: str) -> dict[str, Any]:
     """A shard's `.sources.json` (prepare_mpii): `sources` (each record's description sources),
-    `skipped` and `corrected` (counts by reason)."""
-    return _load_json(Path(shard + SOURCES_SUFFIX))
+    `skipped` and `corrected` (counts by reason) and the `fingerprint` of its inputs."""
+    return json.loads(epath.Path(shard + SOURCES_SUFFIX).read_text())
 
 
-def record_sources(shards: Sequence[str]) -> list[list[str]] | None:
-    """Every record's description sources, in stream order, from the shards' indexes; None for
-    a preparation made before they existed."""
-    if not all(Path(shard + SOURCES_SUFFIX).is_file() for shard in shards):
-        return None
+def record_sources(shards: Sequence[str]) -> list[list[str]]:
+    """Every record's description sources, in stream order, from the shards' indexes."""
     return [sources for shard in shards for sources in read_index(shard)["sources"]]
 
 
@@ -426,7 +490,8 @@ def described_by(index: Sequence[Sequence[str]], chosen: Sequence[str], where: s
 
 def _warn_of_crowds(data: ml_collections.ConfigDict, split: str) -> None:
     """The original renders every annotated person; `data.max_people` keeps the first P."""
-    counts = _load_json(Path(data.prepared) / META_FILE)["splits"][split].get("people_per_image")
+    meta = json.loads((dataset_dir(data.prepared) / META_FILE).read_text())
+    counts = meta["splits"][split].get("people_per_image")
     more = sum(n for people, n in (counts or {}).items() if int(people) > data.max_people)
     if more:
         logging.warning(
@@ -437,29 +502,18 @@ def _warn_of_crowds(data: ml_collections.ConfigDict, split: str) -> None:
 
 
 def train_source(data: ml_collections.ConfigDict) -> Any:
-    """The prepared MPII training records (grain ArrayRecord source); fails early, naming files.
+    """The prepared MPII training records (a TFDS data source grain reads); fails early, naming
+    files.
 
     Only images described by one of `data.description_sources` are streamed: those without are
     counted and logged, never given another source's text.
     """
-    import grain
-
     require_files(required_files(data))
     split = data.get("split", "train")
-    shards = prepared_shards(data.prepared, split)
-    source = grain.sources.ArrayRecordDataSource(shards)
+    source, shards = open_split(data.prepared, split)
     logging.info("MPII: %d prepared records in %d shards", len(source), len(shards))
     _warn_of_crowds(data, split)
     index = record_sources(shards)
-    if index is None:
-        logging.warning(
-            "MPII: %s was prepared without description-source indexes: images lacking "
-            "data.description_sources=%s take another source's text. Rerun prepare_mpii on it "
-            "to index them (only the indexes are added).",
-            data.prepared,
-            tuple(data.description_sources),
-        )
-        return source
     keep = described_by(index, data.description_sources, f"{data.prepared} ({split})")
     if len(keep) < len(index):
         logging.warning(

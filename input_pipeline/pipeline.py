@@ -271,13 +271,10 @@ def _prepared_val_retrieval(data: ml_collections.ConfigDict, name: str) -> Retri
     `data.description_sources` it has, else from its first source by name (the published gpt-4
     descriptions have no validation split: the authors pair it with gpt-3.5-turbo's).
     Undescribed images are left out."""
-    import grain
-
     try:
-        shards = mpii.prepared_shards(data.prepared, "val")
+        source, _ = mpii.open_split(data.prepared, "val")
     except InputDataError as error:
         raise eval_datasets.DatasetNotFoundError(str(error)) from None
-    source = grain.sources.ArrayRecordDataSource(shards)
     images, texts = [], []
     for i in range(len(source)):
         header, jpeg, _ = mpii.decode_prepared(source[i])

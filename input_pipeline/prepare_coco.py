@@ -1,4 +1,4 @@
-"""COCO-2017 people with keypoints and captions → prepared shards, as prepare_mpii writes them.
+"""COCO-2017 people with keypoints and captions → a prepared TFDS dataset, as prepare_mpii writes.
 
     python -m input_pipeline.prepare_coco --images=<train2017/> \\
         --annotations=<person_keypoints_train2017.json> --captions=<captions_train2017.json> \\
@@ -13,7 +13,8 @@ evaluation counts them: crowd regions (`iscrowd=1`) and people with no labelled 
 known, visible or not) and its [x, y] are 0-based pixels. An image keeps its captions (COCO's five
 human-written ones, sometimes more) as the description sources `caption_0`, `caption_1`, ...: the
 `:coco` config samples one per step. Images with no usable person or no caption are skipped and
-counted; crops, the squashed copy and the shard format are prepare_mpii's.
+counted; crops, the squashed copy and the dataset format are prepare_mpii's; the TFDS dataset is
+`<out>/coco_pose_captions/`.
 """
 
 import collections
@@ -31,6 +32,7 @@ from input_pipeline.files import InputDataError
 from input_pipeline.skeleton import COCO
 
 FLAGS = flags.FLAGS
+NAME = "coco_pose_captions"  # the TFDS dataset name (TFDS's own `coco` is another dataset)
 CAPTION_SOURCES = tuple(f"caption_{i}" for i in range(7))  # COCO gives 5 to 7 per image
 
 
@@ -124,6 +126,7 @@ def main(argv: list[str]) -> None:
         records,
         "/",
         FLAGS.out,
+        name=NAME,
         max_side=FLAGS.max_side,
         quality=FLAGS.quality,
         squash_side=FLAGS.squash_side,
@@ -138,7 +141,7 @@ def _define_flags() -> None:
     flags.DEFINE_multi_string("images", None, "COCO images folder of a split (train2017/).")
     flags.DEFINE_multi_string("annotations", None, "person_keypoints_{train,val}2017.json")
     flags.DEFINE_multi_string("captions", None, "captions_{train,val}2017.json")
-    flags.DEFINE_string("out", None, "Output folder for the shards and meta.json.")
+    flags.DEFINE_string("out", None, f"Output TFDS data_dir (the dataset: <out>/{NAME}/).")
     flags.DEFINE_integer("max_side", 512, "Longest side of the re-encoded JPEGs, pixels.")
     flags.DEFINE_integer("quality", 90, "JPEG quality of the re-encoded images.")
     flags.DEFINE_integer("squash_side", 224, "Side of the stored squashed copy (0: none).")

@@ -1,21 +1,30 @@
-"""MPII images + annotations + pose descriptions → ArrayRecord shards the training stream reads.
+"""MPII images + annotations + pose descriptions → a TFDS dataset (ArrayRecord) training streams.
 
     python -m input_pipeline.prepare_mpii --images=<dir> --annotations=<mpii_train.json> \\
         --annotations=<mpii_val.json> --descriptions=<dir> --out=<dir> [--max_side=512] \\
         [--squash_side=224]
 
-Plain ArrayRecord files (not a TFDS builder): grain reads them directly, and TFDS would add a large
-dependency for a manifest we write in a few lines (`meta.json`).
+`--out` becomes a TFDS data_dir holding the dataset `mpii_pose_descriptions/1.0.0/`: ArrayRecord
+shards `mpii_pose_descriptions-<split>.array_record-NNNNN-of-NNNNN` whose one feature (`entry`)
+is an `mpii.encode_prepared` record, and its TFDS metadata (dataset_info.json with the splits and
+their counts, features.json), written through TFDS's own DatasetInfo, last: its presence marks a
+finished preparation. `tfds.builder_from_directory(...).as_data_source()` or
+`tfds.data_source("mpii_pose_descriptions", data_dir=<out>)` opens it without TensorFlow. The
+shards are written here rather than by a TFDS builder's `download_and_prepare`, which writes a
+dataset in one go: here a rerun resumes.
 
-Each shard holds a fixed, sorted slice of a split and is named by a fingerprint of all its inputs
-(settings, annotations, descriptions, and its image files' sizes and modification times). It is
-written to a temporary name and renamed when complete, with an index beside it (each record's
-description sources, what was skipped and corrected): a rerun skips finished shards (resumable
-after an interruption), rewrites exactly those whose inputs changed (a repaired image gets in) and
-removes the shards they supersede. Shards run in parallel over the host's cores; workers end with
-their parent. Bad input is skipped and counted: a missing or corrupt image, an image without
-visible joints, an empty or missing description; visible joints outside the image become not
-visible, and people left with none are dropped (both counted in meta.json's `corrected`).
+Each shard holds a fixed, sorted slice of a split; its index beside it (`.sources.json`: each
+record's description sources, what was skipped and corrected) carries a fingerprint of all its
+inputs (settings, annotations, descriptions, and its image files' sizes and modification times).
+A shard is written to a temporary name and renamed when complete, then indexed: a rerun skips
+finished shards (resumable after an interruption), rewrites exactly those whose inputs changed (a
+repaired image gets in) and removes those no longer planned. Shards of the earlier plain layout
+in `--out` (`<split>-<fingerprint>-NNNNN-of-NNNNN.array_record` and meta.json) with the same
+inputs are converted without re-encoding images, then removed. Shards run in parallel over the
+host's cores; workers end with their parent. Bad input is skipped and counted: a missing or
+corrupt image, an image without visible joints, an empty or missing description; visible joints
+outside the image become not visible, and people left with none are dropped (both counted in
+meta.json's `corrected`).
 """
 
 import collections
@@ -35,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 from array_record.python import array_record_module
+from etils import epath
 from PIL import Image
 
 from input_pipeline import files, mpii
@@ -42,6 +52,13 @@ from input_pipeline import files, mpii
 FLAGS = flags.FLAGS
 
 SKIP_EXAMPLES = 5  # paths logged per skip reason
+NAME = "mpii_pose_descriptions"  # the TFDS dataset name (prepare_coco's is its own)
+VERSION = "1.0.0"
+DESCRIPTION = (
+    "FocusCLIP's prepared images with keypoints and descriptions (input_pipeline.prepare_mpii or "
+    "prepare_coco): per image one `entry` feature holding the resized JPEG, its squashed copy, "
+    "keypoints and descriptions, decoded by input_pipeline.mpii.decode_prepared."
+)
 
 
 def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
@@ -99,15 +116,25 @@ def _write_shard(
     max_side: int,
     quality: int,
     squash_side: int,
+    fingerprint: str,
+    legacy: str,
 ) -> tuple[int, dict[str, list[str]]]:
-    """Write one shard (temporary name, then rename) and its description-source index (renamed
-    first: a shard on disk always has one); returns (written, skipped paths by reason, counts of
-    corrected annotations)."""
+    """Write one shard (temporary name, then rename) and then its index; returns (written,
+    skipped paths by reason). `legacy`: the same slice in the earlier plain layout, converted
+    when it is there."""
+    if os.path.isfile(legacy) and os.path.isfile(legacy + mpii.SOURCES_SUFFIX):
+        reader = array_record_module.ArrayRecordReader(legacy)
+        try:
+            entries = reader.read_all()
+        finally:
+            reader.close()
+        index = json.loads(Path(legacy + mpii.SOURCES_SUFFIX).read_text())
+        _write_entries(path, entries)
+        _write_index(path, index["sources"], index["skipped"], index["corrected"], fingerprint)
+        return len(entries), {}
     skipped: dict[str, list[str]] = collections.defaultdict(list)
     corrected: collections.Counter = collections.Counter()
-    tmp = path + ".tmp"
-    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
-    sources: list[list[str]] = []
+    entries, sources = [], []
     for record in records:
         file = Path(images) / record.image
         try:
@@ -124,39 +151,59 @@ def _write_shard(
             continue
         for person in record.people:
             person.keypoints = (person.keypoints + 0.5) * scale - 0.5
-        entry = mpii.encode_prepared(
-            record, jpeg, size=size, squashed=squashed, squashed_side=squash_side
+        entries.append(
+            mpii.encode_prepared(
+                record, jpeg, size=size, squashed=squashed, squashed_side=squash_side
+            )
         )
-        writer.write(entry)
         sources.append(sorted(record.descriptions))
-    writer.close()
+    _write_entries(path, entries)
     counts = {reason: len(paths) for reason, paths in skipped.items()}
-    _write_index(path, sources, counts, dict(corrected))
-    os.replace(tmp, path)
-    return len(sources), dict(skipped), dict(corrected)
+    _write_index(path, sources, counts, dict(corrected), fingerprint)
+    return len(sources), dict(skipped)
+
+
+def _write_entries(path: str, entries: list[bytes]) -> None:
+    """A shard of `encode_prepared` entries as TFDS records: written under a temporary name,
+    renamed when complete."""
+    features = mpii.tfds_features()
+    writer = array_record_module.ArrayRecordWriter(path + ".tmp", "group_size:1")
+    for entry in entries:
+        writer.write(features.serialize_example({mpii.ENTRY: entry}))
+    writer.close()
+    os.replace(path + ".tmp", path)
 
 
 def _write_index(
-    shard: str, sources: list[list[str]], skipped: dict[str, int], corrected: dict[str, int]
+    shard: str,
+    sources: list[list[str]],
+    skipped: dict[str, int],
+    corrected: dict[str, int],
+    fingerprint: str,
 ) -> None:
-    """The shard's index: each record's description sources, and what writing it skipped and
-    corrected (so that meta.json counts them after a resume too)."""
+    """The shard's index: each record's description sources, what writing it skipped and
+    corrected (so that meta.json counts them after a resume too) and its inputs' fingerprint.
+    Written after the shard: a shard without its index is rewritten."""
     index = shard + mpii.SOURCES_SUFFIX
-    body = {"sources": sources, "skipped": skipped, "corrected": corrected}
+    body = {
+        "sources": sources,
+        "skipped": skipped,
+        "corrected": corrected,
+        "fingerprint": fingerprint,
+    }
     Path(index + ".tmp").write_text(json.dumps(body, separators=(",", ":")))
     os.replace(index + ".tmp", index)
 
 
-def _index_shard(shard: str, planned: int) -> None:
-    """The index of a shard written before indexes existed, read from its records; the records
-    it lacks of those planned are counted as unreadable images."""
-    reader = array_record_module.ArrayRecordReader(shard)
+def _is_done(shard: Path, fingerprint: str) -> bool:
+    """Written from these very inputs (a rerun skips it)."""
+    index = Path(str(shard) + mpii.SOURCES_SUFFIX)
+    if not (shard.is_file() and index.is_file()):
+        return False
     try:
-        headers = [mpii.decode_prepared(entry).header for entry in reader.read_all()]
-    finally:
-        reader.close()
-    missing = {"missing or corrupt image": planned - len(headers)} if planned > len(headers) else {}
-    _write_index(shard, [sorted(h["descriptions"]) for h in headers], missing, {})
+        return json.loads(index.read_text()).get("fingerprint") == fingerprint
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def _filter(records: list[mpii.MpiiRecord]) -> tuple[list[mpii.MpiiRecord], dict[str, list[str]]]:
@@ -191,17 +238,31 @@ def _fingerprint(records: list[mpii.MpiiRecord], images: str, settings: str) -> 
     return digest.hexdigest()[:16]
 
 
-SHARD_NAME = re.compile(r"[a-z0-9_]+-[0-9a-f]{16}-\d{5}-of-\d{5}\.array_record")
+SHARD_NAME = re.compile(r"[a-z0-9_]+-[a-z]+\.array_record-\d{5}-of-\d{5}")
+LEGACY_SHARD = re.compile(r"[a-z]+-[0-9a-f]{16}-\d{5}-of-\d{5}\.array_record")
 
 
-def _remove_superseded(out_dir: Path, kept: set[str]) -> None:
-    """Shards of an earlier run that this one replaced (their inputs changed), and their indexes."""
-    stale = [p for p in out_dir.iterdir() if SHARD_NAME.fullmatch(p.name) and p.name not in kept]
+def _remove_superseded(version_dir: Path, kept: set[str]) -> None:
+    """Shards of an earlier run that this one no longer plans (another sharding), and their
+    indexes."""
+    stale = [p for p in version_dir.iterdir() if SHARD_NAME.fullmatch(p.name)]
+    stale = [p for p in stale if p.name not in kept]
     for shard in stale:
         shard.unlink()
         Path(str(shard) + mpii.SOURCES_SUFFIX).unlink(missing_ok=True)
     if stale:
         logging.info("removed %d shards superseded by this run", len(stale))
+
+
+def _remove_legacy(out_dir: Path) -> None:
+    """The earlier plain layout's shards, indexes and meta.json, once converted."""
+    legacy = [p for p in out_dir.iterdir() if LEGACY_SHARD.fullmatch(p.name)]
+    for shard in legacy:
+        shard.unlink()
+        Path(str(shard) + mpii.SOURCES_SUFFIX).unlink(missing_ok=True)
+    if legacy:
+        (out_dir / mpii.META_FILE).unlink(missing_ok=True)
+        logging.info("converted %d plain ArrayRecord shards to the TFDS dataset", len(legacy))
 
 
 def prepare(
@@ -236,23 +297,26 @@ def write_prepared(
     images: str,
     out: str,
     *,
+    name: str = NAME,
     max_side: int = 512,
     quality: int = 90,
     squash_side: int = 224,
     records_per_shard: int = 512,
     workers: int = 0,
 ) -> dict:
-    """Filter, shard and write records of any skeleton (COCO's preparation writes through here
-    too); returns (and writes as meta.json) the counts per split."""
+    """Filter, shard and write records of any skeleton as the TFDS dataset `name` under `out`
+    (COCO's preparation writes through here too); returns (and writes as meta.json) the counts
+    per split."""
     start = time.perf_counter()
     records, skipped = _filter(records)
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    version_dir = out_dir / name / VERSION
+    version_dir.mkdir(parents=True, exist_ok=True)
     by_split = collections.defaultdict(list)
     for record in sorted(records, key=lambda r: (r.split, r.image)):
         by_split[record.split].append(record)
 
-    jobs = {}  # shard file name → its records
+    jobs = {}  # shard file name → (its records, their fingerprint, the same slice's legacy shard)
     meta: dict = {
         "max_side": max_side,
         "quality": quality,
@@ -266,13 +330,13 @@ def write_prepared(
         for i in range(n):
             shard_rows = rows[i * records_per_shard : (i + 1) * records_per_shard]
             tag = _fingerprint(shard_rows, images, settings)
-            names.append(f"{split}-{tag}-{i:05d}-of-{n:05d}.array_record")
-            jobs[names[-1]] = shard_rows
+            names.append(f"{name}-{split}.array_record-{i:05d}-of-{n:05d}")
+            legacy = out_dir / f"{split}-{tag}-{i:05d}-of-{n:05d}.array_record"
+            jobs[names[-1]] = (shard_rows, tag, str(legacy))
         meta["splits"][split] = {"shards": names, "images": len(rows)}
-    todo = {k: v for k, v in jobs.items() if not (out_dir / k).is_file()}
-    for name in jobs.keys() - todo.keys():  # finished before source indexes existed
-        if not (out_dir / (name + mpii.SOURCES_SUFFIX)).is_file():
-            _index_shard(str(out_dir / name), len(jobs[name]))
+    todo = {k: v for k, v in jobs.items() if not _is_done(version_dir / k, v[1])}
+    if todo:  # unfinished until its metadata is written again
+        (version_dir / mpii.INFO_FILE).unlink(missing_ok=True)
     logging.info(
         "%d shards, %d finished before, %d to write", len(jobs), len(jobs) - len(todo), len(todo)
     )
@@ -280,8 +344,8 @@ def write_prepared(
     workers = workers or os.cpu_count() or 1
     skipped_images: dict[str, list[str]] = collections.defaultdict(list)
     args = [
-        (rows, images, str(out_dir / name), max_side, quality, squash_side)
-        for name, rows in todo.items()
+        (rows, images, str(version_dir / shard), max_side, quality, squash_side, tag, legacy)
+        for shard, (rows, tag, legacy) in todo.items()
     ]
     with contextlib.ExitStack() as stack:
         if min(workers, len(args)) > 1:
@@ -294,7 +358,7 @@ def write_prepared(
             results = pool.map(_write_shard, *zip(*args, strict=True))
         else:  # no pool to start for a single writer
             results = (_write_shard(*a) for a in args)
-        for done, (name, (written, shard_skipped, _)) in enumerate(
+        for done, (shard, (written, shard_skipped)) in enumerate(
             zip(todo, results, strict=True), 1
         ):
             for reason, paths in shard_skipped.items():
@@ -302,14 +366,15 @@ def write_prepared(
             elapsed = time.perf_counter() - start
             logging.info(
                 "[%d/%d shards] %s: %d images | %.0f s elapsed, ETA %.0f s", done, len(todo),
-                name, written, elapsed, elapsed / done * (len(todo) - done),
+                shard, written, elapsed, elapsed / done * (len(todo) - done),
             )  # fmt: skip
     # Counted from the shards' indexes: the same after a resume as after one run.
     written_skips: collections.Counter = collections.Counter()
     corrected: collections.Counter = collections.Counter()
     for info in meta["splits"].values():
-        info["images"] = sum(_num_records(out_dir / name) for name in info["shards"])
-        indexes = [mpii.read_index(str(out_dir / name)) for name in info["shards"]]
+        info["shard_lengths"] = [_num_records(version_dir / shard) for shard in info["shards"]]
+        info["images"] = sum(info["shard_lengths"])
+        indexes = [mpii.read_index(str(version_dir / shard)) for shard in info["shards"]]
         sources = collections.Counter(s for index in indexes for r in index["sources"] for s in r)
         info["descriptions"] = dict(sorted(sources.items()))
         for index in indexes:
@@ -321,8 +386,84 @@ def write_prepared(
     meta["skipped"] = {reason: len(paths) for reason, paths in skipped.items()}
     meta["skipped"] |= {reason: n for reason, n in sorted(written_skips.items()) if n}
     meta["corrected"] = {reason: n for reason, n in sorted(corrected.items()) if n}
-    _remove_superseded(out_dir, set(jobs))
-    _report(meta, skipped | skipped_images, out_dir)
+    _remove_superseded(version_dir, set(jobs))
+    _report(meta, skipped | skipped_images, version_dir)
+    finish(version_dir, name, meta)
+    _remove_legacy(out_dir)
+    return meta
+
+
+def finish(version_dir: Path, name: str, meta: dict) -> None:
+    """meta.json, then the TFDS metadata (features.json, dataset_info.json with each split's
+    shard lengths and bytes), written through TFDS's DatasetInfo and renamed into place:
+    dataset_info.json last, as it marks a finished preparation. Checked by opening it as TFDS
+    does."""
+    import tensorflow_datasets as tfds
+
+    _atomic_write(version_dir / mpii.META_FILE, json.dumps(meta, indent=1))
+    identity = tfds.core.DatasetIdentity(
+        name=name, version=tfds.core.Version(VERSION), data_dir=str(version_dir), module_name=""
+    )
+    info = tfds.core.DatasetInfo(
+        builder=identity, description=DESCRIPTION, features=mpii.tfds_features()
+    )
+    info.set_file_format("array_record")
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=epath.Path(version_dir), dataset_name=name, filetype_suffix="array_record"
+    )
+    splits = [
+        tfds.core.SplitInfo(
+            name=split,
+            shard_lengths=split_meta["shard_lengths"],
+            num_bytes=sum((version_dir / s).stat().st_size for s in split_meta["shards"]),
+            filename_template=template,
+        )
+        for split, split_meta in meta["splits"].items()
+    ]
+    info.set_splits(tfds.core.SplitDict(splits))
+    staging = version_dir / "info.tmp"
+    staging.mkdir(exist_ok=True)
+    info.write_to_directory(staging)
+    for file in sorted(staging.iterdir(), key=lambda p: p.name == mpii.INFO_FILE):
+        os.replace(file, version_dir / file.name)
+    staging.rmdir()
+    opened = tfds.builder_from_directory(str(version_dir))
+    for split, split_meta in meta["splits"].items():
+        if len(opened.as_data_source(split=split)) != split_meta["images"]:
+            raise RuntimeError(f"{version_dir}: TFDS reads another count for split {split!r}")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    Path(str(path) + ".tmp").write_text(text)
+    os.replace(str(path) + ".tmp", path)
+
+
+def write_split(
+    out: str | Path,
+    split: str,
+    entries: list[bytes],
+    *,
+    name: str = NAME,
+    records_per_shard: int = 512,
+) -> dict:
+    """`encode_prepared` entries written as `split` of the dataset `name` under `out`, its other
+    splits kept: for fixtures and benchmarks that make records without images."""
+    version_dir = Path(out) / name / VERSION
+    version_dir.mkdir(parents=True, exist_ok=True)
+    meta_file = version_dir / mpii.META_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"splits": {}}
+    n = max(1, -(-len(entries) // records_per_shard))
+    shards = [f"{name}-{split}.array_record-{i:05d}-of-{n:05d}" for i in range(n)]
+    lengths = []
+    for i, shard in enumerate(shards):
+        chunk = entries[i * records_per_shard : (i + 1) * records_per_shard]
+        sources = [sorted(mpii.decode_prepared(entry).header["descriptions"]) for entry in chunk]
+        _write_entries(str(version_dir / shard), chunk)
+        _write_index(str(version_dir / shard), sources, {}, {}, fingerprint="")
+        lengths.append(len(chunk))
+    meta["splits"][split] = {"shards": shards, "shard_lengths": lengths, "images": len(entries)}
+    _remove_superseded(version_dir, {s for info in meta["splits"].values() for s in info["shards"]})
+    finish(version_dir, name, meta)
     return meta
 
 
@@ -346,8 +487,8 @@ def _num_records(path: Path) -> int:
         reader.close()
 
 
-def _report(meta: dict, skipped: dict[str, list[str]], out_dir: Path) -> None:
-    """Counts per split (checked against the mmpose splits) and skips; meta.json written last."""
+def _report(meta: dict, skipped: dict[str, list[str]], version_dir: Path) -> None:
+    """Counts per split (checked against the mmpose splits) and skips."""
     for split, info in meta["splits"].items():
         expected = mpii.EXPECTED_IMAGES.get(split)
         note = "" if expected in (None, info["images"]) else f" (mmpose split: {expected})"
@@ -355,7 +496,7 @@ def _report(meta: dict, skipped: dict[str, list[str]], out_dir: Path) -> None:
         logging.info("split %s: %d images in %d shards%s", split, info["images"], shards, note)
     for reason, paths in skipped.items():
         logging.warning("skipped %d (%s), e.g. %s", len(paths), reason, paths[:SKIP_EXAMPLES])
-    (out_dir / mpii.META_FILE).write_text(json.dumps(meta, indent=1))
+    logging.info("TFDS dataset written to %s", version_dir)
 
 
 def main(argv: list[str]) -> None:
@@ -385,7 +526,7 @@ def _define_flags() -> None:
     flags.DEFINE_string(
         "descriptions", None, "Description JSON file or folder (one subfolder per source)."
     )
-    flags.DEFINE_string("out", None, "Output folder for the shards and meta.json.")
+    flags.DEFINE_string("out", None, f"Output TFDS data_dir (the dataset: <out>/{NAME}/).")
     flags.DEFINE_integer("max_side", 512, "Longest side of the re-encoded JPEGs, pixels.")
     flags.DEFINE_integer("quality", 90, "JPEG quality of the re-encoded images.")
     flags.DEFINE_integer(

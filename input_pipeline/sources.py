@@ -83,7 +83,7 @@ class MpiiSource(DataSource):
         texts: list[str] = []
         for i in range(len(records)):
             described = mpii.decode_prepared(records[i])[0]["descriptions"]
-            texts += [described[s] for s in sources if s in described] or list(described.values())
+            texts += [described[s] for s in sources if s in described]
         return texts
 
 

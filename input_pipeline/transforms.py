@@ -204,8 +204,8 @@ def choose_description(
     descriptions: Mapping[str, str], sources: Sequence[str], rng: np.random.Generator
 ) -> str:
     """One description, uniformly among the selected sources the image has. Images with none of
-    them are left out of indexed preparations (`mpii.train_source`); only one prepared before
-    indexes existed can bring one here, and takes any of its sources (logged at start)."""
+    them are left out of the stream (`mpii.train_source`, from the shards' indexes); another
+    caller's image with none takes any of its sources."""
     chosen = [descriptions[s] for s in sources if s in descriptions] or list(descriptions.values())
     if not chosen:
         return ""

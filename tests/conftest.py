@@ -38,6 +38,29 @@ REPO = Path(__file__).resolve().parents[1]
 MPII_SAMPLE = REPO.parent / "shared" / "data" / "mpii_sample"
 
 
+def imports_tensorflow(code: str, tmp_path: Path) -> bool:
+    """Whether `code`, run by a fresh interpreter in the repository with a stand-in `tensorflow`
+    first on the path, imports TensorFlow (as it would where one is installed). The stand-in
+    raises ImportError as a missing one does; `code` must otherwise succeed."""
+    import subprocess
+    import sys
+
+    stand_in, marker = tmp_path / "stand_in", tmp_path / "tensorflow_imported"
+    (stand_in / "tensorflow").mkdir(parents=True)
+    (stand_in / "tensorflow" / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise ImportError('TensorFlow stand-in')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{stand_in}{os.pathsep}{REPO}")
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    if marker.exists():
+        return True
+    assert done.returncode == 0, done.stderr[-2000:]
+    return False
+
+
 @pytest.fixture
 def config() -> ml_collections.ConfigDict:
     return tiny_config()

@@ -3,18 +3,20 @@
 import csv
 import io
 import shutil
-import struct
+import sys
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 import pytest
+from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
 from configs import pretrain
 from input_pipeline import eval_datasets, pipeline
 from input_pipeline.eval_datasets import DatasetNotFoundError
 from input_pipeline.files import InputDataError
+from tests.conftest import imports_tensorflow
 
 
 def _options(root: Path, **overrides) -> ml_collections.ConfigDict:
@@ -242,83 +244,56 @@ def test_cub_raw_folder_test_split(tmp_path: Path) -> None:
     assert data.class_names == ("Black_footed_Albatross", "Laysan_Albatross")
 
 
-def _tf_example_class() -> type:
-    """tf.train.Example built from tensorflow/core/example/{example,feature}.proto with protobuf
-    (a dependency of grain and orbax), so the fixture does not share the reader's decoder."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+def _tfds_cub(data_dir: Path, file_format: str, shards: dict[str, list[list[tuple]]]) -> None:
+    """A caltech_birds2011 build as `tfds build` leaves it: TFDS's registered builder's own
+    features and metadata (version, splits, counts), its records serialized by those features,
+    shards named by TFDS's template, written as ArrayRecord (a TFRecord build is refused from its
+    metadata alone). Rows are (label, grey level); masks are one-pixel PNGs."""
+    import tensorflow_datasets as tfds
 
-    field = descriptor_pb2.FieldDescriptorProto
-    repeated, message = field.LABEL_REPEATED, field.TYPE_MESSAGE
-    proto = descriptor_pb2.FileDescriptorProto(name="example.proto", package="tensorflow")
-    proto.syntax = "proto3"
-    lists = {
-        "BytesList": field.TYPE_BYTES,
-        "FloatList": field.TYPE_FLOAT,
-        "Int64List": field.TYPE_INT64,
-    }
-    for name, kind in lists.items():
-        values = proto.message_type.add(name=name).field
-        values.add(name="value", number=1, type=kind, label=repeated)
-    feature = proto.message_type.add(name="Feature")
-    for number, name in enumerate(("bytes_list", "float_list", "int64_list"), 1):
-        type_name = f".tensorflow.{name.title().replace('_', '')}"
-        feature.field.add(name=name, number=number, type=message, type_name=type_name)
-    features = proto.message_type.add(name="Features")
-    entry = features.nested_type.add(name="FeatureEntry")
-    entry.options.map_entry = True
-    entry.field.add(name="key", number=1, type=field.TYPE_STRING)
-    entry.field.add(name="value", number=2, type=message, type_name=".tensorflow.Feature")
-    type_name = ".tensorflow.Features.FeatureEntry"
-    features.field.add(name="feature", number=1, type=message, label=repeated, type_name=type_name)
-    example = proto.message_type.add(name="Example")
-    example.field.add(name="features", number=1, type=message, type_name=".tensorflow.Features")
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
-
-
-def _tfds_example(example_class: type, label: int, folder: str, value: int) -> bytes:
-    """One caltech_birds2011 record as TFDS serializes it (segmentation mask left out)."""
-    jpeg = io.BytesIO()
-    Image.new("RGB", (8, 8), (value, value, value)).save(jpeg, "JPEG")
-    example = example_class()
-    feature = example.features.feature
-    feature["image"].bytes_list.value.append(jpeg.getvalue())
-    feature["image/filename"].bytes_list.value.append(
-        f"CUB_200_2011/images/{folder}/{folder[4:]}_{value}.jpg".encode()
-    )
-    feature["label"].int64_list.value.append(label)
-    feature["label_name"].bytes_list.value.append(folder[4:].lower().encode())
-    feature["bbox"].float_list.value.extend([0.1, 0.2, 0.9, 0.8])
-    return example.SerializeToString()
-
-
-@pytest.mark.parametrize("file_format", ["array_record", "tfrecord"])
-def test_cub_from_a_tfds_data_dir(tmp_path: Path, file_format: str) -> None:
-    from array_record.python.array_record_module import ArrayRecordWriter
-
-    build = tmp_path / "cub200" / "caltech_birds2011" / "0.1.1"
-    build.mkdir(parents=True)
-    (build / "dataset_info.json").write_text('{"name": "caltech_birds2011"}')
-    example_class = _tf_example_class()
+    builder = tfds.builder("caltech_birds2011", data_dir=str(data_dir), file_format=file_format)
+    version_dir = Path(builder.data_dir)
+    version_dir.mkdir(parents=True)
     folders = ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
-    shards = {  # the test split in two shards, classes out of order; the train split elsewhere
-        "test.{}-00000-of-00002": [(1, 20), (0, 40)],
-        "test.{}-00001-of-00002": [(1, 60)],
-        "train.{}-00000-of-00001": [(1, 80)],  # no class 0: refused
-    }
-    for name, rows in shards.items():
-        records = [_tfds_example(example_class, k, folders[k], v) for k, v in rows]
-        path = build / f"caltech_birds2011-{name.format(file_format)}"
-        if file_format == "array_record":
-            writer = ArrayRecordWriter(str(path), "group_size:1")
-            for record in records:
-                writer.write(record)
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=builder.data_path, dataset_name=builder.name, filetype_suffix=file_format
+    )
+    splits = []
+    for split, rows_per_shard in shards.items():
+        for i, rows in enumerate(rows_per_shard):
+            name = f"{builder.name}-{split}.{file_format}-{i:05d}-of-{len(rows_per_shard):05d}"
+            writer = ArrayRecordWriter(str(version_dir / name), "group_size:1")
+            for label, value in rows:
+                image, mask = io.BytesIO(), io.BytesIO()
+                Image.new("RGB", (8, 8), (value,) * 3).save(image, "JPEG")
+                Image.new("L", (1, 1), 1).save(mask, "PNG")
+                image.seek(0), mask.seek(0)
+                folder = folders[label]
+                example = {
+                    "image": image,
+                    "image/filename": f"CUB_200_2011/images/{folder}/{folder[4:]}_{value}.jpg",
+                    "label": label,
+                    "label_name": folder[4:].lower(),
+                    "bbox": tfds.features.BBox(0.1, 0.2, 0.9, 0.8),
+                    "segmentation_mask": mask,
+                }
+                writer.write(builder.info.features.serialize_example(example))
             writer.close()
-        else:  # TFRecord framing; the reader does not check the CRCs, so zeros stand in
-            path.write_bytes(
-                b"".join(struct.pack("<QI", len(r), 0) + r + b"\0" * 4 for r in records)
-            )
+        lengths = [len(rows) for rows in rows_per_shard]
+        splits.append(tfds.core.SplitInfo(split, lengths, 0, filename_template=template))
+    builder.info.set_splits(tfds.core.SplitDict(splits))
+    builder.info.write_to_directory(builder.data_path)
+
+
+def test_cub_through_tfds_from_an_array_record_build(tmp_path: Path) -> None:
+    _tfds_cub(
+        tmp_path / "cub200",
+        "array_record",
+        {  # the test split in two shards, classes out of order; the train split lacks class 0
+            "test": [[(1, 20), (0, 40)], [(1, 60)]],
+            "train": [[(1, 80)]],
+        },
+    )
     data = _read("cub200", _options(tmp_path))
     assert data.class_names == ("Black_footed_Albatross", "Laysan_Albatross")  # as classes.txt
     assert data.labels.tolist() == [1, 0, 1]
@@ -328,6 +303,21 @@ def test_cub_from_a_tfds_data_dir(tmp_path: Path, file_format: str) -> None:
     )
     with pytest.raises(InputDataError, match="lacks some classes"):
         _read("cub200", _options(tmp_path, split="train"))
+    assert "tensorflow" not in sys.modules
+    read = f"""
+import ml_collections
+from input_pipeline import eval_datasets
+options = ml_collections.ConfigDict({_options(tmp_path).to_dict()!r})
+assert len(eval_datasets.load("cub200", options, 8)["labels"]) == 3
+"""
+    assert not imports_tensorflow(read, tmp_path / "check")
+
+
+def test_cub_tfrecord_build_is_refused_with_the_command_that_converts_it(tmp_path: Path) -> None:
+    _tfds_cub(tmp_path / "cub200", "tfrecord", {"test": [[]]})
+    with pytest.raises(InputDataError, match=r"tfrecord build.*convert_format.*array_record") as e:
+        _read("cub200", _options(tmp_path))
+    assert "\n" not in str(e.value)
 
 
 def test_missing_folder_names_what_was_expected(tmp_path: Path) -> None:

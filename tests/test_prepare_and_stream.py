@@ -1,20 +1,23 @@
-"""Real-format fixtures → prepare_mpii (skips, resume, idempotence) → grain stream → training."""
+"""Real-format fixtures → prepare_mpii (a TFDS dataset: skips, resume, idempotence) → grain
+stream → training."""
 
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 from PIL import Image
 
 from focusclip_jax import train
 from input_pipeline import mpii, pipeline, prepare_mpii, transforms
-from tests.conftest import tiny_config
+from tests.conftest import imports_tensorflow, tiny_config
 from tests.test_mpii import (
     description_item,
     mmpose_rows,
@@ -70,15 +73,17 @@ def prepared(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _entries(path: Path) -> list[bytes]:
-    reader = array_record_module.ArrayRecordReader(str(path))
-    entries = reader.read_all()
-    reader.close()
-    return entries
+def _entries(prepared: Path, split: str = "train") -> list[bytes]:
+    source, _ = mpii.open_split(str(prepared), split)
+    return [source[i] for i in range(len(source))]
+
+
+def _shards(prepared: Path) -> list[Path]:
+    return sorted(Path(mpii.dataset_dir(str(prepared))).glob("*.array_record-?????-of-?????"))
 
 
 def test_prepare_counts_skips_and_rescales(raw: Path, prepared: Path) -> None:
-    meta = json.loads((prepared / mpii.META_FILE).read_text())
+    meta = json.loads((mpii.dataset_dir(str(prepared)) / mpii.META_FILE).read_text())
     assert meta["splits"]["train"]["images"] == GOOD_TRAIN
     assert meta["splits"]["val"]["images"] == len(VAL_IMAGES)
     assert len(meta["splits"]["train"]["shards"]) == math.ceil(12 / 4)  # 12 pass the filter
@@ -92,8 +97,7 @@ def test_prepare_counts_skips_and_rescales(raw: Path, prepared: Path) -> None:
     # Of the 12 images that pass the filter, every other one has two people (mmpose_rows).
     assert meta["splits"]["train"]["people_per_image"] == {"1": 6, "2": 6}
     originals = {r.image: r for r in mpii.read_mmpose_json(raw / "mpii_train.json")}
-    shard = prepared / meta["splits"]["train"]["shards"][0]
-    for entry in _entries(shard):
+    for entry in _entries(prepared):
         header, jpeg, squashed = mpii.decode_prepared(entry)
         stored = np.asarray(Image.open(io.BytesIO(jpeg)), np.float32)
         assert stored.shape == (48, 64, 3) and header["size"] == [64, 48]  # 160×120 → 64 max
@@ -109,21 +113,56 @@ def test_prepare_counts_skips_and_rescales(raw: Path, prepared: Path) -> None:
         assert set(header["descriptions"]) == {"gpt-4", "llama-2"}
 
 
+def test_prepare_writes_a_tfds_dataset_that_grain_streams_without_tensorflow(
+    prepared: Path, tmp_path: Path
+) -> None:
+    """The preparation is a TFDS dataset: TFDS opens it from its version folder or by name from
+    the data_dir, with the splits' counts in dataset_info.json, and grain streams it; neither
+    imports TensorFlow, here nor where one is installed."""
+    import grain
+
+    version_dir = prepared / prepare_mpii.NAME / prepare_mpii.VERSION
+    builder = tfds.builder_from_directory(str(version_dir))
+    assert builder.info.name == prepare_mpii.NAME and str(builder.info.version) == "1.0.0"
+    assert builder.info.file_format.value == "array_record"
+    counts = {name: split.num_examples for name, split in builder.info.splits.items()}
+    assert counts == {"train": GOOD_TRAIN, "val": len(VAL_IMAGES)}
+    assert json.loads((version_dir / "dataset_info.json").read_text())["splits"]
+    by_name = tfds.data_source(prepare_mpii.NAME, data_dir=str(prepared))
+    assert {name: len(source) for name, source in by_name.items()} == counts
+    stream = grain.MapDataset.source(by_name["val"]).map(
+        lambda record: mpii.decode_prepared(record[mpii.ENTRY]).header["image"]
+    )
+    assert sorted(stream) == VAL_IMAGES
+    assert "tensorflow" not in sys.modules
+    assert imports_tensorflow("import tensorflow", tmp_path / "check")  # the stand-in is seen
+    read = f"""
+import grain
+from input_pipeline import mpii, prepare_mpii
+source, _ = mpii.open_split({str(prepared)!r}, "train")
+assert len(list(grain.MapDataset.source(source).map(mpii.decode_prepared))) == {GOOD_TRAIN}
+"""
+    assert not imports_tensorflow(read, tmp_path)
+
+
 def test_prepare_is_idempotent_and_resumes(raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = _prepare(raw, out, workers=1)
-    shards = sorted(out.glob("*.array_record"))
+    shards = _shards(out)
     mtimes = {p: p.stat().st_mtime_ns for p in shards}
     assert _prepare(raw, out, workers=1) == first  # nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in shards} == mtimes
-    # An interruption: one shard never finished (a temporary file left), meta.json never written.
+    # An interruption: one shard never finished (a temporary file left), the TFDS metadata
+    # never written.
     interrupted = shards[1]
     interrupted.rename(str(interrupted) + ".tmp")
-    (out / mpii.META_FILE).unlink()
+    (mpii.dataset_dir(str(out)) / mpii.INFO_FILE).unlink()
+    with pytest.raises(mpii.InputDataError, match="no finished preparation"):
+        mpii.open_split(str(out), "train")
     assert _prepare(raw, out, workers=1) == first
     for path in shards:
         assert (path.stat().st_mtime_ns == mtimes[path]) == (path != interrupted), path
-    assert not list(out.glob("*.tmp"))
+    assert not list(mpii.dataset_dir(str(out)).glob("*.tmp"))
 
 
 def test_prepare_from_the_official_mat(raw: Path, tmp_path: Path) -> None:
@@ -136,9 +175,7 @@ def test_prepare_from_the_official_mat(raw: Path, tmp_path: Path) -> None:
         str(tmp_path / "out"), max_side=64, squash_side=0, workers=1,
     )  # fmt: skip
     assert meta["splits"]["train"]["images"] == 3 and meta["skipped"] == {}
-    header, _, squashed = mpii.decode_prepared(
-        _entries(tmp_path / "out" / meta["splits"]["train"]["shards"][0])[0]
-    )
+    header, _, squashed = mpii.decode_prepared(_entries(tmp_path / "out")[0])
     assert header["activity"] == "running"
     assert squashed == b"" and "squashed_side" not in header  # squash_side=0: no stored copy
 
@@ -281,21 +318,54 @@ def test_the_published_layout_streams_the_chosen_source_only(tmp_path: Path) -> 
     with pytest.raises(mpii.InputDataError, match=r"\(val\).*llama-2 \(2 images\)"):
         mpii.train_source(config.data)
 
-    # A preparation from before the indexes: a rerun adds them and rewrites no shard.
-    shards = sorted(out.glob("*.array_record"))
-    mtimes = [p.stat().st_mtime_ns for p in shards]
-    for index in out.glob(f"*{mpii.SOURCES_SUFFIX}"):
-        index.unlink()
-    config.data.split = "train"
-    assert len(mpii.train_source(config.data)) == len(train)  # unindexed: all, with a warning
-    prepare_mpii.prepare(
-        str(tmp_path / "images"),
-        [str(tmp_path / "mpii_train.json"), str(tmp_path / "mpii_val.json")],
-        str(tmp_path / "descriptions"), str(out), max_side=64, squash_side=0,
-        records_per_shard=4, workers=1,
-    )  # fmt: skip
-    assert [p.stat().st_mtime_ns for p in shards] == mtimes
-    assert len(mpii.train_source(config.data)) == len(train) - 1
+
+def _to_legacy_layout(out: Path, meta: dict) -> None:
+    """The plain layout of earlier preparations, as they wrote it: raw entries in shards named
+    by their inputs' fingerprint, their indexes, meta.json listing them; no TFDS dataset."""
+    import shutil
+
+    version_dir = mpii.dataset_dir(str(out))
+    for split, info in meta["splits"].items():
+        for i, shard in enumerate(info["shards"]):
+            index = mpii.read_index(str(version_dir / shard))
+            name = f"{split}-{index.pop('fingerprint')}-{i:05d}-of-{len(info['shards']):05d}"
+            writer = array_record_module.ArrayRecordWriter(
+                str(out / f"{name}.array_record"), "group_size:1"
+            )
+            reader = array_record_module.ArrayRecordReader(str(version_dir / shard))
+            for record in reader.read_all():
+                writer.write(mpii.tfds_features().deserialize_example_np(record)[mpii.ENTRY])
+            reader.close()
+            writer.close()
+            (out / f"{name}.array_record{mpii.SOURCES_SUFFIX}").write_text(json.dumps(index))
+            info["shards"][i] = f"{name}.array_record"
+    (out / mpii.META_FILE).write_text(json.dumps(meta))
+    shutil.rmtree(version_dir.parent)
+
+
+def test_a_plain_layout_preparation_is_refused_in_one_line_then_converted(
+    raw: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A folder prepared before preparations were TFDS datasets: reading it says how to convert
+    it; rerunning the preparation converts its shards without re-encoding an image."""
+    out = tmp_path / "out"
+    meta = _prepare(raw, out, workers=1)
+    expected = sorted(_entries(out))
+    _to_legacy_layout(out, meta)
+    config = mpii_config(out)
+    with pytest.raises(mpii.InputDataError, match=r"plain ArrayRecord.*--out=.*again") as error:
+        mpii.train_source(config.data)
+    assert "\n" not in str(error.value)
+
+    def no_encoding(*args):
+        raise AssertionError("an image was re-encoded")
+
+    monkeypatch.setattr(prepare_mpii, "_resize_jpeg", no_encoding)
+    converted = _prepare(raw, out, workers=1)
+    assert converted["splits"]["train"]["images"] == GOOD_TRAIN
+    assert converted["skipped"] == meta["skipped"]
+    assert sorted(_entries(out)) == expected
+    assert sorted(p.name for p in out.iterdir()) == [prepare_mpii.NAME]  # the old files gone
 
 
 def test_pretrain_tiny_variant_trains_on_prepared_shards(prepared: Path, tmp_path: Path) -> None:
@@ -366,7 +436,7 @@ def test_visible_joints_outside_the_image_are_not_visible(tmp_path: Path) -> Non
         prepare_mpii.OUTSIDE_JOINTS: 1 + 15,  # b.jpg's second person: 15 were visible
         prepare_mpii.OUTSIDE_PEOPLE: 1,
     }
-    entries = _entries(tmp_path / "out" / meta["splits"]["train"]["shards"][0])
+    entries = _entries(tmp_path / "out")
     headers = {h["image"]: h for h in (mpii.decode_prepared(e).header for e in entries)}
     assert headers["a.jpg"]["visible"][0][3] == 0 and len(headers["b.jpg"]["keypoints"]) == 1
     assert transforms.person_box(
@@ -375,8 +445,8 @@ def test_visible_joints_outside_the_image_are_not_visible(tmp_path: Path) -> Non
 
 
 def test_a_repaired_image_gets_in_on_rerun(tmp_path: Path) -> None:
-    """Shard names cover their inputs, image files included: after a corrupt image is replaced,
-    a rerun rewrites exactly its shard (and removes the superseded one)."""
+    """Shard indexes carry a fingerprint of their inputs, image files included: after a corrupt
+    image is replaced, a rerun rewrites exactly its shard; another sharding replaces them all."""
     names = [f"{i}.jpg" for i in range(4)]
     (tmp_path / "images").mkdir()
     for i, name in enumerate(names):
@@ -384,15 +454,16 @@ def test_a_repaired_image_gets_in_on_rerun(tmp_path: Path) -> None:
     (tmp_path / "images" / "3.jpg").write_bytes(b"\xff\xd8 broken")
     first = _one_split(tmp_path, names, mmpose_rows(names), records_per_shard=2)
     assert first["splits"]["train"]["images"] == 3 and first["skipped"] == {"corrupt image": 1}
-    kept = tmp_path / "out" / first["splits"]["train"]["shards"][0]
-    mtime = kept.stat().st_mtime_ns
+    kept, redone = _shards(tmp_path / "out")
+    mtimes = kept.stat().st_mtime_ns, redone.stat().st_mtime_ns
     write_jpeg(tmp_path / "images" / "3.jpg", 3, size=(96, 72))  # repaired
     second = _one_split(tmp_path, names, mmpose_rows(names), records_per_shard=2)
     assert second["splits"]["train"]["images"] == 4 and second["skipped"] == {}
-    old, new = first["splits"]["train"]["shards"], second["splits"]["train"]["shards"]
-    assert old[0] == new[0] and kept.stat().st_mtime_ns == mtime  # untouched
-    assert old[1] != new[1] and not (tmp_path / "out" / old[1]).exists()
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.array_record")) == sorted(new)
+    assert kept.stat().st_mtime_ns == mtimes[0] and redone.stat().st_mtime_ns != mtimes[1]
+    assert len(_entries(tmp_path / "out")) == 4
+    third = _one_split(tmp_path, names, mmpose_rows(names), records_per_shard=4)
+    assert [p.name for p in _shards(tmp_path / "out")] == third["splits"]["train"]["shards"]
+    assert len(third["splits"]["train"]["shards"]) == 1 and len(_entries(tmp_path / "out")) == 4
 
 
 def _children(pid: int) -> list[int]:

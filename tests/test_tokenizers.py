@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from array_record.python import array_record_module
 
 from configs import pretrain
-from input_pipeline import mpii, pipeline, synthpose
+from input_pipeline import mpii, pipeline, prepare_mpii, synthpose
 from input_pipeline.files import MissingFilesError
 from input_pipeline.tokenizers import (
     BertWordPieceTokenizer,
@@ -194,13 +193,13 @@ def test_create_tokenizer_fits_a_bpe_on_the_synthetic_corpus(tmp_path) -> None:
 
 def test_mpii_corpus_is_the_descriptions_the_stream_can_pick(tmp_path) -> None:
     texts = [{"gpt-4": "one", "llama-2": "two"}, {"llama-2": "three"}, {}]
-    writer = array_record_module.ArrayRecordWriter(str(tmp_path / "train-0"), "group_size:1")
-    for i, described in enumerate(texts):
-        record = mpii.MpiiRecord(f"{i}.jpg", [], descriptions=described)
-        writer.write(mpii.encode_prepared(record, b"jpeg"))
-    writer.close()
-    meta = {"splits": {"train": {"shards": ["train-0"]}}}
-    (tmp_path / mpii.META_FILE).write_text(json.dumps(meta))
+    records = [mpii.MpiiRecord(f"{i}.jpg", [], descriptions=d) for i, d in enumerate(texts)]
+    prepare_mpii.write_split(
+        tmp_path, "train", [mpii.encode_prepared(record, b"jpeg") for record in records]
+    )
     config = pretrain.get_config()
     config.data.prepared = str(tmp_path)
-    assert pipeline.tokenizer_corpus(config) == ["one", "three"]
+    assert config.data.description_sources == ("gpt-4",)
+    assert pipeline.tokenizer_corpus(config) == ["one"]  # "three" is never streamed
+    config.data.description_sources = ("gpt-4", "llama-2")
+    assert pipeline.tokenizer_corpus(config) == ["one", "two", "three"]
