@@ -29,8 +29,9 @@
 #                             needs write access)
 #   --git_url=URL [--git_ref=REF]  setup clones this instead of copying the local checkout
 #   --data_from=gs://BUCKET/data   setup also syncs this folder into every worker's
-#                             ~/focusclip_jax/data/ (the configs' default data root: prepared MPII
-#                             shards in mpii/prepared/, vocabularies, tower weights)
+#                             ~/focusclip_jax/data/ (the configs' default data root: the prepared
+#                             MPII TFDS dataset in mpii/prepared/, vocabularies, tower weights;
+#                             or leave the dataset in the bucket: --config.data.prepared=gs://...)
 #   --log_worker=N|all        which worker's log `logs` streams (default 0: process 0 prints)
 #   --keep                    `all` leaves the VM running at the end
 #   --dry_run                 print every command instead of running it (no gcloud needed)
