@@ -123,3 +123,25 @@ def test_synthpose_comparisons_change_only_what_they_name():
     }
     table = synthpose_bench.variants_table(runs)
     assert "| zero-shot top-1, with distractors | 60.0 ± 10.0 | 60.0 ± 10.0 |" in table
+
+
+def test_step_fingerprint_ignores_source_locations_and_sees_what_the_step_computes() -> None:
+    """bench.step_fingerprint: the same config hashes the same (locations stripped, so two
+    lowerings from different call sites agree); a model key that changes the program changes
+    it; the command line prints the same hash."""
+    from bench import step_fingerprint
+    from focusclip_jax import config_checks
+
+    # The command line below inherits the 8 fake devices and builds the same mesh.
+    mesh = config_checks.validated_mesh(bench.get_config("tiny"))
+    first = step_fingerprint.fingerprint(bench.get_config("tiny"), mesh)
+    assert step_fingerprint.fingerprint(bench.get_config("tiny"), mesh) == first
+    wider = bench.get_config("tiny")
+    wider.model.embed_dim = 32
+    assert step_fingerprint.fingerprint(wider, mesh) != first
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.step_fingerprint", "--config=configs/bench.py:tiny"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[-1] == first
