@@ -16,7 +16,8 @@ from flax.traverse_util import flatten_dict
 from jax.sharding import PartitionSpec
 
 from focusclip_jax import evaluators, losses, optim, sharding, train
-from input_pipeline import pipeline
+from focusclip_jax.models import towers
+from input_pipeline import pipeline, sources
 from tests.conftest import tiny_config
 
 
@@ -277,22 +278,48 @@ class _AlphaProbe(evaluators.Evaluator):
         return evaluators.Results({"probe/alpha": float(params["alpha"])})
 
 
-def test_a_registered_evaluator_runs_on_its_own_schedule(tmp_path, monkeypatch) -> None:
-    """One registry line adds an evaluator type; `config.evals.<name>` runs it every
-    `every_steps` and at the end, its metrics logged and returned."""
+def test_a_loss_evaluator_data_source_and_tower_from_tests_train_together(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """Four extensions written outside the package, one registry line each, train through
+    `train_and_evaluate` with nothing else changed: the toy data source (COCO's 17 joints) feeds
+    the steps, the toy image tower encodes them, the toy loss trains its bias, and the evaluator
+    type runs every `every_steps` and at the end, its metrics logged and returned."""
+    from tests.test_sources import _Coco17
+    from tests.test_towers import MeanColourTower
+
+    monkeypatch.setitem(losses.LOSSES, "biased_cosine", _BiasedCosine)
     monkeypatch.setitem(evaluators.EVALUATORS, "alpha_probe", _AlphaProbe)
+    source, streamed = _Coco17(), []
+    records = source.train_source
+    monkeypatch.setattr(source, "train_source", lambda data: streamed.append(1) or records(data))
+    monkeypatch.setitem(sources.DATA_SOURCES, "coco17", source)
+    tower = towers.TowerKind(MeanColourTower, {"s": {"width": 8}})
+    monkeypatch.setitem(towers.IMAGE_TOWERS, "mean_colour", tower)
     config = tiny_config()  # 4 steps
     config.mesh.data = 1
+    config.train.batch_size = 4
+    config.loss.kind = "biased_cosine"
+    config.data.name = "coco17"
     config.evals.zero_shot.datasets = ()
     with config.unlocked():
+        config.data.prepared = str(tmp_path)
+        config.model.image = {"name": "mean_colour", "size": "s"}
         config.evals.probe = {"type": "alpha_probe", "every_steps": 3}
-    results = train.train_and_evaluate(config, tmp_path)
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    with caplog.at_level(logging.INFO):
+        results = train.train_and_evaluate(config, tmp_path / "run")
+    assert streamed  # the steps read the toy source's records
+    table = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Parameters"))
+    assert "| image_tower/colour/kernel " in table and "image_tower/blocks" not in table
+    lines = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     key = "eval/probe/alpha"
     probed = {line["step"]: line[key] for line in lines if key in line}
     assert sorted(probed) == [3, 4]
     assert results == {"probe/alpha": pytest.approx(probed[4])}
     assert probed[3] != probed[4]  # alpha moved between the two runs
+    biases = [line["test_bias"] for line in lines if "test_bias" in line]
+    assert len(biases) == 4 and biases[-1] != 1.0 and all(-2.0 <= b <= 2.0 for b in biases)
+    assert all(np.isfinite(line["loss"]) for line in lines if "loss" in line)
 
 
 def test_siglip_chunked_and_accumulated_on_eight_devices_trains_like_one_device() -> None:
