@@ -8,7 +8,8 @@
 # timm and transformers but not the rest of requirements.txt. Stages, each under its own `timeout`:
 #   1. setup    a fresh venv that sees the image's packages (a .pth file), plus the carried
 #               wheels of what the image lacks: grain, array-record, ml_collections, tensorboardX,
-#               portpicker (FACTS.md). Fetch them on a machine with PyPI, into the repo's .whl/:
+#               portpicker, clu and its wrapt (FACTS.md; tensorflow-datasets is imported only by
+#               the MPII/COCO/CUB readers, which the checks do not use). Fetch them on a machine with PyPI, into the repo's .whl/:
 #                 bench/gpu_check.sh --fetch_wheels
 #   2. bench    ViT-B/16 + BERT-base at context 128, bf16: the JAX step (compile, step time, img/s,
 #               MFU against the 989 TFLOP/s bf16 peak, peak memory) and the PyTorch reference on
@@ -28,7 +29,7 @@ set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHEEL_PINS=(grain==0.2.18 array-record==0.8.6 ml_collections==1.1.0 tensorboardX==2.6.5
-  portpicker==1.6.0)
+  portpicker==1.6.0 clu==0.0.12 wrapt==2.5.2)
 wheels="$REPO_ROOT/.whl"
 out="${OUT:-/tmp/gpu_check}"
 venv=/tmp/gpu_check_venv
@@ -116,7 +117,7 @@ timeout 60 "$venv/bin/python" -m pip install --quiet --no-index --no-deps --no-c
   "${carried[@]}"
 python="$venv/bin/python"
 timeout 30 "$python" - <<'EOF'
-import grain, jax, ml_collections, tensorboardX, torch  # noqa: F401 (all must import)
+import clu.metrics, grain, jax, ml_collections, tensorboardX, torch  # noqa: F401 (all must import)
 print("jax", jax.__version__, jax.devices(), "| torch", torch.__version__, torch.cuda.is_available())
 EOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
