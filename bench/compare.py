@@ -44,8 +44,8 @@ from ml_collections import config_flags  # noqa: E402
 from bench import flops  # noqa: E402
 from bench.reference_spec import run_in_reference_python, torch_spec  # noqa: E402
 from bench.train_step import TABLE_HEADER, benchmark, markdown_row  # noqa: E402
-from input_pipeline import files  # noqa: E402
-from input_pipeline.heatmaps import render_heatmap_np  # noqa: E402
+from input_pipeline import files, skeleton  # noqa: E402
+from input_pipeline.heatmaps import HeatmapSettings, render_heatmap_np  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/bench.py:<size>).")
 flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's).")
@@ -75,9 +75,7 @@ def write_torch_inputs(config: ml_collections.ConfigDict, folder: Path) -> tuple
                 batch["person_mask"][i],
                 size,
                 size,
-                min_sigma=config.heatmaps.min_sigma,
-                mode=config.heatmaps.mode,
-                joint_sigma=config.heatmaps.joint_sigma,
+                HeatmapSettings.from_config(config.heatmaps, skeleton.MPII),
             )
             for i in range(config.train.batch_size)
         ]

@@ -105,7 +105,7 @@ def _xla_step_flops(
     `scan_layers` undercounts its blocks; `how='unrolled'` then compiles an unrolled twin of the
     step (one more compile) just to count it.
     """
-    devices = trainer.mesh.devices.size
+    devices = trainer.setup.mesh.devices.size
     if how == "none":
         return None, "not counted"
     if how == "compiled" or not config.model.get("scan_layers", False):
@@ -114,7 +114,8 @@ def _xla_step_flops(
         raise ValueError(f"--xla_cost={how!r}: expected unrolled, compiled or none")
     twin_config = config.copy_and_resolve_references()
     twin_config.model.scan_layers = False
-    twin = train.Trainer(twin_config, trainer.mesh, vocab_size=trainer.model_config.text.vocab_size)
+    vocab = trainer.setup.model_config.text.vocab_size
+    twin = train.Trainer(twin_config, trainer.setup.mesh, vocab_size=vocab)
     twin_compiled = twin.step.lower(twin.abstract_state, batch).compile()
     return _xla_flops(twin_compiled) * devices, "an unrolled twin (scan_layers=False)"
 

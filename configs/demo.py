@@ -48,12 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.evals.zero_shot.datasets = ("synthpose_pose", "synthpose_pose_alone")
     config.evals.zero_shot.batch_size = 128
     # Image-text retrieval on the same held-out scenes and their descriptions.
-    config.evals.retrieval = {
-        "type": "retrieval",
-        "datasets": ("synthpose",),
-        "batch_size": 128,
-        "every_steps": 0,
-    }
+    config.evals.retrieval.datasets = ("synthpose",)
+    config.evals.retrieval.batch_size = 128
     config.log_every_steps = 50
 
     pretrain.finish(config, arg)

@@ -1,14 +1,15 @@
-"""Zero-shot evaluation of a trained checkpoint on the paper's benchmarks (eval-only mode).
+"""Zero-shot evaluation of a trained checkpoint on the paper's benchmarks.
 
-`python -m focusclip_jax.main --config=configs/eval_zeroshot.py --config.checkpoint=<workdir or
-step dir> --config.data_root=<dir>` restores the parameters, evaluates every dataset found under
+`python -m focusclip_jax.evaluate --checkpoint=<workdir or step dir> --config.data_root=<dir>`
+(this config is its default) restores the parameters, evaluates every dataset found under
 `data_root` (layouts: input_pipeline/eval_datasets.py), and writes results.json, results.md (the
 paper's table with its numbers alongside) and confusion-matrix PNGs.
 
 Variants, comma-separated: `paper` evaluates EMOTIC and FER2013 on their train splits as the paper
 did (for comparison with its numbers); `ensemble` averages CLIP-style prompt templates instead of
-the paper's single prompt; any variant of configs/pretrain.py (`clip`, `causal`, ...) describes the
-checkpoint's model. The model keys must match the checkpoint's training config.
+the paper's single prompt. The model, tokenizer, loss and training data come from the
+checkpoint's workdir; a variant of configs/pretrain.py (`clip`, `causal`, ...) describes the model
+of a workdir trained before runs were recorded.
 """
 
 import ml_collections
@@ -23,12 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variants = [v for v in (arg or "").split(",") if v]
     config = pretrain.base_config()
     pretrain.apply_variants(config, ",".join(v for v in variants if v not in OWN_VARIANTS))
-    config.mode = "eval"
-    del config.checkpoint  # here: the checkpoint to evaluate, not the training's saving policy
-    config.checkpoint = ""
     config.data_root = "data/eval"
-
-    config.data.name = "benchmarks"  # no training data is read
     config.evals.zero_shot.datasets = eval_datasets.PAPER_BENCHMARKS
     config.evals.zero_shot.root = config.get_ref("data_root")
     config.evals.linear_probe.root = config.get_ref("data_root")

@@ -229,7 +229,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.evals.zero_shot = zero_shot_eval(PAPER_BENCHMARKS)
     # Image-text retrieval on the prepared MPII validation split (skipped when not prepared).
     config.evals.retrieval = ml_collections.ConfigDict(
-        {"type": "retrieval", "datasets": ("mpii_val",), "batch_size": 256, "every_steps": 0}
+        {
+            "type": "retrieval",
+            "datasets": ("mpii_val",),
+            "batch_size": 256,
+            "every_steps": 0,
+            "image_list": "",  # a file of image names to keep (COCO's 5k test split)
+        }
     )
     # Linear probes on frozen image embeddings: none by default (each needs a train split).
     config.evals.linear_probe = linear_probe_eval(())

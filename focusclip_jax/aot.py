@@ -36,6 +36,7 @@ from ml_collections import config_flags
 
 from focusclip_jax import config_checks, flops, sharding, train
 from input_pipeline import files, pipeline
+from input_pipeline.files import ConfigError
 
 GiB = targets.GiB
 MFU_ASSUMED = 0.4  # a well-tuned transformer step on TPU/GPU (roofline at 40% of peak)
@@ -137,7 +138,7 @@ def vocab_size(config: ml_collections.ConfigDict) -> tuple[int, str]:
     except (OSError, ValueError) as error:
         if kind in DEFAULT_VOCAB_SIZES:
             return DEFAULT_VOCAB_SIZES[kind], f"{kind}'s usual size (tokenizer files not found)"
-        raise config_checks.ConfigError(
+        raise ConfigError(
             f"config model.text.vocab_size=-1 and the {kind} tokenizer cannot be built ({error}); "
             "give --config.model.text.vocab_size"
         ) from error
@@ -236,7 +237,7 @@ def report(
     flops_how: str = "auto",
 ) -> dict[str, Any]:
     """The numbers of a compiled step (`analyse`); raises OutOfMemoryError where it cannot fit."""
-    mesh, vocab = trainer.mesh, trainer.model_config.text.vocab_size
+    mesh, vocab = trainer.setup.mesh, trainer.setup.model_config.text.vocab_size
     mem = memory(compiled)
     if not fits(mem, target):
         raise OutOfMemoryError(
@@ -491,7 +492,7 @@ def main(argv: list[str]) -> None:
             print(f"largest global batch that fits: {best} ({len(tries)} compiles)")
         else:
             report = analyse(config, target, flops_how=FLAGS.xla_flops)
-    except (targets.TargetError, config_checks.ConfigError) as error:
+    except (targets.TargetError, ConfigError) as error:
         files.fail(str(error))
     except OutOfMemoryError as error:
         print(f"out of memory on {FLAGS.topology}: {error}", file=sys.stderr)

@@ -11,36 +11,44 @@ BERT directory (`weights.export_tower`). The model comes from the workdir's reco
 
 import logging
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 import jax
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from focusclip_jax import run_record, sharding, train, weights
-from focusclip_jax.evaluators import checkpoint_eval
-from input_pipeline import files, pipeline
+from focusclip_jax import run_record, sharding, weights
+from focusclip_jax.setup import load_trained
+from input_pipeline import files
 
 TOWERS = ("image_tower", "focus_tower", "text_tower")
 FLAGS = flags.FLAGS
 
 
-def export(config, checkpoint: str, tower: str, out: str, overridden=()) -> int:
+def export(
+    config: ml_collections.ConfigDict | None,
+    checkpoint: str,
+    tower: str,
+    out: str,
+    overridden: Sequence[str] = (),
+) -> int:
     """Writes `tower` of the checkpoint's parameters to `out`; returns the checkpoint's step."""
-    config = checkpoint_eval.checkpoint_config(config, checkpoint, overridden)
+    if not Path(out).absolute().parent.is_dir():
+        raise files.InputDataError(f"--out={out}: its folder does not exist")
     mesh = sharding.create_mesh({"data": 1}, devices=jax.devices()[:1])
-    tokenizer = pipeline.create_tokenizer(config, fit=False)
-    setup = train.ModelSetup.create(config, mesh, vocab_size=tokenizer.vocab_size)
-    params, step = checkpoint_eval.restore_params(checkpoint, setup)
+    trained = load_trained(checkpoint, config, overridden, mesh=mesh, batch_size=1)
     try:
-        weights.export_tower(params, tower, out)
+        weights.export_tower(trained.params, tower, out)
     except ValueError as error:  # a tower the model does not have
         raise files.InputDataError(f"--tower={tower}: {error}") from None
-    return step
+    return trained.step
 
 
 def define_flags() -> None:
     config_flags.DEFINE_config_file(
-        "config", "configs/pretrain.py", "The model's config, for workdirs without a record."
+        "config", None, "Only for a workdir without config.json: the config of its model."
     )
     flags.DEFINE_string("checkpoint", None, "Training workdir, its checkpoints/ or a step folder.")
     flags.DEFINE_enum("tower", None, list(TOWERS), "Which tower to export.")

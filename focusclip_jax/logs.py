@@ -7,12 +7,44 @@ etils.epath and tensorboardX's own GCS writer (both need `gcsfs` installed, as l
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import jax
+import numpy as np
 from etils import epath
+from flax.traverse_util import flatten_dict
 from tensorboardX import SummaryWriter
+
+PARAMETERS_FILE = "parameters.txt"
+
+
+def tensorboard_name(name: str) -> str:
+    """TensorBoard's legal summary name (`image_to_text_R@1` → `image_to_text_R_1`)."""
+    return re.sub(r"[^\w.\-/]", "_", name)
+
+
+def write_parameter_table(abstract_params: Any, workdir: str | Path) -> str:
+    """Every parameter's path, shape, dtype and count to `<workdir>/parameters.txt` (process
+    0); returns the one-line summary for the console."""
+    rows = [
+        ("/".join(map(str, path)), tuple(leaf.shape), str(leaf.dtype), int(np.prod(leaf.shape)))
+        for path, leaf in sorted(flatten_dict(abstract_params).items(), key=lambda kv: kv[0])
+    ]
+    total = sum(count for *_, count in rows)
+    path = epath.Path(workdir) / PARAMETERS_FILE
+    if jax.process_index() == 0:
+        width = max(len(name) for name, *_ in rows)
+        lines = [f"{'parameter':<{width}}  {'shape':<20} {'dtype':<9} {'count':>12}"]
+        lines += [
+            f"{name:<{width}}  {shape!s:<20} {dtype:<9} {count:>12,}"
+            for name, shape, dtype, count in rows
+        ]
+        lines.append(f"{'total':<{width}}  {'':<20} {'':<9} {total:>12,}")
+        path.write_text("\n".join(lines) + "\n")
+    return f"{total:,} parameters in {len(rows)} arrays (table: {path})"
 
 
 def format_metrics(step: int, metrics: Mapping[str, float]) -> str:
@@ -53,7 +85,7 @@ class MetricWriter:
             self._jsonl.write(line)
             self._jsonl.flush()
         for name, value in clean.items():
-            self._tb.add_scalar(name, value, step)
+            self._tb.add_scalar(tensorboard_name(name), value, step)
         if echo:
             logging.info("%s", format_metrics(step, clean))
 

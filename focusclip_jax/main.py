@@ -1,18 +1,17 @@
-"""Entry point: `python -m focusclip_jax.main --config=configs/pretrain.py --workdir=<dir>`.
+"""Training: `python -m focusclip_jax.main --config=configs/pretrain.py --workdir=<dir>`.
 
-With `--config=configs/eval_zeroshot.py --config.checkpoint=<dir>` (a config with `mode="eval"`)
-it evaluates a checkpoint instead of training; `--workdir` is then optional.
+Rerunning with the same workdir resumes. Evaluating a trained checkpoint is
+`python -m focusclip_jax.evaluate --checkpoint=<workdir>`.
 """
 
 import logging
-import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from focusclip_jax import run_record, train, weights
-from focusclip_jax.evaluators import checkpoint_eval
+from focusclip_jax import train
+from focusclip_jax.evaluators import table
 from input_pipeline import files
 
 FLAGS = flags.FLAGS
@@ -29,7 +28,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("num_processes", None, "Processes in the run (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
-flags.mark_flags_as_required(["config"])
+flags.DEFINE_bool(
+    "takeover_lock",
+    False,
+    "Take the workdir's lock from a training on another host that is no longer running.",
+)
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 def initialize_distributed() -> None:
@@ -54,19 +58,11 @@ def main(argv: list[str]) -> None:
     logging.info(
         "JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices()
     )
-    eval_only = FLAGS.config.get("mode") == "eval"
-    if not eval_only and not FLAGS.workdir:
-        raise app.UsageError("--workdir is required for training")
-    try:
-        if eval_only:
-            overridden = run_record.command_line_overrides(sys.argv)
-            checkpoint_eval.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, overridden)
-            return
-        results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (weights.WeightImportError, train.NonFiniteLossError) as error:
-        files.fail(str(error))
+    results = train.train_and_evaluate(
+        FLAGS.config, FLAGS.workdir, takeover_lock=FLAGS.takeover_lock
+    )
     if results and jax.process_index() == 0:
-        print("\nEvaluation results\n" + train.results_table(results))
+        print("\nEvaluation results\n" + table.results_table(results))
 
 
 if __name__ == "__main__":

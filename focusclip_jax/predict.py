@@ -19,17 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from focusclip_jax import losses, run_record, sharding, train
-from focusclip_jax.evaluators import checkpoint_eval
-from focusclip_jax.evaluators.checkpoint_eval import restore_params
-from focusclip_jax.evaluators.zero_shot import ZeroShotClassifier
-from input_pipeline import eval_datasets, files, pipeline
+from focusclip_jax import run_record
+from focusclip_jax.setup import check_template, load_trained
+from input_pipeline import files
 from input_pipeline.files import InputDataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -46,16 +43,13 @@ def image_paths(specs: Sequence[str]) -> list[Path]:
             paths.append(path)
         else:
             raise InputDataError(f"--images: {path} is neither an image file nor a folder")
+    if not paths:
+        raise InputDataError(f"--images: no image ({', '.join(IMAGE_SUFFIXES)}) in {list(specs)}")
     return paths
 
 
-def _logit_scale(config: ml_collections.ConfigDict, params: Any) -> float:
-    loss = losses.create(config.loss)
-    return float(loss.similarity_scale(jax.device_get(losses.scalars_of(params, loss))))
-
-
 def predict(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict | None,
     checkpoint: str,
     images: Sequence[Path],
     labels: Sequence[str],
@@ -67,57 +61,36 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Per readable image: its path and the top-k (label, probability) pairs. The model comes
     from the checkpoint's workdir when it recorded one (`config` then gives evaluation keys)."""
-    config = checkpoint_eval.checkpoint_config(config, checkpoint, overridden)
-    mesh = sharding.create_mesh(config.mesh)
-    tokenizer = pipeline.create_tokenizer(config, fit=False)
-    setup = train.ModelSetup.create(config, mesh, vocab_size=tokenizer.vocab_size)
-    params, _ = restore_params(checkpoint, setup)
-    size = config.model.image_size
-    decoded = [eval_datasets.decode(eval_datasets.Sample(p, 0), size) for p in images]
-    for path, image in zip(images, decoded, strict=True):
-        if image is None:
-            print(f"warning: cannot read {path}", file=sys.stderr)
-    kept = [(p, image) for p, image in zip(images, decoded, strict=True) if image is not None]
-    if not kept:
-        raise InputDataError("none of the --images could be read")
-    data = pipeline.ZeroShotData(
-        name="predict",
-        images=np.stack([image for _, image in kept]),
-        labels=np.zeros(len(kept), np.int32),
-        class_names=tuple(labels),
-        templates=(template,),
-    )
-    classifier = ZeroShotClassifier(
-        data,
-        graphdef=setup.graphdef,
-        param_shardings=setup.param_shardings,
-        mesh=mesh,
-        tokenizer=tokenizer,
-        max_len=config.model.text.max_len,
-        batch_size=batch_size,
-    )
-    classes = np.asarray(jax.device_get(classifier.class_embeddings(params)))
-    logits = _logit_scale(config, params) * classifier.image_embeddings(params) @ classes.T
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
+    check_template(template)
+    trained = load_trained(checkpoint, config, overridden, batch_size=batch_size)
+    pixels, unreadable = trained.read_images(images)
+    for path in unreadable:
+        print(f"warning: cannot read {path}", file=sys.stderr)
+    if not len(pixels):
+        raise InputDataError("--images: none of the images could be read")
+    kept = [path for path in images if path not in unreadable]
+    probabilities = trained.classify(pixels, labels, template)
     rows = []
-    for (path, _), p in zip(kept, probs, strict=True):
+    for path, p in zip(kept, probabilities, strict=True):
         order = np.argsort(-p, kind="stable")[:top_k]
         rows.append({"image": str(path), "top": [(labels[i], float(p[i])) for i in order]})
     return rows
 
 
 def write(rows: list[dict[str, Any]], out: Path) -> None:
-    """JSON (a list of rows) or CSV (image, rank, label, probability), by the file's suffix."""
+    """JSON (a list of rows) or CSV (image, rank, label, probability), by the file's suffix;
+    written aside and renamed, so an earlier file is replaced only by a whole one."""
+    aside = out.with_name(out.name + ".tmp")
     if out.suffix == ".json":
-        out.write_text(json.dumps(rows, indent=1))
-        return
-    with out.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "rank", "label", "probability"])
-        for row in rows:
-            for rank, (label, prob) in enumerate(row["top"], 1):
-                writer.writerow([row["image"], rank, label, f"{prob:.6f}"])
+        aside.write_text(json.dumps(rows, indent=1))
+    else:
+        with aside.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "rank", "label", "probability"])
+            for row in rows:
+                for rank, (label, prob) in enumerate(row["top"], 1):
+                    writer.writerow([row["image"], rank, label, f"{prob:.6f}"])
+    aside.replace(out)
 
 
 FLAGS = flags.FLAGS
@@ -126,7 +99,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defined only when run as a program: importing `predict` must not clash with main's flags."""
     config_flags.DEFINE_config_file(
-        "config", "configs/pretrain.py", "The checkpoint's model config."
+        "config", None, "Only for a workdir without config.json: the config of its model."
     )
     flags.DEFINE_string("checkpoint", None, "Training workdir, its checkpoints/ or a step folder.")
     flags.DEFINE_list("images", None, "Image files and/or folders of images.")
@@ -143,6 +116,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.WARNING)  # the predictions are the output
+    for flag in ("top_k", "batch_size"):
+        if FLAGS[flag].value < 1:
+            raise app.UsageError(f"--{flag}={FLAGS[flag].value}: must be at least 1")
     if FLAGS.labels_file:
         lines = Path(FLAGS.labels_file).read_text().splitlines()
         labels, given = [line.strip() for line in lines if line.strip()], "--labels_file"
@@ -150,6 +126,11 @@ def main(argv: list[str]) -> None:
         labels, given = [label.strip() for label in FLAGS.labels or [] if label.strip()], "--labels"
     if not labels:
         raise app.UsageError(f"{given}: no labels; give --labels=a,b,c or --labels_file")
+    check_template(FLAGS.template)
+    if FLAGS.out and Path(FLAGS.out).suffix not in (".csv", ".json"):
+        raise app.UsageError(f"--out={FLAGS.out}: expected a .csv or .json file")
+    if FLAGS.out and not Path(FLAGS.out).absolute().parent.is_dir():
+        raise app.UsageError(f"--out={FLAGS.out}: its folder does not exist")
     rows = predict(
         FLAGS.config,
         FLAGS.checkpoint,

@@ -1,13 +1,16 @@
 """A training workdir describes itself: the resolved config and the tokenizer's files.
 
-Written once at the start of training (`write`): `<workdir>/config.json` and
+Written at the start of training (`write`): `<workdir>/config.json` and
 `<workdir>/tokenizer/<file>` (the vocabulary or fitted BPE the run tokenized with; the config
-points at the copies). Evaluation, `predict` and the Colab notebook then need the workdir (or a
-step folder) and nothing else about the model (`load`, `with_model_of`): the model, tokenizer and
-loss sections come from the record; the command line may change evaluation keys only, and a model
-key it sets to another value than the checkpoint's is an error naming it. A workdir written
-before records existed still loads with the config the user gives, as before; one recorded before
-the towers had their own sub-configs is read in today's layout.
+points at the copies). The record matches the checkpoints: it is written, and written again by a
+rerun, until the first checkpoint lands; from then on a rerun whose config contradicts it (the
+model, tokenizer, loss or heatmaps) is an error naming the key. Evaluation, `predict` and the
+notebook then need the workdir (or a step folder) and nothing else about the model (`load`,
+`config_for`): the model, tokenizer, loss and data sections come from the record; the command
+line may change evaluation keys only, and a model key it sets to another value than the
+checkpoint's is an error naming it. A workdir written before records existed still loads with
+the config the user gives; one recorded before the towers had their own sub-configs is read in
+today's layout.
 """
 
 import json
@@ -21,7 +24,8 @@ import jax
 import ml_collections
 from etils import epath
 
-from focusclip_jax.config_checks import ConfigError
+from input_pipeline import tokenizers
+from input_pipeline.files import ConfigError, config_errors
 
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -36,31 +40,90 @@ def workdir_path(workdir: str | os.PathLike) -> epath.Path:
 
 
 def tokenizer_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
-    """The config keys of the files the tokenizer reads, and their paths."""
-    kind, section = config.tokenizer.kind, config.tokenizer
-    if kind in ("bert_wordpiece", "words", "clip_bpe"):
-        return {"vocab": section.vocab}
-    if kind == "fitted_bpe":
-        return {"path": section.get("path") or f"{workdir}/tokenizer.json"}
-    return {}  # synthetic_words: fitted in code, nothing to keep
+    """The key of `config.tokenizer` that names the tokenizer's file, and its path (none for a
+    kind fitted in code, which the record rebuilds from the same texts)."""
+    kind = tokenizers.kind_of(config.tokenizer)
+    path = kind.file(config.tokenizer, workdir)
+    return {kind.file_key: path} if kind.file_key and path else {}
 
 
-def write(workdir: str, config: ml_collections.ConfigDict, vocab_size: int) -> None:
-    """Record the run (process 0, once: a resumed run keeps the first record)."""
+def has_checkpoints(root: epath.Path) -> bool:
+    checkpoints = root / "checkpoints"
+    return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+
+
+def write(workdir: str, config: ml_collections.ConfigDict, tokenizer: tokenizers.Tokenizer) -> None:
+    """Record the run: written (process 0) while the workdir holds no checkpoint; once one has
+    landed, checked (every process) against the config, a contradiction an error naming the
+    key. The tokenizer's file (a fitted one: kept first) is copied beside it."""
     root = workdir_path(workdir)
-    if jax.process_index() != 0 or (root / CONFIG_FILE).exists():
+    if jax.process_index() == 0:
+        tokenizers.kind_of(config.tokenizer).save(tokenizer, config.tokenizer, str(workdir))
+    sources = tokenizer_files(config, str(workdir))
+    if has_checkpoints(root) and (root / CONFIG_FILE).exists():
+        _check_matches(load(str(root)), config, tokenizer.vocab_size, sources, root)
+        return
+    if jax.process_index() != 0:
         return
     root.mkdir(parents=True, exist_ok=True)
     record = config.copy_and_resolve_references()
-    record.model.text.vocab_size = vocab_size
-    for key, source in tokenizer_files(config, str(workdir)).items():
+    record.model.text.vocab_size = tokenizer.vocab_size
+    for key, source in sources.items():
         copy = root / TOKENIZER_DIR / Path(source).name
         copy.parent.mkdir(parents=True, exist_ok=True)
-        copy.write_bytes(epath.Path(source).read_bytes())
+        _write_aside(copy, epath.Path(source).read_bytes())
         record.tokenizer[key] = f"{TOKENIZER_DIR}/{copy.name}"
-    temporary = root / f"{CONFIG_FILE}.tmp"
-    temporary.write_text(record.to_json(indent=1))
-    temporary.rename(root / CONFIG_FILE)
+    _write_aside(root / CONFIG_FILE, record.to_json(indent=1).encode())
+
+
+def _write_aside(path: epath.Path, content: bytes) -> None:
+    """Whole or not at all: written beside, then renamed over."""
+    temporary = path.parent / f"{path.name}.tmp"
+    temporary.write_bytes(content)
+    temporary.replace(path)
+
+
+def _check_matches(
+    record: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict,
+    vocab_size: int,
+    sources: dict[str, str],
+    root: epath.Path,
+) -> None:
+    """The config describes the model the checkpoints hold: the recorded sections agree, and the
+    tokenizer's files have the recorded copies' bytes."""
+    given = config.copy_and_resolve_references()
+    if given.model.text.vocab_size == -1:
+        given.model.text.vocab_size = vocab_size
+    for key, source in sources.items():
+        copy = epath.Path(record.tokenizer.get(key) or root / TOKENIZER_DIR / "<none>")
+        if not copy.exists() or copy.read_bytes() != epath.Path(source).read_bytes():
+            _contradiction(f"tokenizer.{key}", source, str(copy), root)
+    for section in RECORDED:
+        recorded = _flat(_plain(record[section]), section)
+        for key, value in _flat(_plain(given[section]), section).items():
+            is_file = key.removeprefix("tokenizer.") in sources
+            if not is_file and recorded.get(key, _ABSENT) != value:
+                _contradiction(key, value, recorded.get(key, "<no such key>"), root)
+
+
+def _contradiction(key: str, given: object, recorded: object, root: epath.Path) -> None:
+    raise ConfigError(
+        f"--config.{key}={given!r}: the checkpoints in {root} were trained with {recorded!r} "
+        f"({root / CONFIG_FILE}); resume with the same model, or give another --workdir"
+    )
+
+
+_ABSENT = object()
+
+
+def _flat(value: object, prefix: str) -> dict[str, object]:
+    if isinstance(value, dict):
+        flat: dict[str, object] = {}
+        for key, inner in value.items():
+            flat |= _flat(inner, f"{prefix}.{key}")
+        return flat
+    return {prefix: value}
 
 
 def workdir_of(checkpoint: str) -> epath.Path:
@@ -79,11 +142,15 @@ def load(checkpoint: str) -> ml_collections.ConfigDict | None:
         return None
     try:
         record = json.loads((root / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{root / CONFIG_FILE}: not readable JSON ({error})") from None
+    missing = [s for s in RECORDED if not isinstance(record, dict) or s not in record]
+    if missing:
+        raise ConfigError(f"{root / CONFIG_FILE}: not a run record (no {', '.join(missing)})")
     record = ml_collections.ConfigDict({**record, "model": towers_by_name(record["model"])})
-    for key in tokenizer_files(record, str(root)):
-        record.tokenizer[key] = str(root / record.tokenizer[key])
+    with config_errors():
+        for key in tokenizer_files(record, str(root)):
+            record.tokenizer[key] = str(root / record.tokenizer[key])
     return record
 
 
@@ -114,8 +181,10 @@ def with_model_of(
     overridden: Sequence[str],
     where: str,
 ) -> ml_collections.ConfigDict:
-    """`config` (evaluation keys) with the recorded sections; `overridden` (the command line's
-    `--config.*` keys) may not give a recorded key another value."""
+    """`config` (evaluation keys) with the recorded sections: the model's (`RECORDED`), which
+    `overridden` (the command line's `--config.*` keys) may not contradict, and the data's
+    (`data.prepared`, the description sources, ...: what retrieval reads), where the command line
+    did not set them."""
     for key in overridden:
         if key.partition(".")[0] not in RECORDED:
             continue
@@ -129,10 +198,41 @@ def with_model_of(
     with merged.unlocked():
         for section in RECORDED:
             merged[section] = ml_collections.ConfigDict(record[section].to_dict())
-        if "image_size" in merged.get("data", {}):  # images are read at the model's size
-            merged.data.image_size = record.model.image_size
-    logging.info("Model, tokenizer and loss from %s/%s", where, CONFIG_FILE)
+        if "data" in merged and "data" in record:
+            for key, value in record.data.items():
+                if key in merged.data and f"data.{key}" not in overridden:
+                    merged.data[key] = value
+            merged.data.image_size = record.model.image_size  # read at the model's size
+    logging.info("Model, tokenizer, loss and data from %s/%s", where, CONFIG_FILE)
     return merged
+
+
+def config_for(
+    checkpoint: str,
+    config: ml_collections.ConfigDict | None,
+    overridden: Sequence[str] = (),
+) -> ml_collections.ConfigDict:
+    """The config that rebuilds the checkpoint's model: `config` with the workdir's recorded
+    sections (`with_model_of`), the record alone when no config is given, or `config` as given
+    for a workdir from before records (it must then describe the model)."""
+    record = load(checkpoint)
+    where = str(workdir_of(checkpoint))
+    if record is None:
+        if config is None:
+            raise ConfigError(
+                f"{where}: no {CONFIG_FILE} (trained before runs were recorded); give "
+                "--config=<the config it was trained with>"
+            )
+        logging.warning(
+            "%s has no %s (trained before runs were recorded): the config given must describe "
+            "its model",
+            where,
+            CONFIG_FILE,
+        )
+        return config
+    if config is None:
+        return record
+    return with_model_of(record, config, overridden, where)
 
 
 def command_line_overrides(argv: Sequence[str]) -> list[str]:

@@ -6,7 +6,6 @@ walks.
 """
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import re
@@ -23,7 +22,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from clu import metrics as clu_metrics
-from clu import parameter_overview
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.experimental import multihost_utils
@@ -32,16 +30,19 @@ from jax.sharding import Mesh
 from focusclip_jax import (
     config_checks,
     evaluators,
+    logs,
     losses,
-    models,
     optim,
     run_record,
     sharding,
     weights,
+    workdir_lock,
 )
 from focusclip_jax.checkpoint import Checkpointer
 from focusclip_jax.logs import MetricWriter
-from input_pipeline import heatmaps, pipeline
+from focusclip_jax.setup import ModelSetup
+from input_pipeline import heatmaps, pipeline, sources
+from input_pipeline.files import InputDataError, config_errors
 
 
 @flax.struct.dataclass
@@ -51,15 +52,6 @@ class TrainState:
     opt_state: Any
     nonfinite_count: jax.Array  # steps whose loss or gradient was not finite (update skipped)
     first_nonfinite_step: jax.Array  # -1 while every step has been finite
-
-
-def param_bounds(abstract_params: nnx.State) -> dict[tuple[str, ...], tuple[float, float]]:
-    """Parameters declared with `bounds=(lo, hi)` metadata (alpha, logit scale), by path."""
-    return {
-        tuple(str(k) for k in path): variable.get_metadata()["bounds"]
-        for path, variable in nnx.to_flat_state(abstract_params)
-        if "bounds" in variable.get_metadata()
-    }
 
 
 def project_to_bounds(params: Any, bounds: Mapping[tuple[str, ...], tuple[float, float]]) -> Any:
@@ -82,9 +74,7 @@ def embed_batch(
     *,
     graphdef: nnx.GraphDef,
     modalities: tuple[str, ...],
-    min_sigma: float,
-    heatmap_mode: str = "parts",
-    joint_sigma: float = 2.0,
+    heatmap: heatmaps.HeatmapSettings,
     rng: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """The batch's embeddings of `modalities`; heatmaps are rendered here, on the device."""
@@ -98,9 +88,7 @@ def embed_batch(
             batch["person_mask"],
             images.shape[1],
             images.shape[2],
-            min_sigma=min_sigma,
-            mode=heatmap_mode,
-            joint_sigma=joint_sigma,
+            heatmap,
         )
     return model.embed(
         images=images,
@@ -132,9 +120,7 @@ def compute_loss(
     *,
     graphdef: nnx.GraphDef,
     loss_config: ml_collections.ConfigDict,
-    min_sigma: float,
-    heatmap_mode: str = "parts",
-    joint_sigma: float = 2.0,
+    heatmap: heatmaps.HeatmapSettings,
     rng: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The FocusCLIP objective on a batch. `rng`: the key of the step's dropout (none: no
@@ -144,9 +130,7 @@ def compute_loss(
         batch,
         graphdef=graphdef,
         modalities=needed_modalities(loss_config.pairs),
-        min_sigma=min_sigma,
-        heatmap_mode=heatmap_mode,
-        joint_sigma=joint_sigma,
+        heatmap=heatmap,
         rng=rng,
     )
     return contrastive_loss(embeddings, params, loss_config)
@@ -159,9 +143,7 @@ def accumulated_loss_and_grads(
     accumulate_steps: int,
     graphdef: nnx.GraphDef,
     loss_config: ml_collections.ConfigDict,
-    min_sigma: float,
-    heatmap_mode: str = "parts",
-    joint_sigma: float = 2.0,
+    heatmap: heatmaps.HeatmapSettings,
     rng: jax.Array | None = None,
 ) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Any]:
     """The loss over the whole batch and its exact gradient, the towers run on
@@ -181,9 +163,7 @@ def accumulated_loss_and_grads(
         embed_batch,
         graphdef=graphdef,
         modalities=needed_modalities(loss_config.pairs),
-        min_sigma=min_sigma,
-        heatmap_mode=heatmap_mode,
-        joint_sigma=joint_sigma,
+        heatmap=heatmap,
     )
 
     def forward(_: None, xs: tuple) -> tuple[None, dict[str, jax.Array]]:
@@ -217,9 +197,7 @@ def train_step(
     schedule: optax.Schedule,
     loss_config: ml_collections.ConfigDict,
     bounds: Mapping[tuple[str, ...], tuple[float, float]],
-    min_sigma: float,
-    heatmap_mode: str = "parts",
-    joint_sigma: float = 2.0,
+    heatmap: heatmaps.HeatmapSettings,
     seed: int = 0,
     accumulate_steps: int = 1,
     frozen: tuple[str, ...] = (),
@@ -232,9 +210,7 @@ def train_step(
     options = dict(
         graphdef=graphdef,
         loss_config=loss_config,
-        min_sigma=min_sigma,
-        heatmap_mode=heatmap_mode,
-        joint_sigma=joint_sigma,
+        heatmap=heatmap,
         rng=jax.random.fold_in(jax.random.key(seed), state.step),
     )
     if accumulate_steps > 1:
@@ -279,65 +255,6 @@ def train_step(
     return new_state, metrics
 
 
-def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ml_collections.ConfigDict:
-    """`model.text.vocab_size = -1` means: take it from the tokenizer."""
-    model_config = ml_collections.ConfigDict(config.model.to_dict())
-    if model_config.text.vocab_size == -1:
-        model_config.text.vocab_size = vocab_size
-    return model_config
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSetup:
-    """The model on a mesh, with nothing to train it: its static graph, abstract parameters in
-    their shardings, and bounded parameters. Built without an optimiser or a compiled step, for
-    training (`Trainer`), evaluation, `predict`, the notebook and the AOT tool alike."""
-
-    config: ml_collections.ConfigDict  # the run's (model, sharding and seed keys are read)
-    model_config: ml_collections.ConfigDict  # `model.text.vocab_size` resolved
-    mesh: Mesh
-    graphdef: nnx.GraphDef
-    abstract_params: Any  # pure dict of jax.ShapeDtypeStruct with their shardings
-    param_shardings: Any
-    bounds: dict[tuple[str, ...], tuple[float, float]]
-
-    @classmethod
-    def create(
-        cls, config: ml_collections.ConfigDict, mesh: Mesh, *, vocab_size: int
-    ) -> "ModelSetup":
-        model_config = _model_config(config, vocab_size)
-        loss_scalars = losses.create(config.loss).scalars
-        new_model = lambda: models.create_model(
-            model_config, nnx.Rngs(config.seed), loss_scalars=loss_scalars
-        )
-        graphdef, abstract = nnx.split(nnx.eval_shape(new_model), nnx.Param)
-        logical_specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract))
-        pure = nnx.to_pure_dict(abstract)
-        rules = [tuple(rule) for rule in config.sharding.rules]
-        shardings = sharding.tree_shardings(logical_specs, pure, mesh, rules)
-        return cls(
-            config=config,
-            model_config=model_config,
-            mesh=mesh,
-            graphdef=graphdef,
-            abstract_params=jax.tree.map(
-                lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-                pure,
-                shardings,
-            ),
-            param_shardings=shardings,
-            bounds=param_bounds(abstract),
-        )
-
-    def new_model(self) -> nnx.Module:
-        """A freshly initialised model (the config's seed)."""
-        return models.create_model(
-            self.model_config,
-            nnx.Rngs(self.config.seed),
-            loss_scalars=losses.create(self.config.loss).scalars,
-        )
-
-
 def _state_shardings(abstract_opt_state: Any, abstract_params: Any, other: Any) -> Any:
     """The optimiser state's shardings: a leaf that ends with a parameter's path and has its
     shape (a moment, a trace) is sharded as that parameter; counters and the rest: `other`.
@@ -366,24 +283,34 @@ class Trainer:
     """A `ModelSetup` with the optimiser, the train state's shardings and the jitted step."""
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, *, vocab_size: int):
+        """Builds (and so checks, each its own options) everything the step needs: the model,
+        loss, optimiser and heatmaps, and the evaluators' entries; a rule broken is a
+        `ConfigError` naming its key. Nothing is compiled. (The data's own options are checked
+        with its files: `pipeline.check_input_files`.)"""
         self.config = config
         self.setup = ModelSetup.create(config, mesh, vocab_size=vocab_size)
-        self.mesh = mesh
-        self.model_config = self.setup.model_config
-        self.graphdef = self.setup.graphdef
-        self.bounds = self.setup.bounds
-        self.param_shardings = self.setup.param_shardings
-        self.total_steps = config.train.num_steps
         frozen = tuple(config.train.frozen)
-        self.tx, self.schedule = optim.make_optimizer(config.optimizer, self.total_steps, frozen)
         abstract_pure = self.setup.abstract_params
-        optim.check_frozen(abstract_pure, frozen)
+        with config_errors():
+            self.tx, self.schedule = optim.make_optimizer(
+                config.optimizer, config.train.num_steps, frozen
+            )
+            optim.check_frozen(abstract_pure, frozen)
+            heatmap = heatmaps.HeatmapSettings.from_config(
+                config.heatmaps, sources.skeleton_of(config.data.name)
+            )
+            evaluators.check_types(config)
+            if config.train.on_nonfinite not in NONFINITE_POLICIES:
+                raise ValueError(
+                    f"config train.on_nonfinite={config.train.on_nonfinite!r}: expected one of "
+                    f"{NONFINITE_POLICIES}"
+                )
         abstract_opt_state = jax.eval_shape(self.tx.init, abstract_pure)
         everywhere = sharding.replicated(mesh)
         opt_shardings = _state_shardings(abstract_opt_state, abstract_pure, everywhere)
         self.state_shardings = TrainState(
             step=everywhere,
-            params=self.param_shardings,
+            params=self.setup.param_shardings,
             opt_state=opt_shardings,
             nonfinite_count=everywhere,
             first_nonfinite_step=everywhere,
@@ -395,14 +322,12 @@ class Trainer:
         )
         step = functools.partial(
             train_step,
-            graphdef=self.graphdef,
+            graphdef=self.setup.graphdef,
             tx=self.tx,
             schedule=self.schedule,
             loss_config=config.loss,
-            bounds=self.bounds,
-            min_sigma=config.heatmaps.min_sigma,
-            heatmap_mode=config.heatmaps.mode,
-            joint_sigma=config.heatmaps.joint_sigma,
+            bounds=self.setup.bounds,
+            heatmap=heatmap,
             seed=config.seed,
             accumulate_steps=config.train.accumulate_steps,
             frozen=frozen,
@@ -434,14 +359,18 @@ class Trainer:
         init = self.config.get("init")
         if not weights.requested(init):
             return jax.jit(self._init_state, out_shardings=self.state_shardings)()
-        params = weights.pretrained_params(init, self.setup.new_model, self.param_shardings)
+        params = weights.pretrained_params(init, self.setup.new_model, self.setup.param_shardings)
         return jax.jit(self._init_state, out_shardings=self.state_shardings, donate_argnums=0)(
             params
         )
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient went NaN/Inf; parameters were kept at their last finite values."""
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(InputDataError, FloatingPointError):
+    """The loss or gradient went NaN/Inf; parameters were kept at their last finite values. Told
+    like a user's mistake (one line, exit 2): the cure is in the config or the data."""
 
 
 def check_finite(metrics: Mapping[str, float], policy: str = "stop") -> None:
@@ -458,8 +387,6 @@ def check_finite(metrics: Mapping[str, float], policy: str = "stop") -> None:
             int(metrics["first_nonfinite_step"]),
         )
         return
-    if policy != "stop":
-        raise ValueError(f"config train.on_nonfinite={policy!r}: expected stop or skip")
     raise NonFiniteLossError(
         f"non-finite loss or gradient at step {int(metrics['first_nonfinite_step'])}; "
         "the update was skipped and the last checkpoint holds finite parameters"
@@ -552,23 +479,30 @@ def _eta(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path, *, takeover_lock: bool = False
+) -> dict[str, float]:
     """Train to `config.train.num_steps` (resuming from `workdir`), evaluate, return the results.
 
-    `workdir` may be a local folder or a bucket URL such as gs://bucket/run (through etils.epath).
+    Everything is checked before anything is written (the config's rules, its files, every
+    component built); then the workdir's lock is taken (`workdir_lock`: one training writes a
+    workdir at a time) and the run recorded. `workdir` may be a local folder or a bucket URL
+    such as gs://bucket/run (through etils.epath).
     """
-    mesh = config_checks.validated_mesh(config)  # before anything is written or compiled
-    pipeline.check_input_files(config, also=weights.required_files(config.get("init")))
-    tokenizer = pipeline.create_tokenizer(config, workdir=str(workdir))
-    run_record.write(str(workdir), config, tokenizer.vocab_size)
-    trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
-    overview = parameter_overview.get_parameter_overview(
-        trainer.setup.abstract_params, include_stats=False
+    mesh = config_checks.validated_mesh(config)
+    pipeline.check_input_files(
+        config, also=weights.required_files(config.get("init")), workdir=str(workdir)
     )
-    logging.info("Parameters (shapes and counts, before initialisation):\n%s", overview)
+    with config_errors():
+        tokenizer = pipeline.create_tokenizer(config, workdir=str(workdir))
+    trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
+    root = run_record.workdir_path(workdir)
     # Every exit, errors included, closes what was opened, last first: the signal handler, pending
-    # checkpoint saves (waited for), the data workers, the metric writers.
+    # checkpoint saves (waited for), the data workers, the metric writers, the workdir's lock.
     with contextlib.ExitStack() as opened:
+        opened.enter_context(workdir_lock.hold(root, takeover=takeover_lock))
+        run_record.write(str(workdir), config, tokenizer)
+        logging.info("%s", logs.write_parameter_table(trainer.setup.abstract_params, root))
         writer = MetricWriter(workdir)
         opened.callback(writer.close)
         train_iter = pipeline.train_iterator(config, tokenizer)
@@ -580,10 +514,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         writer.write_hparams(flatten_dict(config.to_dict(), sep="."))
         state = checkpointer.restore(trainer.abstract_state, train_iter, config)
         state = state or trainer.init_state()
-        due_to_run = evaluators.create(config, trainer.setup, tokenizer)
+        with config_errors():
+            due_to_run = evaluators.create(config, trainer.setup, tokenizer)
         return _train_loop(
             config, trainer, state, train_iter, due_to_run, writer, checkpointer, preemption
         )
+
+
+def _compile(trainer: Trainer, state: TrainState, batch: Any) -> jax.stages.Compiled:
+    """The step compiled for the run's shapes (a minute for the paper's model, longer on a
+    CPU): said before, timed after, and left out of the first window's images per second."""
+    logging.info("Compiling the training step...")
+    start = time.perf_counter()
+    compiled = trainer.step.lower(state, batch).compile()
+    logging.info("Training step compiled in %.1f s", time.perf_counter() - start)
+    return compiled
 
 
 def _train_loop(
@@ -597,7 +542,7 @@ def _train_loop(
     preemption: PreemptionWatcher,
 ) -> dict[str, float]:
     """Steps to `train.num_steps` with logging, evaluation, checkpoints and preemption."""
-    mesh = trainer.mesh
+    mesh = trainer.setup.mesh
     batch_rows = sharding.batch_sharding(mesh)
     step = int(state.step)
     total = config.train.num_steps
@@ -605,11 +550,15 @@ def _train_loop(
     window = MetricWindow()
     window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
     results: dict[str, float] = {}
+    run_step = None
     while step < total:
         fetch_start = time.perf_counter()
         batch = pipeline.to_global_arrays(next(train_iter), batch_rows)
         data_wait += time.perf_counter() - fetch_start
-        state, metrics = trainer.step(state, batch)
+        if run_step is None:
+            run_step = _compile(trainer, state, batch)
+            window_start, data_wait = time.perf_counter(), 0.0
+        state, metrics = run_step(state, batch)
         step += 1
         window_steps += 1
         window.add(metrics)
@@ -656,16 +605,3 @@ def _train_loop(
         if not results and evaluations:  # resumed at the end: evaluate what was restored
             results = evaluators.run_due(evaluations, state.params, total, total).metrics
     return results
-
-
-NOT_PERCENT = ("median_rank", "_l2")  # metric names ending so are counts or settings
-
-
-def results_table(results: Mapping[str, float]) -> str:
-    """A Markdown table of evaluation results: accuracies and recalls in percent, ranks and
-    chosen penalties as they are."""
-    lines = ["| metric | value |", "|---|---:|"]
-    for name, value in results.items():
-        shown = f"{value:g}" if name.endswith(NOT_PERCENT) else f"{100 * value:.2f}%"
-        lines.append(f"| {name} | {shown} |")
-    return "\n".join(lines)

@@ -5,9 +5,10 @@ command-line tool of the project, where a mistake (a missing or unreadable file,
 config key) prints `error: <one line>` and exits with status 2.
 """
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -28,6 +29,23 @@ class InputDataError(Exception):
 
 class MissingFilesError(InputDataError, FileNotFoundError):
     """Raised before any work starts, naming every missing file, its config key and its source."""
+
+
+class ConfigError(InputDataError, ValueError):
+    """A config key breaks a rule; the message names the key and what it takes."""
+
+
+@contextlib.contextmanager
+def config_errors() -> Iterator[None]:
+    """A component built from the config raises ValueError naming the key it rejects (its own
+    check, done once, where the option is used): inside this block that is the user's mistake,
+    a `ConfigError`."""
+    try:
+        yield
+    except InputDataError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def require_files(files: Sequence[RequiredFile]) -> None:

@@ -31,43 +31,75 @@ purpose:
   renderers below may take either route.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from input_pipeline import skeleton
+from input_pipeline import skeleton as skeletons
+from input_pipeline.skeleton import Skeleton
 
-NUM_JOINTS = skeleton.MPII.num_joints
-PART_GROUPS: dict[str, tuple[int, ...]] = dict(skeleton.MPII.parts)  # MPII's, the original's
+NUM_JOINTS = skeletons.MPII.num_joints
+PART_GROUPS: dict[str, tuple[int, ...]] = dict(skeletons.MPII.parts)  # MPII's, the original's
 
 
 HEATMAP_MODES = ("parts", "joints")
 
 
-def _check_args(mode: str, min_sigma: float, joint_sigma: float) -> None:
-    if mode not in HEATMAP_MODES:
-        raise ValueError(f"heatmap mode must be one of {HEATMAP_MODES}, got {mode!r}")
-    if not min_sigma > 0:
-        raise ValueError(f"min_sigma must be > 0 (it guards a division by σ), got {min_sigma}")
-    if mode == "joints" and not joint_sigma > 0:
-        raise ValueError(f"joint_sigma must be > 0, got {joint_sigma}")
+@dataclasses.dataclass(frozen=True)
+class HeatmapSettings:
+    """How heatmaps are drawn: the keypoints' skeleton (its part groups) and `config.heatmaps`
+    (mode, σ floor, the joints mode's σ), built once and checked once."""
+
+    skeleton: Skeleton = skeletons.MPII
+    mode: str = "parts"
+    min_sigma: float = 1.0
+    joint_sigma: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in HEATMAP_MODES:
+            raise ValueError(f"config heatmaps.mode={self.mode!r}: expected one of {HEATMAP_MODES}")
+        if not (isinstance(self.min_sigma, int | float) and self.min_sigma > 0):
+            raise ValueError(
+                f"config heatmaps.min_sigma={self.min_sigma!r}: must be > 0 (it guards a "
+                "division by σ)"
+            )
+        if not (isinstance(self.joint_sigma, int | float) and self.joint_sigma > 0):
+            raise ValueError(f"config heatmaps.joint_sigma={self.joint_sigma!r}: must be > 0")
+
+    @classmethod
+    def from_config(
+        cls, heatmaps: ml_collections.ConfigDict, skeleton: Skeleton
+    ) -> "HeatmapSettings":
+        return cls(skeleton, heatmaps.mode, heatmaps.min_sigma, heatmaps.joint_sigma)
 
 
 def _gaussians_np(
-    keypoints: np.ndarray, visible: np.ndarray, mode: str, min_sigma: float, joint_sigma: float
+    keypoints: np.ndarray, visible: np.ndarray, settings: HeatmapSettings
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(centre (x, y), σ (x, y)) of each Gaussian of one person: keypoints [J, 2], visible [J]."""
-    if mode == "joints":
+    if settings.mode == "joints":
         used = visible & np.isfinite(keypoints).all(axis=-1)
-        return [(keypoints[j], np.full(2, joint_sigma)) for j in np.flatnonzero(used)]
+        return [(keypoints[j], np.full(2, settings.joint_sigma)) for j in np.flatnonzero(used)]
     gaussians = []
-    for _, ids in skeleton.for_joints(len(keypoints)).parts:
+    for _, ids in settings.skeleton.parts:
         pts = keypoints[[i for i in ids if visible[i]]]
         if len(pts) < 2:
             continue
         lo, hi = pts.min(axis=0), pts.max(axis=0)
-        gaussians.append(((lo + hi) / 2, np.maximum((hi - lo) / 2, min_sigma)))
+        gaussians.append(((lo + hi) / 2, np.maximum((hi - lo) / 2, settings.min_sigma)))
     return gaussians
+
+
+def _check_joints(keypoints_shape: tuple[int, ...], settings: HeatmapSettings) -> None:
+    joints = keypoints_shape[-2]
+    if joints != settings.skeleton.num_joints:
+        raise ValueError(
+            f"keypoints with {joints} joints, but the {settings.skeleton.name} skeleton has "
+            f"{settings.skeleton.num_joints}"
+        )
 
 
 def render_heatmap_np(
@@ -76,17 +108,15 @@ def render_heatmap_np(
     person_mask: np.ndarray,
     height: int,
     width: int,
-    min_sigma: float = 1.0,
-    mode: str = "parts",
-    joint_sigma: float = 2.0,
+    settings: HeatmapSettings = HeatmapSettings(),
 ) -> np.ndarray:
     """Heatmap of one image on the host: keypoints [P, J, 2] (x, y), visible [P, J], mask [P]
-    (J: the joints of a registered skeleton, MPII's 16 or COCO's 17).
+    (J: the joints of the settings' skeleton, MPII's 16 or COCO's 17).
 
     The reference renderer (loops over people and parts, literally as the recipe reads); used for
     inspection, tests and hosts without accelerators. Returns float32 [height, width] in [0, 1].
     """
-    _check_args(mode, min_sigma, joint_sigma)
+    _check_joints(np.shape(keypoints), settings)
     keypoints = np.asarray(keypoints, np.float64)
     visible = np.asarray(visible, bool)
     xs = np.arange(width, dtype=np.float64)
@@ -94,7 +124,7 @@ def render_heatmap_np(
     total = np.zeros((height, width), np.float64)
     for person in np.flatnonzero(np.asarray(person_mask, bool)):
         person_map = np.zeros((height, width), np.float64)
-        gaussians = _gaussians_np(keypoints[person], visible[person], mode, min_sigma, joint_sigma)
+        gaussians = _gaussians_np(keypoints[person], visible[person], settings)
         for (cx, cy), (sx, sy) in gaussians:
             gx = np.exp(-((xs - cx) ** 2) / (2 * sx**2))
             gy = np.exp(-((ys - cy) ** 2) / (2 * sy**2))
@@ -109,30 +139,28 @@ def render_heatmaps(
     person_mask: jax.Array,
     height: int,
     width: int,
-    min_sigma: float = 1.0,
+    settings: HeatmapSettings = HeatmapSettings(),
     dtype: jnp.dtype = jnp.float32,
-    mode: str = "parts",
-    joint_sigma: float = 2.0,
 ) -> jax.Array:
     """Heatmaps of a batch on the device: keypoints [B, P, J, 2], visible [B, P, J], mask [B, P]
-    (J: the joints of a registered skeleton, which gives the part groups).
+    (J: the joints of the settings' skeleton, which gives the part groups).
 
-    Jittable with static `height`/`width`/`mode`/`joint_sigma`. Each Gaussian is separable, so the
+    Jittable with static `height`/`width`/`settings`. Each Gaussian is separable, so the
     whole batch is a gather, two small exps ([B, P·G, H] and [B, P·G, W]) and one batched matmul
     over the P·G Gaussians (G = the skeleton's parts, or its joints); the sum over people and
     Gaussians is clipped once (equal to per-person clipping, see the module docstring).
     Invisible joints, parts with < 2 visible joints and masked people contribute exactly 0, and
     nothing is ever NaN. Returns `dtype` [B, height, width] in [0, 1].
     """
-    _check_args(mode, min_sigma, joint_sigma)
+    _check_joints(jnp.shape(keypoints), settings)
     kp = jnp.asarray(keypoints, jnp.float32)
     vis = jnp.asarray(visible, bool) & jnp.asarray(person_mask, bool)[..., None]
-    if mode == "joints":
+    if settings.mode == "joints":
         used = vis & jnp.all(jnp.isfinite(kp), axis=-1)  # [B, P, J]
         centre = jnp.where(used[..., None], kp, 0.0)
-        sigma = jnp.full(centre.shape, joint_sigma, jnp.float32)
+        sigma = jnp.full(centre.shape, settings.joint_sigma, jnp.float32)
     else:
-        used, centre, sigma = _part_gaussians(kp, vis, min_sigma)
+        used, centre, sigma = _part_gaussians(kp, vis, settings)
     batch, gaussians = used.shape[0], used.shape[1] * used.shape[2]
 
     def gauss_1d(size: int, axis: int) -> jax.Array:
@@ -154,10 +182,10 @@ def render_heatmaps(
 
 
 def _part_gaussians(
-    kp: jax.Array, vis: jax.Array, min_sigma: float
+    kp: jax.Array, vis: jax.Array, settings: HeatmapSettings
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(used [B, P, G], centre [B, P, G, 2], σ [B, P, G, 2]) of every part's Gaussian."""
-    index, valid = skeleton.for_joints(kp.shape[2]).part_tables  # [G, K] (MPII: [10, 6])
+    index, valid = settings.skeleton.part_tables  # [G, K] (MPII: [10, 6])
     part_kp = kp[:, :, index]  # [B, P, G, K, 2]
     part_vis = (vis[:, :, index] & valid)[..., None]  # [B, P, G, K, 1]
     # Masked joints are replaced before min/max, so a NaN or -1 placeholder never leaks in.
@@ -166,4 +194,4 @@ def _part_gaussians(
     used = jnp.sum(part_vis[..., 0], axis=3) >= 2  # [B, P, G]
     lo = jnp.where(used[..., None], lo, 0.0)
     hi = jnp.where(used[..., None], hi, 0.0)
-    return used, (lo + hi) / 2, jnp.maximum((hi - lo) / 2, min_sigma)
+    return used, (lo + hi) / 2, jnp.maximum((hi - lo) / 2, settings.min_sigma)

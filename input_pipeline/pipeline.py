@@ -16,83 +16,51 @@ import jax
 import ml_collections
 import numpy as np
 
-from input_pipeline import eval_datasets, mpii, skeleton, sources, synthpose
+from input_pipeline import eval_datasets, mpii, sources, synthpose, tokenizers
 from input_pipeline.files import InputDataError, RequiredFile, require_files
-from input_pipeline.tokenizers import (
-    CLIP_BPE_SOURCE,
-    BertWordPieceTokenizer,
-    ClipBpeTokenizer,
-    FittedBpeTokenizer,
-    WordTokenizer,
-)
+from input_pipeline.tokenizers import Tokenizer
 
-Tokenizer = Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]
 TRAIN_FIELDS = ("image", "keypoints", "visible", "person_mask")
 
 
-BERT_VOCAB = (
-    "vocab.txt of a Hugging Face BERT checkpoint, e.g. google-bert/bert-base-uncased "
-    "(the folder the text tower's weights come from)"
-)
-TOKENIZER_KINDS = ("synthetic_words", "words", "bert_wordpiece", "clip_bpe", "fitted_bpe")
+def check_tokenizer_files(
+    config: ml_collections.ConfigDict, workdir: str | None = None, *, fit: bool = False
+) -> list[RequiredFile]:
+    """The tokenizer's files (`fit`: a training run, which may fit its own), as `RequiredFile`s
+    for `require_files`; an unknown kind names the key."""
+    return tokenizers.kind_of(config.tokenizer).required_files(config.tokenizer, workdir, fit=fit)
 
 
-def check_input_files(config: ml_collections.ConfigDict, also: Sequence[RequiredFile] = ()) -> None:
-    """Fail before any work, naming every missing data, vocabulary (and `also`) file at once
-    (an evaluation-only `data.name` that is no training source needs no data files)."""
-    source = sources.DATA_SOURCES.get(config.data.name)
-    files = source.required_files(config.data) if source else []
-    if config.tokenizer.kind == "bert_wordpiece":
-        files.append(RequiredFile("tokenizer.vocab", config.tokenizer.vocab, BERT_VOCAB))
-    elif config.tokenizer.kind == "words":
-        files.append(
-            RequiredFile("tokenizer.vocab", config.tokenizer.vocab, "a word list, one per line")
-        )
-    elif config.tokenizer.kind == "clip_bpe":
-        files.append(RequiredFile("tokenizer.vocab", config.tokenizer.vocab, CLIP_BPE_SOURCE))
+def check_input_files(
+    config: ml_collections.ConfigDict,
+    also: Sequence[RequiredFile] = (),
+    *,
+    workdir: str | None = None,
+) -> None:
+    """Fail before any work of a training run, naming every missing data, tokenizer (and
+    `also`) file at once; the source's own options (its record map) are checked here too."""
+    source = sources.get(config.data.name)
+    files = source.required_files(config.data)
+    files += check_tokenizer_files(config, workdir, fit=True)
     require_files([*files, *also])
+    source.record_map(config.data)
 
 
 def tokenizer_corpus(config: ml_collections.ConfigDict) -> list[str]:
-    """The texts a `fitted_bpe` tokenizer is fitted on: the training source's (`sources.py`)."""
+    """The texts a tokenizer is fitted on: the training source's (`sources.py`)."""
     return sources.get(config.data.name).corpus(config.data)
 
 
 def create_tokenizer(
     config: ml_collections.ConfigDict, workdir: str | None = None, *, fit: bool = True
 ) -> Tokenizer:
-    """`tokenizer.kind`: `synthetic_words` (fitted on SynthPose's describer vocabulary and
-    prompts), `words` (a word list), `bert_wordpiece` (BERT's vocab.txt), `clip_bpe` (CLIP's
-    bpe_simple_vocab_16e6.txt.gz) or
-    `fitted_bpe` (a BPE of `tokenizer.vocab_size` fitted on `tokenizer_corpus`, saved as
-    `tokenizer.path`, by default `<workdir>/tokenizer.json`, and reused from there; `fit=False`,
-    for inference, only reuses: a missing file is an error, never a new fit)."""
-    kind = config.tokenizer.kind
-    if kind == "synthetic_words":
-        return WordTokenizer.fit(synthpose.corpus())
-    if kind == "words":
-        return WordTokenizer.from_file(config.tokenizer.vocab)
-    if kind == "bert_wordpiece":
-        return BertWordPieceTokenizer(config.tokenizer.vocab)
-    if kind == "clip_bpe":
-        return ClipBpeTokenizer(config.tokenizer.vocab)
-    if kind == "fitted_bpe":
-        path = config.tokenizer.get("path") or (workdir and f"{workdir}/tokenizer.json")
-        if not path:
-            raise ValueError(
-                "config tokenizer.path: where the fitted BPE is saved, e.g. in the workdir"
-            )
-        if not fit:
-            if not Path(path).is_file():
-                raise InputDataError(
-                    f"--config.tokenizer.path={path}: the checkpoint's fitted BPE is not there "
-                    "(training saves it in its workdir); inference never fits one"
-                )
-            return FittedBpeTokenizer.from_file(path)
-        return FittedBpeTokenizer.load_or_fit(
-            path, lambda: tokenizer_corpus(config), config.tokenizer.vocab_size
-        )
-    raise ValueError(f"config tokenizer.kind={kind!r}: expected one of {TOKENIZER_KINDS}")
+    """The tokenizer `config.tokenizer.kind` names (`tokenizers.TOKENIZERS`); a fitted one is
+    fitted on `tokenizer_corpus` in memory (training keeps it: `tokenizers.TokenizerKind.save`);
+    `fit=False`, for inference, only reads one."""
+    kind = tokenizers.kind_of(config.tokenizer)
+    return kind.create(
+        config.tokenizer, corpus=lambda: tokenizer_corpus(config), workdir=workdir, fit=fit
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,8 +121,7 @@ def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStr
     processes together): for compiling the step before any data exists."""
     batch, size = config.train.batch_size, config.data.image_size
     people, max_len = config.data.max_people, config.model.text.max_len
-    source = sources.DATA_SOURCES.get(config.data.name)
-    joints = (source.skeleton if source else skeleton.MPII).num_joints
+    joints = sources.skeleton_of(config.data.name).num_joints
     spec = lambda shape, dtype: jax.ShapeDtypeStruct((batch, *shape), np.dtype(dtype))
     return {
         "image": spec((size, size, 3), np.uint8),
@@ -250,55 +217,88 @@ def zero_shot_data(
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalData:
-    """Images and the text written for each (row i describes image i)."""
+    """Images and the texts written for them: text j describes image `text_image[j]` (COCO's
+    five captions each), or image j when `text_image` is None."""
 
     name: str
     images: np.ndarray  # uint8 [N, H, W, 3], resized to the model's input
     texts: tuple[str, ...]
+    text_image: np.ndarray | None = None  # int [T]
 
 
-def _synthpose_retrieval(data: ml_collections.ConfigDict) -> RetrievalData:
+def _synthpose_retrieval(
+    data: ml_collections.ConfigDict, options: ml_collections.ConfigDict
+) -> RetrievalData:
     """The held-out SynthPose scenes (`data.eval_seed`, 0–3 distractors) and their descriptions."""
+    del options
     images, _, texts = _synthpose_eval_records(
         data.eval_records, data.eval_seed, data.image_size, synthpose.MAX_DISTRACTORS
     )
     return RetrievalData("synthpose", images, texts)
 
 
-def _prepared_val_retrieval(data: ml_collections.ConfigDict, name: str) -> RetrievalData:
-    """The prepared validation split (`data.prepared`: MPII's, or COCO's with its captions),
-    each whole image squashed to the model's size with one description: from the first of
+def _image_list(options: ml_collections.ConfigDict) -> set[str] | None:
+    """The image file names of `options.image_list` (one per line; the COCO 5k test split's,
+    say), or None: every image of the split."""
+    path = options.get("image_list", "")
+    if not path:
+        return None
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as error:
+        raise InputDataError(f"config evals.<retrieval>.image_list={path}: {error}") from None
+    return {Path(line.strip()).name for line in lines if line.strip()}
+
+
+def _prepared_val_retrieval(
+    data: ml_collections.ConfigDict,
+    options: ml_collections.ConfigDict,
+    *,
+    name: str,
+    every_caption: bool,
+) -> RetrievalData:
+    """The prepared validation split (`data.prepared`), each whole image squashed to the model's
+    size. `every_caption` (COCO's protocol): every caption of every image is a query, and an
+    image retrieves its captions. Else one description per image: from the first of
     `data.description_sources` it has, else from its first source by name (the published gpt-4
     descriptions have no validation split: the authors pair it with gpt-3.5-turbo's).
-    Undescribed images are left out."""
+    Undescribed images are left out; `image_list` keeps the images it names."""
     try:
         source, _ = mpii.open_split(data.prepared, "val")
     except InputDataError as error:
         raise eval_datasets.DatasetNotFoundError(str(error)) from None
-    images, texts = [], []
+    keep = _image_list(options)
+    images, texts, owners = [], [], []
     for i in range(len(source)):
         header, jpeg, _ = mpii.decode_prepared(source[i])
+        if keep is not None and Path(header["image"]).name not in keep:
+            continue
         described = header["descriptions"]
         order = [s for s in data.description_sources if s in described] + sorted(described)
+        chosen = sorted(described) if every_caption else order[:1]
         image = eval_datasets.decode(eval_datasets.Sample(jpeg, 0), data.image_size)
-        if order and image is not None:
+        if chosen and image is not None:
+            texts += [described[s] for s in chosen]
+            owners += [len(images)] * len(chosen)
             images.append(image)
-            texts.append(described[order[0]])
     if not images:
         raise eval_datasets.DatasetNotFoundError(f"{data.prepared}: no described validation image")
-    return RetrievalData(name, np.stack(images), tuple(texts))
+    return RetrievalData(name, np.stack(images), tuple(texts), np.asarray(owners, np.int32))
 
 
-RETRIEVAL_DATASETS: dict[str, Callable[[ml_collections.ConfigDict], RetrievalData]] = {
+RetrievalReader = Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict], RetrievalData]
+RETRIEVAL_DATASETS: dict[str, RetrievalReader] = {
     "synthpose": _synthpose_retrieval,
-    "mpii_val": functools.partial(_prepared_val_retrieval, name="mpii_val"),
-    "coco_val": functools.partial(_prepared_val_retrieval, name="coco_val"),
+    "mpii_val": functools.partial(_prepared_val_retrieval, name="mpii_val", every_caption=False),
+    "coco_val": functools.partial(_prepared_val_retrieval, name="coco_val", every_caption=True),
 }
 
 
-def retrieval_data(name: str, data: ml_collections.ConfigDict) -> RetrievalData:
+def retrieval_data(
+    name: str, data: ml_collections.ConfigDict, options: ml_collections.ConfigDict
+) -> RetrievalData:
     """Held-out described images `name` for image-text retrieval (`data`: the run's data
-    section)."""
+    section; `options`: the retrieval evaluator's entry)."""
     if name not in RETRIEVAL_DATASETS:
         raise ValueError(f"retrieval dataset {name!r}: registered are {sorted(RETRIEVAL_DATASETS)}")
-    return RETRIEVAL_DATASETS[name](data)
+    return RETRIEVAL_DATASETS[name](data, options)

@@ -101,6 +101,13 @@ DATA_SOURCES: dict[str, DataSource] = {
 }
 
 
+def skeleton_of(name: str) -> Skeleton:
+    """The keypoints' skeleton of source `name`; MPII's where no source is registered (the
+    benchmarks' random batches: `configs/bench.py`)."""
+    source = DATA_SOURCES.get(name)
+    return source.skeleton if source else skeleton.MPII
+
+
 def get(name: str) -> DataSource:
     """The registered source `name`; an unknown one lists them."""
     if name not in DATA_SOURCES:

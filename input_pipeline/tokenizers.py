@@ -5,19 +5,25 @@ Every tokenizer frames a text as `[CLS] tokens… [SEP]` (CLIP's BPE: `<|startof
 token, at `mask.sum() - 1`) both work on its output. Truncation keeps the closing token.
 """
 
+import abc
 import errno
 import gzip
 import html
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+from input_pipeline.files import InputDataError, RequiredFile
+
+Tokenizer = Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]  # (ids, mask) of N texts
 
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP)
@@ -71,7 +77,10 @@ class WordTokenizer:
         path = Path(path)
         if not path.is_file():
             raise _missing(path, "vocabulary file not found")
-        return cls(path.read_text().splitlines())
+        try:
+            return cls(path.read_text(encoding="utf-8").splitlines())
+        except (UnicodeDecodeError, ValueError) as error:
+            raise InputDataError(f"{path}: not a word list, one per line ({error})") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text("\n".join(self.vocab) + "\n")
@@ -142,11 +151,14 @@ class BertWordPieceTokenizer:
         path = Path(vocab_file)
         if not path.is_file():
             raise _missing(path, "BERT vocabulary not found (vocab.txt of the checkpoint)")
-        self.vocab = path.read_text(encoding="utf-8").splitlines()
+        try:
+            self.vocab = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise InputDataError(f"{path}: not a BERT vocab.txt ({error})") from None
         self.ids = {w: i for i, w in enumerate(self.vocab)}
         missing = [t for t in SPECIAL_TOKENS if t not in self.ids]
         if missing:
-            raise ValueError(f"{path}: special tokens {missing} are not in the vocabulary")
+            raise InputDataError(f"{path}: special tokens {missing} are not in the vocabulary")
         self.lower_case = lower_case
         self.max_word_chars = max_word_chars
         self._pieces_of: dict[str, list[int]] = {}  # descriptions reuse a few thousand words
@@ -236,11 +248,14 @@ class ClipBpeTokenizer:
         path = Path(bpe_file)
         if not path.is_file():
             raise _missing(path, f"CLIP BPE vocabulary not found ({CLIP_BPE_SOURCE})")
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")[1 : CLIP_NUM_MERGES + 1]  # line 0: the version header
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                lines = f.read().split("\n")[1 : CLIP_NUM_MERGES + 1]  # line 0: a version header
+        except (OSError, EOFError, UnicodeDecodeError) as error:
+            raise InputDataError(f"{path}: not a gzipped CLIP BPE file ({error})") from None
         merges = [tuple(line.split()) for line in lines if line.strip()]
-        if any(len(m) != 2 for m in merges):
-            raise ValueError(f"{path}: expected merges of two symbols per line")
+        if not merges or any(len(m) != 2 for m in merges):
+            raise InputDataError(f"{path}: expected merges of two symbols per line")
         chars = list(bytes_to_unicode().values())
         vocab = [*chars, *(c + "</w>" for c in chars), *("".join(m) for m in merges)]
         self.ids = {token: i for i, token in enumerate([*vocab, CLIP_SOT, CLIP_EOT])}
@@ -276,7 +291,7 @@ class FittedBpeTokenizer:
     """A byte-level BPE fitted on the training texts, for text towers trained from scratch.
 
     Lower-cased, NFC, whitespace collapsed; bytes as the alphabet, so no text is unknown. Fitting is
-    deterministic, and `load_or_fit` saves the tokenizer JSON once and reuses it on resume.
+    deterministic; training saves the tokenizer JSON once and reuses it on resume (`FittedBpe`).
     """
 
     def __init__(self, tokenizer: tokenizers.Tokenizer):
@@ -312,18 +327,10 @@ class FittedBpeTokenizer:
     def from_file(cls, path: str | Path) -> "FittedBpeTokenizer":
         if not Path(path).is_file():
             raise _missing(path, "fitted BPE tokenizer not found")
-        return cls(tokenizers.Tokenizer.from_file(str(path)))
-
-    @classmethod
-    def load_or_fit(
-        cls, path: str | Path, corpus: Callable[[], Iterable[str]], vocab_size: int
-    ) -> "FittedBpeTokenizer":
-        """The tokenizer saved at `path`, else one fitted on `corpus()` and saved there."""
-        if Path(path).is_file():
-            return cls.from_file(path)
-        tokenizer = cls.fit(corpus(), vocab_size)
-        tokenizer.save(path)
-        return tokenizer
+        try:
+            return cls(tokenizers.Tokenizer.from_file(str(path)))
+        except Exception as error:  # the Rust library raises its own Exception on a bad file
+            raise InputDataError(f"{path}: not a saved BPE tokenizer ({error})") from None
 
     def save(self, path: str | Path) -> None:
         """Atomically (write, then rename): several processes may fit and save the same file."""
@@ -347,3 +354,132 @@ class FittedBpeTokenizer:
         """Ids [N, max_len] int32 ([CLS] … [SEP], padded with [PAD]) and mask [N, max_len] bool."""
         encodings = self._bpe.encode_batch(list(texts), add_special_tokens=False)
         return _frame([e.ids for e in encodings], max_len, *_bert_frame(self.ids))
+
+
+# --- kinds: what `config.tokenizer.kind` names ----------------------------------------------------
+
+BERT_VOCAB = (
+    "vocab.txt of a Hugging Face BERT checkpoint, e.g. google-bert/bert-base-uncased "
+    "(the folder the text tower's weights come from)"
+)
+Corpus = Callable[[], Iterable[str]]  # the training stream's texts, read only when fitting
+
+
+class TokenizerKind(abc.ABC):
+    """A tokenizer as the config names it: the one file it reads, if any (checked before any
+    work, copied into the run record), how it is built, and its usual vocabulary size (to size
+    a model whose files are elsewhere: compiling for another machine). To add one: a subclass
+    and a line in `TOKENIZERS`."""
+
+    file_key: str | None = None  # the key of config.tokenizer that names its file
+    file_source: str = ""  # where a user gets that file
+    usual_vocab_size: int | None = None
+
+    def file(self, section: Mapping[str, Any], workdir: str | None) -> str | None:
+        """The path of its file (`config.tokenizer.<file_key>`), or None if it reads none."""
+        return section.get(self.file_key) if self.file_key else None
+
+    def required_files(
+        self, section: Mapping[str, Any], workdir: str | None, *, fit: bool
+    ) -> list[RequiredFile]:
+        """Files that must exist before a run starts (`fit`: a training run, which may fit)."""
+        path = self.file(section, workdir)
+        if path is None:
+            return []
+        return [RequiredFile(f"tokenizer.{self.file_key}", path, self.file_source)]
+
+    @abc.abstractmethod
+    def create(
+        self, section: Mapping[str, Any], *, corpus: Corpus, workdir: str | None, fit: bool
+    ) -> Tokenizer:
+        """The tokenizer; `fit=False` (inference) never fits one."""
+
+    def save(self, tokenizer: Tokenizer, section: Mapping[str, Any], workdir: str | None) -> None:
+        """Keep a tokenizer fitted in memory where `file` says (training, once it holds the
+        workdir); kinds that read a file the user gave have nothing to keep."""
+        del tokenizer, section, workdir
+
+
+class FittedWords(TokenizerKind):
+    """`synthetic_words`: a word vocabulary fitted on the training source's texts (SynthPose's
+    describer vocabulary and prompts): the demo's, exact for its grammar."""
+
+    def create(self, section, *, corpus, workdir, fit):
+        return WordTokenizer.fit(corpus())
+
+
+class WordList(TokenizerKind):
+    """`words`: a word list, one per line."""
+
+    file_key, file_source = "vocab", "a word list, one per line"
+
+    def create(self, section, *, corpus, workdir, fit):
+        return WordTokenizer.from_file(section["vocab"])
+
+
+class BertWordPiece(TokenizerKind):
+    """`bert_wordpiece`: BERT's vocab.txt."""
+
+    file_key, file_source, usual_vocab_size = "vocab", BERT_VOCAB, 30522
+
+    def create(self, section, *, corpus, workdir, fit):
+        return BertWordPieceTokenizer(section["vocab"])
+
+
+class ClipBpe(TokenizerKind):
+    """`clip_bpe`: CLIP's bpe_simple_vocab_16e6.txt.gz."""
+
+    file_key, file_source, usual_vocab_size = "vocab", CLIP_BPE_SOURCE, 49408
+
+    def create(self, section, *, corpus, workdir, fit):
+        return ClipBpeTokenizer(section["vocab"])
+
+
+class FittedBpe(TokenizerKind):
+    """`fitted_bpe`: a BPE of `tokenizer.vocab_size` fitted on the training source's texts and
+    kept as `tokenizer.path` (default `<workdir>/tokenizer.json`), reused from there on resume;
+    inference reads it and never fits."""
+
+    file_key = "path"
+    file_source = "saved by the training run that fitted it, in its workdir"
+
+    def file(self, section, workdir):
+        return section.get("path") or (f"{workdir}/tokenizer.json" if workdir else "")
+
+    def required_files(self, section, workdir, *, fit):
+        return [] if fit else super().required_files(section, workdir, fit=fit)
+
+    def create(self, section, *, corpus, workdir, fit):
+        path = self.file(section, workdir)
+        if path and Path(path).is_file():
+            return FittedBpeTokenizer.from_file(path)
+        if not fit:
+            raise InputDataError(
+                f"--config.tokenizer.path={path or '<unset>'}: the checkpoint's fitted BPE is not "
+                "there (training saves it in its workdir); inference never fits one"
+            )
+        if not path:
+            raise ValueError("config tokenizer.path: where the fitted BPE is kept, e.g. a workdir")
+        return FittedBpeTokenizer.fit(corpus(), section["vocab_size"])
+
+    def save(self, tokenizer, section, workdir):
+        path = self.file(section, workdir)
+        if not Path(path).is_file():
+            tokenizer.save(path)
+
+
+TOKENIZERS: dict[str, TokenizerKind] = {
+    "synthetic_words": FittedWords(),
+    "words": WordList(),
+    "bert_wordpiece": BertWordPiece(),
+    "clip_bpe": ClipBpe(),
+    "fitted_bpe": FittedBpe(),
+}
+
+
+def kind_of(section: Mapping[str, Any]) -> TokenizerKind:
+    """The registered kind `config.tokenizer.kind`; an unknown one lists them."""
+    kind = section.get("kind")
+    if kind not in TOKENIZERS:
+        raise ValueError(f"config tokenizer.kind={kind!r}: expected one of {sorted(TOKENIZERS)}")
+    return TOKENIZERS[kind]

@@ -48,9 +48,8 @@ def render(
     people = record.people or [mpii.Person(np.zeros((16, 2), np.float32), np.zeros(16, bool))]
     kp = np.stack([(p.keypoints + 0.5) * scale - 0.5 for p in people])
     vis = np.stack([p.visible for p in people])
-    heat = heatmaps.render_heatmap_np(
-        kp, vis, np.ones(len(people), bool), h, w, mode=heatmap_mode, joint_sigma=joint_sigma
-    )
+    settings = heatmaps.HeatmapSettings(mode=heatmap_mode, joint_sigma=joint_sigma)
+    heat = heatmaps.render_heatmap_np(kp, vis, np.ones(len(people), bool), h, w, settings)
 
     skeleton = Image.fromarray(pixels.astype(np.uint8))
     draw = ImageDraw.Draw(skeleton)

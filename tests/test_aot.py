@@ -165,7 +165,7 @@ def test_steps_compile_with_their_state_split_as_configured(config_name, target_
     arguments are at least that, and FSDP's a fraction of data parallelism's."""
     config, target, trainer, program, _ = compiled_step(config_name, target_name, mode)
     state = trainer.abstract_state
-    batch = aot.abstract_batch(config, trainer.mesh)
+    batch = aot.abstract_batch(config, trainer.setup.mesh)
     expected = shard_bytes(state) + shard_bytes(batch)
     arguments = aot.memory(program)["argument"]
     if target.chip.platform == "gpu":

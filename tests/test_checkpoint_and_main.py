@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from focusclip_jax import train, weights
+from input_pipeline.files import ConfigError
 from tests.conftest import FAST_COMPILE_FLAGS, REPO, tiny_config
 
 
@@ -44,10 +46,15 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> N
 
 
 def test_a_checkpoint_of_another_layout_is_named_not_restored(tmp_path: Path) -> None:
+    """The record names the flipped key; without a record (a workdir from before records), the
+    checkpoint's own layout names it."""
     config = _resume_config(3)
     config.model.scan_layers = False
     train.train_and_evaluate(config, tmp_path)
     config.model.scan_layers = True
+    with pytest.raises(ConfigError, match=r"--config\.model\.scan_layers=True: the checkpoints"):
+        train.train_and_evaluate(config, tmp_path)
+    (tmp_path / "config.json").unlink()
     with pytest.raises(weights.WeightImportError, match=r"--config\.model\.scan_layers=False"):
         train.train_and_evaluate(config, tmp_path)
 
@@ -176,29 +183,43 @@ def test_an_unreadable_latest_step_is_set_aside(tmp_path: Path, damage, caplog) 
     with a tensorstore traceback or a bare JSONDecodeError)."""
     with caplog.at_level("INFO"):
         workdir, losses = _damaged_run(tmp_path, damage)
-    assert "Checkpoint of step 4 is unreadable" in caplog.text
+    assert re.search(r"Checkpoint \S*checkpoints/4 is unreadable", caplog.text)
     assert (workdir / "unreadable_checkpoints" / "4" / "state").is_dir()
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [3, 6]
     assert "Restoring checkpoint of step 3" in caplog.text and max(losses) == 6
 
 
 def test_resuming_with_another_optimiser_names_it(tmp_path: Path) -> None:
-    from focusclip_jax import config_checks
 
     config = _resume_config(2)
     config.optimizer.name = "adamw"
     train.train_and_evaluate(config, tmp_path)
     config = _resume_config(4)
     config.optimizer.name = "sgd"
-    with pytest.raises(config_checks.ConfigError, match=r"optimizer\.name: 'adamw' → 'sgd'"):
+    with pytest.raises(ConfigError, match=r"optimizer\.name: 'adamw' → 'sgd'"):
         train.train_and_evaluate(config, tmp_path)
 
 
-def test_the_run_record_is_written_into_a_new_workdir_once(tmp_path: Path) -> None:
+def test_the_run_record_matches_the_checkpoints(tmp_path: Path) -> None:
+    """Written into a new workdir; written again while no checkpoint has landed (a run killed
+    before its first save, rerun with another model); from the first checkpoint on, a config
+    that contradicts it is an error naming the key, and the record stays."""
+    from types import SimpleNamespace
+
     from focusclip_jax import run_record
 
     workdir = tmp_path / "new" / "run"  # `make demo` deletes its workdir first
-    run_record.write(str(workdir), tiny_config(), vocab_size=169)
+    workdir.mkdir(parents=True)
+    run_record.write(str(workdir), tiny_config(), SimpleNamespace(vocab_size=169))
     assert run_record.load(str(workdir)).model.text.vocab_size == 169
-    run_record.write(str(workdir), tiny_config(), vocab_size=5)  # a resumed run keeps the first
-    assert run_record.load(str(workdir / "checkpoints")).model.text.vocab_size == 169
+    other = tiny_config()
+    other.model.embed_dim = 8
+    run_record.write(str(workdir), other, SimpleNamespace(vocab_size=169))
+    assert run_record.load(str(workdir)).model.embed_dim == 8
+    (workdir / "checkpoints" / "2").mkdir(parents=True)
+    run_record.write(str(workdir), other, SimpleNamespace(vocab_size=169))  # a resume: agrees
+    with pytest.raises(ConfigError, match=r"--config\.model\.text\.vocab_size=5: the checkp"):
+        run_record.write(str(workdir), other, SimpleNamespace(vocab_size=5))
+    with pytest.raises(ConfigError, match=r"--config\.model\.embed_dim=16: .* trained with 8"):
+        run_record.write(str(workdir), tiny_config(), SimpleNamespace(vocab_size=169))
+    assert run_record.load(str(workdir)).model.embed_dim == 8

@@ -32,7 +32,7 @@ def _save_trained_workdir(workdir: Path) -> None:
     config.mesh.data = 1  # one device: the notebook's kernel has one
     config.train.num_steps = STEPS
     tokenizer = pipeline.create_tokenizer(config, workdir=str(workdir))
-    run_record.write(str(workdir), config, tokenizer.vocab_size)
+    run_record.write(str(workdir), config, tokenizer)
     trainer = train.Trainer(
         config, sharding.create_mesh(config.mesh), vocab_size=tokenizer.vocab_size
     )

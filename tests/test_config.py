@@ -74,6 +74,7 @@ def test_unknown_key_and_variant_are_errors() -> None:
         ("loss.weights", (1.0,), r"loss\.pairs \(3\) and loss\.weights \(1\)"),
         ("heatmaps.mode", "limbs", r"heatmaps\.mode='limbs'"),
         ("heatmaps.min_sigma", 0.0, r"heatmaps\.min_sigma=0\.0: must be > 0"),
+        ("loss.chunked", True, r"loss\.chunked=True: the clip loss has no chunked form"),
         ("optimizer.name", "lamb", r"optimizer\.name='lamb'"),
         ("model.remat", "some", r"model\.remat='some'"),
         ("model.attention", "flash", r"model\.attention='flash'"),
@@ -84,22 +85,24 @@ def test_unknown_key_and_variant_are_errors() -> None:
     ],
 )
 def test_bad_keys_are_named_before_anything_is_built(key, value, message) -> None:
-    """`config_checks.validated_mesh`: the first rule broken, named, before any tokenizer,
-    writer or compile (8 fake devices, data-parallel)."""
-    from focusclip_jax import config_checks
+    """The config's own rules (`config_checks.validated_mesh`) and each component's, checked as
+    `train.Trainer` builds them: the first rule broken, named, before any writer or compile (8
+    fake devices, data-parallel)."""
+    from focusclip_jax import config_checks, train
+    from input_pipeline.files import ConfigError
     from tests.tiny import tiny_config
 
     config = tiny_config()
     *sections, name = key.split(".")
     functools.reduce(lambda c, section: c[section], sections, config)[name] = value
-    with pytest.raises(config_checks.ConfigError, match=message):
-        config_checks.validated_mesh(config)
+    with pytest.raises(ConfigError, match=message):
+        train.Trainer(config, config_checks.validated_mesh(config), vocab_size=9)
 
 
 def test_the_shipped_configs_pass_the_checks() -> None:
     import jax
 
-    from focusclip_jax import config_checks
+    from focusclip_jax import config_checks, train
 
     shipped = (
         "pretrain.py",
@@ -112,7 +115,8 @@ def test_the_shipped_configs_pass_the_checks() -> None:
     )
     for name in shipped:
         config = _parse(f"--config={REPO}/configs/{name}")
-        config_checks.validated_mesh(config, jax.devices()[:1])
+        mesh = config_checks.validated_mesh(config, jax.devices()[:1])
+        train.Trainer(config, mesh, vocab_size=100)
 
 
 def test_configs_are_locked_after_their_variants_in_any_order() -> None:
@@ -155,9 +159,7 @@ def test_a_record_from_before_tower_sub_configs_loads_in_todays_layout(tmp_path)
 
     config = tiny_config()
     old_model = {
-        key: value
-        for key, value in config.model.to_dict().items()
-        if key not in ("image", "text")
+        key: value for key, value in config.model.to_dict().items() if key not in ("image", "text")
     } | {
         "vit_size": "tiny",
         "vit_overrides": {k: v for k, v in config.model.image.items() if k not in ("name", "size")},

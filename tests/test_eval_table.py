@@ -54,9 +54,14 @@ def test_confusion_matrix_mean_per_class_and_png(tmp_path: Path) -> None:
     matrix = confusion.confusion_matrix(np.eye(3)[predictions], labels, 3)
     assert matrix.tolist() == [[3, 1, 0], [0, 1, 0], [1, 0, 0]]
     assert confusion.mean_per_class_accuracy(matrix) == pytest.approx((0.75 + 1 + 0) / 3)
-    confusion.save_png(matrix, ["a", "b", "c"], tmp_path / "m.png")
-    image = Image.open(tmp_path / "m.png")
-    assert image.size == (confusion.LABEL_WIDTH + 3 * confusion.CELL, 3 * confusion.CELL)
+    confusion.save_png(matrix, ["a", "b", "c"], tmp_path / "m.png", title="letters")
+    image = np.asarray(Image.open(tmp_path / "m.png"))
+    assert image.shape == (confusion.HEADER + 3 * confusion.CELL, 320)  # wide enough for titles
+    cells = image[confusion.HEADER :, confusion.LABEL_WIDTH : confusion.LABEL_WIDTH + 3 * 14]
+    inside = lambda i, j: cells[i * 14 + 7, j * 14 + 7]
+    assert inside(0, 0) < inside(0, 1) < inside(0, 2) == 255  # row-normalised: 3/4, 1/4, 0
+    assert inside(1, 1) == 0 and inside(2, 0) == 0  # all of their rows
+    assert image[: confusion.HEADER].min() < 64  # the title and axis captions are drawn
 
 
 def test_a_random_model_scores_near_chance() -> None:

@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from input_pipeline import skeleton
-from input_pipeline.heatmaps import PART_GROUPS, render_heatmap_np, render_heatmaps
+from input_pipeline.heatmaps import (
+    PART_GROUPS,
+    HeatmapSettings,
+    render_heatmap_np,
+    render_heatmaps,
+)
+
+COCO_PARTS = HeatmapSettings(skeleton.COCO)
 
 MPII_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mpii_sample"
 H, W = 24, 32  # one shape for every jnp call below, so the renderer compiles once
@@ -19,9 +26,7 @@ H, W = 24, 32  # one shape for every jnp call below, so the renderer compiles on
 
 @functools.cache
 def _jitted():
-    return jax.jit(
-        render_heatmaps, static_argnames=("height", "width", "min_sigma", "mode", "joint_sigma")
-    )
+    return jax.jit(render_heatmaps, static_argnames=("height", "width", "settings"))
 
 
 def _render_both(kp, vis, mask, min_sigma=1.0, **joints):
@@ -29,13 +34,11 @@ def _render_both(kp, vis, mask, min_sigma=1.0, **joints):
 
     `joints` (mode=, joint_sigma=) select the per-joint mode; absent, the default call is tested.
     """
+    settings = HeatmapSettings(min_sigma=min_sigma, **joints)
     ref = np.stack(
-        [
-            render_heatmap_np(k, v, m, H, W, min_sigma, **joints)
-            for k, v, m in zip(kp, vis, mask, strict=True)
-        ]
+        [render_heatmap_np(k, v, m, H, W, settings) for k, v, m in zip(kp, vis, mask, strict=True)]
     )
-    out = np.asarray(_jitted()(kp, vis, mask, height=H, width=W, min_sigma=min_sigma, **joints))
+    out = np.asarray(_jitted()(kp, vis, mask, height=H, width=W, settings=settings))
     return ref, out
 
 
@@ -125,8 +128,8 @@ def test_values_stay_in_unit_interval_with_crowds():
 
 def test_non_positive_min_sigma_is_refused():
     kp, vis, mask = _one_person({4: (10.0, 6.0), 5: (16.0, 18.0)})
-    with pytest.raises(ValueError, match="min_sigma"):
-        render_heatmap_np(kp[0], vis[0], mask[0], H, W, min_sigma=0.0)
+    with pytest.raises(ValueError, match=r"heatmaps\.min_sigma=0\.0: must be > 0"):
+        render_heatmap_np(kp[0], vis[0], mask[0], H, W, HeatmapSettings(min_sigma=0.0))
 
 
 def test_mpii_sample_heatmap_lies_on_the_annotated_person():
@@ -180,10 +183,12 @@ def test_joints_mode_clipped_to_unit_interval_and_checked():
     for hm in (ref, out):
         assert hm.min() >= 0.0 and hm.max() == pytest.approx(1.0)
     np.testing.assert_allclose(out, ref, atol=1e-5)
-    with pytest.raises(ValueError, match="joint_sigma"):
-        render_heatmap_np(kp[0], np.ones((2, 16), bool), np.ones(2, bool), H, W, 1.0, "joints", 0.0)
-    with pytest.raises(ValueError, match="mode"):
-        render_heatmap_np(kp[0], np.ones((2, 16), bool), np.ones(2, bool), H, W, mode="limbs")
+    with pytest.raises(ValueError, match=r"heatmaps\.joint_sigma=0\.0"):
+        HeatmapSettings(mode="joints", joint_sigma=0.0)
+    with pytest.raises(ValueError, match=r"heatmaps\.mode='limbs'"):
+        HeatmapSettings(mode="limbs")
+    with pytest.raises(ValueError, match="keypoints with 16 joints, but the coco skeleton has 17"):
+        render_heatmap_np(kp[0], np.ones((2, 16), bool), np.ones(2, bool), H, W, COCO_PARTS)
 
 
 # ----------------------------------------------------------------------------- skeletons
@@ -216,6 +221,6 @@ def test_coco_keypoints_render_alike_on_host_and_device(mode: str) -> None:
     kp = rng.uniform(-2, 34, (3, 2, 17, 2)).astype(np.float32)
     vis = rng.random((3, 2, 17)) < 0.8
     mask = np.array([[True, True], [True, False], [False, False]])
-    ref, out = _render_both(kp, vis, mask, mode=mode, joint_sigma=2.0)
+    ref, out = _render_both(kp, vis, mask, mode=mode, joint_sigma=2.0, skeleton=skeleton.COCO)
     np.testing.assert_allclose(out, ref, atol=1e-5)
     assert ref[0].max() > 0.5 and ref[2].max() == 0.0

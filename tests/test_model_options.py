@@ -178,12 +178,13 @@ def loss_fn(model: nnx.Module, batch: dict) -> Callable[[dict], jax.Array]:
     def loss(params: dict) -> jax.Array:
         merged = nnx.merge(graphdef, params)
         embeddings = merged.embed(**batch, modalities=("image", "focused", "text"))
+        nt_xent = losses.create(ml_collections.ConfigDict({"kind": "nt_xent", "temperature": 0.5}))
         total, _ = losses.focusclip_loss(
             embeddings,
-            merged.loss_scalars(),
+            losses.scalars_of(params, nt_xent),
             pairs=PAIRS,
             weights=(1.0, 1.0, 1.0),
-            loss=losses.create(ml_collections.ConfigDict({"kind": "nt_xent", "temperature": 0.5})),
+            loss=nt_xent,
         )
         return total
 

@@ -1,4 +1,5 @@
-"""End to end: a 2-step demo checkpoint, evaluated by configs/eval_zeroshot.py and used by predict.
+"""End to end: a 2-step demo checkpoint, evaluated by configs/eval_zeroshot.py and used by predict,
+export and the Python API (`focusclip_jax.load`).
 
 One module-scoped checkpoint; the evaluator's and predict's encoders share their compilations
 (prompt counts are bucketed, batch sizes equal).
@@ -11,9 +12,8 @@ import ml_collections
 import pytest
 
 from configs import eval_zeroshot
-from focusclip_jax import predict, train
-from focusclip_jax.evaluators import checkpoint_eval
-from input_pipeline.files import InputDataError
+from focusclip_jax import checkpoint, evaluate, predict, train
+from input_pipeline.files import ConfigError, InputDataError
 from tests.conftest import tiny_config
 from tests.test_eval_datasets import _csv, _fer_rows, _jpg
 
@@ -47,7 +47,7 @@ def _fixtures(root: Path) -> None:
     _csv(root / "fer2013" / "fer2013.csv", ["emotion", "pixels", "Usage"], rows)
 
 
-def _eval_config(trained_config: ml_collections.ConfigDict, checkpoint: Path, data_root: Path):
+def _eval_config(trained_config: ml_collections.ConfigDict, data_root: Path):
     config = eval_zeroshot.get_config()
     for key in ("model", "tokenizer", "mesh"):
         config[key] = trained_config[key]
@@ -56,7 +56,6 @@ def _eval_config(trained_config: ml_collections.ConfigDict, checkpoint: Path, da
     config.evals.zero_shot.datasets = ("stanford40", "fer2013", "utkface")  # utkface: not on disk
     config.evals.linear_probe.datasets = ("stanford40",)  # fitted on its train split
     config.evals.linear_probe.batch_size = config.evals.zero_shot.batch_size
-    config.checkpoint = str(checkpoint)
     config.data_root = str(data_root)
     return config
 
@@ -64,8 +63,8 @@ def _eval_config(trained_config: ml_collections.ConfigDict, checkpoint: Path, da
 def test_eval_config_on_fixtures_writes_the_table(trained, tmp_path: Path) -> None:
     trained_config, workdir = trained
     _fixtures(tmp_path / "data")
-    config = _eval_config(trained_config, workdir, tmp_path / "data")
-    summary = checkpoint_eval.evaluate_checkpoint(config, None)
+    config = _eval_config(trained_config, tmp_path / "data")
+    summary = evaluate.evaluate_checkpoint(config, str(workdir))
 
     out = workdir / "zero_shot" / "step_2"
     saved = json.loads((out / "results.json").read_text())
@@ -97,9 +96,15 @@ def test_eval_config_on_fixtures_writes_the_table(trained, tmp_path: Path) -> No
     assert (out / "stanford40.png").is_file() and (out / "fer2013.png").is_file()
 
     # A step folder works as well, and a path without checkpoints is named in the error.
-    assert checkpoint_eval.checkpoint_location(workdir / "checkpoints" / "2")[1] == 2
-    with pytest.raises(InputDataError, match="expected a training workdir"):
-        checkpoint_eval.checkpoint_location(tmp_path)
+    assert checkpoint.checkpoint_location(workdir / "checkpoints" / "2")[1] == 2
+    with pytest.raises(InputDataError, match=r"--checkpoint=.*: no checkpoint there"):
+        checkpoint.checkpoint_location(tmp_path)
+    # An evaluation that finds none of its datasets evaluates nothing: an error, not a table.
+    config.data_root = str(tmp_path / "nowhere")
+    config.evals.linear_probe.datasets = ()
+    with pytest.raises(evaluate.NothingEvaluatedError, match="nothing was evaluated"):
+        evaluate.evaluate_checkpoint(config, str(workdir), str(tmp_path / "empty"))
+    assert not (tmp_path / "empty").exists()
 
 
 def test_predict_top_k_with_probabilities(trained, tmp_path: Path) -> None:
@@ -121,26 +126,33 @@ def test_predict_top_k_with_probabilities(trained, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "p.json").read_text())[0]["image"] == str(images[0])
 
 
-def test_main_dispatches_an_eval_config(trained, tmp_path: Path, capsys) -> None:
-    from absl import app, flags
+def test_the_evaluate_program_writes_where_asked(trained, tmp_path: Path, capsys) -> None:
+    from absl import flags
 
-    from focusclip_jax import main  # defines main's flags; only this test needs them
+    from focusclip_jax import evaluate as program
 
     trained_config, workdir = trained
     _fixtures(tmp_path / "data")
-    config = _eval_config(trained_config, workdir / "checkpoints" / "2", tmp_path / "data")
+    config = _eval_config(trained_config, tmp_path / "data")
     config.evals.zero_shot.datasets = ("fer2013",)
-    saved = flags.FLAGS.config, flags.FLAGS.workdir
+    config.evals.linear_probe.datasets = ()
+    names = ("config", "checkpoint", "out")
+    others = {name: flags.FLAGS[name] for name in names if name in flags.FLAGS}  # main's, say
+    for name in others:
+        delattr(flags.FLAGS, name)
+    program.define_flags()
     try:
-        flags.FLAGS.config, flags.FLAGS.workdir = config, str(tmp_path / "out")
-        main.main(["main"])
+        flags.FLAGS.config = config
+        flags.FLAGS.checkpoint = str(workdir / "checkpoints" / "2")
+        flags.FLAGS.out = str(tmp_path / "out")
+        program.main(["evaluate"])
         assert "| emotion | FER2013 | top3 |" in capsys.readouterr().out
         assert (tmp_path / "out" / "results.json").is_file()
-        flags.FLAGS.config, flags.FLAGS.workdir = trained_config, None
-        with pytest.raises(app.UsageError, match="--workdir is required"):
-            main.main(["main"])
-    finally:  # directly: the validator of a required flag refuses the unset value back
-        flags.FLAGS["config"].value, flags.FLAGS["workdir"].value = saved
+    finally:
+        for name in names:
+            delattr(flags.FLAGS, name)
+        for flag in others.values():
+            flags.FLAGS[flag.name] = flag
 
 
 def test_a_recorded_workdir_needs_no_model_keys(trained, tmp_path: Path, monkeypatch) -> None:
@@ -148,7 +160,7 @@ def test_a_recorded_workdir_needs_no_model_keys(trained, tmp_path: Path, monkeyp
     B/16 + BERT keys, a vocab.txt nowhere) plus the checkpoint, and predict the paper's config;
     a model key set to another value than the checkpoint's is named."""
     from configs import pretrain
-    from focusclip_jax import config_checks, run_record
+    from focusclip_jax import run_record
 
     _, workdir = trained
 
@@ -161,14 +173,15 @@ def test_a_recorded_workdir_needs_no_model_keys(trained, tmp_path: Path, monkeyp
     assert record["model"]["image"]["size"] == "tiny"
     _fixtures(tmp_path / "data")
     config = eval_zeroshot.get_config()
-    config.checkpoint, config.data_root = str(workdir / "checkpoints"), str(tmp_path / "data")
+    config.data_root = str(tmp_path / "data")
     config.evals.zero_shot.datasets, config.mesh.data = ("fer2013",), 1
-    summary = checkpoint_eval.evaluate_checkpoint(config, str(tmp_path / "eval"))
+    checkpoints = str(workdir / "checkpoints")
+    summary = evaluate.evaluate_checkpoint(config, checkpoints, str(tmp_path / "eval"))
     assert 0.0 <= summary["results"]["fer2013/top3"] <= 1.0
 
     config.model.embed_dim = 999
-    with pytest.raises(config_checks.ConfigError, match=r"--config\.model\.embed_dim=999"):
-        checkpoint_eval.evaluate_checkpoint(config, str(tmp_path / "eval"), ["model.embed_dim"])
+    with pytest.raises(ConfigError, match=r"--config\.model\.embed_dim=999"):
+        evaluate.evaluate_checkpoint(config, checkpoints, str(tmp_path / "e"), ["model.embed_dim"])
 
     images = [_jpg(tmp_path / "imgs" / f"{i}.jpg", 50 * i) for i in range(2)]
     paper = pretrain.get_config()
@@ -186,14 +199,15 @@ def test_export_takes_the_workdir_alone(trained, tmp_path: Path) -> None:
     from configs import pretrain
     from focusclip_jax import export, run_record, sharding
     from focusclip_jax import weights as weight_io
+    from focusclip_jax.setup import ModelSetup
 
     _, workdir = trained
     out = tmp_path / "vit.safetensors"
     assert export.export(pretrain.get_config(), str(workdir), "image_tower", str(out)) == 2
     record = run_record.load(str(workdir))
     mesh = sharding.create_mesh({"data": 1})
-    setup = train.ModelSetup.create(record, mesh, vocab_size=record.model.text.vocab_size)
-    params, _ = checkpoint_eval.restore_params(str(workdir), setup)
+    setup = ModelSetup.create(record, mesh, vocab_size=record.model.text.vocab_size)
+    params, _ = checkpoint.restore_params(str(workdir), setup.abstract_params)
     exported = weight_io.read_tensors(out)
     patch = np.asarray(flatten_dict(params)[("image_tower", "patch_embed", "kernel")])
     conv = exported["patch_embed.proj.weight"]  # timm: [width, 3, p, p]

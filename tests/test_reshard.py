@@ -36,8 +36,8 @@ def test_checkpoint_reshards_from_fsdp_to_data_parallel_to_one_device(tmp_path: 
         params = flatten_dict(restored.params)
         assert params.keys() == expected.keys()
         for path, value in params.items():
-            assert value.sharding == flatten_dict(target.param_shardings)[path], path
+            assert value.sharding == flatten_dict(target.setup.param_shardings)[path], path
             np.testing.assert_array_equal(np.asarray(value), expected[path], err_msg=str(path))
         kernel = next(v for k, v in params.items() if "patch_embed" in k and k[-1] == "kernel")
         assert kernel.sharding.spec == PartitionSpec(None, None)  # no fsdp axis on these meshes
-        assert len(kernel.sharding.device_set) == target.mesh.devices.size
+        assert len(kernel.sharding.device_set) == target.setup.mesh.devices.size

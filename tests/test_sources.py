@@ -56,8 +56,9 @@ def test_a_registered_source_streams_its_skeleton(monkeypatch, tmp_path) -> None
     assert {k: v.shape for k, v in batch.items()} == {k: v.shape for k, v in spec.items()}
     assert batch["keypoints"].shape[-2] == 17
     maps = heatmaps.render_heatmaps(
-        batch["keypoints"], batch["visible"], batch["person_mask"], 32, 32, min_sigma=1.0
-    )
+        batch["keypoints"], batch["visible"], batch["person_mask"], 32, 32,
+        heatmaps.HeatmapSettings(skeleton.COCO),
+    )  # fmt: skip
     assert float(maps.max()) > 0.5  # COCO's part groups drew the person
     config.tokenizer.kind = "fitted_bpe"
     assert pipeline.tokenizer_corpus(config) == ["person 0", "person 1"]

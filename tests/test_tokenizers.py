@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from configs import pretrain
-from input_pipeline import mpii, pipeline, prepare_mpii, synthpose
-from input_pipeline.files import MissingFilesError
+from input_pipeline import mpii, pipeline, prepare_mpii, synthpose, tokenizers
+from input_pipeline.files import InputDataError, MissingFilesError
 from input_pipeline.tokenizers import (
     BertWordPieceTokenizer,
     ClipBpeTokenizer,
@@ -163,16 +163,25 @@ def test_fitted_bpe_frames_round_trips_and_knows_every_byte() -> None:
     assert ids[1, -1] == 3 and mask[1].all() and ids.dtype == np.int32
 
 
-def test_fitted_bpe_is_saved_and_reused(tmp_path) -> None:
+def test_fitted_bpe_is_kept_and_reused(tmp_path) -> None:
+    """Fitted in memory (nothing written before the run holds its workdir), kept by `save`
+    (training's run record), then read back, never refitted; inference never fits."""
+    kind = tokenizers.TOKENIZERS["fitted_bpe"]
+    section = {"kind": "fitted_bpe", "vocab_size": 400, "path": ""}
+    workdir = str(tmp_path / "run")
     path = tmp_path / "run" / "tokenizer.json"
-    fitted = FittedBpeTokenizer.load_or_fit(path, lambda: CORPUS, vocab_size=400)
+    fitted = kind.create(section, corpus=lambda: CORPUS, workdir=workdir, fit=True)
+    assert not path.exists()
+    kind.save(fitted, section, workdir)
     assert path.is_file() and not list(path.parent.glob("*.tmp"))
 
     def no_refit() -> list[str]:
         raise AssertionError("a saved tokenizer must be reused, not refitted")
 
-    reloaded = FittedBpeTokenizer.load_or_fit(path, no_refit, vocab_size=400)
+    reloaded = kind.create(section, corpus=no_refit, workdir=workdir, fit=False)
     assert reloaded.ids == fitted.ids
+    with pytest.raises(InputDataError, match=r"--config\.tokenizer\.path=.*never fits"):
+        kind.create(section, corpus=no_refit, workdir=str(tmp_path / "other"), fit=False)
     texts = ["the right knee is bent", "unseen words: xylophone"]
     assert (reloaded(texts, 16)[0] == fitted(texts, 16)[0]).all()
     assert (FittedBpeTokenizer.fit(CORPUS, 400)(texts, 16)[0] == fitted(texts, 16)[0]).all()
@@ -186,7 +195,7 @@ def test_create_tokenizer_fits_a_bpe_on_the_synthetic_corpus(tmp_path) -> None:
         pipeline.create_tokenizer(config)
     config.tokenizer.path = str(tmp_path / "tokenizer.json")
     tokenizer = pipeline.create_tokenizer(config)
-    assert (tmp_path / "tokenizer.json").is_file() and tokenizer.vocab_size <= 400
+    assert tokenizer.vocab_size <= 400
     ids, mask = tokenizer(synthpose.corpus()[:4], config.model.text.max_len)
     assert (ids[mask] != 1).all()  # no [UNK]
 

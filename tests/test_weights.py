@@ -293,7 +293,7 @@ def test_trainer_starts_from_imported_towers(tmp_path: Path) -> None:
     assert len(expected) == sum(p[0].endswith("_tower") for p in params)
     for path, value in expected.items():
         np.testing.assert_array_equal(np.asarray(params[path]), value, err_msg=str(path))
-    shardings = flatten_dict(trainer.param_shardings)
+    shardings = flatten_dict(trainer.setup.param_shardings)
     assert all(params[p].sharding == shardings[p] for p in params)
     assert int(state.step) == 0
     assert float(params[("alpha",)]) == config.model.alpha_init

@@ -16,6 +16,7 @@ from configs import pretrain
 from focusclip_jax import evaluators, sharding
 from focusclip_jax.evaluators import linear_probe, retrieval
 from focusclip_jax.evaluators.zero_shot import ZeroShotClassifier, class_prompts, top_k_accuracy
+from focusclip_jax.setup import Encoder
 from input_pipeline import pipeline
 from input_pipeline.pipeline import RetrievalData, ZeroShotData
 from input_pipeline.tokenizers import WordTokenizer
@@ -80,15 +81,12 @@ def test_evaluator_on_eight_devices_with_padding(caplog: pytest.LogCaptureFixtur
         templates=("a photo of {}.", "something {}"),
         top_k=(1, 3),
     )
-    classifier = ZeroShotClassifier(
-        data,
+    setup = types.SimpleNamespace(
         graphdef=graphdef,
         param_shardings=jax.tree.map(lambda _: sharding.replicated(mesh), params),
         mesh=mesh,
-        tokenizer=tokenizer,
-        max_len=8,
-        batch_size=8,
     )
+    classifier = ZeroShotClassifier(data, Encoder(setup, tokenizer, batch_size=8, max_len=8))
     with caplog.at_level(logging.INFO):
         results = classifier.run(params)
     assert "colours: embedded 21/21 images (100%" in caplog.text  # progress, per ~10%
@@ -136,7 +134,7 @@ def test_retrieval_evaluator_with_the_colour_model(monkeypatch) -> None:
     drawn = colours.copy()
     drawn[0] = 1
     data = RetrievalData("colours", _images(drawn), tuple(COLOURS[c] for c in colours))
-    monkeypatch.setitem(pipeline.RETRIEVAL_DATASETS, "colours", lambda _: data)
+    monkeypatch.setitem(pipeline.RETRIEVAL_DATASETS, "colours", lambda data_, options: data)
     setup = types.SimpleNamespace(
         graphdef=graphdef,
         param_shardings=jax.tree.map(lambda _: sharding.replicated(mesh), params),
@@ -220,6 +218,37 @@ def test_linear_probe_evaluator_fits_train_and_scores_test(monkeypatch) -> None:
     options.score_split = "train"
     with pytest.raises(ValueError, match="same images for fit_split 'train' and score_split"):
         probe_evaluator("probe", options, config=config, setup=setup, tokenizer=tokenizer)
+
+
+def test_every_caption_is_a_query_as_in_coco() -> None:
+    """Two images with two captions each (COCO: five): image→text is a hit at k when any of its
+    captions ranks in the top k; every caption is a text→image query. Image 0's captions rank
+    1st and 3rd (one of image 1's between them): a hit at 1; image 1's best ranks 2nd. Each
+    caption as a query finds the other image scored above its own: rank 2."""
+    similarity = np.array([[0.9, 0.1, 0.8, 0.5], [0.95, 0.2, 0.7, 0.1]])
+    owners = np.array([0, 0, 1, 1])
+    found = retrieval.retrieval_metrics(
+        similarity, ("a", "b", "c", "d"), ks=(1, 2), text_image=owners
+    )
+    assert found == {
+        "image_to_text_R@1": 0.5,
+        "image_to_text_R@2": 1.0,
+        "image_to_text_median_rank": 1.5,
+        "text_to_image_R@1": 0.0,
+        "text_to_image_R@2": 1.0,
+        "text_to_image_median_rank": 2.0,
+    }
+    # A reference loop over the same definition, on random scores with repeated texts.
+    rng = np.random.default_rng(0)
+    scores, owners = rng.normal(size=(6, 15)), np.repeat(np.arange(6), [3, 2, 3, 2, 3, 2])
+    texts = tuple(f"t{i % 11}" for i in range(15))  # some captions shared between images
+    found = retrieval.retrieval_metrics(scores, texts, ks=(1, 5), text_image=owners)
+    correct = np.array([[texts[j] in {texts[k] for k in np.flatnonzero(owners == i)}
+                         for j in range(15)] for i in range(6)])  # fmt: skip
+    best = [max(scores[i, correct[i]]) for i in range(6)]
+    ranks = [1 + sum(scores[i, ~correct[i]] >= best[i]) for i in range(6)]
+    assert found["image_to_text_R@1"] == pytest.approx(np.mean(np.array(ranks) <= 1))
+    assert found["image_to_text_median_rank"] == np.median(ranks)
 
 
 def test_a_nan_score_never_ranks_first_and_two_entries_may_not_report_one_metric() -> None:

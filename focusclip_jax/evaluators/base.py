@@ -8,11 +8,16 @@ rather than yielded: eval-only runs write tables, figures and notes from them).
 
 import abc
 import dataclasses
+import functools
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from focusclip_jax.setup import Encoder, ModelSetup
+from input_pipeline.eval_datasets import DatasetNotFoundError
 from input_pipeline.pipeline import Tokenizer
 
 
@@ -45,22 +50,55 @@ class Evaluator(abc.ABC):
         options: ml_collections.ConfigDict,
         *,
         config: ml_collections.ConfigDict,
-        setup: Any,  # train.ModelSetup: the model's graph, parameter shardings and mesh
+        setup: ModelSetup,
         tokenizer: Tokenizer,
     ) -> None:
         self.name = name
         self.options = options
         self.every_steps = options.every_steps
         self.config, self.setup, self.tokenizer = config, setup, tokenizer
+        self.skipped: dict[str, str] = {}  # dataset → why it was not loaded
+
+    @functools.cached_property
+    def encoder(self) -> Encoder:
+        """Embeds the entry's images and texts in batches of its `batch_size`."""
+        return Encoder(
+            self.setup,
+            self.tokenizer,
+            batch_size=self.options.batch_size,
+            max_len=self.config.model.text.max_len,
+        )
 
     @classmethod
     def check(cls, name: str, options: ml_collections.ConfigDict) -> None:
-        """Refuse a wrong entry before anything runs (ValueError naming the key); by default its
-        datasets, if it has any, may be anything."""
-        del name, options
+        """Refuse a wrong entry before anything runs (ValueError naming the key): its batch size
+        and schedule; a type with datasets or options of its own checks them too."""
+        for key, least in (("batch_size", 1), ("every_steps", 0)):
+            value = options.get(key, least)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(
+                    f"config evals.{name}.{key}={value!r}: must be an integer >= {least}"
+                )
 
-    @staticmethod
-    def check_datasets(name: str, options: ml_collections.ConfigDict, known: Any) -> None:
+    def load_datasets[Loaded](self, load: Callable[[str], Loaded]) -> list[Loaded]:
+        """`load(dataset)` for each of the entry's datasets; those not on disk are skipped, named
+        in one log line and in `skipped` (eval-only runs list why under the table)."""
+        loaded = []
+        for dataset in self.options.datasets:
+            try:
+                loaded.append(load(dataset))
+            except DatasetNotFoundError as error:
+                self.skipped[dataset] = str(error)
+        if self.skipped:
+            logging.warning(
+                "evals.%s: %d of %d datasets not found, skipped: %s (eval-only runs say why)",
+                self.name, len(self.skipped), len(self.options.datasets), ", ".join(self.skipped),
+            )  # fmt: skip
+        return loaded
+
+    @classmethod
+    def check_datasets(cls, name: str, options: ml_collections.ConfigDict, known: Any) -> None:
+        Evaluator.check(name, options)
         unknown = [d for d in options.datasets if d not in known]
         if unknown:
             raise ValueError(

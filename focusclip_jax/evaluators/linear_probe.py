@@ -20,9 +20,8 @@ import optax
 
 from focusclip_jax.evaluators import confusion
 from focusclip_jax.evaluators.base import Evaluator, Results
-from focusclip_jax.evaluators.zero_shot import classifier_for, top_k_accuracy
+from focusclip_jax.evaluators.zero_shot import top_k_accuracy
 from input_pipeline import pipeline
-from input_pipeline.eval_datasets import DatasetNotFoundError
 from input_pipeline.pipeline import Tokenizer
 
 VALIDATION_FRACTION = 0.2  # of the fitting images, chosen with a fixed seed, pick the penalty
@@ -103,17 +102,16 @@ class LinearProbeEvaluator(Evaluator):
 
     def __init__(self, name: str, options: Any, *, config: Any, setup: Any, tokenizer: Tokenizer):
         super().__init__(name, options, config=config, setup=setup, tokenizer=tokenizer)
-        self.datasets = []
-        self.skipped: dict[str, str] = {}
-        for dataset in options.datasets:
-            try:
-                fit, score = (
+        self.datasets = self.load_datasets(
+            lambda dataset: (
+                dataset,
+                *(
                     pipeline.zero_shot_data(dataset, config.data, _with_split(options, split))
                     for split in (options.fit_split, options.score_split)
-                )
-            except DatasetNotFoundError as error:
-                self.skipped[dataset] = str(error)
-                continue
+                ),
+            )
+        )
+        for dataset, fit, score in self.datasets:
             if fit.class_names != score.class_names:
                 raise ValueError(
                     f"config evals.{name}: {dataset}'s {options.fit_split!r} and "
@@ -124,16 +122,16 @@ class LinearProbeEvaluator(Evaluator):
                     f"config evals.{name}: {dataset} gives the same images for fit_split "
                     f"{options.fit_split!r} and score_split {options.score_split!r}"
                 )
-            encode = [classifier_for(self, data) for data in (fit, score)]
-            self.datasets.append((dataset, fit, score, encode))
 
     def run(self, params: Any) -> Results:
         metrics: dict[str, float] = {}
-        for dataset, fit, score, (fit_encoder, score_encoder) in self.datasets:
+        for dataset, fit, score in self.datasets:
             found = probe(
-                fit_encoder.image_embeddings(params),
+                self.encoder.images(params, fit.images, f"{dataset} ({self.options.fit_split})"),
                 fit.labels,
-                score_encoder.image_embeddings(params),
+                self.encoder.images(
+                    params, score.images, f"{dataset} ({self.options.score_split})"
+                ),
                 score.labels,
                 len(fit.class_names),
                 tuple(self.options.l2),

@@ -1,24 +1,22 @@
 """Image-text retrieval on held-out described images: recall@k both ways and the median rank.
 
 `type="retrieval"`: for each dataset of the entry (`pipeline.RETRIEVAL_DATASETS`: `mpii_val`,
-the prepared MPII validation split with its descriptions; `synthpose`, the held-out scenes),
-every image
-ranks every text by cosine similarity (image→text) and every text every image (text→image).
-A text written for several images (SynthPose's rule-based descriptions can repeat) counts as
-correct for each of them: the positives of image i are the texts equal to its own.
+the prepared MPII validation split with one description per image; `coco_val`, COCO's with every
+caption; `synthpose`, the held-out scenes), every image ranks every text by cosine similarity
+(image→text) and every text every image (text→image). COCO's protocol: every caption is a
+query, and an image→text query is a hit at k when any of its captions ranks in the top k. A text
+written for several images (SynthPose's rule-based descriptions can repeat) counts as correct
+for each of them.
 """
 
-import logging
 from typing import Any
 
 import jax
 import numpy as np
 
 from focusclip_jax.evaluators.base import Evaluator, Results
-from focusclip_jax.evaluators.zero_shot import classifier_for
 from input_pipeline import pipeline
-from input_pipeline.eval_datasets import DatasetNotFoundError
-from input_pipeline.pipeline import Tokenizer, ZeroShotData
+from input_pipeline.pipeline import Tokenizer
 
 
 def first_positive_ranks(similarity: np.ndarray, positives: np.ndarray) -> np.ndarray:
@@ -30,13 +28,25 @@ def first_positive_ranks(similarity: np.ndarray, positives: np.ndarray) -> np.nd
     return 1 + above
 
 
+def positives_of(texts: tuple[str, ...], text_image: np.ndarray | None, images: int) -> np.ndarray:
+    """[images, texts]: whether text j is correct for image i — written for it, or equal to a
+    text written for it."""
+    owners = np.arange(len(texts)) if text_image is None else np.asarray(text_image)
+    _, text_ids = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    has = np.zeros((images, text_ids.max() + 1), bool)
+    has[owners, text_ids] = True
+    return has[:, text_ids]
+
+
 def retrieval_metrics(
-    similarity: np.ndarray, texts: tuple[str, ...], ks: tuple[int, ...] = (1, 5, 10)
+    similarity: np.ndarray,
+    texts: tuple[str, ...],
+    ks: tuple[int, ...] = (1, 5, 10),
+    text_image: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Recall@k and median rank, image→text on rows of `similarity` [images, texts], text→image
-    on its columns."""
-    same = np.asarray(texts, dtype=object)
-    positives = same[:, None] == same[None, :]
+    on its columns; text j describes image `text_image[j]` (default: image j)."""
+    positives = positives_of(texts, text_image, similarity.shape[0])
     out: dict[str, float] = {}
     for direction, scores, truth in (
         ("image_to_text", similarity, positives),
@@ -49,7 +59,8 @@ def retrieval_metrics(
 
 
 class RetrievalEvaluator(Evaluator):
-    """`type="retrieval"`: the entry's `datasets`, encoded in batches of `batch_size`."""
+    """`type="retrieval"`: the entry's `datasets`, encoded in batches of `batch_size`;
+    `image_list` (a file of image names, one per line) keeps a prepared split's named images."""
 
     @classmethod
     def check(cls, name: str, options: Any) -> None:
@@ -57,29 +68,15 @@ class RetrievalEvaluator(Evaluator):
 
     def __init__(self, name: str, options: Any, *, config: Any, setup: Any, tokenizer: Tokenizer):
         super().__init__(name, options, config=config, setup=setup, tokenizer=tokenizer)
-        self.encoders = []
-        self.skipped: dict[str, str] = {}
-        for dataset in options.datasets:
-            try:
-                data = pipeline.retrieval_data(dataset, config.data)
-            except DatasetNotFoundError as error:
-                logging.warning("Retrieval dataset %s skipped: %s", dataset, error)
-                self.skipped[dataset] = str(error)
-                continue
-            as_classes = ZeroShotData(  # the texts as "classes" with the template "{}"
-                name=data.name,
-                images=data.images,
-                labels=np.zeros(len(data.images), np.int32),
-                class_names=data.texts,
-                templates=("{}",),
-            )
-            self.encoders.append((data, classifier_for(self, as_classes)))
+        self.datasets = self.load_datasets(
+            lambda dataset: pipeline.retrieval_data(dataset, config.data, options)
+        )
 
     def run(self, params: Any) -> Results:
         metrics: dict[str, float] = {}
-        for data, encoder in self.encoders:
-            texts = np.asarray(jax.device_get(encoder.text_embeddings(params, data.texts)))
-            similarity = encoder.image_embeddings(params) @ texts.T
-            found = retrieval_metrics(similarity, data.texts)
+        for data in self.datasets:
+            texts = np.asarray(jax.device_get(self.encoder.texts(params, data.texts)))
+            similarity = self.encoder.images(params, data.images, data.name) @ texts.T
+            found = retrieval_metrics(similarity, data.texts, text_image=data.text_image)
             metrics |= {f"{data.name}/{key}": value for key, value in found.items()}
         return Results(metrics, skipped=dict(self.skipped))

@@ -124,3 +124,16 @@ def markdown(table: Mapping[str, Any]) -> str:
     for task, missing in table["incomplete"].items():
         notes.append(f"{task} mean without {', '.join(missing)} (not evaluated).")
     return "\n".join(lines) + "\n".join(notes)
+
+
+NOT_PERCENT = ("median_rank", "_l2")  # metric names ending so are counts or settings
+
+
+def results_table(results: Mapping[str, float]) -> str:
+    """A Markdown table of evaluation results: accuracies and recalls in percent, ranks and
+    chosen penalties as they are."""
+    lines = ["| metric | value |", "|---|---:|"]
+    for name, value in results.items():
+        shown = f"{value:g}" if name.endswith(NOT_PERCENT) else f"{100 * value:.2f}%"
+        lines.append(f"| {name} | {shown} |")
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ from focusclip_jax.losses.base import ContrastiveLoss, Scalar, Scalars
 from focusclip_jax.losses.clip import CLIP, clip_infonce
 from focusclip_jax.losses.nt_xent import NTXent, nt_xent
 from focusclip_jax.losses.siglip import SigLIP, chunked_sigmoid_loss, sigmoid_loss
+from focusclip_jax.models.focusclip import MODALITIES
 
 __all__ = [
     "ContrastiveLoss",
@@ -38,6 +39,19 @@ def create(config: ml_collections.ConfigDict) -> ContrastiveLoss:
     if config.kind not in LOSSES:
         raise ValueError(f"config loss.kind={config.kind!r}: expected one of {sorted(LOSSES)}")
     return LOSSES[config.kind](config)
+
+
+def check_pairs(config: ml_collections.ConfigDict) -> None:
+    """`loss.pairs`: at least one pair of two different modalities, one weight each."""
+    pairs = [tuple(pair) for pair in config.pairs]
+    if not pairs or len(pairs) != len(config.weights):
+        raise ValueError(
+            f"config loss.pairs ({len(pairs)}) and loss.weights ({len(config.weights)}): one "
+            "weight per pair, at least one pair"
+        )
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(MODALITIES):
+            raise ValueError(f"config loss.pairs: {pair} is not a pair of two of {MODALITIES}")
 
 
 def scalars_of(params: Mapping[str, object], loss: ContrastiveLoss) -> dict[str, jax.Array]:

@@ -33,8 +33,14 @@ class ContrastiveLoss(abc.ABC):
     other), built from `config.loss`; a wrong key raises ValueError naming it."""
 
     scalars: ClassVar[Mapping[str, Scalar]] = {}
+    has_chunked_form: ClassVar[bool] = False  # `loss.chunked=True` picks it
 
     def __init__(self, config: ml_collections.ConfigDict) -> None:
+        if config.get("chunked") and not self.has_chunked_form:
+            raise ValueError(
+                f"config loss.chunked=True: the {config.kind} loss has no chunked form "
+                "(a loss declares one with has_chunked_form)"
+            )
         self.config = config
 
     @abc.abstractmethod

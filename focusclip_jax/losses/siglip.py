@@ -75,6 +75,7 @@ class SigLIP(ContrastiveLoss):
     """Learnable scale exp(logit_scale) and bias `logit_bias` (declared: the model carries it)."""
 
     scalars: ClassVar[dict[str, Scalar]] = {"logit_bias": Scalar(-10.0)}
+    has_chunked_form: ClassVar[bool] = True
 
     def __init__(self, config: ml_collections.ConfigDict) -> None:
         super().__init__(config)

@@ -99,7 +99,6 @@ class FocusCLIP(nnx.Module):
             jnp.asarray(logit_scale_init, jnp.float32), bounds=(0.0, LOG_100)
         )
         # The loss's own learnable scalars (`losses.Scalar`: init and bounds), at the top level.
-        self.loss_scalar_names = tuple(loss_scalars or ())
         for name, scalar in (loss_scalars or {}).items():
             if hasattr(self, name):
                 raise ValueError(f"the loss's scalar {name!r} would replace the model's {name}")
@@ -167,8 +166,3 @@ class FocusCLIP(nnx.Module):
         if "image" in modalities and "image" not in out:
             out["image"] = self.encode_image(images)
         return out
-
-    def loss_scalars(self) -> dict[str, jax.Array]:
-        """What the loss reads by name: the logit scale and the scalars the loss declared."""
-        names = ("logit_scale", *self.loss_scalar_names)
-        return {name: getattr(self, name)[...] for name in names}

@@ -17,12 +17,15 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from input_pipeline.files import InputDataError
+
 ParamPath = tuple[str | int, ...]
 Mapped = dict[ParamPath, tuple[str, np.ndarray]]
 
 
-class WeightImportError(ValueError):
-    """A checkpoint does not fit the configured model (missing tensor, wrong shape)."""
+class WeightImportError(InputDataError, ValueError):
+    """A checkpoint does not fit the configured model (missing tensor, wrong shape): a user's
+    mistake, printed in one line by every command-line tool."""
 
 
 def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
