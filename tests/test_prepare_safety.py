@@ -113,9 +113,9 @@ def test_a_split_of_unreadable_images_is_never_written(raw: Path, tmp_path: Path
     for name in VAL:
         (raw / "images" / name).write_bytes(b"\xff\xd8 not a jpeg")
     out = tmp_path / "out"
-    for overwrite in (False, True):
+    for options in ({}, {"overwrite": True}):
         with pytest.raises(InputDataError) as error:
-            _prepare(raw, out, overwrite=overwrite)
+            _prepare(raw, out, **options)
         message = str(error.value)
         assert message.startswith("split val: 0 images of 3 (3 corrupt image, e.g. "), message
         assert "\n" not in message and "nothing written" in message
