@@ -9,7 +9,8 @@ Training streams *prepared* records (`python -m input_pipeline.prepare_mpii`): a
 ArrayRecord shards whose one feature (`entry`) holds resized JPEG bytes (and a copy squashed to the
 training size) plus keypoints and descriptions, encoded by `encode_prepared`. It is opened with
 `tfds.builder_from_directory(...).as_data_source()` (no TensorFlow) through `etils.epath`, so
-`data.prepared` may be a gs:// bucket.
+`data.prepared` may be a gs:// bucket. A shard or index missing from it is named in one line when
+the split is opened, not met mid-stream.
 """
 
 import dataclasses
@@ -58,6 +59,10 @@ ENTRY = "entry"  # the prepared dataset's one TFDS feature: an `encode_prepared`
 INFO_FILE = "dataset_info.json"  # written last by prepare_mpii: marks a finished preparation
 META_FILE = "meta.json"  # beside the shards: settings, skips, corrections, people per image
 SOURCES_SUFFIX = ".sources.json"  # beside each shard: every record's description sources
+# prepare_mpii writes <name>/incomplete.<version>/ (TFDS's prefix for unfinished folders) and swaps
+# it in, the finished <name>/<version>/ renamed to <name>/replaced.<version>/ meanwhile.
+STAGING = "incomplete."
+REPLACED = "replaced."
 
 
 @dataclasses.dataclass
@@ -237,19 +242,27 @@ def _description_files(root: Path) -> list[tuple[str, Path]]:
 
 
 def read_descriptions(
-    root: str | Path, sources: Sequence[str] | None = None
+    root: str | Path,
+    sources: Sequence[str] | None = None,
+    dropped: dict[str, list[str]] | None = None,
 ) -> dict[str, MpiiRecord]:
     """The pose-description JSON (a file, or a folder of them, one subfolder per source such as
     `gpt-4/`, `llama-2/`) → records by image name, each with its descriptions by source.
 
     A file holds one image's dict (`image`, `activity`, `count`, `people[{kpts, kpts_vis, center,
-    scale}]`, `description`) or a list of them. `sources` keeps only the named ones.
+    scale}]`, `description`) or a list of them. `sources` keeps only the named ones. A
+    description that is blank or not text (a number, a list) is left out; `dropped` collects
+    where each was (`<file> [item k].description`) by reason. A null one is an image not
+    described yet.
     """
     root = Path(root)
     if not root.exists():
         raise InputDataError(f"{root}: descriptions not found")
+    files = _description_files(root)
+    if not files:
+        raise InputDataError(f"{root}: a folder with no description JSON (*.json)")
     records: dict[str, MpiiRecord] = {}
-    for source, file in _description_files(root):
+    for source, file in files:
         if sources is not None and source not in sources:
             continue
         items = _load_json(file)
@@ -269,6 +282,9 @@ def read_descriptions(
             text = item.get("description")
             if isinstance(text, str) and text.strip():
                 record.descriptions[source] = text.strip()
+            elif text is not None and dropped is not None:  # null: not described (yet)
+                kind = "blank" if isinstance(text, str) else "not text"
+                dropped[f"descriptions that are {kind} (dropped)"].append(f"{where}.description")
     if sources is not None and not {s for r in records.values() for s in r.descriptions}:
         raise InputDataError(f"{root}: no descriptions from the sources {list(sources)}")
     return records
@@ -397,6 +413,13 @@ def dataset_dir(prepared: str) -> epath.Path:
     """The TFDS version folder of a finished preparation; an error naming `prepared` if none."""
     found = _finished(prepared)
     if found is None:
+        root = epath.Path(prepared)
+        aside = [*root.glob(f"*/{REPLACED}*/{INFO_FILE}"), root.parent / f"{REPLACED}{root.name}"]
+        if any(path.exists() for path in aside):
+            raise InputDataError(
+                f"{prepared}: a preparation was cut short while swapping in its new dataset; "
+                "rerun the same prepare command: it puts the finished dataset back first"
+            )
         raise InputDataError(f"{prepared}: no finished preparation (no {INFO_FILE}); {PREPARED}")
     return found
 
@@ -427,6 +450,12 @@ def open_split(prepared: str, split: str) -> tuple[PreparedSplit, list[str]]:
             f"{version_dir}: no split {split!r} (it has {sorted(builder.info.splits)})"
         )
     shards = [os.fspath(path) for path in builder.info.splits[split].filepaths]
+    missing = [shard for shard in shards if not epath.Path(shard).exists()]
+    if missing:
+        raise InputDataError(
+            f"{missing[0]}: a shard of split {split!r} is missing ({len(missing)} of "
+            f"{len(shards)}); prepare the dataset again: {PREPARED}"
+        )
     return PreparedSplit(builder.as_data_source(split=split)), shards
 
 
@@ -450,7 +479,10 @@ def required_files(data: ml_collections.ConfigDict) -> list[RequiredFile]:
 def read_index(shard: str) -> dict[str, Any]:
     """A shard's `.sources.json` (prepare_mpii): `sources` (each record's description sources),
     `skipped` and `corrected` (counts by reason) and the `fingerprint` of its inputs."""
-    return json.loads(epath.Path(shard + SOURCES_SUFFIX).read_text())
+    index = epath.Path(shard + SOURCES_SUFFIX)
+    if not index.exists():
+        raise InputDataError(f"{index}: missing, the index of a prepared shard; {PREPARED}")
+    return json.loads(index.read_text())
 
 
 def record_sources(shards: Sequence[str]) -> list[list[str]]:

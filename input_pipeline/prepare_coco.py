@@ -2,25 +2,32 @@
 
     python -m input_pipeline.prepare_coco --images=<train2017/> \\
         --annotations=<person_keypoints_train2017.json> --captions=<captions_train2017.json> \\
-        --out=<dir>
+        --out=<dir> [--overwrite]
 
 The split is the annotation file's (`..._train2017.json` → train, `..._val2017.json` → val).
 Give every split in one run (repeat `--images`, `--annotations` and `--captions`, in the same
-order): like prepare_mpii, a run writes the dataset it is given and removes other shards from
-`--out`. People are COCO's keypoint annotations as its keypoint
+order): like prepare_mpii, a run writes the dataset it is given, aside, and swaps it in for the
+one in `--out` only when complete and no worse: a split of the finished dataset that this run
+lacks or has fewer images of is replaced only with `--overwrite`, and a split left without images
+(crowd regions only, captions of unknown images, unreadable images) is refused, never written.
+Files that do not exist, or a keypoints file given as `--captions` (and the reverse), are refused
+before anything is written. People are COCO's keypoint annotations as its keypoint
 evaluation counts them: crowd regions (`iscrowd=1`) and people with no labelled keypoint
 (`num_keypoints=0`) are left out; a keypoint is usable when labelled (`v` 1 or 2: its place is
 known, visible or not) and its [x, y] are 0-based pixels. An image keeps its captions (COCO's five
 human-written ones, sometimes more) as the description sources `caption_0`, `caption_1`, ...: the
 `:coco` config samples one per step. Images with no usable person or no caption are skipped and
-counted; crops, the squashed copy and the dataset format are prepare_mpii's; the TFDS dataset is
-`<out>/coco_pose_captions/`.
+counted, as are captions that are empty or not text (a `null`) and people or captions of images
+missing from the keypoints file's `images`; crops, the squashed copy and the dataset format are
+prepare_mpii's; the TFDS dataset is `<out>/coco_pose_captions/`.
 """
 
 import collections
+import dataclasses
 import json
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +43,44 @@ NAME = "coco_pose_captions"  # the TFDS dataset name (TFDS's own `coco` is anoth
 CAPTION_SOURCES = tuple(f"caption_{i}" for i in range(7))  # COCO gives 5 to 7 per image
 
 
-def _load(path: str, what: str) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    """A COCO annotation file a flag names: what it holds, and the key of its annotations."""
+
+    flag: str
+    what: str
+    key: str
+
+
+KEYPOINTS = _Kind("--annotations", "person keypoints", "keypoints")
+CAPTIONS = _Kind("--captions", "captions", "caption")
+
+
+def _load(path: str, kind: _Kind) -> dict[str, Any]:
+    """The COCO JSON at `path`, checked to hold `kind` (one that holds the other kind: the two
+    flags swapped)."""
     try:
         content = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise InputDataError(f"{path}: not found (COCO-2017 {what}, cocodataset.org)") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputDataError(f"{path}: unreadable JSON ({error})") from None
-    if not isinstance(content, dict) or "annotations" not in content:
-        raise InputDataError(f"{path}: expected COCO's {what} (a dict with 'annotations')")
+        raise InputDataError(
+            f"{kind.flag}={path}: not found (COCO-2017 {kind.what}, cocodataset.org)"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputDataError(f"{kind.flag}={path}: unreadable JSON ({error})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("annotations"), list):
+        raise InputDataError(
+            f"{kind.flag}={path}: expected COCO's {kind.what} (a dict with a list 'annotations')"
+        )
+    other = CAPTIONS if kind is KEYPOINTS else KEYPOINTS
+    first = content["annotations"][0] if content["annotations"] else {}
+    if isinstance(first, dict) and kind.key not in first and other.key in first:
+        raise InputDataError(
+            f"{kind.flag}={path}: holds COCO {other.what} (annotations with '{other.key}'), not "
+            f"{kind.what}: are {kind.flag} and {other.flag} swapped?"
+        )
+    for i, annotation in enumerate(content["annotations"]):
+        if not isinstance(annotation, dict):
+            raise InputDataError(f"{kind.flag}={path}: annotations[{i}]: expected a dict")
     return content
 
 
@@ -53,17 +89,18 @@ def split_of(path: str) -> str:
     found = re.search(r"_(train|val)\d*\.json$", Path(path).name)
     if not found:
         raise InputDataError(
-            f"{path}: expected a COCO name ending in _train2017.json or _val2017.json"
+            f"--annotations={path}: expected a COCO name ending in _train2017.json or _val2017.json"
         )
     return found.group(1)
 
 
+UNLISTED = "of images not in the keypoints file's 'images'"
+
+
 def read_coco(annotations: str, captions: str) -> tuple[list[mpii.MpiiRecord], collections.Counter]:
-    """Records (17-joint people, captions as descriptions) and what was left out, counted."""
-    keypoints_file, captions_file = (
-        _load(annotations, "person keypoints"),
-        _load(captions, "captions"),
-    )
+    """Records (17-joint people, captions as descriptions) and what was left out, counted; a
+    split left without an image is refused, naming the file and the counts."""
+    keypoints_file, captions_file = _load(annotations, KEYPOINTS), _load(captions, CAPTIONS)
     split = split_of(annotations)
     names = {image["id"]: image["file_name"] for image in keypoints_file.get("images", [])}
     people: dict[int, list[mpii.Person]] = collections.defaultdict(list)
@@ -74,6 +111,9 @@ def read_coco(annotations: str, captions: str) -> tuple[list[mpii.MpiiRecord], c
             continue
         if not annotation.get("num_keypoints", 0):
             left_out["people without keypoints"] += 1
+            continue
+        if annotation.get("image_id") not in names:
+            left_out[f"people {UNLISTED}"] += 1
             continue
         try:
             values = np.asarray(annotation["keypoints"], np.float64).reshape(COCO.num_joints, 3)
@@ -86,7 +126,13 @@ def read_coco(annotations: str, captions: str) -> tuple[list[mpii.MpiiRecord], c
         )
     texts: dict[int, list[str]] = collections.defaultdict(list)
     for annotation in sorted(captions_file["annotations"], key=lambda a: a.get("id", 0)):
-        texts[annotation["image_id"]].append(str(annotation["caption"]).strip())
+        caption = annotation.get("caption")
+        if not isinstance(caption, str) or not caption.strip():
+            left_out["captions empty or not text"] += 1
+        elif annotation.get("image_id") not in names:
+            left_out[f"captions {UNLISTED}"] += 1
+        else:
+            texts[annotation["image_id"]].append(caption.strip())
     records = []
     for image_id, name in sorted(names.items(), key=lambda item: item[1]):
         if not people.get(image_id):
@@ -96,6 +142,12 @@ def read_coco(annotations: str, captions: str) -> tuple[list[mpii.MpiiRecord], c
         else:
             described = dict(zip(CAPTION_SOURCES, texts[image_id], strict=False))
             records.append(mpii.MpiiRecord(name, people[image_id], "", described, split))
+    if not records:
+        counts = ", ".join(f"{n} {reason}" for reason, n in left_out.items()) or "no image"
+        raise InputDataError(
+            f"--annotations={annotations}: no image of split {split} has a usable person and a "
+            f"caption (left out: {counts}); nothing written"
+        )
     return records, left_out
 
 
@@ -105,28 +157,48 @@ def _under(record: mpii.MpiiRecord, images: str) -> mpii.MpiiRecord:
     return record
 
 
+def prepare(
+    images: Sequence[str],
+    annotations: Sequence[str],
+    captions: Sequence[str],
+    out: str,
+    **options: Any,
+) -> tuple[dict, collections.Counter]:
+    """Every split (its images folder, keypoints and captions files, in the same order) read and
+    written as prepare_mpii writes (`options`: `write_prepared`'s, --overwrite among them);
+    returns its meta.json and what COCO's files left out, counted. Inputs that do not exist or
+    hold nothing usable are refused before anything is written."""
+    if not len(images) == len(annotations) == len(captions):
+        raise InputDataError(
+            "--images, --annotations and --captions: give one of each per split, in order"
+        )
+    for folder in images:
+        if not Path(folder).is_dir():
+            problem = "not a folder" if Path(folder).exists() else "not found"
+            raise InputDataError(f"--images={folder}: {problem} (a COCO images folder)")
+    records, left_out = [], collections.Counter()
+    for folder, keypoints_file, captions_file in zip(images, annotations, captions, strict=True):
+        found, skipped = read_coco(keypoints_file, captions_file)
+        records += [_under(record, folder) for record in found]
+        left_out += skipped
+    logging.info(
+        "COCO: %d images with people and captions; left out: %s", len(records), dict(left_out)
+    )
+    meta = prepare_mpii.write_prepared(records, "/", out, name=NAME, **options)
+    return meta, left_out
+
+
 def main(argv: list[str]) -> None:
     del argv
     for name in ("images", "annotations", "captions", "out"):
         if not FLAGS[name].value:
             files.fail(f"--{name} is required")
-    if not len(FLAGS.images) == len(FLAGS.annotations) == len(FLAGS.captions):
-        files.fail("--images, --annotations and --captions: give one of each per split, in order")
-    records, left_out = [], collections.Counter()
-    for images, annotations, captions in zip(
-        FLAGS.images, FLAGS.annotations, FLAGS.captions, strict=True
-    ):
-        found, skipped = read_coco(annotations, captions)
-        records += [_under(record, images) for record in found]
-        left_out += skipped
-    logging.info(
-        "COCO: %d images with people and captions; left out: %s", len(records), dict(left_out)
-    )
-    meta = prepare_mpii.write_prepared(
-        records,
-        "/",
+    meta, left_out = prepare(
+        FLAGS.images,
+        FLAGS.annotations,
+        FLAGS.captions,
         FLAGS.out,
-        name=NAME,
+        overwrite=FLAGS.overwrite,
         max_side=FLAGS.max_side,
         quality=FLAGS.quality,
         squash_side=FLAGS.squash_side,
@@ -147,6 +219,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("squash_side", 224, "Side of the stored squashed copy (0: none).")
     flags.DEFINE_integer("records_per_shard", 512, "Images per ArrayRecord shard.")
     flags.DEFINE_integer("workers", 0, "Parallel shard writers; 0: one per core.")
+    flags.DEFINE_bool("overwrite", False, prepare_mpii.OVERWRITE_HELP)
 
 
 if __name__ == "__main__":

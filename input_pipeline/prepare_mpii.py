@@ -2,7 +2,7 @@
 
     python -m input_pipeline.prepare_mpii --images=<dir> --annotations=<mpii_train.json> \\
         --annotations=<mpii_val.json> --descriptions=<dir> --out=<dir> [--max_side=512] \\
-        [--squash_side=224]
+        [--squash_side=224] [--overwrite]
 
 `--out` becomes a TFDS data_dir holding the dataset `mpii_pose_descriptions/1.0.0/`: ArrayRecord
 shards `mpii_pose_descriptions-<split>.array_record-NNNNN-of-NNNNN` whose one feature (`entry`)
@@ -13,32 +13,57 @@ finished preparation. `tfds.builder_from_directory(...).as_data_source()` or
 shards are written here rather than by a TFDS builder's `download_and_prepare`, which writes a
 dataset in one go: here a rerun resumes.
 
+A finished dataset is never lost to a preparation. Inputs that do not exist or hold nothing usable
+(an images path that is not a folder, a descriptions folder without JSON) are refused, naming the
+flag, before anything is written. A run writes into `incomplete.1.0.0/` beside the version folder
+and swaps it in only once every shard is written and the dataset opens as TFDS opens it (each
+split's count checked, the last record of each shard read back): the finished folder is renamed to
+`replaced.1.0.0/`, the new one takes its place, then the old one is removed; the next run undoes a
+swap cut short between the renames. A split left without images is never written, even with
+`--overwrite`; a split with fewer images than the finished dataset's (or missing from this run's
+inputs) replaces it only with `--overwrite`. Either refusal is one line giving each split's counts
+and what was skipped, and replaces nothing. A failure, a full disk included, removes the staging
+folder with its temporary files and leaves the finished dataset as it was; an interruption
+(Ctrl-C, a kill) leaves the staging folder's finished shards for the next run to resume from.
+
 Each shard holds a fixed, sorted slice of a split; its index beside it (`.sources.json`: each
 record's description sources, what was skipped and corrected) carries a fingerprint of all its
 inputs (settings, annotations, descriptions, and its image files' sizes and modification times).
-A shard is written to a temporary name and renamed when complete, then indexed: a rerun skips
-finished shards (resumable after an interruption), rewrites exactly those whose inputs changed (a
-repaired image gets in) and removes those no longer planned. Shards of the earlier plain layout
-in `--out` (`<split>-<fingerprint>-NNNNN-of-NNNNN.array_record` and meta.json) with the same
-inputs are converted without re-encoding images, then removed. Shards run in parallel over the
-host's cores; workers end with their parent. Bad input is skipped and counted: a missing or
-corrupt image, an image without visible joints, an empty or missing description; visible joints
-outside the image become not visible, and people left with none are dropped (both counted in
-meta.json's `corrected`).
+A shard is written to a temporary name and renamed when complete, then indexed. A rerun reuses
+every shard whose fingerprint matches, from the staging folder or from the finished dataset (hard
+links, or copies where the file system has none), without re-encoding, and writes exactly those
+whose inputs changed (a repaired image gets in); shards no longer planned are not carried over; a
+rerun with the finished dataset's inputs changes nothing. Shards of the earlier plain layout in
+`--out` (`<split>-<fingerprint>-NNNNN-of-NNNNN.array_record` and meta.json) with the same inputs
+are converted without re-encoding images, then removed. Shards run in parallel over the host's
+cores; workers end with their parent.
+
+Bad input is skipped and counted: a missing or corrupt image, an image without visible joints, an
+empty or missing description; visible joints outside the image become not visible, and people left
+with none are dropped (both counted in meta.json's `corrected`). A description that is blank or
+not text (a number, a list) is dropped and counted in `corrected` too, its file and item named in
+the log, while the image keeps its other sources' texts: one malformed item among thousands of LLM
+outputs should neither stop a preparation nor cost a described image, and the count shows whether
+a source is broken rather than glitched.
 """
 
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
+import errno
 import hashlib
 import io
+import itertools
 import json
 import logging
 import multiprocessing
 import os
 import re
+import shutil
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +73,7 @@ from etils import epath
 from PIL import Image
 
 from input_pipeline import files, mpii
+from input_pipeline.files import InputDataError
 
 FLAGS = flags.FLAGS
 
@@ -59,6 +85,7 @@ DESCRIPTION = (
     "prepare_coco): per image one `entry` feature holding the resized JPEG, its squashed copy, "
     "keypoints and descriptions, decoded by input_pipeline.mpii.decode_prepared."
 )
+NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as array_record reports it
 
 
 def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
@@ -165,13 +192,21 @@ def _write_shard(
 
 def _write_entries(path: str, entries: list[bytes]) -> None:
     """A shard of `encode_prepared` entries as TFDS records: written under a temporary name,
-    renamed when complete."""
+    renamed when complete; the temporary file is removed when writing fails. array_record reports
+    a full disk as a RuntimeError: it becomes the OSError (ENOSPC) it is."""
     features = mpii.tfds_features()
-    writer = array_record_module.ArrayRecordWriter(path + ".tmp", "group_size:1")
-    for entry in entries:
-        writer.write(features.serialize_example({mpii.ENTRY: entry}))
-    writer.close()
-    os.replace(path + ".tmp", path)
+    temporary = path + ".tmp"
+    try:
+        writer = array_record_module.ArrayRecordWriter(temporary, "group_size:1")
+        for entry in entries:
+            writer.write(features.serialize_example({mpii.ENTRY: entry}))
+        writer.close()
+        os.replace(temporary, path)
+    except BaseException as error:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, RuntimeError) and NO_SPACE in str(error):
+            raise OSError(errno.ENOSPC, NO_SPACE, path) from error
+        raise
 
 
 def _write_index(
@@ -206,17 +241,23 @@ def _is_done(shard: Path, fingerprint: str) -> bool:
         return False
 
 
-def _filter(records: list[mpii.MpiiRecord]) -> tuple[list[mpii.MpiiRecord], dict[str, list[str]]]:
-    """Drop what training cannot use, with reasons; people without visible joints are dropped."""
-    kept, skipped = [], collections.defaultdict(list)
-    for record in records:
+def _filter(
+    records: list[mpii.MpiiRecord],
+) -> tuple[dict[str, list[mpii.MpiiRecord]], dict[str, dict[str, list[str]]]]:
+    """Per split (every split of the records, one left empty too): what training can use, sorted
+    by image, and what was dropped, by reason. People without visible joints are dropped."""
+    kept: dict[str, list[mpii.MpiiRecord]] = {}
+    skipped: dict[str, dict[str, list[str]]] = {}
+    for record in sorted(records, key=lambda r: (r.split, r.image)):
+        rows = kept.setdefault(record.split, [])
+        reasons = skipped.setdefault(record.split, collections.defaultdict(list))
         record.people = [p for p in record.people if p.visible.any()]
         if not record.people:
-            skipped["no visible joints"].append(record.image)
+            reasons["no visible joints"].append(record.image)
         elif not any(t.strip() for t in record.descriptions.values()):
-            skipped["no description"].append(record.image)
+            reasons["no description"].append(record.image)
         else:
-            kept.append(record)
+            rows.append(record)
     return kept, skipped
 
 
@@ -242,27 +283,341 @@ SHARD_NAME = re.compile(r"[a-z0-9_]+-[a-z]+\.array_record-\d{5}-of-\d{5}")
 LEGACY_SHARD = re.compile(r"[a-z]+-[0-9a-f]{16}-\d{5}-of-\d{5}\.array_record")
 
 
-def _remove_superseded(version_dir: Path, kept: set[str]) -> None:
-    """Shards of an earlier run that this one no longer plans (another sharding), and their
-    indexes."""
-    stale = [p for p in version_dir.iterdir() if SHARD_NAME.fullmatch(p.name)]
-    stale = [p for p in stale if p.name not in kept]
-    for shard in stale:
-        shard.unlink()
-        Path(str(shard) + mpii.SOURCES_SUFFIX).unlink(missing_ok=True)
-    if stale:
-        logging.info("removed %d shards superseded by this run", len(stale))
+@dataclasses.dataclass(frozen=True)
+class _Shard:
+    """A planned shard: its split, its records, their fingerprint, and the same slice's shard in
+    the earlier plain layout (converted when it is there)."""
+
+    split: str
+    records: list[mpii.MpiiRecord]
+    fingerprint: str
+    legacy: str
 
 
-def _remove_legacy(out_dir: Path) -> None:
-    """The earlier plain layout's shards, indexes and meta.json, once converted."""
-    legacy = [p for p in out_dir.iterdir() if LEGACY_SHARD.fullmatch(p.name)]
-    for shard in legacy:
-        shard.unlink()
-        Path(str(shard) + mpii.SOURCES_SUFFIX).unlink(missing_ok=True)
-    if legacy:
-        (out_dir / mpii.META_FILE).unlink(missing_ok=True)
-        logging.info("converted %d plain ArrayRecord shards to the TFDS dataset", len(legacy))
+def _plan(
+    by_split: Mapping[str, list[mpii.MpiiRecord]],
+    images: str,
+    out_dir: Path,
+    name: str,
+    settings: str,
+    records_per_shard: int,
+) -> dict[str, _Shard]:
+    """Each split's records in fixed, sorted slices: shard file name → shard."""
+    plan = {}
+    for split, rows in by_split.items():
+        n = max(1, -(-len(rows) // records_per_shard))
+        for i in range(n):
+            shard_rows = rows[i * records_per_shard : (i + 1) * records_per_shard]
+            tag = _fingerprint(shard_rows, images, settings)
+            legacy = out_dir / f"{split}-{tag}-{i:05d}-of-{n:05d}.array_record"
+            shard = f"{name}-{split}.array_record-{i:05d}-of-{n:05d}"
+            plan[shard] = _Shard(split, shard_rows, tag, str(legacy))
+    return plan
+
+
+def _missing_images(rows: list[mpii.MpiiRecord], images: str) -> list[str]:
+    return [str(Path(images) / r.image) for r in rows if not (Path(images) / r.image).is_file()]
+
+
+def _refuse_if_worse(
+    images: Mapping[str, int],
+    annotated: Mapping[str, int],
+    skips: Mapping[str, Mapping[str, int]],
+    paths: Mapping[str, Mapping[str, list[str]]],
+    finished: Mapping[str, int],
+    overwrite: bool,
+    bound: str = "",
+) -> None:
+    """Refuses in one line a run that would leave a split without images (`overwrite` or not) or
+    with fewer than the finished dataset it replaces (unless `overwrite`), a split it lacks
+    counting as none: for each such split its images of those annotated, why the others were
+    skipped (`skips`: counts by split and reason; `paths`: the skipped paths known, for an
+    example) and the finished dataset's count. `bound`: "at most " while the images are unread."""
+    empty = {split for split, n in images.items() if not n}
+    fewer = {split for split, n in finished.items() if images.get(split, 0) < n}
+    if not empty and (overwrite or not fewer):
+        return
+    parts = []
+    for split in sorted(empty | fewer):
+        if split not in images:
+            parts.append(
+                f"split {split}: not in this run's inputs, the finished dataset has "
+                f"{finished[split]}"
+            )
+            continue
+        reasons = []
+        for reason, n in sorted(skips[split].items()):
+            if not n:
+                continue
+            example = paths.get(split, {}).get(reason)
+            reasons.append(f"{n} {reason}" + (f", e.g. {example[0]}" if example else ""))
+        part = f"split {split}: {bound if images[split] else ''}{images[split]} images of "
+        part += f"{annotated[split]}" + (f" ({'; '.join(reasons)})" if reasons else "")
+        part += f", the finished dataset has {finished[split]}" if split in finished else ""
+        parts.append(part)
+    outcome = "nothing replaced" if finished else "nothing written"
+    if empty:
+        raise InputDataError(f"{'; '.join(parts)}: {outcome} (a split is never left empty)")
+    raise InputDataError(f"{'; '.join(parts)}: {outcome}; rerun with --overwrite to replace it")
+
+
+def _finished_counts(version_dir: Path, out_dir: Path) -> dict[str, int]:
+    """Images per split of the finished dataset a run would replace: the TFDS one's (from its
+    dataset_info.json), else that of a preparation in the earlier plain layout; {} if none."""
+    info = version_dir / mpii.INFO_FILE
+    try:
+        if info.is_file():
+            splits = json.loads(info.read_text())["splits"]
+            return {s["name"]: sum(int(n) for n in s.get("shardLengths", [])) for s in splits}
+        meta = out_dir / mpii.META_FILE
+        if meta.is_file() and any(LEGACY_SHARD.fullmatch(p.name) for p in out_dir.iterdir()):
+            splits = json.loads(meta.read_text())["splits"]
+            return {split: int(split_meta["images"]) for split, split_meta in splits.items()}
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputDataError(
+            f"--out={out_dir}: the finished dataset's metadata is unreadable ({error}); move it "
+            "away to prepare anew"
+        ) from None
+    return {}
+
+
+def _up_to_date(version_dir: Path, plan: Mapping[str, _Shard]) -> bool:
+    """The finished dataset holds exactly the planned shards, each from the same inputs."""
+    if not (version_dir / mpii.INFO_FILE).is_file():
+        return False
+    shards = {p.name for p in version_dir.iterdir() if SHARD_NAME.fullmatch(p.name)}
+    return shards == set(plan) and all(
+        _is_done(version_dir / name, shard.fingerprint) for name, shard in plan.items()
+    )
+
+
+def _read_meta(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / mpii.META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _collect_meta(
+    folder: Path,
+    plan: Mapping[str, _Shard],
+    base: dict,
+    skipped: Mapping[str, Mapping[str, list[str]]],
+) -> tuple[dict, dict[str, collections.Counter]]:
+    """meta.json of the planned shards in `folder`, counted from the shards and their indexes
+    (the same after a resume as after one run; `base`: the settings, `corrected` while reading,
+    and each split's people per image), and each split's skips by reason."""
+    meta = json.loads(json.dumps(base))  # a copy
+    skips = {split: collections.Counter() for split in meta["splits"]}
+    written: collections.Counter = collections.Counter()
+    corrected = collections.Counter(meta["corrected"])
+    for split, split_meta in meta["splits"].items():
+        shards = [name for name, shard in plan.items() if shard.split == split]
+        lengths = [_num_records(folder / shard) for shard in shards]
+        indexes = [mpii.read_index(str(folder / shard)) for shard in shards]
+        sources = collections.Counter(s for index in indexes for r in index["sources"] for s in r)
+        split_meta |= {
+            "shards": shards,
+            "images": sum(lengths),
+            "shard_lengths": lengths,
+            "descriptions": dict(sorted(sources.items())),
+        }
+        skips[split].update({reason: len(paths) for reason, paths in skipped[split].items()})
+        for index in indexes:
+            skips[split].update(index["skipped"])
+            written.update(index["skipped"])
+            corrected.update(index["corrected"])
+    reasons: collections.Counter = collections.Counter()
+    for split_skips in skipped.values():
+        reasons.update({reason: len(paths) for reason, paths in split_skips.items()})
+    meta["skipped"] = {reason: n for reason, n in reasons.items() if n}
+    meta["skipped"] |= {reason: n for reason, n in sorted(written.items()) if n}
+    meta["corrected"] = {reason: n for reason, n in sorted(corrected.items()) if n}
+    return meta, skips
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _link(source: Path, target: Path) -> None:
+    """`source` at `target` too: a hard link, a copy where the file system has none. Shards and
+    indexes are never changed in place, so the two may share their data."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _reuse(plan: Mapping[str, _Shard], staging: Path, version_dir: Path) -> dict[str, _Shard]:
+    """Keeps the staging folder's planned shards that are done (an interrupted run's) and links in
+    the finished dataset's, both only when written from the same inputs; removes everything else
+    from the staging folder. Returns the shards left to write."""
+    for path in staging.iterdir():
+        name = path.name.removesuffix(mpii.SOURCES_SUFFIX)
+        if not (name in plan and _is_done(staging / name, plan[name].fingerprint)):
+            _remove(path)
+    todo = {}
+    for name, shard in plan.items():
+        if _is_done(staging / name, shard.fingerprint):
+            continue
+        if _is_done(version_dir / name, shard.fingerprint):
+            for file in (name, name + mpii.SOURCES_SUFFIX):
+                _link(version_dir / file, staging / file)
+        else:
+            todo[name] = shard
+    return todo
+
+
+def _write_shards(
+    todo: Mapping[str, _Shard],
+    images: str,
+    folder: Path,
+    settings: tuple[int, int, int],
+    workers: int,
+    start: float,
+) -> dict[str, dict[str, list[str]]]:
+    """Writes the shards `todo` into `folder`, over `workers` processes; returns the images it
+    skipped, by split and reason. On a failure no further shard starts."""
+    skipped: dict[str, dict[str, list[str]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list)
+    )
+    args = [
+        (shard.records, images, str(folder / name), *settings, shard.fingerprint, shard.legacy)
+        for name, shard in todo.items()
+    ]
+    with contextlib.ExitStack() as stack:
+        if min(workers, len(args)) > 1:
+            spawn = multiprocessing.get_context("spawn")  # fork is unsafe once threads (JAX) run
+            pool = stack.enter_context(
+                concurrent.futures.ProcessPoolExecutor(
+                    workers, spawn, initializer=_exit_with_parent, initargs=(os.getpid(),)
+                )
+            )
+            stack.callback(pool.shutdown, cancel_futures=True)  # runs first, on a failure too
+            results = pool.map(_write_shard, *zip(*args, strict=True))
+        else:  # no pool to start for a single writer
+            results = (_write_shard(*a) for a in args)
+        for done, ((name, shard), (written, shard_skipped)) in enumerate(
+            zip(todo.items(), results, strict=True), 1
+        ):
+            for reason, paths in shard_skipped.items():
+                skipped[shard.split][reason] += paths
+            elapsed = time.perf_counter() - start
+            logging.info(
+                "[%d/%d shards] %s: %d images | %.0f s elapsed, ETA %.0f s", done, len(todo),
+                name, written, elapsed, elapsed / done * (len(todo) - done),
+            )  # fmt: skip
+    return skipped
+
+
+def _replaced(version_dir: Path) -> Path:
+    return version_dir.with_name(mpii.REPLACED + version_dir.name)
+
+
+def _recover(version_dir: Path) -> None:
+    """Undoes a swap cut short: the finished dataset renamed aside goes back when no new one took
+    its place; an old one left aside after the new one took its place is removed."""
+    aside = _replaced(version_dir)
+    if not aside.exists():
+        return
+    if version_dir.exists():
+        shutil.rmtree(aside)
+    else:
+        os.rename(aside, version_dir)
+        logging.warning("put back %s, left aside by a preparation cut short", version_dir)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _flush(folder: Path) -> None:
+    """Every file in `folder` on disk, then the folder's entries: what is swapped in survives a
+    power cut (a file system that cannot flush a folder keeps its own order)."""
+    for path in folder.iterdir():
+        _fsync(path)
+    with contextlib.suppress(OSError):
+        _fsync(folder)
+
+
+def _swap(staging: Path, version_dir: Path) -> None:
+    """The finished folder aside, the staging folder in its place, the old one removed: at every
+    moment one complete dataset is there or aside (`_recover`)."""
+    aside = _replaced(version_dir)
+    if version_dir.exists():
+        os.rename(version_dir, aside)
+    try:
+        os.rename(staging, version_dir)
+    except BaseException:
+        if aside.exists():
+            os.rename(aside, version_dir)
+        raise
+    with contextlib.suppress(OSError):
+        _fsync(version_dir.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what creating it creates)."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
+
+
+@contextlib.contextmanager
+def _staged(version_dir: Path, out: str) -> Iterator[Path]:
+    """The staging folder beside `version_dir`, swapped in when the body completes. A failure
+    removes it (and the folders it needed) with every temporary file and leaves the finished
+    dataset as it was; a full disk becomes one line naming --out. An interruption (Ctrl-C) keeps
+    its finished shards for the next run."""
+    staging = version_dir.with_name(mpii.STAGING + version_dir.name)
+    created = _first_missing(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        yield staging
+        _flush(staging)
+    except BaseException as error:
+        if isinstance(error, Exception):
+            shutil.rmtree(created or staging, ignore_errors=True)
+        else:
+            for temporary in staging.glob("*.tmp"):
+                _remove(temporary)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise InputDataError(
+                f"--out={out}: no space left on the device (writing {error.filename}); nothing "
+                "replaced, the temporary files removed"
+            ) from None
+        raise
+    _swap(staging, version_dir)
+
+
+def _check_inputs(images: str, annotations: list[str], descriptions: str) -> None:
+    """Inputs that do not exist or hold nothing usable, refused naming the flag before anything
+    is read or written."""
+    if not Path(images).is_dir():
+        problem = "not a folder" if Path(images).exists() else "not found"
+        raise InputDataError(f"--images={images}: {problem} (the MPII images folder)")
+    for path in annotations:
+        if not Path(path).exists():
+            raise InputDataError(f"--annotations={path}: not found")
+    if not Path(descriptions).exists():
+        raise InputDataError(f"--descriptions={descriptions}: not found")
+    if Path(descriptions).is_dir() and not any(Path(descriptions).rglob("*.json")):
+        raise InputDataError(
+            f"--descriptions={descriptions}: a folder with no description JSON (*.json, one "
+            "subfolder per source)"
+        )
 
 
 def prepare(
@@ -271,19 +626,27 @@ def prepare(
     descriptions: str,
     out: str,
     *,
+    overwrite: bool = False,
     max_side: int = 512,
     quality: int = 90,
     squash_side: int = 224,
     records_per_shard: int = 512,
     workers: int = 0,
 ) -> dict:
-    """Read, filter, shard and write; returns (and writes as meta.json) the counts per split."""
+    """Check, read, filter, shard and write; returns (and writes as meta.json) the counts per
+    split."""
+    _check_inputs(images, annotations, descriptions)
     records = [r for a in annotations for r in mpii.read_annotations(a)]
-    records = mpii.attach_descriptions(records, mpii.read_descriptions(descriptions))
+    dropped: dict[str, list[str]] = collections.defaultdict(list)
+    described = mpii.read_descriptions(descriptions, dropped=dropped)
+    for reason, where in dropped.items():
+        logging.warning("%d %s, e.g. %s", len(where), reason, where[:SKIP_EXAMPLES])
     return write_prepared(
-        records,
+        mpii.attach_descriptions(records, described),
         images,
         out,
+        overwrite=overwrite,
+        corrected={reason: len(where) for reason, where in dropped.items()},
         max_side=max_side,
         quality=quality,
         squash_side=squash_side,
@@ -298,6 +661,8 @@ def write_prepared(
     out: str,
     *,
     name: str = NAME,
+    overwrite: bool = False,
+    corrected: Mapping[str, int] | None = None,
     max_side: int = 512,
     quality: int = 90,
     squash_side: int = 224,
@@ -305,132 +670,162 @@ def write_prepared(
     workers: int = 0,
 ) -> dict:
     """Filter, shard and write records of any skeleton as the TFDS dataset `name` under `out`
-    (COCO's preparation writes through here too); returns (and writes as meta.json) the counts
+    (COCO's preparation writes through here too): aside, swapped in when complete and no worse
+    (see the module's docstring; `overwrite` accepts fewer images). `corrected`: corrections made
+    while reading the inputs, counted in meta.json. Returns (and writes as meta.json) the counts
     per split."""
     start = time.perf_counter()
-    records, skipped = _filter(records)
     out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputDataError(f"--out={out}: not a folder")
     version_dir = out_dir / name / VERSION
-    version_dir.mkdir(parents=True, exist_ok=True)
-    by_split = collections.defaultdict(list)
-    for record in sorted(records, key=lambda r: (r.split, r.image)):
-        by_split[record.split].append(record)
-
-    jobs = {}  # shard file name → (its records, their fingerprint, the same slice's legacy shard)
-    meta: dict = {
+    _recover(version_dir)
+    finished = _finished_counts(version_dir, out_dir)
+    by_split, skipped = _filter(records)
+    if not by_split:
+        raise InputDataError("--annotations: no annotated image in the inputs: nothing written")
+    annotated = {
+        split: len(rows) + sum(map(len, skipped[split].values()))
+        for split, rows in by_split.items()
+    }
+    missing = {split: _missing_images(rows, images) for split, rows in by_split.items()}
+    known = _by_split(
+        skipped, {split: {"missing image": paths} for split, paths in missing.items()}
+    )
+    there = {split: len(rows) - len(missing[split]) for split, rows in by_split.items()}
+    _refuse_if_worse(there, annotated, _counts(known), known, finished, overwrite, "at most ")
+    plan = _plan(
+        by_split, images, out_dir, name, f"{max_side},{quality},{squash_side}", records_per_shard
+    )
+    splits = {
+        split: {"people_per_image": _people_per_image(rows)} for split, rows in by_split.items()
+    }
+    base = {
         "max_side": max_side,
         "quality": quality,
         "squash_side": squash_side,
-        "splits": {},
+        "splits": splits,
+        "corrected": dict(corrected or {}),
     }
-    settings = f"{max_side},{quality},{squash_side}"
-    for split, rows in sorted(by_split.items()):
-        n = max(1, -(-len(rows) // records_per_shard))
-        names = []
-        for i in range(n):
-            shard_rows = rows[i * records_per_shard : (i + 1) * records_per_shard]
-            tag = _fingerprint(shard_rows, images, settings)
-            names.append(f"{name}-{split}.array_record-{i:05d}-of-{n:05d}")
-            legacy = out_dir / f"{split}-{tag}-{i:05d}-of-{n:05d}.array_record"
-            jobs[names[-1]] = (shard_rows, tag, str(legacy))
-        meta["splits"][split] = {"shards": names, "images": len(rows)}
-    todo = {k: v for k, v in jobs.items() if not _is_done(version_dir / k, v[1])}
-    if todo:  # unfinished until its metadata is written again
-        (version_dir / mpii.INFO_FILE).unlink(missing_ok=True)
-    logging.info(
-        "%d shards, %d finished before, %d to write", len(jobs), len(jobs) - len(todo), len(todo)
-    )
-
-    workers = workers or os.cpu_count() or 1
-    skipped_images: dict[str, list[str]] = collections.defaultdict(list)
-    args = [
-        (rows, images, str(version_dir / shard), max_side, quality, squash_side, tag, legacy)
-        for shard, (rows, tag, legacy) in todo.items()
-    ]
-    with contextlib.ExitStack() as stack:
-        if min(workers, len(args)) > 1:
-            spawn = multiprocessing.get_context("spawn")  # fork is unsafe once threads (JAX) run
-            pool = stack.enter_context(
-                concurrent.futures.ProcessPoolExecutor(
-                    workers, spawn, initializer=_exit_with_parent, initargs=(os.getpid(),)
-                )
-            )
-            results = pool.map(_write_shard, *zip(*args, strict=True))
-        else:  # no pool to start for a single writer
-            results = (_write_shard(*a) for a in args)
-        for done, (shard, (written, shard_skipped)) in enumerate(
-            zip(todo, results, strict=True), 1
-        ):
-            for reason, paths in shard_skipped.items():
-                skipped_images[reason] += paths
-            elapsed = time.perf_counter() - start
-            logging.info(
-                "[%d/%d shards] %s: %d images | %.0f s elapsed, ETA %.0f s", done, len(todo),
-                shard, written, elapsed, elapsed / done * (len(todo) - done),
-            )  # fmt: skip
-    # Counted from the shards' indexes: the same after a resume as after one run.
-    written_skips: collections.Counter = collections.Counter()
-    corrected: collections.Counter = collections.Counter()
-    for info in meta["splits"].values():
-        info["shard_lengths"] = [_num_records(version_dir / shard) for shard in info["shards"]]
-        info["images"] = sum(info["shard_lengths"])
-        indexes = [mpii.read_index(str(version_dir / shard)) for shard in info["shards"]]
-        sources = collections.Counter(s for index in indexes for r in index["sources"] for s in r)
-        info["descriptions"] = dict(sorted(sources.items()))
-        for index in indexes:
-            written_skips.update(index["skipped"])
-            corrected.update(index["corrected"])
-    for split, rows in by_split.items():  # annotated people per image (data.max_people keeps P)
-        people = collections.Counter(len(r.people) for r in rows)
-        meta["splits"][split]["people_per_image"] = {str(k): people[k] for k in sorted(people)}
-    meta["skipped"] = {reason: len(paths) for reason, paths in skipped.items()}
-    meta["skipped"] |= {reason: n for reason, n in sorted(written_skips.items()) if n}
-    meta["corrected"] = {reason: n for reason, n in sorted(corrected.items()) if n}
-    _remove_superseded(version_dir, set(jobs))
-    _report(meta, skipped | skipped_images, version_dir)
-    finish(version_dir, name, meta)
+    if _up_to_date(version_dir, plan):
+        meta, _ = _collect_meta(version_dir, plan, base, skipped)
+        if meta == _read_meta(version_dir):
+            shutil.rmtree(version_dir.with_name(mpii.STAGING + VERSION), ignore_errors=True)
+            logging.info("%s: up to date with the inputs, nothing rewritten", version_dir)
+            _remove_legacy(out_dir)
+            _report(meta, _all_splits(skipped), version_dir)
+            return meta
+    with _staged(version_dir, out) as staging:
+        todo = _reuse(plan, staging, version_dir)
+        logging.info(
+            "%d shards, %d finished before, %d to write", len(plan), len(plan) - len(todo),
+            len(todo),
+        )  # fmt: skip
+        settings = (max_side, quality, squash_side)
+        workers = workers or os.cpu_count() or 1
+        written = _write_shards(todo, images, staging, settings, workers, start)
+        meta, skips = _collect_meta(staging, plan, base, skipped)
+        images_per_split = {
+            split: split_meta["images"] for split, split_meta in meta["splits"].items()
+        }
+        _refuse_if_worse(
+            images_per_split, annotated, skips, _by_split(skipped, written), finished, overwrite
+        )
+        finish(staging, name, meta)
     _remove_legacy(out_dir)
+    _report(meta, _all_splits(skipped, written), version_dir)
     return meta
 
 
-def finish(version_dir: Path, name: str, meta: dict) -> None:
+def _counts(paths: Mapping[str, Mapping[str, list[str]]]) -> dict[str, dict[str, int]]:
+    """Skipped paths by split and reason → their counts."""
+    return {
+        split: {reason: len(found) for reason, found in reasons.items() if found}
+        for split, reasons in paths.items()
+    }
+
+
+def _people_per_image(rows: list[mpii.MpiiRecord]) -> dict[str, int]:
+    """Annotated people per image (data.max_people keeps P), before writing corrects any."""
+    people = collections.Counter(len(r.people) for r in rows)
+    return {str(k): people[k] for k in sorted(people)}
+
+
+def _by_split(
+    *skips: Mapping[str, Mapping[str, list[str]]],
+) -> dict[str, dict[str, list[str]]]:
+    """Skipped paths by split and reason, from several such mappings."""
+    merged: dict[str, dict[str, list[str]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list)
+    )
+    for mapping in skips:
+        for split, reasons in mapping.items():
+            for reason, paths in reasons.items():
+                merged[split][reason] += paths
+    return merged
+
+
+def _all_splits(*skips: Mapping[str, Mapping[str, list[str]]]) -> dict[str, list[str]]:
+    """Skipped paths by reason, all splits together."""
+    merged: dict[str, list[str]] = collections.defaultdict(list)
+    for reasons in _by_split(*skips).values():
+        for reason, paths in reasons.items():
+            merged[reason] += paths
+    return merged
+
+
+def _remove_legacy(out_dir: Path) -> None:
+    """The earlier plain layout's shards, indexes and meta.json, once converted."""
+    legacy = [p for p in out_dir.iterdir() if LEGACY_SHARD.fullmatch(p.name)]
+    for shard in legacy:
+        shard.unlink()
+        Path(str(shard) + mpii.SOURCES_SUFFIX).unlink(missing_ok=True)
+    if legacy:
+        (out_dir / mpii.META_FILE).unlink(missing_ok=True)
+        logging.info("converted %d plain ArrayRecord shards to the TFDS dataset", len(legacy))
+
+
+def finish(folder: Path, name: str, meta: dict) -> None:
     """meta.json, then the TFDS metadata (features.json, dataset_info.json with each split's
     shard lengths and bytes), written through TFDS's DatasetInfo and renamed into place:
     dataset_info.json last, as it marks a finished preparation. Checked by opening it as TFDS
-    does."""
+    does: each split's count, and the last record of each shard read and decoded."""
     import tensorflow_datasets as tfds
 
-    _atomic_write(version_dir / mpii.META_FILE, json.dumps(meta, indent=1))
+    _atomic_write(folder / mpii.META_FILE, json.dumps(meta, indent=1))
     identity = tfds.core.DatasetIdentity(
-        name=name, version=tfds.core.Version(VERSION), data_dir=str(version_dir), module_name=""
+        name=name, version=tfds.core.Version(VERSION), data_dir=str(folder), module_name=""
     )
     info = tfds.core.DatasetInfo(
         builder=identity, description=DESCRIPTION, features=mpii.tfds_features()
     )
     info.set_file_format("array_record")
     template = tfds.core.ShardedFileTemplate(
-        data_dir=epath.Path(version_dir), dataset_name=name, filetype_suffix="array_record"
+        data_dir=epath.Path(folder), dataset_name=name, filetype_suffix="array_record"
     )
     splits = [
         tfds.core.SplitInfo(
             name=split,
             shard_lengths=split_meta["shard_lengths"],
-            num_bytes=sum((version_dir / s).stat().st_size for s in split_meta["shards"]),
+            num_bytes=sum((folder / s).stat().st_size for s in split_meta["shards"]),
             filename_template=template,
         )
         for split, split_meta in meta["splits"].items()
     ]
     info.set_splits(tfds.core.SplitDict(splits))
-    staging = version_dir / "info.tmp"
+    staging = folder / "info.tmp"
     staging.mkdir(exist_ok=True)
     info.write_to_directory(staging)
     for file in sorted(staging.iterdir(), key=lambda p: p.name == mpii.INFO_FILE):
-        os.replace(file, version_dir / file.name)
+        os.replace(file, folder / file.name)
     staging.rmdir()
-    opened = tfds.builder_from_directory(str(version_dir))
+    opened = tfds.builder_from_directory(str(folder))
     for split, split_meta in meta["splits"].items():
-        if len(opened.as_data_source(split=split)) != split_meta["images"]:
-            raise RuntimeError(f"{version_dir}: TFDS reads another count for split {split!r}")
+        source = opened.as_data_source(split=split)
+        if len(source) != split_meta["images"]:
+            raise RuntimeError(f"{folder}: TFDS reads another count for split {split!r}")
+        for end in itertools.accumulate(split_meta["shard_lengths"]):
+            mpii.decode_prepared(source[end - 1][mpii.ENTRY])
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -447,23 +842,31 @@ def write_split(
     records_per_shard: int = 512,
 ) -> dict:
     """`encode_prepared` entries written as `split` of the dataset `name` under `out`, its other
-    splits kept: for fixtures and benchmarks that make records without images."""
+    splits kept, swapped in as a preparation is: for fixtures and benchmarks that make records
+    without images."""
+    if not entries:
+        raise ValueError(f"split {split!r}: no entries (a split is never empty)")
     version_dir = Path(out) / name / VERSION
-    version_dir.mkdir(parents=True, exist_ok=True)
-    meta_file = version_dir / mpii.META_FILE
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"splits": {}}
-    n = max(1, -(-len(entries) // records_per_shard))
+    _recover(version_dir)
+    meta = _read_meta(version_dir) or {"splits": {}}
+    n = -(-len(entries) // records_per_shard)
     shards = [f"{name}-{split}.array_record-{i:05d}-of-{n:05d}" for i in range(n)]
-    lengths = []
-    for i, shard in enumerate(shards):
-        chunk = entries[i * records_per_shard : (i + 1) * records_per_shard]
-        sources = [sorted(mpii.decode_prepared(entry).header["descriptions"]) for entry in chunk]
-        _write_entries(str(version_dir / shard), chunk)
-        _write_index(str(version_dir / shard), sources, {}, {}, fingerprint="")
-        lengths.append(len(chunk))
-    meta["splits"][split] = {"shards": shards, "shard_lengths": lengths, "images": len(entries)}
-    _remove_superseded(version_dir, {s for info in meta["splits"].values() for s in info["shards"]})
-    finish(version_dir, name, meta)
+    with _staged(version_dir, str(out)) as staging:
+        for path in staging.iterdir():
+            _remove(path)
+        for other, split_meta in meta["splits"].items():
+            for shard in split_meta["shards"] if other != split else ():
+                for file in (shard, shard + mpii.SOURCES_SUFFIX):
+                    _link(version_dir / file, staging / file)
+        lengths = []
+        for i, shard in enumerate(shards):
+            chunk = entries[i * records_per_shard : (i + 1) * records_per_shard]
+            sources = [sorted(mpii.decode_prepared(e).header["descriptions"]) for e in chunk]
+            _write_entries(str(staging / shard), chunk)
+            _write_index(str(staging / shard), sources, {}, {}, fingerprint="")
+            lengths.append(len(chunk))
+        meta["splits"][split] = {"shards": shards, "shard_lengths": lengths, "images": len(entries)}
+        finish(staging, name, meta)
     return meta
 
 
@@ -487,7 +890,7 @@ def _num_records(path: Path) -> int:
         reader.close()
 
 
-def _report(meta: dict, skipped: dict[str, list[str]], version_dir: Path) -> None:
+def _report(meta: dict, skipped: Mapping[str, list[str]], version_dir: Path) -> None:
     """Counts per split (checked against the mmpose splits) and skips."""
     for split, info in meta["splits"].items():
         expected = mpii.EXPECTED_IMAGES.get(split)
@@ -496,7 +899,7 @@ def _report(meta: dict, skipped: dict[str, list[str]], version_dir: Path) -> Non
         logging.info("split %s: %d images in %d shards%s", split, info["images"], shards, note)
     for reason, paths in skipped.items():
         logging.warning("skipped %d (%s), e.g. %s", len(paths), reason, paths[:SKIP_EXAMPLES])
-    logging.info("TFDS dataset written to %s", version_dir)
+    logging.info("TFDS dataset at %s", version_dir)
 
 
 def main(argv: list[str]) -> None:
@@ -509,6 +912,7 @@ def main(argv: list[str]) -> None:
         FLAGS.annotations,
         FLAGS.descriptions,
         FLAGS.out,
+        overwrite=FLAGS.overwrite,
         max_side=FLAGS.max_side,
         quality=FLAGS.quality,
         squash_side=FLAGS.squash_side,
@@ -517,6 +921,12 @@ def main(argv: list[str]) -> None:
     )
     counts = {split: info["images"] for split, info in meta["splits"].items()}
     print(json.dumps(counts | {"skipped": meta["skipped"]}))
+
+
+OVERWRITE_HELP = (
+    "Replace a finished dataset even where this run has fewer images in a split, or lacks one "
+    "of its splits (a split without images is never written)."
+)
 
 
 def _define_flags() -> None:
@@ -537,6 +947,7 @@ def _define_flags() -> None:
     )
     flags.DEFINE_integer("records_per_shard", 512, "Images per ArrayRecord shard.")
     flags.DEFINE_integer("workers", 0, "Parallel shard writers; 0: one per core.")
+    flags.DEFINE_bool("overwrite", False, OVERWRITE_HELP)
 
 
 if __name__ == "__main__":

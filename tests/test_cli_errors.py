@@ -1,6 +1,7 @@
 """Every command-line tool fails on a user's mistake like `main` does: one line naming the file,
 flag or config key, exit status 2, no traceback (`input_pipeline.files.run`)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli")
     (root / "a_file").write_text("x")
     (root / "bad.json").write_text('{"image": ')  # truncated
+    captions = {"annotations": [{"id": 1, "image_id": 1, "caption": "A person runs."}]}
+    (root / "captions_train2017.json").write_text(json.dumps(captions))
     return root
 
 
@@ -35,6 +38,13 @@ CASES = [
     ("input_pipeline.prepare_mpii",
      ["--images={r}", "--annotations={r}/bad.json", "--descriptions={r}", "--out={r}/o"],
      "{r}/bad.json: not readable JSON"),
+    ("input_pipeline.prepare_mpii",
+     ["--images={r}/a_file", "--annotations={r}/bad.json", "--descriptions={r}", "--out={r}/o"],
+     "--images={r}/a_file: not a folder"),
+    ("input_pipeline.prepare_coco",
+     ["--images={r}", "--annotations={r}/captions_train2017.json",
+      "--captions={r}/captions_train2017.json", "--out={r}/o"],
+     "--annotations={r}/captions_train2017.json: holds COCO captions"),
     ("input_pipeline.visualize", ["--annotations={r}/bad.json", "--images={r}", "--out={r}/v"],
      "{r}/bad.json: not readable JSON"),
     ("input_pipeline.synthpose", ["--export={r}/a_file/x", "--num_images=2"],
