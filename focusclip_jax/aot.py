@@ -565,10 +565,12 @@ def format_report(report: dict[str, Any]) -> str:
 def _estimate(report: dict[str, Any]) -> str:
     """The compiler's estimated step, or why there is none."""
     raw, calls = report["optimal_seconds"], report["concat_bitcast_calls"]
+    if raw is None:
+        return "none"
     libtpu = f"libtpu's optimal_seconds {raw:.6g} with {calls} ConcatBitcast calls"
     estimate = report["estimated_step_s"]
     if estimate is None:
-        return f"none ({libtpu} break the rule of tpu_time_estimate)" if raw is not None else "none"
+        return f"none ({libtpu} break the rule of tpu_time_estimate)"
     return (
         f"step {1000 * estimate:.3g} ms, {report['estimated_images_per_s']:.0f} img/s, "
         f"{report['estimated_mfu']:.1%} MFU ({libtpu}, 1 s each)"
