@@ -242,7 +242,7 @@ def cost_analysis(
     """XLA's cost analysis of the step: FLOPs and bytes accessed per device and, on TPUs, the
     compiler's estimate of the step's time.
 
-    All three count a loop body once (a scan of 8 matmuls is estimated as one), so for a config
+    All three count a loop body once (a scan of 8 matmuls costs about one), so for a config
     with `model.scan_layers` they come from an unrolled twin of the step (`how='auto'` or
     'unrolled': one more, slower compile; the twin may not fit where the scanned step does);
     'compiled' analyses `compiled` as is; 'none' skips it. XLA's GPU compiler gives no cost
@@ -350,7 +350,8 @@ def cost_fields(
     """The report's FLOPs, the bound at the chip's peak and the compiler's estimate of the step
     (per device where not said; None where the cost analysis gives none): the estimated step
     time, img/s, MFU (analytic FLOPs over the estimated time at the slice's peak) and the bytes
-    accessed with the bandwidth they imply against the chip's HBM."""
+    accessed with the rate they imply against the chip's HBM bandwidth (XLA counts every
+    operand an op reads, some from on-chip memory, so the rate may pass the HBM's)."""
     analytic = flops.train_step_flops(config)["total"]
     peak = targets.peak_flops(target.chip, str(config.model.dtype))
     step_at_peak = analytic / devices / peak
@@ -573,7 +574,7 @@ def _estimate(report: dict[str, Any]) -> str:
         return f"none ({libtpu} break the rule of tpu_time_estimate)"
     return (
         f"step {1000 * estimate:.3g} ms, {report['estimated_images_per_s']:.0f} img/s, "
-        f"{report['estimated_mfu']:.1%} MFU ({libtpu}, 1 s each)"
+        f"{report['estimated_mfu']:.1%} MFU ({libtpu}, -1 s each)"
     )
 
 
