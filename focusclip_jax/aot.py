@@ -200,12 +200,15 @@ def tpu_time_estimate(optimal_seconds: float, concat_bitcasts: int) -> float | N
     breaks the rule below.
 
     libtpu (0.0.50) prices each ConcatBitcast call, which its memory scheduler's sliced
-    prefetches bring, at -1 s: bench.py's tiny step on v5e-8 reports -7.99969 with 8 calls, so
-    0.306 ms; compiled without sliced prefetches (`xla_tpu_sliced_prefetch_max_slices=0`, no
-    such calls) it reports 0.325 ms, and a bf16 matmul (no such calls) exactly its FLOPs at the
-    chip's peak. Inferred from compiled programs, not documented: tests/test_aot.py checks it.
-    The figure is a float32, so the sum keeps its rounding (half a float32 step at the call
-    count: 3e-5 s at 873 calls); an estimate that is not positive or not known to 1% is refused.
+    prefetches bring, at -1 s: for v5e-8, bench.py's tiny step reports -7.99969 with 8 calls, so
+    0.306 ms, and the paper's float32 step (configs/pretrain.py unrolled) -680.936 with 681, so
+    64.3 ms. Compiled without sliced prefetches (`xla_tpu_sliced_prefetch_max_slices=0`: no such
+    calls, a positive figure) the same steps are estimated at 0.325 and 88.0 ms, and a bf16
+    matmul (no such calls) at exactly its FLOPs at the chip's peak. The corrected figure is the
+    estimate of the program that runs. Inferred from compiled programs, not documented:
+    tests/test_aot.py checks it. The figure is a float32, so the sum keeps its rounding (half a
+    float32 step at the call count: 3e-5 s at 681 calls); an estimate that is not positive or
+    not known to 1% is refused.
     """
     estimate = optimal_seconds + concat_bitcasts
     rounding = float(np.spacing(np.float32(abs(optimal_seconds)))) / 2

@@ -252,10 +252,10 @@ def test_tpu_estimate_of_programs_with_and_without_concat_bitcast_calls() -> Non
     """The rule of `aot.tpu_time_estimate`, on libtpu's own figures. A bf16 matmul (no
     ConcatBitcast call): its FLOPs at the v5e's peak, exactly. bench.py's tiny step for v5e-8
     (its sliced prefetches bring ConcatBitcast calls): a raw figure of minus the calls plus a
-    fraction of a second, and the corrected one 75-100% of the same step's compiled without
+    fraction of a second, and the corrected one 50-100% of the same step's compiled without
     sliced prefetches (no call; the scheduler slices a prefetch where its own cost model says it
-    overlaps better; 94% seen, 2026-12-07). Uncorrected, or off by one call, it would be seconds
-    away."""
+    overlaps better: 94% for this step, 73% for the paper's float32 step, 2026-12-07).
+    Uncorrected, or off by one call, it would be seconds away."""
     n = 8192
     matmul = aot.analyse_cost(tpu_program(jax.numpy.matmul, (n, n), (n, n)), "a matmul")
     assert matmul.concat_bitcasts == 0
@@ -273,7 +273,7 @@ def test_tpu_estimate_of_programs_with_and_without_concat_bitcast_calls() -> Non
     assert sliced.concat_bitcasts > 0 and unsliced.concat_bitcasts == 0
     assert -sliced.concat_bitcasts < sliced.optimal_seconds < -sliced.concat_bitcasts + 1
     assert unsliced.estimated_s == unsliced.optimal_seconds > 0
-    assert 0.75 <= sliced.estimated_s / unsliced.estimated_s <= 1.0
+    assert 0.5 <= sliced.estimated_s / unsliced.estimated_s <= 1.0
 
 
 @needs_tpu
