@@ -9,7 +9,9 @@ with `model.dtype`, `model.remat` and the mesh overridden (data-parallel: `mesh.
 `<out>/<cell>.json`; a cell whose report exists is not compiled again, so an interrupted grid
 resumes. A cell already found on another target of the same platform seeds the search's first
 batch (its per-device memory line carried to this target's memory and devices): two or three
-compiles instead of four to six. Prints the Markdown table of PERFORMANCE.md.
+compiles instead of four to six; a config with `model.scan_layers` compiles one more, the
+largest fit's unrolled twin, for the TPU compiler's estimate of its step (`focusclip_jax.aot`).
+Prints the Markdown table of PERFORMANCE.md.
 """
 
 import concurrent.futures
@@ -102,23 +104,33 @@ def run_cell(target: str, dtype: str, remat: str, mode: str, out: Path) -> tuple
 
 
 def table(out: Path, cells: list[tuple[str, str, str, str]]) -> str:
+    """The Markdown table of the cells' reports: the largest batch, its memory, the bound at the
+    chip's peak and the compiler's estimate at that batch (TPUs; blank where there is none)."""
     lines = [
         "| target | dtype | remat | sharding | largest global batch | per device | GiB per "
-        "device at it | roofline img/s | img/s at 40% MFU | compiles |",
-        "|---|---|---|---|--:|--:|--:|--:|--:|--:|",
+        "device at it | img/s at peak (bound) | estimated ms/step | estimated img/s | "
+        "estimated MFU | GiB accessed per device | compiles |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for target, dtype, remat, mode in cells:
         path = out / f"{cell_name(target, dtype, remat, mode)}.json"
         row = f"| {target} | {dtype} | {remat} | {mode} |"
         if not path.exists():
-            lines.append(row + " not run yet | | | | | |")
+            lines.append(row + " not run yet |" + " |" * 8)
             continue
         r: dict[str, Any] = json.loads(path.read_text())
-        mfu = next(v for k, v in r.items() if k.startswith("images_per_s_at_"))
+        estimate, accessed = r.get("estimated_step_s"), r.get("bytes_accessed")
         lines.append(
             row + f" {r['batch']} | {r['batch_per_device']:g} | "
             f"{r['memory']['total'] / 2**30:.2f} | {r['roofline_images_per_s']:.0f} | "
-            f"{mfu:.0f} | {len(r.get('find_max_batch', []))} |"
+            + (
+                f"{1000 * estimate:.1f} | {r['estimated_images_per_s']:.0f} | "
+                f"{r['estimated_mfu']:.1%} |"
+                if estimate
+                else " | | |"
+            )
+            + (f" {accessed / 2**30:.2f} |" if accessed else " |")
+            + f" {len(r.get('find_max_batch', []))} |"
         )
     return "\n".join(lines)
 

@@ -9,8 +9,10 @@ The step is the one `python -m focusclip_jax.main` would run with the same confi
 (`train.Trainer`), lowered for compile-only devices of the target (`focusclip_jax.targets`) and
 compiled by the target's own compiler on this host: libtpu for TPUs, XLA's GPU compiler for
 NVIDIA. The report, per device: argument, output, aliased, temporary and code bytes against the
-chip's memory; compile time; analytic FLOPs against XLA's count; a roofline step time and img/s
-at the chip's peak and at 40% MFU; the collectives by kind. Exit status: 0 compiled and fits,
+chip's memory; compile time; analytic FLOPs against XLA's count; the step time and img/s at the
+chip's dense peak (a bound); on TPUs the compiler's estimate of the step time, with the img/s and
+MFU it implies and the bytes accessed (`tpu_time_estimate`; XLA's GPU compiler makes none); the
+collectives by kind. None of it is measured: nothing runs. Exit status: 0 compiled and fits,
 3 out of memory (the TPU compiler's verdict; on GPUs, the estimate against the memory JAX
 preallocates), 2 a bad flag or config. Needs the compile toolchains: requirements-aot.txt.
 """
@@ -31,6 +33,7 @@ if __name__ == "__main__":
 
 import jax
 import ml_collections
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
@@ -39,7 +42,6 @@ from input_pipeline import files, pipeline
 from input_pipeline.files import ConfigError
 
 GiB = targets.GiB
-MFU_ASSUMED = 0.4  # a well-tuned transformer step on TPU/GPU (roofline at 40% of peak)
 COLLECTIVE_KINDS = (
     "all-gather",
     "all-reduce",
@@ -175,35 +177,101 @@ def _first_line_with(text: str, needle: str) -> str:
     return next((line.strip() for line in text.splitlines() if needle in line), text.strip())
 
 
-def xla_flops(
-    config: ml_collections.ConfigDict,
-    mesh: jax.sharding.Mesh,
-    vocab: int,
-    compiled: jax.stages.Compiled,
-    how: str = "auto",
-) -> tuple[float | None, str]:
-    """XLA's FLOP count of the whole step (all devices) and what was counted.
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """XLA's cost analysis of one device's program (`cost_analysis`); None where not counted."""
 
-    XLA's cost analysis counts a loop body once, so for a config with `model.scan_layers` the
-    count comes from an unrolled twin of the step (`how='auto'` or 'unrolled': one more, slower
-    compile); 'compiled' counts the program as is; 'none' skips it. GPU compilers give no count.
+    of: str  # which program was analysed, or why none was
+    flops: float | None = None
+    bytes_accessed: float | None = None
+    optimal_seconds: float | None = None  # libtpu's raw figure (`tpu_time_estimate`)
+    concat_bitcasts: int = 0
+
+    @property
+    def estimated_s(self) -> float | None:
+        """The TPU compiler's estimate of the program's run time (`tpu_time_estimate`)."""
+        if self.optimal_seconds is None:
+            return None
+        return tpu_time_estimate(self.optimal_seconds, self.concat_bitcasts)
+
+
+def tpu_time_estimate(optimal_seconds: float, concat_bitcasts: int) -> float | None:
+    """The TPU compiler's estimate of a program's run time in seconds, from libtpu's
+    `optimal_seconds` and the program's `ConcatBitcast` custom calls; None where the figure
+    breaks the rule below.
+
+    libtpu (0.0.50) prices each ConcatBitcast call, which its memory scheduler's sliced
+    prefetches bring, at -1 s: for v5e-8, bench.py's tiny step reports -7.99969 with 8 calls, so
+    0.306 ms, and the paper's float32 step (configs/pretrain.py unrolled) -680.936 with 681, so
+    64.3 ms. Compiled without sliced prefetches (`xla_tpu_sliced_prefetch_max_slices=0`: no such
+    calls, a positive figure) the same steps are estimated at 0.325 and 88.0 ms, and a bf16
+    matmul (no such calls) at exactly its FLOPs at the chip's peak. The corrected figure is the
+    estimate of the program that runs. Inferred from compiled programs, not documented:
+    tests/test_aot.py checks it. The figure is a float32, so the sum keeps its rounding (half a
+    float32 step at the call count: 3e-5 s at 681 calls); an estimate that is not positive or
+    not known to 1% is refused.
     """
-    if how == "none":
-        return None, "not counted"
-    if how not in ("auto", "unrolled", "compiled"):
-        raise ValueError(f"--xla_flops={how!r}: expected auto, unrolled, compiled or none")
-    program, counted = compiled, "the compiled step"
-    if how != "compiled" and config.model.get("scan_layers", False):
-        twin_config = config.copy_and_resolve_references()
-        twin_config.model.scan_layers = False
-        _, program, _ = compile_step(twin_config, mesh, vocab)
-        counted = "an unrolled twin (scan_layers=False)"
+    estimate = optimal_seconds + concat_bitcasts
+    rounding = float(np.spacing(np.float32(abs(optimal_seconds)))) / 2
+    if estimate <= 0 or rounding > 0.01 * estimate:
+        return None
+    return estimate
+
+
+def analyse_cost(program: jax.stages.Compiled, of: str) -> Cost:
+    """The cost analysis of one compiled program (per device); XLA's GPU compiler gives none."""
     cost = program.cost_analysis()
     if isinstance(cost, list | tuple):  # older jax: one dict per program
         cost = cost[0] if cost else None
     if not cost or "flops" not in cost:
-        return None, "no count from this compiler"
-    return float(cost["flops"]) * mesh.devices.size, counted
+        return Cost("no cost analysis from this compiler")
+    optimal = cost.get("optimal_seconds")
+    return Cost(
+        of,
+        flops=float(cost["flops"]),
+        bytes_accessed=float(cost["bytes accessed"]) if "bytes accessed" in cost else None,
+        optimal_seconds=float(optimal) if optimal is not None else None,
+        concat_bitcasts=(program.as_text() or "").count('custom_call_target="ConcatBitcast"'),
+    )
+
+
+def cost_analysis(
+    config: ml_collections.ConfigDict,
+    target: targets.Target,
+    mesh: jax.sharding.Mesh,
+    vocab: int,
+    compiled: jax.stages.Compiled | None,
+    how: str = "auto",
+) -> Cost:
+    """XLA's cost analysis of the step: FLOPs and bytes accessed per device and, on TPUs, the
+    compiler's estimate of the step's time.
+
+    All three count a loop body once (a scan of 8 matmuls costs about one), so for a config
+    with `model.scan_layers` they come from an unrolled twin of the step (`how='auto'` or
+    'unrolled': one more, slower compile; the twin may not fit where the scanned step does);
+    'compiled' analyses `compiled` as is; 'none' skips it. XLA's GPU compiler gives no cost
+    analysis, so GPU targets compile no twin.
+    """
+    if how not in ("auto", "unrolled", "compiled", "none"):
+        raise ValueError(f"--xla_flops={how!r}: expected auto, unrolled, compiled or none")
+    if how == "none":
+        return Cost("not analysed (--xla_flops=none)")
+    if target.chip.platform != "tpu":
+        return Cost("no cost analysis from XLA's GPU compiler")
+    if how != "compiled" and config.model.get("scan_layers", False):
+        twin_config = config.copy_and_resolve_references()
+        twin_config.model.scan_layers = False
+        try:
+            _, twin, _ = compile_step(twin_config, mesh, vocab)
+        except OutOfMemoryError as error:
+            return Cost(f"none: the unrolled twin (scan_layers=False) does not fit ({error})")
+        return analyse_cost(twin, "an unrolled twin (scan_layers=False)")
+    if compiled is None:
+        raise ValueError("cost_analysis: no compiled program to analyse")
+    scanned = config.model.get("scan_layers", False)
+    return analyse_cost(
+        compiled, "the compiled step" + (" (a scanned loop's body counted once)" if scanned else "")
+    )
 
 
 def fits(report_memory: dict[str, int], target: targets.Target) -> bool:
@@ -217,14 +285,15 @@ def analyse(
     target: targets.Target,
     *,
     devices: list[Any] | None = None,
-    flops_how: str = "auto",
+    cost_how: str = "auto",
 ) -> dict[str, Any]:
-    """Compile `config`'s step for `target` and measure it; raises OutOfMemoryError."""
+    """Compile `config`'s step for `target` and report on it (`cost_how`: `cost_analysis`);
+    raises OutOfMemoryError."""
     devices = devices if devices is not None else target.devices()
     mesh = config_checks.validated_mesh(config, devices)
     vocab, vocab_source = vocab_size(config)
     trainer, compiled, compile_s = compile_step(config, mesh, vocab)
-    return report(config, target, trainer, compiled, compile_s, vocab_source, flops_how)
+    return report(config, target, trainer, compiled, compile_s, vocab_source, cost_how)
 
 
 def report(
@@ -234,7 +303,7 @@ def report(
     compiled: jax.stages.Compiled,
     compile_s: float,
     vocab_source: str = "",
-    flops_how: str = "auto",
+    cost_how: str = "auto",
 ) -> dict[str, Any]:
     """The numbers of a compiled step (`analyse`); raises OutOfMemoryError where it cannot fit."""
     mesh, vocab = trainer.setup.mesh, trainer.setup.model_config.text.vocab_size
@@ -246,10 +315,7 @@ def report(
             f"({targets.GPU_DEFAULT_MEMORY_FRACTION:.0%}; XLA_PYTHON_CLIENT_MEM_FRACTION)"
         )
     dtype = str(config.model.dtype)
-    analytic = flops.train_step_flops(config)["total"]
-    xla_total, xla_counted = xla_flops(config, mesh, vocab, compiled, flops_how)
-    peak = targets.peak_flops(target.chip, dtype)
-    step_at_peak = analytic / mesh.devices.size / peak
+    cost = cost_analysis(config, target, mesh, vocab, compiled, cost_how)
     batch = config.train.batch_size
     hlo = compiled.as_text() or ""
     return {
@@ -276,16 +342,43 @@ def report(
             if target.chip.platform == "tpu"
             else "fits: the estimate is within the memory JAX preallocates"
         ),
+        **cost_fields(config, target, mesh.devices.size, cost),
+        "collectives": collective_summary(collectives(hlo)),
+        "parameters": sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params)),
+    }
+
+
+def cost_fields(
+    config: ml_collections.ConfigDict, target: targets.Target, devices: int, cost: Cost
+) -> dict[str, Any]:
+    """The report's FLOPs, the bound at the chip's peak and the compiler's estimate of the step
+    (per device where not said; None where the cost analysis gives none): the estimated step
+    time, img/s, MFU (analytic FLOPs over the estimated time at the slice's peak) and the bytes
+    accessed with the rate they imply against the chip's HBM bandwidth (XLA counts every
+    operand an op reads, some from on-chip memory, so the rate may pass the HBM's)."""
+    analytic = flops.train_step_flops(config)["total"]
+    peak = targets.peak_flops(target.chip, str(config.model.dtype))
+    step_at_peak = analytic / devices / peak
+    batch = config.train.batch_size
+    xla_total = cost.flops * devices if cost.flops is not None else None
+    estimate = cost.estimated_s
+    bytes_accessed = cost.bytes_accessed
+    return {
+        "cost_analysis_of": cost.of,
         "analytic_flops": analytic,
         "xla_flops": xla_total,
-        "xla_flops_of": xla_counted,
         "analytic_over_xla": analytic / xla_total if xla_total else None,
         "peak_flops_per_device": peak,
         "roofline_step_s": step_at_peak,
         "roofline_images_per_s": batch / step_at_peak,
-        f"images_per_s_at_{round(100 * MFU_ASSUMED)}pct_mfu": MFU_ASSUMED * batch / step_at_peak,
-        "collectives": collective_summary(collectives(hlo)),
-        "parameters": sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params)),
+        "optimal_seconds": cost.optimal_seconds,
+        "concat_bitcast_calls": cost.concat_bitcasts,
+        "estimated_step_s": estimate,
+        "estimated_images_per_s": batch / estimate if estimate else None,
+        "estimated_mfu": step_at_peak / estimate if estimate else None,
+        "bytes_accessed": bytes_accessed,
+        "estimated_bytes_per_s": bytes_accessed / estimate if estimate and bytes_accessed else None,
+        "hbm_bytes_per_s": target.chip.hbm_bytes_per_s,
     }
 
 
@@ -300,6 +393,7 @@ def find_max_batch(
     *,
     limit: int = 1 << 20,
     tolerance: float = 1 / 32,
+    cost_how: str = "auto",
     log: Any = print,
 ) -> tuple[int, dict[str, Any] | None, list[tuple[int, str]]]:
     """The largest global batch (a multiple of the batch shards, at most `limit`) that fits, to
@@ -314,7 +408,9 @@ def find_max_batch(
     fit's memory less its temporaries (its state and code; it undershoots, so the first guess
     errs towards fitting). Near the limit the TPU compiler rematerialises to fit and its
     estimate passes the chip's memory: such fits bound the bracket but do not steer the line.
-    Returns (batch, its report, the tries); batch 0 when not one
+    The cost analysis (`cost_how`) of each fit is its own program's, except for a config with
+    `model.scan_layers`: its tries skip it, and the unrolled twin of the largest fit gives it (one
+    more compile, `cost_analysis`). Returns (batch, its report, the tries); batch 0 when not one
     example per shard fits.
     """
     devices = target.devices()
@@ -323,13 +419,16 @@ def find_max_batch(
     tries: list[tuple[int, str]] = []
     measured: dict[int, float] = {}  # batch → bytes per device (estimate or compiler's report)
     best, best_report, too_big = 0, None, None
+    twin_wanted = config.model.get("scan_layers", False) and cost_how in ("auto", "unrolled")
 
     def attempt(batch: int) -> None:
         nonlocal best, best_report, too_big
         trial = config.copy_and_resolve_references()
         trial.train.batch_size = batch
         try:
-            report = analyse(trial, target, devices=devices, flops_how="none")
+            report = analyse(
+                trial, target, devices=devices, cost_how="none" if twin_wanted else cost_how
+            )
         except OutOfMemoryError as error:
             tries.append((batch, "out of memory"))
             log(f"  batch {batch}: out of memory ({error})")
@@ -370,6 +469,14 @@ def find_max_batch(
             guess = min(max(guess, best + quarter), too_big - quarter) // shards * shards
             guess = min(max(guess, best + shards), too_big - shards)
         attempt(max(guess, best + shards))
+    if best_report is not None and twin_wanted:
+        if target.chip.platform == "tpu":
+            log(f"  batch {best}: compiling its unrolled twin for the cost analysis")
+        largest = config.copy_and_resolve_references()
+        largest.train.batch_size = best
+        mesh = config_checks.validated_mesh(largest, devices)
+        cost = cost_analysis(largest, target, mesh, best_report["vocab_size"], None, cost_how)
+        best_report.update(cost_fields(largest, target, len(devices), cost))
     return best, best_report, tries
 
 
@@ -428,14 +535,26 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     xla = report["xla_flops"]
     ratio = f"{report['analytic_over_xla']:.3f}" if xla else "n/a"
-    roofline = report["roofline_images_per_s"]
     lines += [
-        f"FLOPs per step: analytic {_flop(report['analytic_flops'])}, XLA "
-        + (f"{_flop(xla)} ({report['xla_flops_of']})" if xla else report["xla_flops_of"])
+        f"cost analysis: {report['cost_analysis_of']}",
+        f"  FLOPs per step: analytic {_flop(report['analytic_flops'])}, XLA "
+        + (_flop(xla) if xla else "n/a")
         + f", analytic/XLA {ratio}",
-        f"roofline at {report['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per device: step "
-        f"{1000 * report['roofline_step_s']:.2f} ms, {roofline:.0f} img/s; at {MFU_ASSUMED:.0%}"
-        f" MFU {MFU_ASSUMED * roofline:.0f} img/s",
+        f"  bound at the chip's dense peak ({report['peak_flops_per_device'] / 1e12:.0f} TFLOP/s "
+        f"per device): step {1000 * report['roofline_step_s']:.3g} ms, "
+        f"{report['roofline_images_per_s']:.0f} img/s",
+        f"  the compiler's estimate: {_estimate(report)}",
+    ]
+    if report["bytes_accessed"] is not None:
+        line = f"  bytes accessed per device (XLA's count): {_size(report['bytes_accessed'])}"
+        if report["estimated_bytes_per_s"]:
+            line += (
+                f", {report['estimated_bytes_per_s'] / 1e9:.0f} GB/s over the estimated step "
+                f"({report['estimated_bytes_per_s'] / report['hbm_bytes_per_s']:.0%} of the "
+                f"chip's {report['hbm_bytes_per_s'] / 1e9:.0f} GB/s HBM)"
+            )
+        lines.append(line)
+    lines += [
         "collectives (per program; a scanned loop's body counted once):",
     ]
     for kind, c in report["collectives"].items():
@@ -446,6 +565,21 @@ def format_report(report: dict[str, Any]) -> str:
     if not report["collectives"]:
         lines.append("  none")
     return "\n".join(lines)
+
+
+def _estimate(report: dict[str, Any]) -> str:
+    """The compiler's estimated step, or why there is none."""
+    raw, calls = report["optimal_seconds"], report["concat_bitcast_calls"]
+    if raw is None:
+        return "none"
+    libtpu = f"libtpu's optimal_seconds {raw:.6g} with {calls} ConcatBitcast calls"
+    estimate = report["estimated_step_s"]
+    if estimate is None:
+        return f"none ({libtpu} break the rule of tpu_time_estimate)"
+    return (
+        f"step {1000 * estimate:.3g} ms, {report['estimated_images_per_s']:.0f} img/s, "
+        f"{report['estimated_mfu']:.1%} MFU ({libtpu}, -1 s each)"
+    )
 
 
 FLAGS = flags.FLAGS
@@ -459,7 +593,7 @@ def define_flags() -> None:
     flags.DEFINE_bool(
         "find_max_batch",
         False,
-        "Search the largest global batch that fits (XLA's FLOPs are then not counted).",
+        "Search the largest global batch that fits (the cost analysis is the largest fit's).",
     )
     flags.DEFINE_float(
         "batch_tolerance", 1 / 32, "--find_max_batch stops within this fraction of the batch."
@@ -468,8 +602,9 @@ def define_flags() -> None:
         "xla_flops",
         "auto",
         ["auto", "unrolled", "compiled", "none"],
-        "XLA's FLOP count: auto/unrolled compiles an unrolled twin when the config scans its "
-        "layers (XLA counts a loop body once); compiled counts the program; none skips it.",
+        "XLA's cost analysis (FLOPs, bytes accessed and the TPU compiler's step-time estimate): "
+        "auto/unrolled analyses an unrolled twin when the config scans its layers (a loop body "
+        "counts once); compiled analyses the program as is; none skips it.",
     )
     flags.DEFINE_string("json", "", "Also write the report to this JSON file.")
     flags.mark_flags_as_required(["config", "topology"])
@@ -485,13 +620,15 @@ def main(argv: list[str]) -> None:
         )
         if FLAGS.find_max_batch:
             print(f"Searching the largest batch on {targets.describe(target)}", flush=True)
-            best, report, tries = find_max_batch(config, target, tolerance=FLAGS.batch_tolerance)
+            best, report, tries = find_max_batch(
+                config, target, tolerance=FLAGS.batch_tolerance, cost_how=FLAGS.xla_flops
+            )
             if report is None:
                 raise OutOfMemoryError(f"not even {tries[-1][0]} examples fit")
             report["find_max_batch"] = tries
             print(f"largest global batch that fits: {best} ({len(tries)} compiles)")
         else:
-            report = analyse(config, target, flops_how=FLAGS.xla_flops)
+            report = analyse(config, target, cost_how=FLAGS.xla_flops)
     except (targets.TargetError, ConfigError) as error:
         files.fail(str(error))
     except OutOfMemoryError as error:

@@ -37,7 +37,7 @@ class TargetError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """One accelerator (a JAX device): memory and dense peak FLOP/s."""
+    """One accelerator (a JAX device): memory, its bandwidth and dense peak FLOP/s."""
 
     name: str
     platform: str  # "tpu" or "gpu"
@@ -45,6 +45,7 @@ class Chip:
     peak_bf16: float  # dense bfloat16 FLOP/s
     # float32 matmuls at JAX's default precision: one bf16 pass on TPUs, TF32 on NVIDIA GPUs.
     peak_f32: float
+    hbm_bytes_per_s: float  # HBM bandwidth
     generation: str = ""  # libtpu's topology prefix (TPU)
     megacore: bool = False  # TPU: two TensorCores per chip, one device; 3D torus (v4, v5p)
     gpu: dict[str, Any] = dataclasses.field(default_factory=dict)  # NVIDIA: target config fields
@@ -52,10 +53,10 @@ class Chip:
 
 # Public spec sheets (Cloud TPU docs, NVIDIA datasheets); GPU memory as the driver reports it.
 TPUS: dict[str, Chip] = {
-    "v4": Chip("TPU v4", "tpu", 32 * GiB, 275e12, 275e12, "v4", megacore=True),
-    "v5e": Chip("TPU v5e", "tpu", 16 * GiB, 197e12, 197e12, "v5e"),
-    "v5p": Chip("TPU v5p", "tpu", 95 * GiB, 459e12, 459e12, "v5p", megacore=True),
-    "v6e": Chip("TPU v6e", "tpu", 32 * GiB, 918e12, 918e12, "v6e"),
+    "v4": Chip("TPU v4", "tpu", 32 * GiB, 275e12, 275e12, 1200e9, "v4", megacore=True),
+    "v5e": Chip("TPU v5e", "tpu", 16 * GiB, 197e12, 197e12, 819e9, "v5e"),
+    "v5p": Chip("TPU v5p", "tpu", 95 * GiB, 459e12, 459e12, 2765e9, "v5p", megacore=True),
+    "v6e": Chip("TPU v6e", "tpu", 32 * GiB, 918e12, 918e12, 1638e9, "v6e"),
 }
 # Hopper (H100 SXM, H200): 132 SMs at 1.98 GHz, 50 MiB of L2, 228 KiB of shared memory per SM.
 _HOPPER = dict(
@@ -73,7 +74,8 @@ GPUS: dict[str, Chip] = {
         84_942_979_072,
         989e12,
         494e12,
-        gpu=_HOPPER | {"memory_bandwidth": 3_352_320_000_000},
+        3_352_320_000_000,
+        gpu=_HOPPER,
     ),
     "h200": Chip(
         "NVIDIA H200",
@@ -81,7 +83,8 @@ GPUS: dict[str, Chip] = {
         150_754_820_096,
         989e12,
         494e12,
-        gpu=_HOPPER | {"memory_bandwidth": 4_800_000_000_000},
+        4_800_000_000_000,
+        gpu=_HOPPER,
     ),
     "a100": Chip(
         "NVIDIA A100-SXM4-80GB",
@@ -89,11 +92,11 @@ GPUS: dict[str, Chip] = {
         85_198_045_184,
         312e12,
         156e12,
+        2_039_000_000_000,
         gpu=dict(
             compute_capability=(8, 0),
             core_count=108,
             clock_rate_ghz=1.41,
-            memory_bandwidth=2_039_000_000_000,
             l2_cache_size=40 * 2**20,
             shared_memory_per_core=164 * 1024,
             shared_memory_per_block_optin=163 * 1024,
@@ -297,7 +300,7 @@ gpu_device_info {{
   block_dim_limit_x: 2147483647
   block_dim_limit_y: 65535
   block_dim_limit_z: 65535
-  memory_bandwidth: {spec["memory_bandwidth"]}
+  memory_bandwidth: {int(chip.hbm_bytes_per_s)}
   l2_cache_size: {spec["l2_cache_size"]}
   clock_rate_ghz: {spec["clock_rate_ghz"]}
   device_memory_size: {memory}
