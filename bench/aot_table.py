@@ -26,7 +26,7 @@ from typing import Any
 from absl import flags
 
 from focusclip_jax import targets
-from input_pipeline import files
+from input_pipeline import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/pretrain.py", "Config file (with :variants).")
@@ -150,4 +150,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    files.run(main)
+    cli.run(main)

@@ -44,7 +44,7 @@ from ml_collections import config_flags  # noqa: E402
 from bench import flops  # noqa: E402
 from bench.reference_spec import run_in_reference_python, torch_spec  # noqa: E402
 from bench.train_step import TABLE_HEADER, benchmark, markdown_row  # noqa: E402
-from input_pipeline import files, skeleton  # noqa: E402
+from input_pipeline import cli, skeleton  # noqa: E402
 from input_pipeline.heatmaps import HeatmapSettings, render_heatmap_np  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/bench.py:<size>).")
@@ -145,4 +145,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    files.run(main)
+    cli.run(main)

@@ -27,7 +27,7 @@ from absl import flags
 from PIL import Image
 
 from configs import pretrain
-from input_pipeline import files, heatmaps, mpii, pipeline, prepare_mpii
+from input_pipeline import cli, heatmaps, mpii, pipeline, prepare_mpii
 from input_pipeline.tokenizers import BertWordPieceTokenizer, WordTokenizer
 
 FLAGS = flags.FLAGS
@@ -200,4 +200,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    files.run(main)
+    cli.run(main)

@@ -28,7 +28,7 @@ from ml_collections import config_flags
 from bench.matmul_timing import flops, step_matmuls, time_jax
 from bench.reference_spec import run_in_reference_python, torch_spec
 from bench.threads import pin_threads
-from input_pipeline import files
+from input_pipeline import cli
 
 config_flags.DEFINE_config_file(
     "config", "configs/bench.py:small", "Config file (configs/bench.py:<size>)."
@@ -92,4 +92,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    files.run(main)
+    cli.run(main)

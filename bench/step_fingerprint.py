@@ -19,7 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from focusclip_jax import aot, config_checks, train
-from input_pipeline import files
+from input_pipeline import cli
 
 LOCATIONS = re.compile(r"loc\([^\n]*?\)|#loc[^\n]*")
 
@@ -42,4 +42,4 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Config file (variants after a colon).")
     flags.mark_flags_as_required(["config"])
-    files.run(main)
+    cli.run(main)

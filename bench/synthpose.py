@@ -31,7 +31,7 @@ from ml_collections import config_flags
 
 from configs import pretrain
 from focusclip_jax import train
-from input_pipeline import files, synthpose
+from input_pipeline import cli, synthpose
 
 FLAGS = flags.FLAGS
 
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     unknown = [v for v in FLAGS.variants if v not in VARIANTS]
     if unknown:  # before anything is removed
-        files.fail(f"--variants: {unknown[0]!r} is not one of {sorted(VARIANTS)}")
+        cli.fail(f"--variants: {unknown[0]!r} is not one of {sorted(VARIANTS)}")
     root = Path(FLAGS.workdir)
     shutil.rmtree(root, ignore_errors=True)
     seeds = [int(s) for s in FLAGS.seeds]
@@ -150,4 +150,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    files.run(main)
+    cli.run(main)

@@ -57,7 +57,7 @@ from ml_collections import config_flags  # noqa: E402
 from bench import flops  # noqa: E402
 from focusclip_jax import flops as model_flops  # noqa: E402
 from focusclip_jax import sharding, train  # noqa: E402
-from input_pipeline import files, pipeline  # noqa: E402
+from input_pipeline import cli, pipeline  # noqa: E402
 
 TABLE_HEADER = (
     "| config | mesh | devices | batch | dtype | compile s | step ms | img/s | img/s/dev "
@@ -307,4 +307,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    files.run(main)
+    cli.run(main)

@@ -38,8 +38,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from focusclip_jax import config_checks, flops, sharding, train
-from input_pipeline import files, pipeline
-from input_pipeline.files import ConfigError
+from input_pipeline import cli, pipeline
+from input_pipeline.errors import ConfigError
 
 GiB = targets.GiB
 COLLECTIVE_KINDS = (
@@ -612,7 +612,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        files.fail(f"unexpected arguments: {argv[1:]}")
+        cli.fail(f"unexpected arguments: {argv[1:]}")
     config = FLAGS.config
     try:
         target = targets.parse(
@@ -630,7 +630,7 @@ def main(argv: list[str]) -> None:
         else:
             report = analyse(config, target, cost_how=FLAGS.xla_flops)
     except (targets.TargetError, ConfigError) as error:
-        files.fail(str(error))
+        cli.fail(str(error))
     except OutOfMemoryError as error:
         print(f"out of memory on {FLAGS.topology}: {error}", file=sys.stderr)
         sys.exit(3)
@@ -641,4 +641,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    files.run(main)
+    cli.run(main)

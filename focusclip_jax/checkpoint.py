@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from focusclip_jax import run_record, weights
 from focusclip_jax.run_record import workdir_path
-from input_pipeline.files import ConfigError, InputDataError
+from input_pipeline.errors import ConfigError, InputDataError
 
 UNREADABLE_DIR = "unreadable_checkpoints"  # <workdir>/<this>/<step>: steps that failed to restore
 CHECKPOINTS_DIR = "checkpoints"

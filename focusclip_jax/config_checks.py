@@ -14,7 +14,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from focusclip_jax import sharding
-from input_pipeline.files import ConfigError
+from input_pipeline.errors import ConfigError
 
 POSITIVE = (
     "train.batch_size",

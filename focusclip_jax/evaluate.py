@@ -25,8 +25,8 @@ from ml_collections import config_flags
 from focusclip_jax import evaluators, run_record
 from focusclip_jax.evaluators import confusion, table
 from focusclip_jax.setup import load_trained
-from input_pipeline import files
-from input_pipeline.files import InputDataError
+from input_pipeline import cli
+from input_pipeline.errors import InputDataError
 
 
 class NothingEvaluatedError(InputDataError):
@@ -132,4 +132,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    files.run(main)
+    cli.run(main)

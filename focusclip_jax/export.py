@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from focusclip_jax import run_record, sharding, weights
 from focusclip_jax.setup import load_trained
-from input_pipeline import files
+from input_pipeline import cli, errors
 
 TOWERS = ("image_tower", "focus_tower", "text_tower")
 FLAGS = flags.FLAGS
@@ -36,13 +36,13 @@ def export(
 ) -> int:
     """Writes `tower` of the checkpoint's parameters to `out`; returns the checkpoint's step."""
     if not Path(out).absolute().parent.is_dir():
-        raise files.InputDataError(f"--out={out}: its folder does not exist")
+        raise errors.InputDataError(f"--out={out}: its folder does not exist")
     mesh = sharding.create_mesh({"data": 1}, devices=jax.devices()[:1])
     trained = load_trained(checkpoint, config, overridden, mesh=mesh, batch_size=1)
     try:
         weights.export_tower(trained.params, tower, out)
     except ValueError as error:  # a tower the model does not have
-        raise files.InputDataError(f"--tower={tower}: {error}") from None
+        raise errors.InputDataError(f"--tower={tower}: {error}") from None
     return trained.step
 
 
@@ -67,4 +67,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    files.run(main)
+    cli.run(main)

@@ -12,7 +12,7 @@ from ml_collections import config_flags
 
 from focusclip_jax import train
 from focusclip_jax.evaluators import table
-from input_pipeline import files
+from input_pipeline import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py[:variant].")
@@ -66,4 +66,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    files.run(main)
+    cli.run(main)

@@ -26,8 +26,8 @@ from ml_collections import config_flags
 
 from focusclip_jax import run_record
 from focusclip_jax.setup import check_template, load_trained
-from input_pipeline import files
-from input_pipeline.files import InputDataError
+from input_pipeline import cli
+from input_pipeline.errors import InputDataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -149,4 +149,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    files.run(main)
+    cli.run(main)

@@ -25,7 +25,7 @@ import ml_collections
 from etils import epath
 
 from input_pipeline import tokenizers
-from input_pipeline.files import ConfigError, config_errors
+from input_pipeline.errors import ConfigError, config_errors
 
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from focusclip_jax import checkpoint, config_checks, losses, models, run_record, sharding
 from input_pipeline import eval_datasets, pipeline
-from input_pipeline.files import ConfigError, InputDataError, config_errors
+from input_pipeline.errors import ConfigError, InputDataError, config_errors
 from input_pipeline.pipeline import Tokenizer
 
 PROMPT_BUCKET = 64  # texts are encoded in multiples of this many rows: one compile for all

@@ -42,7 +42,7 @@ from focusclip_jax.checkpoint import Checkpointer
 from focusclip_jax.logs import MetricWriter
 from focusclip_jax.setup import ModelSetup
 from input_pipeline import heatmaps, pipeline, sources
-from input_pipeline.files import InputDataError, config_errors
+from input_pipeline.errors import InputDataError, config_errors
 
 
 @flax.struct.dataclass

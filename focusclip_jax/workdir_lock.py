@@ -27,7 +27,7 @@ import jax
 from etils import epath
 from jax.experimental import multihost_utils
 
-from input_pipeline.files import InputDataError
+from input_pipeline.errors import InputDataError
 
 LOCK_FILE = "lock.json"
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from input_pipeline import mpii
-from input_pipeline.files import InputDataError
+from input_pipeline.errors import InputDataError
 
 # The system prompt of the authors' `src/captioning/generate_captions.py` (github anon12620/
 # FocusCLIP), verbatim; the user message is the image's annotation as JSON (`user_prompt`).

@@ -65,7 +65,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from input_pipeline.files import InputDataError
+from input_pipeline.errors import InputDataError
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from input_pipeline.files import InputDataError, RequiredFile, require_files
+from input_pipeline.errors import InputDataError, RequiredFile, require_files
 
 MPII_IMAGES = "the MPII Human Pose Dataset, mpii_human_pose_v1.tar.gz (images/), https://human-pose.mpi-inf.mpg.de/"
 MMPOSE_ANNOTATIONS = (

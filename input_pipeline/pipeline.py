@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import eval_datasets, mpii, sources, synthpose, tokenizers
-from input_pipeline.files import InputDataError, RequiredFile, require_files
+from input_pipeline.errors import InputDataError, RequiredFile, require_files
 from input_pipeline.tokenizers import Tokenizer
 
 TRAIN_FIELDS = ("image", "keypoints", "visible", "person_mask")

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from input_pipeline import files, mpii, prepare_mpii
-from input_pipeline.files import InputDataError
+from input_pipeline import cli, mpii, prepare_mpii
+from input_pipeline.errors import InputDataError
 from input_pipeline.skeleton import COCO
 
 FLAGS = flags.FLAGS
@@ -192,7 +192,7 @@ def main(argv: list[str]) -> None:
     del argv
     for name in ("images", "annotations", "captions", "out"):
         if not FLAGS[name].value:
-            files.fail(f"--{name} is required")
+            cli.fail(f"--{name} is required")
     meta, left_out = prepare(
         FLAGS.images,
         FLAGS.annotations,
@@ -224,4 +224,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    files.run(main)
+    cli.run(main)

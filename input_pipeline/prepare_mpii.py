@@ -72,8 +72,8 @@ from array_record.python import array_record_module
 from etils import epath
 from PIL import Image
 
-from input_pipeline import files, mpii
-from input_pipeline.files import InputDataError
+from input_pipeline import cli, mpii
+from input_pipeline.errors import InputDataError
 
 FLAGS = flags.FLAGS
 
@@ -952,4 +952,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    files.run(main)
+    cli.run(main)

@@ -17,7 +17,7 @@ import grain
 import ml_collections
 
 from input_pipeline import mpii, skeleton, synthpose
-from input_pipeline.files import RequiredFile
+from input_pipeline.errors import RequiredFile
 from input_pipeline.skeleton import Skeleton
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageChops, ImageDraw
 
-from input_pipeline import files, pose_text
+from input_pipeline import cli, pose_text
 from input_pipeline.pose_text import (
     HEAD_TOP,
     L_ANKLE,
@@ -584,4 +584,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    files.run(main)
+    cli.run(main)

@@ -21,7 +21,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
-from input_pipeline.files import InputDataError, RequiredFile
+from input_pipeline.errors import InputDataError, RequiredFile
 
 Tokenizer = Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]  # (ids, mask) of N texts
 
@@ -54,7 +54,7 @@ def _bert_frame(ids: dict[str, int]) -> tuple[int, int, int]:
 
 
 def _missing(path: str | Path, what: str) -> FileNotFoundError:
-    """A missing file the command-line tools report in one line (`files.run`: its name)."""
+    """A missing file the command-line tools report in one line (`cli.run`: its name)."""
     return FileNotFoundError(errno.ENOENT, what, str(path))
 
 

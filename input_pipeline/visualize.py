@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw
 
-from input_pipeline import files, heatmaps, mpii
+from input_pipeline import cli, heatmaps, mpii
 
 FLAGS = flags.FLAGS
 
@@ -133,4 +133,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    files.run(main)
+    cli.run(main)

@@ -315,7 +315,12 @@ def test_scanned_steps_are_estimated_from_their_unrolled_twins() -> None:
         if scan:
             assert report["cost_analysis_of"] == "an unrolled twin (scan_layers=False)"
             as_is = aot.cost_analysis(
-                config, target, mesh, trainer.model_config.text.vocab_size, program, "compiled"
+                config,
+                target,
+                mesh,
+                trainer.setup.model_config.text.vocab_size,
+                program,
+                "compiled",
             )
             assert as_is.flops * 8 < 0.8 * report["xla_flops"]  # one block per tower counted
     assert estimates[True] == pytest.approx(estimates[False], rel=1e-3)

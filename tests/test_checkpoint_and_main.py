@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from focusclip_jax import train, weights
-from input_pipeline.files import ConfigError
+from input_pipeline.errors import ConfigError
 from tests.conftest import FAST_COMPILE_FLAGS, REPO, tiny_config
 
 

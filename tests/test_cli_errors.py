@@ -1,5 +1,5 @@
 """Every command-line tool fails on a user's mistake like `main` does: one line naming the file,
-flag or config key, exit status 2, no traceback (`input_pipeline.files.run`)."""
+flag or config key, exit status 2, no traceback (`input_pipeline.cli.run`)."""
 
 import json
 import os

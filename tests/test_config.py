@@ -89,7 +89,7 @@ def test_bad_keys_are_named_before_anything_is_built(key, value, message) -> Non
     `train.Trainer` builds them: the first rule broken, named, before any writer or compile (8
     fake devices, data-parallel)."""
     from focusclip_jax import config_checks, train
-    from input_pipeline.files import ConfigError
+    from input_pipeline.errors import ConfigError
     from tests.tiny import tiny_config
 
     config = tiny_config()

@@ -14,8 +14,8 @@ from PIL import Image
 
 from configs import pretrain
 from input_pipeline import eval_datasets, pipeline
+from input_pipeline.errors import InputDataError
 from input_pipeline.eval_datasets import DatasetNotFoundError
-from input_pipeline.files import InputDataError
 from tests.conftest import imports_tensorflow
 
 

@@ -10,7 +10,7 @@ import scipy.io
 from PIL import Image
 
 from input_pipeline import heatmaps, mpii, skeleton, transforms
-from input_pipeline.files import InputDataError
+from input_pipeline.errors import InputDataError
 from tests.conftest import MPII_SAMPLE
 
 IMAGE_W, IMAGE_H = 96, 72

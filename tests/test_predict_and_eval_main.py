@@ -13,7 +13,7 @@ import pytest
 
 from configs import eval_zeroshot
 from focusclip_jax import checkpoint, evaluate, predict, train
-from input_pipeline.files import ConfigError, InputDataError
+from input_pipeline.errors import ConfigError, InputDataError
 from tests.conftest import tiny_config
 from tests.test_eval_datasets import _csv, _fer_rows, _jpg
 

@@ -14,7 +14,7 @@ import pytest
 from array_record.python import array_record_module
 
 from input_pipeline import mpii, pipeline, prepare_coco, prepare_mpii
-from input_pipeline.files import InputDataError
+from input_pipeline.errors import InputDataError
 from tests.conftest import REPO
 from tests.test_coco import _split as coco_split
 from tests.test_mpii import mmpose_rows, write_descriptions, write_jpeg

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import heatmaps, pipeline, skeleton, sources
-from input_pipeline.files import InputDataError, RequiredFile
+from input_pipeline.errors import InputDataError, RequiredFile
 from input_pipeline.skeleton import Skeleton
 from tests.conftest import tiny_config
 

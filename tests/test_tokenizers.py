@@ -11,7 +11,7 @@ import pytest
 
 from configs import pretrain
 from input_pipeline import mpii, pipeline, prepare_mpii, synthpose, tokenizers
-from input_pipeline.files import InputDataError, MissingFilesError
+from input_pipeline.errors import InputDataError, MissingFilesError
 from input_pipeline.tokenizers import (
     BertWordPieceTokenizer,
     ClipBpeTokenizer,

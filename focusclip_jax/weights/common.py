@@ -17,7 +17,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from input_pipeline.files import InputDataError
+from input_pipeline.errors import InputDataError
 
 ParamPath = tuple[str | int, ...]
 Mapped = dict[ParamPath, tuple[str, np.ndarray]]

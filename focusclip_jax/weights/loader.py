@@ -16,7 +16,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from focusclip_jax.weights import common, hf_bert, open_clip, timm_vit
 from focusclip_jax.weights.common import Converter, ParamPath
-from input_pipeline.files import RequiredFile
+from input_pipeline.errors import RequiredFile
 
 IMAGE_FORMATS: dict[str, Converter] = {
     "timm_vit": timm_vit.to_params,

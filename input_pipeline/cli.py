@@ -1,70 +1,25 @@
-"""Required input files and the user's mistakes: one clear line, never a traceback.
+"""The one boundary every command-line tool of the project runs behind.
 
-`require_files` names every missing file and how to get it; `run` is absl's `app.run` for every
-command-line tool of the project, where a mistake (a missing or unreadable file, a bad flag or
-config key) prints `error: <one line>` and exits with status 2.
+`run` is absl's `app.run` where a user's mistake — a bad flag or config key (absl's and
+ml_collections' own errors), a library's `InputDataError`, a file the OS cannot open — prints
+`error: <one line>` on stderr and exits with status 2, before anything is half-written. Only a
+bug prints a traceback.
 """
 
-import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from absl import app, flags
-from etils import epath
 
-
-@dataclass(frozen=True)
-class RequiredFile:
-    config_key: str  # the config key that points to the file, e.g. "data.annotations"
-    path: str
-    source: str  # where a user gets it
-
-
-class InputDataError(Exception):
-    """A problem with the user's data or its config; `main` prints it without a traceback."""
-
-
-class MissingFilesError(InputDataError, FileNotFoundError):
-    """Raised before any work starts, naming every missing file, its config key and its source."""
-
-
-class ConfigError(InputDataError, ValueError):
-    """A config key breaks a rule; the message names the key and what it takes."""
-
-
-@contextlib.contextmanager
-def config_errors() -> Iterator[None]:
-    """A component built from the config raises ValueError naming the key it rejects (its own
-    check, done once, where the option is used): inside this block that is the user's mistake,
-    a `ConfigError`."""
-    try:
-        yield
-    except InputDataError:
-        raise
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-
-
-def require_files(files: Sequence[RequiredFile]) -> None:
-    missing = [f for f in files if not f.path or not epath.Path(f.path).exists()]  # gs:// too
-    if not missing:
-        return
-    lines = ["Required input files are missing:"]
-    for f in missing:
-        lines.append(f"  --config.{f.config_key}={f.path or '<unset>'}  (not found)")
-        lines.append(f"      get it from: {f.source}")
-    lines.append("Point the config keys above at the files (see README, 'Data').")
-    raise MissingFilesError("\n".join(lines))
-
+from input_pipeline.errors import InputDataError
 
 USER_ERROR_STATUS = 2
 
 
 def fail(message: str) -> NoReturn:
-    """A user's mistake: one line on stderr, exit status 2."""
+    """A user's mistake: one line on stderr (a list of missing files: a line each), exit 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(USER_ERROR_STATUS)
 
