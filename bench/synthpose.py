@@ -31,7 +31,8 @@ from ml_collections import config_flags
 
 from configs import pretrain
 from focusclip_jax import train
-from input_pipeline import cli, synthpose
+from input_pipeline import cli
+from synthpose import scenes
 
 FLAGS = flags.FLAGS
 
@@ -142,7 +143,7 @@ def main(argv: list[str]) -> None:
         + ", ".join(f"{v} {np.mean(s):.0f} s/run" for v, s in seconds.items())
     )
     if set(runs) == {"clip", "focusclip"}:
-        print(table(runs, num_classes=len(synthpose.POSE_CLASSES)))
+        print(table(runs, num_classes=len(scenes.POSE_CLASSES)))
     else:
         print(variants_table(runs))
     sys.stdout.flush()

@@ -1,6 +1,6 @@
 """A laptop-sized FocusCLIP on SynthPose: the full code path in minutes on CPU.
 
-Tiny towers (16 px patches), 64 px SynthPose images (input_pipeline/synthpose.py: a described
+Tiny towers (16 px patches), 64 px SynthPose images (synthpose/scenes.py: a described
 target person among 0–3 distractors) drawn once into memory, and a word-level tokenizer fitted on
 the describer's vocabulary and the prompts. The three pairs of the paper, but CLIP's InfoNCE with
 a learnable temperature and AdamW: at this scale the paper's NT-Xent at temperature 0.5 with SGD

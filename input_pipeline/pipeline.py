@@ -16,9 +16,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from input_pipeline import eval_datasets, mpii, sources, synthpose, tokenizers
+from input_pipeline import eval_datasets, mpii, sources, tokenizers
 from input_pipeline.errors import InputDataError, RequiredFile, require_files
 from input_pipeline.tokenizers import Tokenizer
+from synthpose import scenes
 
 TRAIN_FIELDS = ("image", "keypoints", "visible", "person_mask")
 
@@ -160,7 +161,7 @@ def _synthpose_eval_records(
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """The held-out SynthPose split, drawn once: images, the targets' pose classes and the
     scenes' descriptions."""
-    source = synthpose.SynthPose(
+    source = scenes.SynthPose(
         num_records, seed, image_size, max_people=1, max_distractors=max_distractors
     )
     records = [source[i] for i in range(len(source))]
@@ -183,8 +184,8 @@ def _synthpose_pose(max_distractors: int, name: str) -> Callable[..., ZeroShotDa
             name=name,
             images=images,
             labels=labels.astype(np.int32),
-            class_names=synthpose.CLASS_PHRASES,
-            templates=(synthpose.PROMPT_TEMPLATE,),
+            class_names=scenes.CLASS_PHRASES,
+            templates=(scenes.PROMPT_TEMPLATE,),
             top_k=(1, 3),
         )
 
@@ -199,7 +200,7 @@ def _benchmark(name: str) -> ZeroShotReader:
 
 
 ZERO_SHOT_DATASETS: dict[str, ZeroShotReader] = {
-    "synthpose_pose": _synthpose_pose(synthpose.MAX_DISTRACTORS, "synthpose_pose"),
+    "synthpose_pose": _synthpose_pose(scenes.MAX_DISTRACTORS, "synthpose_pose"),
     "synthpose_pose_alone": _synthpose_pose(0, "synthpose_pose_alone"),
     **{name: _benchmark(name) for name in eval_datasets.DATASETS},
 }
@@ -232,7 +233,7 @@ def _synthpose_retrieval(
     """The held-out SynthPose scenes (`data.eval_seed`, 0–3 distractors) and their descriptions."""
     del options
     images, _, texts = _synthpose_eval_records(
-        data.eval_records, data.eval_seed, data.image_size, synthpose.MAX_DISTRACTORS
+        data.eval_records, data.eval_seed, data.image_size, scenes.MAX_DISTRACTORS
     )
     return RetrievalData("synthpose", images, texts)
 

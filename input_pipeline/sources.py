@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 import grain
 import ml_collections
 
-from input_pipeline import mpii, skeleton, synthpose
+from input_pipeline import mpii, skeleton
 from input_pipeline.errors import RequiredFile
 from input_pipeline.skeleton import Skeleton
+from synthpose import scenes
 
 
 class DataSource(abc.ABC):
@@ -49,19 +50,19 @@ def _synthpose_records(
 ) -> tuple[dict[str, Any], ...]:
     """SynthPose people, drawn once into memory (and once per process: a benchmark's runs share
     them): drawing costs more than a demo's step."""
-    source = synthpose.SynthPose(num_records, seed, image_size, max_people)
+    source = scenes.SynthPose(num_records, seed, image_size, max_people)
     logging.info("Drawing %d SynthPose training images into memory", len(source))
     return tuple(source[i] for i in range(len(source)))
 
 
 class SynthPoseSource(DataSource):
-    """Synthetic people drawn in memory with rule-based descriptions (`synthpose.py`)."""
+    """Synthetic people drawn in memory with rule-based descriptions (`synthpose/scenes.py`)."""
 
     def train_source(self, data: ml_collections.ConfigDict) -> Any:
         return _synthpose_records(data.train_records, data.seed, data.image_size, data.max_people)
 
     def corpus(self, data: ml_collections.ConfigDict) -> list[str]:
-        return synthpose.corpus()
+        return scenes.corpus()
 
 
 class MpiiSource(DataSource):

@@ -47,7 +47,7 @@ CASES = [
      "--annotations={r}/captions_train2017.json: holds COCO captions"),
     ("input_pipeline.visualize", ["--annotations={r}/bad.json", "--images={r}", "--out={r}/v"],
      "{r}/bad.json: not readable JSON"),
-    ("input_pipeline.synthpose", ["--export={r}/a_file/x", "--num_images=2"],
+    ("synthpose.scenes", ["--export={r}/a_file/x", "--num_images=2"],
      "{r}/a_file/x"),
     ("focusclip_jax.export", ["--checkpoint={r}", "--tower=nose", "--out={r}/x"],
      "flag --tower=nose: value should be one of"),

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from input_pipeline import pose_text as pt
+from synthpose import describe as pt
 
 # A standing person facing the camera (their left on the image's right), torso 60 px, y down.
 _STANDING = {

@@ -9,8 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from input_pipeline import mpii, pipeline, pose_text, prepare_mpii, synthpose
-from input_pipeline.synthpose import (
+from input_pipeline import mpii, pipeline, prepare_mpii
+from input_pipeline.tokenizers import UNK
+from synthpose import describe
+from synthpose import scenes as synthpose
+from synthpose.scenes import (
     HEAD_TOP,
     L_ANKLE,
     L_HIP,
@@ -27,7 +30,6 @@ from input_pipeline.synthpose import (
     THORAX,
     UPPER_NECK,
 )
-from input_pipeline.tokenizers import UNK
 from tests.tiny import tiny_config
 
 SIZE = 64
@@ -77,7 +79,7 @@ def test_pose_classes_match_their_geometry_and_the_describers_posture(scenes) ->
     for scene in scenes:
         target = scene.people[0]
         visible = synthpose.in_frame(target.keypoints, SIZE)
-        facts = pose_text.measure(target.keypoints, visible)
+        facts = describe.measure(target.keypoints, visible)
         assert facts.posture == synthpose.POSTURES[POSE_CLASSES[target.label]]
 
 
@@ -151,13 +153,13 @@ def test_zero_shot_split_labels_prompts_and_tokens() -> None:
     assert prompts == list(synthpose.POSE_PROMPTS)
     assert prompts[1] == "a photo of a person with both arms raised high."
     # The class phrases use only the describer's words; the template adds "photo" to all alike.
-    assert set(synthpose.vocabulary()) - set(pose_text.vocabulary()) == {"photo"}
+    assert set(synthpose.vocabulary()) - set(describe.vocabulary()) == {"photo"}
     descriptions = [synthpose.make_scene(i, seed=7).description for i in range(30)]
     assert not any(p.rstrip(".") in d.lower() for p in prompts for d in descriptions)
     tokenizer = pipeline.create_tokenizer(config)
     ids, _ = tokenizer([*prompts, *descriptions], 200)
     assert not (ids == tokenizer.ids[UNK]).any()  # the corpus covers every word
-    assert set(synthpose.vocabulary()) >= set(pose_text.vocabulary())
+    assert set(synthpose.vocabulary()) >= set(describe.vocabulary())
 
 
 def test_export_prepares_and_streams_through_the_mpii_path(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import pretrain
-from input_pipeline import mpii, pipeline, prepare_mpii, synthpose, tokenizers
+from input_pipeline import mpii, pipeline, prepare_mpii, tokenizers
 from input_pipeline.errors import InputDataError, MissingFilesError
 from input_pipeline.tokenizers import (
     BertWordPieceTokenizer,
@@ -19,6 +19,7 @@ from input_pipeline.tokenizers import (
     WordTokenizer,
     bert_basic_split,
 )
+from synthpose import scenes
 from tests.conftest import tiny_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tokenizers"
@@ -196,7 +197,7 @@ def test_create_tokenizer_fits_a_bpe_on_the_synthetic_corpus(tmp_path) -> None:
     config.tokenizer.path = str(tmp_path / "tokenizer.json")
     tokenizer = pipeline.create_tokenizer(config)
     assert tokenizer.vocab_size <= 400
-    ids, mask = tokenizer(synthpose.corpus()[:4], config.model.text.max_len)
+    ids, mask = tokenizer(scenes.corpus()[:4], config.model.text.max_len)
     assert (ids[mask] != 1).all()  # no [UNK]
 
 

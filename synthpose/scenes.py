@@ -4,7 +4,7 @@ Each image shows one TARGET person in one of `POSE_CLASSES` (a skeleton with sam
 and joint angles in per-class ranges) drawn with body-part shapes and colours (shirt, trousers,
 skin, a head disc; a chair under a sitting person) over a cluttered background, plus 0–3 smaller
 DISTRACTOR people in other poses, with scale and position jitter. Only the target is annotated and
-described (by the rule-based describer `input_pipeline.pose_text`), so the target's heatmap is what
+described (by the rule-based describer `synthpose.describe`), so the target's heatmap is what
 tells the subject from the distractors, as on MPII where FocusCLIP's heatmaps come from the
 annotated people only.
 
@@ -14,7 +14,7 @@ person's left side (joints 3, 4, 5, 13, 14, 15) is on the image's right; sitting
 people are seen from the side.
 
 The zero-shot split is another seed labelled with the target's pose class; its prompts ("a photo
-of a person <phrase>.") are worded unlike the descriptions. `python -m input_pipeline.synthpose
+of a person <phrase>.") are worded unlike the descriptions. `python -m synthpose.scenes
 --export=<dir> --num_images=N` writes the MPII layout (JPEGs, mmpose JSON, descriptions JSON) that
 `input_pipeline.prepare_mpii` reads. Host-only numpy and Pillow; deterministic in (seed, index).
 """
@@ -31,8 +31,9 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageChops, ImageDraw
 
-from input_pipeline import cli, pose_text
-from input_pipeline.pose_text import (
+from input_pipeline import cli
+from synthpose import describe
+from synthpose.describe import (
     HEAD_TOP,
     L_ANKLE,
     L_ELBOW,
@@ -425,7 +426,7 @@ def make_scene(
     image = np.array(ImageChops.add_modulo(canvas, noise))
     visible = in_frame(target.keypoints, image_size)
     words = np.random.default_rng((seed, index, 2))
-    description = pose_text.describe_scene([(target.keypoints, visible)], rng=words)
+    description = describe.describe_scene([(target.keypoints, visible)], rng=words)
     return Scene(image, people, coverage, description)
 
 
@@ -506,7 +507,7 @@ class SynthPose:
 def corpus() -> list[str]:
     """Texts holding every word and punctuation mark that descriptions and prompts can contain:
     fitting a word-level tokenizer on them equals fitting it on all data, without generating any."""
-    return [" ".join(pose_text.vocabulary()) + " . , ;", *POSE_PROMPTS]
+    return [" ".join(describe.vocabulary()) + " . , ;", *POSE_PROMPTS]
 
 
 def vocabulary() -> list[str]:

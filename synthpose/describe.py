@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from input_pipeline.mpii import NUM_JOINTS
+from input_pipeline.skeleton import MPII
 
-# Joint ids (MPII order); synthpose.py draws with these too.
+NUM_JOINTS = MPII.num_joints
+
+# Joint ids (MPII order); scenes.py draws with these too.
 R_ANKLE, R_KNEE, R_HIP, L_HIP, L_KNEE, L_ANKLE, PELVIS, THORAX = range(8)
 UPPER_NECK, HEAD_TOP, R_WRIST, R_ELBOW, R_SHOULDER, L_SHOULDER, L_ELBOW, L_WRIST = range(8, 16)
 _ARM_JOINTS = {"left": (L_SHOULDER, L_ELBOW, L_WRIST), "right": (R_SHOULDER, R_ELBOW, R_WRIST)}
