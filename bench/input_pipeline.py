@@ -27,8 +27,9 @@ from absl import flags
 from PIL import Image
 
 from configs import pretrain
-from input_pipeline import cli, heatmaps, mpii, pipeline, prepare_mpii
-from input_pipeline.tokenizers import BertWordPieceTokenizer, WordTokenizer
+from input_pipeline import cli, heatmaps, pipeline, records
+from input_pipeline.prepare import mpii, shards
+from input_pipeline.tokenizers import BertWordPieceTokenizer, Tokenizer, WordTokenizer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workers", ["0", "1", "2"], "grain worker counts to measure.")
@@ -87,13 +88,13 @@ def _raw_data(root: Path, copies: int) -> tuple[Path, Path]:
     return root / "mpii_train.json", root / "descriptions.json"
 
 
-def _replicate(prepared: Path, records: int, per_shard: int = 512) -> None:
-    """Rewrites the prepared train split as `records` entries, its own cycled: grain's shuffle costs
+def _replicate(prepared: Path, count: int, per_shard: int = 512) -> None:
+    """Rewrites the prepared train split as `count` entries, its own cycled: grain's shuffle costs
     more per element on few records (0.28 ms at 200, 0.02 ms at MPII's 14,644, measured here)."""
-    source, _ = mpii.open_split(str(prepared), "train")
+    source, _ = records.open_split(str(prepared), "train")
     entries = [source[i] for i in range(len(source))]
-    cycled = [entries[i % len(entries)] for i in range(records)]
-    prepare_mpii.write_split(prepared, "train", cycled, records_per_shard=per_shard)
+    cycled = [entries[i % len(entries)] for i in range(count)]
+    shards.write_split(prepared, "train", cycled, name=mpii.NAME, records_per_shard=per_shard)
 
 
 def _cpu_seconds() -> np.ndarray:
@@ -120,7 +121,7 @@ def _cpu_seconds() -> np.ndarray:
 
 
 def _ours(
-    prepared: Path, tokenizer: pipeline.Tokenizer, workers: int, batches: int, crop: str
+    prepared: Path, tokenizer: Tokenizer, workers: int, batches: int, crop: str
 ) -> tuple[float, float, np.ndarray]:
     """(img/s wall, img per CPU-second of this process and its workers, CPU ms per image of this
     process and of the workers)."""
@@ -143,11 +144,11 @@ def _ours(
 
 
 def _original(
-    records: list[mpii.MpiiRecord], images: Path, tokenizer: pipeline.Tokenizer, count: int
+    annotated: list[records.ImageRecord], images: Path, tokenizer: Tokenizer, count: int
 ) -> tuple[float, float]:
     """PIL load of the full JPEG + its precomputed heatmap PNG, both resized; tokenize."""
     masks = {}
-    for record in records[: len({r.image.split("_", 1)[1] for r in records})]:
+    for record in annotated[: len({r.image.split("_", 1)[1] for r in annotated})]:
         image = Image.open(images / record.image)
         kp = np.stack([p.keypoints for p in record.people])
         vis = np.stack([p.visible for p in record.people])
@@ -159,7 +160,7 @@ def _original(
         masks[record.image.split("_", 1)[1]] = path
     start, cpu = time.perf_counter(), time.process_time()
     for k in range(count):
-        record = records[k % len(records)]
+        record = annotated[k % len(annotated)]
         image = Image.open(images / record.image).convert("RGB").resize((224, 224))
         heat = Image.open(masks[record.image.split("_", 1)[1]]).resize((224, 224))
         np.asarray(image), np.asarray(heat, np.float32) / 255
@@ -174,7 +175,7 @@ def main(argv: list[str]) -> None:
         annotations, descriptions = _raw_data(root, FLAGS.copies)
         prepared = root / "prepared"
         start = time.perf_counter()
-        meta = prepare_mpii.prepare(
+        meta = mpii.prepare(
             str(root / "images"), [str(annotations)], str(descriptions), str(prepared)
         )
         images = meta["splits"]["train"]["images"]
@@ -186,8 +187,8 @@ def main(argv: list[str]) -> None:
         else:
             tokenizer = WordTokenizer.fit([DESCRIPTION])
             print(f"tokenizer: word-level ({FLAGS.vocab} not found: not the default pipeline)")
-        records = mpii.read_mmpose_json(annotations)
-        original, original_cpu = _original(records, root / "images", tokenizer, 100)
+        annotated = mpii.read_mmpose_json(annotations)
+        original, original_cpu = _original(annotated, root / "images", tokenizer, 100)
         print(f"original way, 1 process: {original:.0f} img/s, {original_cpu:.0f} img/CPU-s")
         for crop in FLAGS.crops:
             for workers in map(int, FLAGS.workers):

@@ -2,7 +2,7 @@
 
 `python -m focusclip_jax.evaluate --checkpoint=<workdir or step dir> --config.data_root=<dir>`
 (this config is its default) restores the parameters, evaluates every dataset found under
-`data_root` (layouts: input_pipeline/eval_datasets.py), and writes results.json, results.md (the
+`data_root` (layouts: input_pipeline/readers.py), and writes results.json, results.md (the
 paper's table with its numbers alongside) and confusion-matrix PNGs.
 
 Variants, comma-separated: `paper` evaluates EMOTIC and FER2013 on their train splits as the paper
@@ -15,7 +15,7 @@ of a workdir trained before runs were recorded.
 import ml_collections
 
 from configs import pretrain
-from input_pipeline import eval_datasets
+from input_pipeline.benchmarks import readers
 
 OWN_VARIANTS = ("paper", "ensemble")
 
@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = pretrain.base_config()
     pretrain.apply_variants(config, ",".join(v for v in variants if v not in OWN_VARIANTS))
     config.data_root = "data/eval"
-    config.evals.zero_shot.datasets = eval_datasets.PAPER_BENCHMARKS
+    config.evals.zero_shot.datasets = readers.PAPER_BENCHMARKS
     config.evals.zero_shot.root = config.get_ref("data_root")
     config.evals.linear_probe.root = config.get_ref("data_root")
     config.lock()  # as configs/pretrain.py's: a key that does not exist is an error

@@ -11,7 +11,7 @@ Variants, comma-separated after the file name (`--config=configs/pretrain.py:cli
             unconstrained
   pretrained  the paper's initialisation: ImageNet ViT-B/16 (timm) + bert-base-uncased (HF), from
             the files under data/weights/ (README "Pretrained towers"), ViT input normalisation
-  coco      COCO-2017 people instead of MPII's (`python -m input_pipeline.prepare_coco`): 17
+  coco      COCO-2017 people instead of MPII's (`python -m input_pipeline.prepare.coco`): 17
             joints and COCO's part groups, a human-written caption sampled per step, retrieval
             on the prepared val2017 images with their captions
   tiny      the real MPII pipeline in minutes on a CPU: tiny towers at 64 px, a BPE fitted on the
@@ -25,7 +25,7 @@ from typing import Any
 
 import ml_collections
 
-from input_pipeline.eval_datasets import PAPER_BENCHMARKS
+from input_pipeline.benchmarks.readers import PAPER_BENCHMARKS
 
 MPII_TRAIN_IMAGES = 14_644  # mmpose train split, images
 VARIANTS = (
@@ -169,7 +169,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.image_size = config.model.get_ref("image_size")
     config.data.max_people = 8
     config.data.worker_count = 8
-    # Training streams the shards that `python -m input_pipeline.prepare_mpii` writes.
+    # Training streams the shards that `python -m input_pipeline.prepare.mpii` writes.
     config.data.prepared = "data/mpii/prepared"
     config.data.split = "train"
     config.data.crop = "squash"  # the paper; or "person", "random_resized"
@@ -223,7 +223,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint.async_save = True
 
     # Evaluators by name, each `{type, every_steps, ...}` (focusclip_jax/evaluators/): the
-    # paper's benchmarks found under `root` (input_pipeline/eval_datasets.py for the layouts);
+    # paper's benchmarks found under `root` (input_pipeline/benchmarks/readers.py for the layouts);
     # missing ones are skipped with a warning. configs/eval_zeroshot.py: eval-only runs.
     config.evals = ml_collections.ConfigDict()
     config.evals.zero_shot = zero_shot_eval(PAPER_BENCHMARKS)

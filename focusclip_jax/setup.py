@@ -24,9 +24,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from focusclip_jax import checkpoint, config_checks, losses, models, run_record, sharding
-from input_pipeline import eval_datasets, pipeline
+from input_pipeline import pipeline
+from input_pipeline.benchmarks import readers
 from input_pipeline.errors import ConfigError, InputDataError, config_errors
-from input_pipeline.pipeline import Tokenizer
+from input_pipeline.tokenizers import Tokenizer
 
 PROMPT_BUCKET = 64  # texts are encoded in multiples of this many rows: one compile for all
 
@@ -224,7 +225,7 @@ class TrainedModel:
         paths that could not be read."""
         images, unreadable = [], []
         for path in paths:
-            image = eval_datasets.decode(eval_datasets.Sample(Path(path), 0), self.image_size)
+            image = readers.decode(readers.Sample(Path(path), 0), self.image_size)
             if image is None:
                 unreadable.append(Path(path))
             else:

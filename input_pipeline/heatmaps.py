@@ -76,6 +76,9 @@ class HeatmapSettings:
         return cls(skeleton, heatmaps.mode, heatmaps.min_sigma, heatmaps.joint_sigma)
 
 
+PAPER = HeatmapSettings()  # the paper's: MPII's body parts, σ floored at 1 pixel
+
+
 def _gaussians_np(
     keypoints: np.ndarray, visible: np.ndarray, settings: HeatmapSettings
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -108,7 +111,7 @@ def render_heatmap_np(
     person_mask: np.ndarray,
     height: int,
     width: int,
-    settings: HeatmapSettings = HeatmapSettings(),
+    settings: HeatmapSettings = PAPER,
 ) -> np.ndarray:
     """Heatmap of one image on the host: keypoints [P, J, 2] (x, y), visible [P, J], mask [P]
     (J: the joints of the settings' skeleton, MPII's 16 or COCO's 17).
@@ -139,7 +142,7 @@ def render_heatmaps(
     person_mask: jax.Array,
     height: int,
     width: int,
-    settings: HeatmapSettings = HeatmapSettings(),
+    settings: HeatmapSettings = PAPER,
     dtype: jnp.dtype = jnp.float32,
 ) -> jax.Array:
     """Heatmaps of a batch on the device: keypoints [B, P, J, 2], visible [B, P, J], mask [B, P]

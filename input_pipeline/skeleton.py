@@ -87,14 +87,3 @@ COCO = Skeleton(
 )  # fmt: skip
 
 SKELETONS = {skeleton.name: skeleton for skeleton in (MPII, COCO)}
-
-
-def for_joints(count: int) -> Skeleton:
-    """The registered skeleton with `count` joints (the renderers see only arrays)."""
-    found = [s for s in SKELETONS.values() if s.num_joints == count]
-    if len(found) != 1:
-        raise ValueError(
-            f"keypoints with {count} joints: expected one of "
-            f"{ {s.name: s.num_joints for s in SKELETONS.values()} }"
-        )
-    return found[0]

@@ -2,24 +2,41 @@
 
 A source says which files it needs (checked before any work), gives grain a random-access source
 of its training records and, if its records are stored encoded, the per-record random map that
-decodes and augments them; it gives the texts a `fitted_bpe` tokenizer is fitted on, and the
-skeleton of its keypoints (their part groups and flips). To add one: a `DataSource` subclass and
-a line in `DATA_SOURCES` (preparation, where a source needs one, is its own command:
-`python -m input_pipeline.prepare_mpii`).
+decodes and augments them; it gives the texts a fitted tokenizer is fitted on, and the skeleton
+of its keypoints (their part groups and flips). To add one: a `DataSource` subclass and a line in
+`DATA_SOURCES` (preparation, where a source needs one, is its own command under
+`input_pipeline/prepare/`).
 """
 
 import abc
 import functools
+import json
 import logging
+import os
 from typing import Any, ClassVar
 
 import grain
 import ml_collections
 
-from input_pipeline import mpii, skeleton
-from input_pipeline.errors import RequiredFile
+from input_pipeline import records, skeleton
+from input_pipeline.errors import RequiredFile, require_files
 from input_pipeline.skeleton import Skeleton
+from input_pipeline.transforms import PreparedRecordTransform
 from synthpose import scenes
+
+MPII_IMAGES = (
+    "the MPII Human Pose Dataset, mpii_human_pose_v1.tar.gz (images/), "
+    "https://human-pose.mpi-inf.mpg.de/"
+)
+MMPOSE_ANNOTATIONS = (
+    "mmpose's MPII annotations (mpii_train.json, mpii_val.json), see the mmpose docs, "
+    "'2D Body Keypoint Datasets' → MPII; or the official mpii_human_pose_v1_u12_1.mat "
+    "from the MPII site"
+)
+MPII_DESCRIPTIONS = (
+    "the 'MPII Human Pose Descriptions' JSON published by the FocusCLIP authors "
+    "(linked from https://saifkhichi.com/research/focusclip)"
+)
 
 
 class DataSource(abc.ABC):
@@ -36,12 +53,13 @@ class DataSource(abc.ABC):
         `description`, or stored entries that `record_map` turns into them."""
 
     def record_map(self, data: ml_collections.ConfigDict) -> grain.transforms.RandomMap | None:
-        """Applied after shuffle/repeat/shard (a fresh draw each epoch); None: stored ready."""
+        """Applied after shuffle/repeat/shard (a fresh draw each epoch); None: stored ready.
+        Built before any work: a wrong option is a ValueError naming its key."""
         return None
 
     @abc.abstractmethod
     def corpus(self, data: ml_collections.ConfigDict) -> list[str]:
-        """Every text the training stream can pick (a fitted BPE is fitted on them)."""
+        """Every text the training stream can pick (a fitted tokenizer is fitted on them)."""
 
 
 @functools.cache
@@ -65,34 +83,89 @@ class SynthPoseSource(DataSource):
         return scenes.corpus()
 
 
-class MpiiSource(DataSource):
-    """Prepared MPII shards (`prepare_mpii`) with their descriptions."""
+class PreparedSource(DataSource):
+    """Records a preparation wrote (`records`, `input_pipeline/prepare/`) with their
+    descriptions: the images described by one of `data.description_sources` are streamed, those
+    without counted and logged, never given another source's text."""
+
+    title: ClassVar[str]  # how the logs name it
+    prepare: ClassVar[str]  # the command that writes its preparation
 
     def required_files(self, data: ml_collections.ConfigDict) -> list[RequiredFile]:
-        return mpii.required_files(data)
+        """A finished preparation (`data.prepared`)."""
+        found = records.finished(data.prepared) if data.prepared else None
+        if found is not None:
+            where = os.fspath(found / records.INFO_FILE)
+        else:
+            where = f"{data.prepared}/<dataset>/<version>/{records.INFO_FILE}"
+        return [RequiredFile("data.prepared", where if data.prepared else "", self.prepare)]
 
     def train_source(self, data: ml_collections.ConfigDict) -> Any:
-        return mpii.train_source(data)
+        require_files(self.required_files(data))
+        split = data.get("split", "train")
+        source, shards = records.open_split(data.prepared, split)
+        logging.info("%s: %d prepared records in %d shards", self.title, len(source), len(shards))
+        self._warn_of_crowds(data, split)
+        index = records.record_sources(shards)
+        keep = records.described_by(index, data.description_sources, f"{data.prepared} ({split})")
+        if len(keep) < len(index):
+            logging.warning(
+                "%s: %d of %d %s images have no description from %s: left out of training",
+                self.title, len(index) - len(keep), len(index), split,
+                tuple(data.description_sources),
+            )  # fmt: skip
+            return records.Subset(source, keep)
+        return source
 
-    def record_map(self, data: ml_collections.ConfigDict) -> grain.transforms.RandomMap:
-        return mpii.record_map(data)
+    def _warn_of_crowds(self, data: ml_collections.ConfigDict, split: str) -> None:
+        """The original renders every annotated person; `data.max_people` keeps the first P."""
+        meta = json.loads((records.dataset_dir(data.prepared) / records.META_FILE).read_text())
+        counts = meta["splits"][split].get("people_per_image")
+        more = sum(n for people, n in (counts or {}).items() if int(people) > data.max_people)
+        if more:
+            logging.warning(
+                "%s: %d %s images have more than data.max_people=%d annotated people (at most "
+                "%s); only the first %d are in their heatmaps",
+                self.title, more, split, data.max_people, max(counts, key=int), data.max_people,
+            )  # fmt: skip
+
+    def record_map(self, data: ml_collections.ConfigDict) -> PreparedRecordTransform:
+        """Decode, crop/resize, flip (with this source's skeleton), pick a text."""
+        return PreparedRecordTransform.from_config(data, self.skeleton)
 
     def corpus(self, data: ml_collections.ConfigDict) -> list[str]:
         """Every text of the chosen sources (`transforms.choose_description`) in the stream."""
-        sources = tuple(data.description_sources)
-        records = mpii.train_source(data)
+        chosen = tuple(data.description_sources)
+        stream = self.train_source(data)
         texts: list[str] = []
-        for i in range(len(records)):
-            described = mpii.decode_prepared(records[i])[0]["descriptions"]
-            texts += [described[s] for s in sources if s in described]
+        for i in range(len(stream)):
+            described = records.decode_prepared(stream[i]).header["descriptions"]
+            texts += [described[s] for s in chosen if s in described]
         return texts
 
 
-class CocoSource(MpiiSource):
-    """COCO-2017 people with keypoints and captions, prepared by `prepare_coco` into MPII's
-    format: COCO's 17 joints, captions as the description sources `caption_0`, ..."""
+class MpiiSource(PreparedSource):
+    """MPII Human Pose with the published pose descriptions (`prepare/mpii.py`)."""
 
+    title = "MPII"
+    prepare = (
+        f"python -m input_pipeline.prepare.mpii --images=<{MPII_IMAGES}> "
+        f"--annotations=<{MMPOSE_ANNOTATIONS}> --descriptions=<{MPII_DESCRIPTIONS}> "
+        "--out=<data.prepared> (docs/data.md)"
+    )
+
+
+class CocoSource(PreparedSource):
+    """COCO-2017 people with keypoints and captions (`prepare/coco.py`): COCO's 17 joints,
+    captions as the description sources `caption_0`, ..."""
+
+    title = "COCO"
     skeleton: ClassVar[Skeleton] = skeleton.COCO
+    prepare = (
+        "python -m input_pipeline.prepare.coco --images=<train2017/> "
+        "--annotations=<person_keypoints_train2017.json> --captions=<captions_train2017.json> "
+        "--out=<data.prepared>, from COCO-2017 (cocodataset.org; docs/data.md)"
+    )
 
 
 DATA_SOURCES: dict[str, DataSource] = {

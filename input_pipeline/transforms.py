@@ -24,8 +24,10 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from input_pipeline import skeleton
-from input_pipeline.mpii import NUM_JOINTS, decode_prepared
+from input_pipeline import skeleton as skeletons
+from input_pipeline.errors import InputDataError
+from input_pipeline.records import decode_prepared
+from input_pipeline.skeleton import Skeleton
 
 CROP_MODES = ("squash", "person", "random_resized")
 _LEFT_RIGHT = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)\b")
@@ -42,10 +44,10 @@ def box_keypoints(keypoints: np.ndarray, box: Box, out_w: int, out_h: int) -> np
     return ((keypoints + 0.5 - np.array([x0, y0], np.float32)) * scale - 0.5).astype(np.float32)
 
 
-def flip_keypoints(keypoints: np.ndarray, visible: np.ndarray, width: int):
-    """Mirror x and swap left/right joints (the skeleton's pairs, found by the joint count): the
-    flipped person's left is still MPII's joint 3, 4, 5..."""
-    permutation = skeleton.for_joints(keypoints.shape[-2]).flip_permutation
+def flip_keypoints(keypoints: np.ndarray, visible: np.ndarray, width: int, skeleton: Skeleton):
+    """Mirror x and swap left/right joints (the skeleton's pairs): the flipped person's left is
+    still MPII's joint 3, 4, 5..."""
+    permutation = skeleton.flip_permutation
     flipped = keypoints[..., permutation, :].copy()
     flipped[..., 0] = width - 1 - flipped[..., 0]
     return flipped, visible[..., permutation]
@@ -121,10 +123,10 @@ def decode_and_resize(jpeg: bytes, box_fn, size: int, keypoints: np.ndarray):
 
 
 @dataclasses.dataclass(frozen=True)
-class MpiiTrainTransform(grain.transforms.RandomMap):
-    """A prepared entry → image uint8 [S, S, 3], keypoints [P, J, 2], visible [P, J] (J: the
-    entry's joints, MPII's 16 or COCO's 17), person_mask [P], and one description (sampled among
-    `sources`)."""
+class PreparedRecordTransform(grain.transforms.RandomMap):
+    """A prepared entry (`records`) → image uint8 [S, S, 3], keypoints [P, J, 2], visible [P, J]
+    (J: the source skeleton's joints, MPII's 16 or COCO's 17), person_mask [P], and one
+    description (sampled among `sources`)."""
 
     image_size: int
     max_people: int
@@ -133,13 +135,16 @@ class MpiiTrainTransform(grain.transforms.RandomMap):
     sources: tuple[str, ...] = ()
     person_margin: float = 0.15
     crop_scale: tuple[float, float] = (0.5, 1.0)
+    skeleton: Skeleton = skeletons.MPII
 
     def __post_init__(self):
         if self.crop not in CROP_MODES:
             raise ValueError(f"config data.crop={self.crop!r}: expected one of {CROP_MODES}")
 
     @classmethod
-    def from_config(cls, data: ml_collections.ConfigDict) -> "MpiiTrainTransform":
+    def from_config(
+        cls, data: ml_collections.ConfigDict, skeleton: Skeleton
+    ) -> "PreparedRecordTransform":
         return cls(
             image_size=data.image_size,
             max_people=data.max_people,
@@ -148,6 +153,7 @@ class MpiiTrainTransform(grain.transforms.RandomMap):
             sources=tuple(data.description_sources),
             person_margin=data.person_margin,
             crop_scale=tuple(data.crop_scale),
+            skeleton=skeleton,
         )
 
     def random_map(self, entry: bytes, rng: np.random.Generator) -> dict[str, Any]:
@@ -164,7 +170,13 @@ class MpiiTrainTransform(grain.transforms.RandomMap):
         """`squashed`: the stored copy squashed to `header["squashed_side"]`²; when that is the
         image size, the `squash` crop decodes it and resizes nothing."""
         people = min(len(header["keypoints"]), self.max_people)
-        joints = len(header["keypoints"][0]) if header["keypoints"] else NUM_JOINTS
+        joints = self.skeleton.num_joints
+        if people and len(header["keypoints"][0]) != joints:
+            raise InputDataError(
+                f"{header['image']}: {len(header['keypoints'][0])} joints per person, but the "
+                f"{self.skeleton.name} skeleton has {joints}: config data.name names the wrong "
+                "source for data.prepared"
+            )
         keypoints = np.zeros((self.max_people, joints, 2), np.float32)
         visible = np.zeros((self.max_people, joints), bool)
         if people:
@@ -189,7 +201,7 @@ class MpiiTrainTransform(grain.transforms.RandomMap):
         text = choose_description(header["descriptions"], self.sources, rng)
         if self.flip and rng.random() < 0.5:
             image = image[:, ::-1]
-            keypoints, visible = flip_keypoints(keypoints, visible, self.image_size)
+            keypoints, visible = flip_keypoints(keypoints, visible, self.image_size, self.skeleton)
             text = swap_left_right(text)
         return {
             "image": np.ascontiguousarray(image),
@@ -204,7 +216,7 @@ def choose_description(
     descriptions: Mapping[str, str], sources: Sequence[str], rng: np.random.Generator
 ) -> str:
     """One description, uniformly among the selected sources the image has. Images with none of
-    them are left out of the stream (`mpii.train_source`, from the shards' indexes); another
+    them are left out of the stream (`sources.PreparedSource`, from the shards' indexes); another
     caller's image with none takes any of its sources."""
     chosen = [descriptions[s] for s in sources if s in descriptions] or list(descriptions.values())
     if not chosen:

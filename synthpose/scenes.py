@@ -16,7 +16,7 @@ people are seen from the side.
 The zero-shot split is another seed labelled with the target's pose class; its prompts ("a photo
 of a person <phrase>.") are worded unlike the descriptions. `python -m synthpose.scenes
 --export=<dir> --num_images=N` writes the MPII layout (JPEGs, mmpose JSON, descriptions JSON) that
-`input_pipeline.prepare_mpii` reads. Host-only numpy and Pillow; deterministic in (seed, index).
+`input_pipeline.prepare.mpii` reads. Host-only numpy and Pillow; deterministic in (seed, index).
 """
 
 import dataclasses
@@ -567,7 +567,7 @@ def main(argv: list[str]) -> None:
     )
     print(
         f"Wrote {args.num_images} images to {args.export}; prepare them with: python -m "
-        f"input_pipeline.prepare_mpii --images={args.export}/images "
+        f"input_pipeline.prepare.mpii --images={args.export}/images "
         f"--annotations={args.export}/annotations/mpii_{args.split}.json "
         f"--descriptions={args.export}/descriptions --out=<prepared dir>"
     )

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from input_pipeline import mpii, prepare_coco
+from input_pipeline import records
+from input_pipeline.prepare import coco
 from tests.conftest import REPO
 
 
@@ -67,7 +68,7 @@ def prepared(tmp_path_factory) -> Path:
     for images, annotations, captions in splits:
         args += [f"--images={images}", f"--annotations={annotations}", f"--captions={captions}"]
     done = subprocess.run(
-        [sys.executable, "-m", "input_pipeline.prepare_coco", *args],
+        [sys.executable, "-m", "input_pipeline.prepare.coco", *args],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -83,15 +84,15 @@ def prepared(tmp_path_factory) -> Path:
 
 
 def test_prepared_coco_keeps_17_joints_labelled_ones_usable_and_the_captions(prepared) -> None:
-    source, _ = mpii.open_split(str(prepared / prepare_coco.NAME / "1.0.0"), "train")
-    headers = [mpii.decode_prepared(source[i]).header for i in range(len(source))]
+    source, _ = records.open_split(str(prepared / coco.NAME / "1.0.0"), "train")
+    headers = [records.decode_prepared(source[i]).header for i in range(len(source))]
     assert [len(h["keypoints"]) for h in headers] == [1, 1]  # the crowd and empty people left out
     assert all(len(h["keypoints"][0]) == 17 for h in headers)
     assert [sum(h["visible"][0]) for h in headers] == [17, 9]  # v > 0: labelled
     assert headers[0]["descriptions"] == {
         f"caption_{k}": f"photo 100 caption {k}" for k in range(5)
     }
-    assert prepare_coco.split_of("person_keypoints_val2017.json") == "val"
+    assert coco.split_of("person_keypoints_val2017.json") == "val"
 
 
 def test_pretrain_tiny_coco_trains_and_retrieves_val_captions(prepared, tmp_path) -> None:
@@ -110,4 +111,4 @@ def test_pretrain_tiny_coco_trains_and_retrieves_val_captions(prepared, tmp_path
         for direction in ("image_to_text", "text_to_image")
         for metric in ("R@1", "R@5", "R@10", "median_rank")
     }
-    assert config.data.description_sources == prepare_coco.CAPTION_SOURCES
+    assert config.data.description_sources == coco.CAPTION_SOURCES

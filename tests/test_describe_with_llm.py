@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from input_pipeline import describe_with_llm as dl
-from input_pipeline import mpii
+from input_pipeline.prepare import describe_with_llm as dl
+from input_pipeline.prepare import mpii
 
 API_KEY = "sk-test-0123456789-secret"
 FAST = ["--requests_per_minute=0", "--backoff_seconds=0.001", "--max_backoff_seconds=0.01"]

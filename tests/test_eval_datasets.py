@@ -13,22 +13,22 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
 from configs import pretrain
-from input_pipeline import eval_datasets, pipeline
+from input_pipeline.benchmarks import readers, registry
+from input_pipeline.benchmarks.readers import DatasetNotFoundError
 from input_pipeline.errors import InputDataError
-from input_pipeline.eval_datasets import DatasetNotFoundError
 from tests.conftest import imports_tensorflow
 
 
 def _options(root: Path, **overrides) -> ml_collections.ConfigDict:
     """The zero-shot evaluator's entry (configs/pretrain.py) reading from `root`."""
-    options = pretrain.zero_shot_eval(eval_datasets.PAPER_BENCHMARKS)
+    options = pretrain.zero_shot_eval(readers.PAPER_BENCHMARKS)
     options.root = str(root)
     options.update(overrides)
     return options
 
 
-def _read(name: str, options: ml_collections.ConfigDict) -> pipeline.ZeroShotData:
-    return pipeline.zero_shot_data(name, ml_collections.ConfigDict({"image_size": 8}), options)
+def _read(name: str, options: ml_collections.ConfigDict) -> registry.ZeroShotData:
+    return registry.zero_shot_data(name, ml_collections.ConfigDict({"image_size": 8}), options)
 
 
 def _jpg(path: Path, value: int = 100, size: tuple[int, int] = (8, 8)) -> Path:
@@ -135,7 +135,7 @@ def _emotic_mat(root: Path) -> None:
 def test_emotic_person_crops_emotions_and_ages(tmp_path: Path) -> None:
     _emotic_mat(tmp_path / "emotic")
     emotion = _read("emotic_emotion", _options(tmp_path))
-    names = eval_datasets.EMOTIC_CATEGORIES
+    names = readers.EMOTIC_CATEGORIES
     assert len(emotion.class_names) == 26
     assert [names[i] for i in emotion.labels] == ["Happiness", "Peace", "Anger", "Doubt/Confusion"]
     assert emotion.templates[0].format(emotion.prompt_names[9]) == (
@@ -196,7 +196,7 @@ def test_fer2013_split_names_and_paper_variant(tmp_path: Path) -> None:
 def test_ferplus_majority_votes(tmp_path: Path) -> None:
     rows = _fer_rows([0, 0, 0, 0], ["PrivateTest"] * 4)
     _csv(tmp_path / "fer2013" / "fer2013.csv", ["emotion", "pixels", "Usage"], rows)
-    header = ["Usage", "Image name", *eval_datasets.FERPLUS_CLASSES, "unknown", "NF"]
+    header = ["Usage", "Image name", *readers.FERPLUS_CLASSES, "unknown", "NF"]
     votes = [
         [0, 0, 0, 0, 0, 0, 0, 10, 0, 0],  # contempt
         [4, 4, 2, 0, 0, 0, 0, 0, 0, 0],  # no majority: dropped
@@ -306,9 +306,9 @@ def test_cub_through_tfds_from_an_array_record_build(tmp_path: Path) -> None:
     assert "tensorflow" not in sys.modules
     read = f"""
 import ml_collections
-from input_pipeline import eval_datasets
+from input_pipeline.benchmarks import readers
 options = ml_collections.ConfigDict({_options(tmp_path).to_dict()!r})
-assert len(eval_datasets.load("cub200", options, 8)["labels"]) == 3
+assert len(readers.load("cub200", options, 8)["labels"]) == 3
 """
     assert not imports_tensorflow(read, tmp_path / "check")
 

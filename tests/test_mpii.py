@@ -9,8 +9,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from input_pipeline import heatmaps, mpii, skeleton, transforms
+from input_pipeline import heatmaps, skeleton, transforms
 from input_pipeline.errors import InputDataError
+from input_pipeline.prepare import mpii
 from tests.conftest import MPII_SAMPLE
 
 IMAGE_W, IMAGE_H = 96, 72
@@ -256,7 +257,7 @@ def test_keypoints_follow_crops_resizes_and_flips(crop: str) -> None:
     """A bright dot drawn at a joint is where the transformed joint says, flipped or not."""
     point = (101.0, 61.0)
     image = _dot_image(160, 120, point)
-    transform = transforms.MpiiTrainTransform(
+    transform = transforms.PreparedRecordTransform(
         image_size=48, max_people=2, crop=crop, flip=True, crop_scale=(0.8, 1.0)
     )
     for seed in range(4):
@@ -271,8 +272,8 @@ def test_keypoints_follow_crops_resizes_and_flips(crop: str) -> None:
 def test_flip_mirrors_pixels_swaps_joints_and_words() -> None:
     point = (101.0, 61.0)
     image, header = _dot_image(160, 120, point), _header(point)
-    plain = transforms.MpiiTrainTransform(image_size=48, max_people=2)
-    flipping = transforms.MpiiTrainTransform(image_size=48, max_people=2, flip=True)
+    plain = transforms.PreparedRecordTransform(image_size=48, max_people=2)
+    flipping = transforms.PreparedRecordTransform(image_size=48, max_people=2, flip=True)
     flipped_seen = 0
     for seed in range(8):  # squash mode: the rng picks the text, then the flip
         a = plain.apply(header, image, np.random.default_rng(seed))
@@ -297,7 +298,7 @@ def test_squash_decodes_the_stored_square_copy_when_its_side_matches() -> None:
     buffer = io.BytesIO()
     Image.fromarray(square).save(buffer, format="PNG")
     header = _header(point) | {"size": [160, 120], "squashed_side": 48}
-    transform = transforms.MpiiTrainTransform(image_size=48, max_people=2, flip=True)
+    transform = transforms.PreparedRecordTransform(image_size=48, max_people=2, flip=True)
     for seed in range(6):
         resized = transform.apply(header, image, np.random.default_rng(seed))
         copied = transform.apply(header, image, np.random.default_rng(seed), buffer.getvalue())
@@ -308,7 +309,7 @@ def test_squash_decodes_the_stored_square_copy_when_its_side_matches() -> None:
         x, y = copied["keypoints"][0, 7]
         row, col = np.unravel_index(np.argmax(copied["image"][..., 0]), (48, 48))
         assert abs(col - x) <= 1.0 and abs(row - y) <= 1.0, (seed, x, y)
-    other_size = transforms.MpiiTrainTransform(image_size=32, max_people=2)
+    other_size = transforms.PreparedRecordTransform(image_size=32, max_people=2)
     out = other_size.apply(header, image, np.random.default_rng(0), buffer.getvalue())
     assert out["image"].shape == (32, 32, 3)
 
@@ -347,7 +348,7 @@ def test_real_sample_reader_transforms_heatmaps() -> None:
             "descriptions": {},
         }
         for crop in ("squash", "person"):
-            transform = transforms.MpiiTrainTransform(image_size=64, max_people=2, crop=crop)
+            transform = transforms.PreparedRecordTransform(image_size=64, max_people=2, crop=crop)
             out = transform.apply(header, jpeg, np.random.default_rng(0))
             heat = heatmaps.render_heatmap_np(
                 out["keypoints"], out["visible"], out["person_mask"], 64, 64
@@ -360,7 +361,7 @@ def test_real_sample_reader_transforms_heatmaps() -> None:
 
 
 def test_visualize_writes_panels_and_the_description(tmp_path: Path) -> None:
-    from input_pipeline import visualize
+    from input_pipeline.prepare import visualize
 
     (tmp_path / "mpii_train.json").write_text(json.dumps(mmpose_rows(["x.jpg", "y.jpg"])))
     write_jpeg(tmp_path / "x.jpg", 0)

@@ -16,7 +16,8 @@ from array_record.python import array_record_module
 from PIL import Image
 
 from focusclip_jax import train
-from input_pipeline import mpii, pipeline, prepare_mpii, transforms
+from input_pipeline import errors, pipeline, records, sources, transforms
+from input_pipeline.prepare import mpii, shards
 from tests.conftest import imports_tensorflow, tiny_config
 from tests.test_mpii import (
     description_item,
@@ -54,7 +55,7 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _prepare(raw: Path, out: Path, workers: int = 2) -> dict:
-    return prepare_mpii.prepare(
+    return mpii.prepare(
         str(raw / "images"),
         [str(raw / "mpii_train.json"), str(raw / "mpii_val.json")],
         str(raw / "descriptions"),
@@ -74,16 +75,16 @@ def prepared(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _entries(prepared: Path, split: str = "train") -> list[bytes]:
-    source, _ = mpii.open_split(str(prepared), split)
+    source, _ = records.open_split(str(prepared), split)
     return [source[i] for i in range(len(source))]
 
 
 def _shards(prepared: Path) -> list[Path]:
-    return sorted(Path(mpii.dataset_dir(str(prepared))).glob("*.array_record-?????-of-?????"))
+    return sorted(Path(records.dataset_dir(str(prepared))).glob("*.array_record-?????-of-?????"))
 
 
 def test_prepare_counts_skips_and_rescales(raw: Path, prepared: Path) -> None:
-    meta = json.loads((mpii.dataset_dir(str(prepared)) / mpii.META_FILE).read_text())
+    meta = json.loads((records.dataset_dir(str(prepared)) / records.META_FILE).read_text())
     assert meta["splits"]["train"]["images"] == GOOD_TRAIN
     assert meta["splits"]["val"]["images"] == len(VAL_IMAGES)
     assert len(meta["splits"]["train"]["shards"]) == math.ceil(12 / 4)  # 12 pass the filter
@@ -98,7 +99,7 @@ def test_prepare_counts_skips_and_rescales(raw: Path, prepared: Path) -> None:
     assert meta["splits"]["train"]["people_per_image"] == {"1": 6, "2": 6}
     originals = {r.image: r for r in mpii.read_mmpose_json(raw / "mpii_train.json")}
     for entry in _entries(prepared):
-        header, jpeg, squashed = mpii.decode_prepared(entry)
+        header, jpeg, squashed = records.decode_prepared(entry)
         stored = np.asarray(Image.open(io.BytesIO(jpeg)), np.float32)
         assert stored.shape == (48, 64, 3) and header["size"] == [64, 48]  # 160×120 → 64 max
         square = np.asarray(Image.open(io.BytesIO(squashed)), np.float32)
@@ -121,26 +122,26 @@ def test_prepare_writes_a_tfds_dataset_that_grain_streams_without_tensorflow(
     imports TensorFlow, here nor where one is installed."""
     import grain
 
-    version_dir = prepared / prepare_mpii.NAME / prepare_mpii.VERSION
+    version_dir = prepared / mpii.NAME / shards.VERSION
     builder = tfds.builder_from_directory(str(version_dir))
-    assert builder.info.name == prepare_mpii.NAME and str(builder.info.version) == "1.0.0"
+    assert builder.info.name == mpii.NAME and str(builder.info.version) == "1.0.0"
     assert builder.info.file_format.value == "array_record"
     counts = {name: split.num_examples for name, split in builder.info.splits.items()}
     assert counts == {"train": GOOD_TRAIN, "val": len(VAL_IMAGES)}
     assert json.loads((version_dir / "dataset_info.json").read_text())["splits"]
-    by_name = tfds.data_source(prepare_mpii.NAME, data_dir=str(prepared))
+    by_name = tfds.data_source(mpii.NAME, data_dir=str(prepared))
     assert {name: len(source) for name, source in by_name.items()} == counts
     stream = grain.MapDataset.source(by_name["val"]).map(
-        lambda record: mpii.decode_prepared(record[mpii.ENTRY]).header["image"]
+        lambda record: records.decode_prepared(record[records.ENTRY]).header["image"]
     )
     assert sorted(stream) == VAL_IMAGES
     assert "tensorflow" not in sys.modules
     assert imports_tensorflow("import tensorflow", tmp_path / "check")  # the stand-in is seen
     read = f"""
 import grain
-from input_pipeline import mpii, prepare_mpii
-source, _ = mpii.open_split({str(prepared)!r}, "train")
-assert len(list(grain.MapDataset.source(source).map(mpii.decode_prepared))) == {GOOD_TRAIN}
+from input_pipeline import records
+source, _ = records.open_split({str(prepared)!r}, "train")
+assert len(list(grain.MapDataset.source(source).map(records.decode_prepared))) == {GOOD_TRAIN}
 """
     assert not imports_tensorflow(read, tmp_path)
 
@@ -148,21 +149,21 @@ assert len(list(grain.MapDataset.source(source).map(mpii.decode_prepared))) == {
 def test_prepare_is_idempotent_and_resumes(raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = _prepare(raw, out, workers=1)
-    shards = _shards(out)
-    mtimes = {p: p.stat().st_mtime_ns for p in shards}
+    written = _shards(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in written}
     assert _prepare(raw, out, workers=1) == first  # nothing rewritten
-    assert {p: p.stat().st_mtime_ns for p in shards} == mtimes
+    assert {p: p.stat().st_mtime_ns for p in written} == mtimes
     # An interruption: one shard never finished (a temporary file left), the TFDS metadata
     # never written.
-    interrupted = shards[1]
+    interrupted = written[1]
     interrupted.rename(str(interrupted) + ".tmp")
-    (mpii.dataset_dir(str(out)) / mpii.INFO_FILE).unlink()
-    with pytest.raises(mpii.InputDataError, match="no finished preparation"):
-        mpii.open_split(str(out), "train")
+    (records.dataset_dir(str(out)) / records.INFO_FILE).unlink()
+    with pytest.raises(errors.InputDataError, match="no finished preparation"):
+        records.open_split(str(out), "train")
     assert _prepare(raw, out, workers=1) == first
-    for path in shards:
+    for path in written:
         assert (path.stat().st_mtime_ns == mtimes[path]) == (path != interrupted), path
-    assert not list(mpii.dataset_dir(str(out)).glob("*.tmp"))
+    assert not list(records.dataset_dir(str(out)).glob("*.tmp"))
 
 
 def test_prepare_from_the_official_mat(raw: Path, tmp_path: Path) -> None:
@@ -170,12 +171,12 @@ def test_prepare_from_the_official_mat(raw: Path, tmp_path: Path) -> None:
     for i, name in enumerate(("a.jpg", "b.jpg", "c.jpg")):
         write_jpeg(tmp_path / name, i)
     write_descriptions(tmp_path / "desc", ["a.jpg", "b.jpg", "c.jpg"], sources=("gpt-4",))
-    meta = prepare_mpii.prepare(
+    meta = mpii.prepare(
         str(tmp_path), [str(tmp_path / "release.mat")], str(tmp_path / "desc"),
         str(tmp_path / "out"), max_side=64, squash_side=0, workers=1,
     )  # fmt: skip
     assert meta["splits"]["train"]["images"] == 3 and meta["skipped"] == {}
-    header, _, squashed = mpii.decode_prepared(_entries(tmp_path / "out")[0])
+    header, _, squashed = records.decode_prepared(_entries(tmp_path / "out")[0])
     assert header["activity"] == "running"
     assert squashed == b"" and "squashed_side" not in header  # squash_side=0: no stored copy
 
@@ -269,14 +270,14 @@ def write_published_descriptions(root: Path, train: list[str], val: list[str]) -
             names = train if split == "train" else val
             if folder == "gpt-4-0613":
                 names = names[:-1]
-            records = []
+            items = []
             for k, name in enumerate(names):
                 item = description_item(name, f"{folder} describes {name}.")
                 item["people"][0]["id"] = 1
                 item |= {"video_id": 7, "video_frame": k, "activity_id": 3,
                          "istrain": split == "train"}  # fmt: skip
-                records.append(item)
-            (root / folder / f"{split}.json").write_text(json.dumps(records))
+                items.append(item)
+            (root / folder / f"{split}.json").write_text(json.dumps(items))
 
 
 def test_the_published_layout_streams_the_chosen_source_only(tmp_path: Path) -> None:
@@ -290,7 +291,7 @@ def test_the_published_layout_streams_the_chosen_source_only(tmp_path: Path) -> 
     (tmp_path / "mpii_val.json").write_text(json.dumps(mmpose_rows(val, seed=300)))
     write_published_descriptions(tmp_path / "descriptions", train, val)
     out = tmp_path / "prepared"
-    meta = prepare_mpii.prepare(
+    meta = mpii.prepare(
         str(tmp_path / "images"),
         [str(tmp_path / "mpii_train.json"), str(tmp_path / "mpii_val.json")],
         str(tmp_path / "descriptions"), str(out), max_side=64, squash_side=0,
@@ -304,19 +305,19 @@ def test_the_published_layout_streams_the_chosen_source_only(tmp_path: Path) -> 
     config = mpii_config(out)
     assert pretrain.get_config().data.description_sources == ("gpt-4",)
     config.data.description_sources = ("gpt-4",)  # the default: the published gpt-4-0613/
-    source = mpii.train_source(config.data)
-    headers = [mpii.decode_prepared(source[i]).header for i in range(len(source))]
+    source = sources.get("mpii").train_source(config.data)
+    headers = [records.decode_prepared(source[i]).header for i in range(len(source))]
     assert sorted(h["image"] for h in headers) == train[:-1]  # left out, not filled from another
     rng = np.random.default_rng(0)
     for header in headers:
         text = transforms.choose_description(header["descriptions"], ("gpt-4",), rng)
         assert text == f"gpt-4-0613 describes {header['image']}."
     config.data.description_sources = ("gpt-5",)
-    with pytest.raises(mpii.InputDataError, match=r"gpt-5.*gpt-3\.5-turbo \(6 images\)"):
-        mpii.train_source(config.data)
+    with pytest.raises(errors.InputDataError, match=r"gpt-5.*gpt-3\.5-turbo \(6 images\)"):
+        sources.get("mpii").train_source(config.data)
     config.data.split, config.data.description_sources = "val", ("gpt-4",)
-    with pytest.raises(mpii.InputDataError, match=r"\(val\).*llama-2 \(2 images\)"):
-        mpii.train_source(config.data)
+    with pytest.raises(errors.InputDataError, match=r"\(val\).*llama-2 \(2 images\)"):
+        sources.get("mpii").train_source(config.data)
 
 
 def _to_legacy_layout(out: Path, meta: dict) -> None:
@@ -324,22 +325,22 @@ def _to_legacy_layout(out: Path, meta: dict) -> None:
     by their inputs' fingerprint, their indexes, meta.json listing them; no TFDS dataset."""
     import shutil
 
-    version_dir = mpii.dataset_dir(str(out))
+    version_dir = records.dataset_dir(str(out))
     for split, info in meta["splits"].items():
         for i, shard in enumerate(info["shards"]):
-            index = mpii.read_index(str(version_dir / shard))
+            index = records.read_index(str(version_dir / shard))
             name = f"{split}-{index.pop('fingerprint')}-{i:05d}-of-{len(info['shards']):05d}"
             writer = array_record_module.ArrayRecordWriter(
                 str(out / f"{name}.array_record"), "group_size:1"
             )
             reader = array_record_module.ArrayRecordReader(str(version_dir / shard))
             for record in reader.read_all():
-                writer.write(mpii.tfds_features().deserialize_example_np(record)[mpii.ENTRY])
+                writer.write(records.tfds_features().deserialize_example_np(record)[records.ENTRY])
             reader.close()
             writer.close()
-            (out / f"{name}.array_record{mpii.SOURCES_SUFFIX}").write_text(json.dumps(index))
+            (out / f"{name}.array_record{records.SOURCES_SUFFIX}").write_text(json.dumps(index))
             info["shards"][i] = f"{name}.array_record"
-    (out / mpii.META_FILE).write_text(json.dumps(meta))
+    (out / records.META_FILE).write_text(json.dumps(meta))
     shutil.rmtree(version_dir.parent)
 
 
@@ -353,19 +354,19 @@ def test_a_plain_layout_preparation_is_refused_in_one_line_then_converted(
     expected = sorted(_entries(out))
     _to_legacy_layout(out, meta)
     config = mpii_config(out)
-    with pytest.raises(mpii.InputDataError, match=r"plain ArrayRecord.*--out=.*again") as error:
-        mpii.train_source(config.data)
+    with pytest.raises(errors.InputDataError, match=r"plain ArrayRecord.*--out=.*again") as error:
+        sources.get("mpii").train_source(config.data)
     assert "\n" not in str(error.value)
 
     def no_encoding(*args):
         raise AssertionError("an image was re-encoded")
 
-    monkeypatch.setattr(prepare_mpii, "_resize_jpeg", no_encoding)
+    monkeypatch.setattr(shards, "_resize_jpeg", no_encoding)
     converted = _prepare(raw, out, workers=1)
     assert converted["splits"]["train"]["images"] == GOOD_TRAIN
     assert converted["skipped"] == meta["skipped"]
     assert sorted(_entries(out)) == expected
-    assert sorted(p.name for p in out.iterdir()) == [prepare_mpii.NAME]  # the old files gone
+    assert sorted(p.name for p in out.iterdir()) == [mpii.NAME]  # the old files gone
 
 
 def test_pretrain_tiny_variant_trains_on_prepared_shards(prepared: Path, tmp_path: Path) -> None:
@@ -398,7 +399,7 @@ def test_pretrain_tiny_variant_trains_on_prepared_shards(prepared: Path, tmp_pat
     assert record.tokenizer.path == str(tmp_path / "tokenizer" / "tokenizer.json")
     assert record.model.text.vocab_size == pipeline.create_tokenizer(record, fit=False).vocab_size
     Path(record.tokenizer.path).unlink()
-    with pytest.raises(mpii.InputDataError, match="inference never fits one"):
+    with pytest.raises(errors.InputDataError, match="inference never fits one"):
         pipeline.create_tokenizer(record, fit=False)
 
 
@@ -406,14 +407,14 @@ def test_images_with_more_people_than_kept_are_counted(prepared: Path, caplog) -
     config = mpii_config(prepared)
     config.data.max_people = 1
     with caplog.at_level("WARNING"):
-        mpii.train_source(config.data)
+        sources.get("mpii").train_source(config.data)
     assert "6 train images have more than data.max_people=1 annotated people" in caplog.text
 
 
 def _one_split(tmp_path: Path, names: list[str], rows: list[dict], **options) -> dict:
     (tmp_path / "mpii_train.json").write_text(json.dumps(rows))
     write_descriptions(tmp_path / "descriptions", names)
-    return prepare_mpii.prepare(
+    return mpii.prepare(
         str(tmp_path / "images"), [str(tmp_path / "mpii_train.json")],
         str(tmp_path / "descriptions"), str(tmp_path / "out"),
         max_side=64, squash_side=0, workers=1, **options,
@@ -433,11 +434,11 @@ def test_visible_joints_outside_the_image_are_not_visible(tmp_path: Path) -> Non
     rows[2]["joints"] = [[500.0, 500.0]] * 16  # b.jpg's second person: all outside
     meta = _one_split(tmp_path, names, rows)
     assert meta["corrected"] == {
-        prepare_mpii.OUTSIDE_JOINTS: 1 + 15,  # b.jpg's second person: 15 were visible
-        prepare_mpii.OUTSIDE_PEOPLE: 1,
+        shards.OUTSIDE_JOINTS: 1 + 15,  # b.jpg's second person: 15 were visible
+        shards.OUTSIDE_PEOPLE: 1,
     }
     entries = _entries(tmp_path / "out")
-    headers = {h["image"]: h for h in (mpii.decode_prepared(e).header for e in entries)}
+    headers = {h["image"]: h for h in (records.decode_prepared(e).header for e in entries)}
     assert headers["a.jpg"]["visible"][0][3] == 0 and len(headers["b.jpg"]["keypoints"]) == 1
     assert transforms.person_box(
         np.full((1, 16, 2), 500.0, np.float32), np.ones((1, 16), bool), 96, 72, 0.15
@@ -492,7 +493,7 @@ def test_killed_preparation_leaves_no_workers(raw: Path, tmp_path: Path, signal_
     from tests.conftest import REPO
 
     command = [
-        sys.executable, "-m", "input_pipeline.prepare_mpii", f"--images={raw / 'images'}",
+        sys.executable, "-m", "input_pipeline.prepare.mpii", f"--images={raw / 'images'}",
         f"--annotations={raw / 'mpii_train.json'}", f"--descriptions={raw / 'descriptions'}",
         f"--out={tmp_path / 'out'}", "--records_per_shard=1", "--workers=2",
     ]  # fmt: skip

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 
-from input_pipeline import mpii, pipeline, prepare_coco, prepare_mpii
+from input_pipeline import pipeline, records, sources
 from input_pipeline.errors import InputDataError
+from input_pipeline.prepare import coco as prepare_coco
+from input_pipeline.prepare import mpii, shards
 from tests.conftest import REPO
 from tests.test_coco import _split as coco_split
 from tests.test_mpii import mmpose_rows, write_descriptions, write_jpeg
@@ -41,7 +43,7 @@ def raw(tmp_path: Path) -> Path:
 def _prepare(raw: Path, out: Path, *, images=None, descriptions=None, splits=("train", "val"),
              **options) -> dict:  # fmt: skip
     options = {"max_side": 32, "squash_side": 0, "records_per_shard": 2, "workers": 1} | options
-    return prepare_mpii.prepare(
+    return mpii.prepare(
         str(images or raw / "images"),
         [str(raw / f"mpii_{split}.json") for split in splits],
         str(descriptions or raw / "descriptions"),
@@ -59,12 +61,12 @@ def _leftovers(out: Path) -> list[Path]:
     """Temporary files and folders of a preparation."""
     return [
         p for p in out.rglob("*")
-        if p.name.endswith(".tmp") or p.name.startswith((mpii.STAGING, mpii.REPLACED))
+        if p.name.endswith(".tmp") or p.name.startswith((records.STAGING, records.REPLACED))
     ]  # fmt: skip
 
 
 def _version_dir(out: Path) -> Path:
-    return out / prepare_mpii.NAME / prepare_mpii.VERSION
+    return out / mpii.NAME / shards.VERSION
 
 
 def test_a_descriptions_folder_without_json_is_refused_and_the_dataset_kept(
@@ -142,7 +144,7 @@ def test_fewer_images_replace_the_finished_dataset_only_with_overwrite(
     assert _snapshot(out) == before and not _leftovers(out)
     meta = _prepare(raw, out, overwrite=True)
     assert meta["splits"]["train"]["images"] == 5 and meta["skipped"] == {"corrupt image": 1}
-    source, _ = mpii.open_split(str(out), "train")
+    source, _ = records.open_split(str(out), "train")
     assert len(source) == 5 and not _leftovers(out)
 
 
@@ -184,14 +186,14 @@ def test_a_full_disk_leaves_the_finished_dataset_as_it_was(
         monkeypatch.setattr(_FailingWriter, "opened", 0)
         monkeypatch.setattr(array_record_module, "ArrayRecordWriter", _FailingWriter)
     else:
-        real_replace = prepare_mpii.os.replace
+        real_replace = shards.os.replace
 
         def replace(source, target) -> None:
-            if str(target).endswith(mpii.META_FILE):
+            if str(target).endswith(records.META_FILE):
                 raise OSError(28, "No space left on device", str(source))
             real_replace(source, target)
 
-        monkeypatch.setattr(prepare_mpii.os, "replace", replace)
+        monkeypatch.setattr(shards.os, "replace", replace)
     with pytest.raises(InputDataError, match=rf"^--out={out}: no space left on the device"):
         _prepare(raw, out, max_side=24)  # another size: every shard is written again
     assert _snapshot(out) == before
@@ -210,15 +212,15 @@ def test_an_interrupted_run_resumes_from_its_staging_folder(
     with pytest.raises(KeyboardInterrupt):
         _prepare(raw, out)
     monkeypatch.undo()
-    staging = _version_dir(out).with_name(mpii.STAGING + prepare_mpii.VERSION)
+    staging = _version_dir(out).with_name(records.STAGING + shards.VERSION)
     assert len(list(staging.glob("*.array_record-?????-of-?????"))) == 2
     assert not list(out.rglob("*.tmp")) and not _version_dir(out).exists()
     with pytest.raises(InputDataError, match="no finished preparation"):
-        mpii.open_split(str(out), "train")
+        records.open_split(str(out), "train")
     encoded = []
-    resize = prepare_mpii._resize_jpeg
+    resize = shards._resize_jpeg
     monkeypatch.setattr(
-        prepare_mpii, "_resize_jpeg", lambda path, *a: encoded.append(path) or resize(path, *a)
+        shards, "_resize_jpeg", lambda path, *a: encoded.append(path) or resize(path, *a)
     )
     meta = _prepare(raw, out)
     assert len(encoded) == len(TRAIN + VAL) - 4  # the two finished shards: 4 images
@@ -235,16 +237,16 @@ def test_a_swap_cut_short_between_its_renames_is_undone(raw: Path, tmp_path: Pat
     _prepare(raw, out)
     before = _snapshot(out)
     version_dir = _version_dir(out)
-    aside = version_dir.with_name(mpii.REPLACED + version_dir.name)
+    aside = version_dir.with_name(records.REPLACED + version_dir.name)
     version_dir.rename(aside)
-    version_dir.with_name(mpii.STAGING + version_dir.name).mkdir()
+    version_dir.with_name(records.STAGING + version_dir.name).mkdir()
     with pytest.raises(InputDataError, match=r"cut short.*rerun the same prepare command"):
-        mpii.open_split(str(out), "train")
+        records.open_split(str(out), "train")
     _prepare(raw, out)
     assert _snapshot(out) == before and not _leftovers(out)
     # A crash after the second rename: the old folder aside is removed by the next run.
     aside.mkdir()
-    (aside / mpii.INFO_FILE).write_text("{}")
+    (aside / records.INFO_FILE).write_text("{}")
     _prepare(raw, out)
     assert _snapshot(out) == before and not _leftovers(out)
 
@@ -259,19 +261,19 @@ def test_a_deleted_shard_is_named_by_the_readers(raw: Path, tmp_path: Path) -> N
     iterator = pipeline.train_iterator(config, tokenizer)
     next(iterator)
     state = iterator.get_state()
-    shards = sorted(_version_dir(out).glob("*-train.array_record-?????-of-?????"))
-    shards[1].unlink()
-    missing = rf"^{re.escape(str(shards[1]))}: a shard of split 'train' is missing"
+    written = sorted(_version_dir(out).glob("*-train.array_record-?????-of-?????"))
+    written[1].unlink()
+    missing = rf"^{re.escape(str(written[1]))}: a shard of split 'train' is missing"
     with pytest.raises(InputDataError, match=missing):
-        mpii.open_split(str(out), "train")
+        records.open_split(str(out), "train")
     with pytest.raises(InputDataError, match=missing):
-        mpii.train_source(config.data)
+        sources.get("mpii").train_source(config.data)
     with pytest.raises(InputDataError, match=missing):
         pipeline.train_iterator(config, tokenizer).set_state(state)
-    index = Path(str(shards[2]) + mpii.SOURCES_SUFFIX)
+    index = Path(str(written[2]) + records.SOURCES_SUFFIX)
     index.unlink()
     with pytest.raises(InputDataError, match=rf"^{re.escape(str(index))}: missing"):
-        mpii.read_index(str(shards[2]))
+        records.read_index(str(written[2]))
 
 
 def test_descriptions_that_are_not_text_are_dropped_and_counted(
@@ -287,8 +289,8 @@ def test_descriptions_that_are_not_text_are_dropped_and_counted(
     assert meta["corrected"] == {"descriptions that are not text (dropped)": 2}
     assert meta["skipped"] == {} and meta["splits"]["train"]["descriptions"]["llama-2"] == 4
     assert f"{raw / 'descriptions' / 'llama-2' / '000.json'} [item 0].description" in caplog.text
-    source, _ = mpii.open_split(str(tmp_path / "out"), "train")
-    first = mpii.decode_prepared(source[0]).header
+    source, _ = records.open_split(str(tmp_path / "out"), "train")
+    first = records.decode_prepared(source[0]).header
     assert first["image"] == TRAIN[0] and set(first["descriptions"]) == {"gpt-4"}
 
 
@@ -310,7 +312,7 @@ def _run_coco(coco: dict, out: Path, *extra: str) -> subprocess.CompletedProcess
     for images, annotations, captions in coco.values():
         args += [f"--images={images}", f"--annotations={annotations}", f"--captions={captions}"]
     return subprocess.run(
-        [sys.executable, "-m", "input_pipeline.prepare_coco", *args],
+        [sys.executable, "-m", "input_pipeline.prepare.coco", *args],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 
@@ -367,8 +369,8 @@ def test_coco_names_swapped_files_nulls_and_people_of_unlisted_images(
 
     _edit(captions, lambda c: c["annotations"][0].update(caption=None))
     _edit(keypoints, lambda c: c["annotations"].append(c["annotations"][0] | {"image_id": 999}))
-    records, left_out = prepare_coco.read_coco(str(keypoints), str(captions))
-    texts = [text for record in records for text in record.descriptions.values()]
+    found, left_out = prepare_coco.read_coco(str(keypoints), str(captions))
+    texts = [text for record in found for text in record.descriptions.values()]
     assert "None" not in texts and len(texts) == 9  # 2 images, 10 captions, one of them null
     assert left_out["captions empty or not text"] == 1
     assert left_out["people of images not in the keypoints file's 'images'"] == 1

@@ -9,7 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from input_pipeline import mpii, pipeline, prepare_mpii
+from input_pipeline import pipeline
+from input_pipeline.benchmarks import registry
+from input_pipeline.prepare import mpii
 from input_pipeline.tokenizers import UNK
 from synthpose import describe
 from synthpose import scenes as synthpose
@@ -138,8 +140,8 @@ def test_zero_shot_split_labels_prompts_and_tokens() -> None:
     config = tiny_config()
     data = config.data
     options = config.evals.zero_shot
-    crowded = pipeline.zero_shot_data("synthpose_pose", data, options)
-    alone = pipeline.zero_shot_data("synthpose_pose_alone", data, options)
+    crowded = registry.zero_shot_data("synthpose_pose", data, options)
+    alone = registry.zero_shot_data("synthpose_pose_alone", data, options)
     expected = [
         synthpose.make_example(i, seed=data.eval_seed, image_size=data.image_size)
         for i in range(data.eval_records)
@@ -165,7 +167,7 @@ def test_zero_shot_split_labels_prompts_and_tokens() -> None:
 def test_export_prepares_and_streams_through_the_mpii_path(tmp_path: Path) -> None:
     synthpose.export(tmp_path / "export", 6, seed=9, image_size=SIZE, split="train")
     root = tmp_path / "export"
-    meta = prepare_mpii.prepare(
+    meta = mpii.prepare(
         str(root / "images"),
         [str(root / "annotations" / "mpii_train.json")],
         str(root / "descriptions"),

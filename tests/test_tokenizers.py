@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from configs import pretrain
-from input_pipeline import mpii, pipeline, prepare_mpii, tokenizers
+from input_pipeline import pipeline, records, tokenizers
 from input_pipeline.errors import InputDataError, MissingFilesError
+from input_pipeline.prepare import mpii, shards
 from input_pipeline.tokenizers import (
     BertWordPieceTokenizer,
     ClipBpeTokenizer,
@@ -128,7 +129,9 @@ def test_clip_bpe_missing_vocabulary_says_where_to_get_it(tmp_path) -> None:
     config = tiny_config()
     config.tokenizer.kind = "clip_bpe"
     config.tokenizer.vocab = str(tmp_path / "bpe_simple_vocab_16e6.txt.gz")
-    with pytest.raises(MissingFilesError, match=r"tokenizer\.vocab=.*\n.*open_clip_torch"):
+    with pytest.raises(
+        MissingFilesError, match=r"tokenizer\.vocab=.*: not found; get it from: .*open_clip_torch"
+    ):
         pipeline.check_input_files(config)
 
 
@@ -203,10 +206,9 @@ def test_create_tokenizer_fits_a_bpe_on_the_synthetic_corpus(tmp_path) -> None:
 
 def test_mpii_corpus_is_the_descriptions_the_stream_can_pick(tmp_path) -> None:
     texts = [{"gpt-4": "one", "llama-2": "two"}, {"llama-2": "three"}, {}]
-    records = [mpii.MpiiRecord(f"{i}.jpg", [], descriptions=d) for i, d in enumerate(texts)]
-    prepare_mpii.write_split(
-        tmp_path, "train", [mpii.encode_prepared(record, b"jpeg") for record in records]
-    )
+    described = [records.ImageRecord(f"{i}.jpg", [], descriptions=d) for i, d in enumerate(texts)]
+    entries = [records.encode_prepared(record, b"jpeg") for record in described]
+    shards.write_split(tmp_path, "train", entries, name=mpii.NAME)
     config = pretrain.get_config()
     config.data.prepared = str(tmp_path)
     assert config.data.description_sources == ("gpt-4",)

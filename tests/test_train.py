@@ -18,11 +18,11 @@ from jax.sharding import PartitionSpec
 from focusclip_jax import evaluators, losses, optim, sharding, train, workdir_lock
 from focusclip_jax.models import towers
 from focusclip_jax.setup import ModelSetup
-from input_pipeline import pipeline, sources, tokenizers
+from input_pipeline import heatmaps, pipeline, sources, tokenizers
 from input_pipeline.heatmaps import HeatmapSettings
 from tests.conftest import tiny_config
 
-PARTS = HeatmapSettings()  # MPII's parts, the tiny configs' skeleton
+PARTS = heatmaps.PAPER  # MPII's parts, the tiny configs' skeleton
 
 
 def _batch(config) -> dict[str, np.ndarray]:

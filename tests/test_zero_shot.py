@@ -17,8 +17,8 @@ from focusclip_jax import evaluators, sharding
 from focusclip_jax.evaluators import linear_probe, retrieval
 from focusclip_jax.evaluators.zero_shot import ZeroShotClassifier, class_prompts, top_k_accuracy
 from focusclip_jax.setup import Encoder
-from input_pipeline import pipeline
-from input_pipeline.pipeline import RetrievalData, ZeroShotData
+from input_pipeline.benchmarks import registry
+from input_pipeline.benchmarks.registry import RetrievalData, ZeroShotData
 from input_pipeline.tokenizers import WordTokenizer
 
 COLOURS = ("red", "green", "blue")
@@ -134,7 +134,7 @@ def test_retrieval_evaluator_with_the_colour_model(monkeypatch) -> None:
     drawn = colours.copy()
     drawn[0] = 1
     data = RetrievalData("colours", _images(drawn), tuple(COLOURS[c] for c in colours))
-    monkeypatch.setitem(pipeline.RETRIEVAL_DATASETS, "colours", lambda data_, options: data)
+    monkeypatch.setitem(registry.RETRIEVAL_DATASETS, "colours", lambda data_, options: data)
     setup = types.SimpleNamespace(
         graphdef=graphdef,
         param_shardings=jax.tree.map(lambda _: sharding.replicated(mesh), params),
@@ -202,7 +202,7 @@ def test_linear_probe_evaluator_fits_train_and_scores_test(monkeypatch) -> None:
         labels = np.arange(30 if options.split == "train" else 12) % 3
         return ZeroShotData("colours", _images(labels), labels.astype(np.int32), COLOURS, ("{}",))
 
-    monkeypatch.setitem(pipeline.ZERO_SHOT_DATASETS, "colours", colours)
+    monkeypatch.setitem(registry.ZERO_SHOT_DATASETS, "colours", colours)
     setup = types.SimpleNamespace(
         graphdef=graphdef,
         param_shardings=jax.tree.map(lambda _: sharding.replicated(mesh), params),

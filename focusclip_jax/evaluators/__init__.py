@@ -12,7 +12,7 @@ from focusclip_jax.evaluators.base import Evaluator, Results
 from focusclip_jax.evaluators.linear_probe import LinearProbeEvaluator
 from focusclip_jax.evaluators.retrieval import RetrievalEvaluator
 from focusclip_jax.evaluators.zero_shot import ZeroShotEvaluator
-from input_pipeline.pipeline import Tokenizer
+from input_pipeline.tokenizers import Tokenizer
 
 __all__ = ["EVALUATORS", "Evaluator", "Results", "create", "run_due"]
 

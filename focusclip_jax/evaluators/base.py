@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 
 from focusclip_jax.setup import Encoder, ModelSetup
-from input_pipeline.eval_datasets import DatasetNotFoundError
-from input_pipeline.pipeline import Tokenizer
+from input_pipeline.benchmarks.readers import DatasetNotFoundError
+from input_pipeline.tokenizers import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)

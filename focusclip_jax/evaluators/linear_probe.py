@@ -21,8 +21,8 @@ import optax
 from focusclip_jax.evaluators import confusion
 from focusclip_jax.evaluators.base import Evaluator, Results
 from focusclip_jax.evaluators.zero_shot import top_k_accuracy
-from input_pipeline import pipeline
-from input_pipeline.pipeline import Tokenizer
+from input_pipeline.benchmarks import registry
+from input_pipeline.tokenizers import Tokenizer
 
 VALIDATION_FRACTION = 0.2  # of the fitting images, chosen with a fixed seed, pick the penalty
 
@@ -96,7 +96,7 @@ class LinearProbeEvaluator(Evaluator):
 
     @classmethod
     def check(cls, name: str, options: Any) -> None:
-        cls.check_datasets(name, options, pipeline.ZERO_SHOT_DATASETS)
+        cls.check_datasets(name, options, registry.ZERO_SHOT_DATASETS)
         if not options.l2 or any(not penalty >= 0 for penalty in options.l2):
             raise ValueError(f"config evals.{name}.l2={options.l2!r}: penalties must be >= 0")
 
@@ -106,7 +106,7 @@ class LinearProbeEvaluator(Evaluator):
             lambda dataset: (
                 dataset,
                 *(
-                    pipeline.zero_shot_data(dataset, config.data, _with_split(options, split))
+                    registry.zero_shot_data(dataset, config.data, _with_split(options, split))
                     for split in (options.fit_split, options.score_split)
                 ),
             )

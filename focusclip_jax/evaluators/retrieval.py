@@ -1,6 +1,6 @@
 """Image-text retrieval on held-out described images: recall@k both ways and the median rank.
 
-`type="retrieval"`: for each dataset of the entry (`pipeline.RETRIEVAL_DATASETS`: `mpii_val`,
+`type="retrieval"`: for each dataset of the entry (`registry.RETRIEVAL_DATASETS`: `mpii_val`,
 the prepared MPII validation split with one description per image; `coco_val`, COCO's with every
 caption; `synthpose`, the held-out scenes), every image ranks every text by cosine similarity
 (image→text) and every text every image (text→image). COCO's protocol: every caption is a
@@ -15,8 +15,8 @@ import jax
 import numpy as np
 
 from focusclip_jax.evaluators.base import Evaluator, Results
-from input_pipeline import pipeline
-from input_pipeline.pipeline import Tokenizer
+from input_pipeline.benchmarks import registry
+from input_pipeline.tokenizers import Tokenizer
 
 
 def first_positive_ranks(similarity: np.ndarray, positives: np.ndarray) -> np.ndarray:
@@ -64,12 +64,12 @@ class RetrievalEvaluator(Evaluator):
 
     @classmethod
     def check(cls, name: str, options: Any) -> None:
-        cls.check_datasets(name, options, pipeline.RETRIEVAL_DATASETS)
+        cls.check_datasets(name, options, registry.RETRIEVAL_DATASETS)
 
     def __init__(self, name: str, options: Any, *, config: Any, setup: Any, tokenizer: Tokenizer):
         super().__init__(name, options, config=config, setup=setup, tokenizer=tokenizer)
         self.datasets = self.load_datasets(
-            lambda dataset: pipeline.retrieval_data(dataset, config.data, options)
+            lambda dataset: registry.retrieval_data(dataset, config.data, options)
         )
 
     def run(self, params: Any) -> Results:

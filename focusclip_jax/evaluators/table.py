@@ -17,7 +17,7 @@ TASKS = ("activity", "age", "emotion")
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    dataset: str  # registry name in input_pipeline.eval_datasets
+    dataset: str  # registry name in input_pipeline.benchmarks.readers
     title: str
     task: str
     metric: str  # the evaluator's result key suffix, e.g. "top3"

@@ -17,8 +17,9 @@ import numpy as np
 from focusclip_jax.evaluators import confusion
 from focusclip_jax.evaluators.base import Evaluator, Results
 from focusclip_jax.setup import Encoder
-from input_pipeline import pipeline
-from input_pipeline.pipeline import Tokenizer, ZeroShotData
+from input_pipeline.benchmarks import registry
+from input_pipeline.benchmarks.registry import ZeroShotData
+from input_pipeline.tokenizers import Tokenizer
 
 
 def class_prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
@@ -86,14 +87,14 @@ class ZeroShotEvaluator(Evaluator):
 
     @classmethod
     def check(cls, name: str, options: Any) -> None:
-        cls.check_datasets(name, options, pipeline.ZERO_SHOT_DATASETS)
+        cls.check_datasets(name, options, registry.ZERO_SHOT_DATASETS)
 
     def __init__(self, name: str, options: Any, *, config: Any, setup: Any, tokenizer: Tokenizer):
         super().__init__(name, options, config=config, setup=setup, tokenizer=tokenizer)
         self.classifiers = [
             ZeroShotClassifier(data, self.encoder)
             for data in self.load_datasets(
-                lambda dataset: pipeline.zero_shot_data(dataset, config.data, options)
+                lambda dataset: registry.zero_shot_data(dataset, config.data, options)
             )
         ]
 

@@ -1,6 +1,7 @@
 """See what training sees: keypoints, the heatmap overlay and the focused image, side by side.
 
-    python -m input_pipeline.visualize --annotations=<mmpose json | .mat | descriptions json> \\
+    python -m input_pipeline.prepare.visualize \\
+        --annotations=<mmpose json | .mat | descriptions json> \\
         --images=<dir> --out=<dir> [--num=8] [--descriptions=<dir>] [--heatmap_mode=joints]
 
 One PNG per image; the description (wrapped) below when there is one. The heatmap is the paper's
@@ -15,7 +16,9 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw
 
-from input_pipeline import cli, heatmaps, mpii
+from input_pipeline import cli, heatmaps, records
+from input_pipeline.errors import InputDataError
+from input_pipeline.prepare import mpii
 
 FLAGS = flags.FLAGS
 
@@ -33,22 +36,26 @@ def _colour(*joints: int) -> tuple[int, int, int]:
     return (60, 220, 60)
 
 
+TITLE_HEIGHT = 16  # pixels above the panels for their titles
+
+
 def render(
-    record: mpii.MpiiRecord,
+    record: records.ImageRecord,
     image: Image.Image,
     size: int,
     alpha: float,
-    heatmap_mode: str = "parts",
-    joint_sigma: float = 2.0,
+    settings: heatmaps.HeatmapSettings = heatmaps.PAPER,
 ) -> Image.Image:
-    """[keypoints | heatmap overlay | focused] with the description below."""
+    """[keypoints | heatmap overlay | focused], each titled, with the description below."""
     scale = size / max(image.size)
     w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
     pixels = np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR), np.float32)
-    people = record.people or [mpii.Person(np.zeros((16, 2), np.float32), np.zeros(16, bool))]
+    joints = settings.skeleton.num_joints
+    people = record.people or [
+        records.Person(np.zeros((joints, 2), np.float32), np.zeros(joints, bool))
+    ]
     kp = np.stack([(p.keypoints + 0.5) * scale - 0.5 for p in people])
     vis = np.stack([p.visible for p in people])
-    settings = heatmaps.HeatmapSettings(mode=heatmap_mode, joint_sigma=joint_sigma)
     heat = heatmaps.render_heatmap_np(kp, vis, np.ones(len(people), bool), h, w, settings)
 
     skeleton = Image.fromarray(pixels.astype(np.uint8))
@@ -66,12 +73,21 @@ def render(
 
     text = " / ".join(record.descriptions.values())
     lines = textwrap.wrap(text, width=max(40, 3 * w // 7))[:12] if text else []
-    canvas = Image.new("RGB", (3 * w, h + 14 * len(lines) + (8 if lines else 0)), (255, 255, 255))
-    for k, panel in enumerate((np.asarray(skeleton), overlay, focused)):
-        canvas.paste(Image.fromarray(np.clip(panel, 0, 255).astype(np.uint8)), (k * w, 0))
+    height = TITLE_HEIGHT + h + 14 * len(lines) + (8 if lines else 0)
+    canvas = Image.new("RGB", (3 * w, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    titles = (
+        f"{Path(record.image).name}: {len(record.people)} people",
+        f"heatmap ({settings.mode})",
+        f"focused, alpha {alpha:.2f}",
+    )
+    panels = (np.asarray(skeleton), overlay, focused)
+    for k, (panel, title) in enumerate(zip(panels, titles, strict=True)):
+        picture = Image.fromarray(np.clip(panel, 0, 255).astype(np.uint8))
+        canvas.paste(picture, (k * w, TITLE_HEIGHT))
+        draw.text((k * w + 4, 2), title[: max(8, w // 7)], fill=(0, 0, 0))
     for k, line in enumerate(lines):
-        draw.text((4, h + 4 + 14 * k), line, fill=(0, 0, 0))
+        draw.text((4, TITLE_HEIGHT + h + 4 + 14 * k), line, fill=(0, 0, 0))
     return canvas
 
 
@@ -83,37 +99,49 @@ def visualize(
     descriptions: str | None = None,
     size: int = 384,
     alpha: float = 0.5,
-    heatmap_mode: str = "parts",
-    joint_sigma: float = 2.0,
+    settings: heatmaps.HeatmapSettings = heatmaps.PAPER,
 ) -> list[Path]:
     """Writes up to `num` PNGs (skipping unreadable images, with a warning); returns their paths."""
-    records = mpii.read_annotations(annotations)
+    if not Path(images).is_dir():
+        raise InputDataError(f"--images={images}: not a folder")
+    annotated = mpii.read_annotations(annotations)
     if descriptions:
-        records = mpii.attach_descriptions(records, mpii.read_descriptions(descriptions))
+        annotated = mpii.attach_descriptions(annotated, mpii.read_descriptions(descriptions))
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputDataError(f"--out={out}: not a folder")
     written = []
-    for record in records[:num]:
+    for record in annotated[:num]:
         try:
             image = Image.open(Path(images) / record.image)
             image.load()
         except OSError as e:
             logging.warning("skipping %s: %s", record.image, e)
             continue
+        out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{Path(record.image).stem}.png"
-        render(record, image, size, alpha, heatmap_mode, joint_sigma).save(path)
+        render(record, image, size, alpha, settings).save(path)
         written.append(path)
     return written
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     for name in ("annotations", "images", "out"):
         if not FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
+    for name in ("num", "size"):
+        if FLAGS[name].value < 1:
+            raise app.UsageError(f"--{name}={FLAGS[name].value}: must be at least 1")
+    if not 0 <= FLAGS.alpha <= 1:
+        raise app.UsageError(f"--alpha={FLAGS.alpha}: must be within [0, 1]")
+    if not FLAGS.joint_sigma > 0:
+        raise app.UsageError(f"--joint_sigma={FLAGS.joint_sigma}: must be > 0")
+    settings = heatmaps.HeatmapSettings(mode=FLAGS.heatmap_mode, joint_sigma=FLAGS.joint_sigma)
     paths = visualize(
         FLAGS.annotations, FLAGS.images, FLAGS.out, FLAGS.num, FLAGS.descriptions, FLAGS.size,
-        FLAGS.alpha, FLAGS.heatmap_mode, FLAGS.joint_sigma,
+        FLAGS.alpha, settings,
     )  # fmt: skip
     print(f"wrote {len(paths)} images to {FLAGS.out}")
 

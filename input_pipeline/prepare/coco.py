@@ -1,15 +1,16 @@
-"""COCO-2017 people with keypoints and captions → a prepared TFDS dataset, as prepare_mpii writes.
+"""COCO-2017 people with keypoints and captions → a prepared dataset (`records`), as MPII's.
 
-    python -m input_pipeline.prepare_coco --images=<train2017/> \\
+    python -m input_pipeline.prepare.coco --images=<train2017/> \\
         --annotations=<person_keypoints_train2017.json> --captions=<captions_train2017.json> \\
         --out=<dir> [--overwrite]
 
 The split is the annotation file's (`..._train2017.json` → train, `..._val2017.json` → val).
 Give every split in one run (repeat `--images`, `--annotations` and `--captions`, in the same
-order): like prepare_mpii, a run writes the dataset it is given, aside, and swaps it in for the
-one in `--out` only when complete and no worse: a split of the finished dataset that this run
-lacks or has fewer images of is replaced only with `--overwrite`, and a split left without images
-(crowd regions only, captions of unknown images, unreadable images) is refused, never written.
+order): like every preparation (`shards`), a run writes the dataset it is given, aside, and swaps
+it in for the one in `--out` only when complete and no worse: a split of the finished dataset
+that this run lacks or has fewer images of is replaced only with `--overwrite`, and a split left
+without images (crowd regions only, captions of unknown images, unreadable images) is refused,
+never written.
 Files that do not exist, or a keypoints file given as `--captions` (and the reverse), are refused
 before anything is written. People are COCO's keypoint annotations as its keypoint
 evaluation counts them: crowd regions (`iscrowd=1`) and people with no labelled keypoint
@@ -19,7 +20,7 @@ human-written ones, sometimes more) as the description sources `caption_0`, `cap
 `:coco` config samples one per step. Images with no usable person or no caption are skipped and
 counted, as are captions that are empty or not text (a `null`) and people or captions of images
 missing from the keypoints file's `images`; crops, the squashed copy and the dataset format are
-prepare_mpii's; the TFDS dataset is `<out>/coco_pose_captions/`.
+`shards`'; the TFDS dataset is `<out>/coco_pose_captions/`.
 """
 
 import collections
@@ -32,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from absl import flags
+from absl import app, flags
 
-from input_pipeline import cli, mpii, prepare_mpii
+from input_pipeline import cli, records
 from input_pipeline.errors import InputDataError
+from input_pipeline.prepare import shards
 from input_pipeline.skeleton import COCO
 
 FLAGS = flags.FLAGS
@@ -97,13 +99,15 @@ def split_of(path: str) -> str:
 UNLISTED = "of images not in the keypoints file's 'images'"
 
 
-def read_coco(annotations: str, captions: str) -> tuple[list[mpii.MpiiRecord], collections.Counter]:
+def read_coco(
+    annotations: str, captions: str
+) -> tuple[list[records.ImageRecord], collections.Counter]:
     """Records (17-joint people, captions as descriptions) and what was left out, counted; a
     split left without an image is refused, naming the file and the counts."""
     keypoints_file, captions_file = _load(annotations, KEYPOINTS), _load(captions, CAPTIONS)
     split = split_of(annotations)
     names = {image["id"]: image["file_name"] for image in keypoints_file.get("images", [])}
-    people: dict[int, list[mpii.Person]] = collections.defaultdict(list)
+    people: dict[int, list[records.Person]] = collections.defaultdict(list)
     left_out: collections.Counter = collections.Counter()
     for i, annotation in enumerate(keypoints_file["annotations"]):
         if annotation.get("iscrowd", 0):
@@ -122,7 +126,7 @@ def read_coco(annotations: str, captions: str) -> tuple[list[mpii.MpiiRecord], c
                 f"{annotations}: annotations[{i}].keypoints: expected 17 [x, y, v] ({error})"
             ) from None
         people[annotation["image_id"]].append(
-            mpii.Person(keypoints=values[:, :2].astype(np.float32), visible=values[:, 2] > 0)
+            records.Person(keypoints=values[:, :2].astype(np.float32), visible=values[:, 2] > 0)
         )
     texts: dict[int, list[str]] = collections.defaultdict(list)
     for annotation in sorted(captions_file["annotations"], key=lambda a: a.get("id", 0)):
@@ -133,7 +137,7 @@ def read_coco(annotations: str, captions: str) -> tuple[list[mpii.MpiiRecord], c
             left_out[f"captions {UNLISTED}"] += 1
         else:
             texts[annotation["image_id"]].append(caption.strip())
-    records = []
+    found = []
     for image_id, name in sorted(names.items(), key=lambda item: item[1]):
         if not people.get(image_id):
             left_out["images without a usable person"] += 1
@@ -141,17 +145,17 @@ def read_coco(annotations: str, captions: str) -> tuple[list[mpii.MpiiRecord], c
             left_out["images without a caption"] += 1
         else:
             described = dict(zip(CAPTION_SOURCES, texts[image_id], strict=False))
-            records.append(mpii.MpiiRecord(name, people[image_id], "", described, split))
-    if not records:
+            found.append(records.ImageRecord(name, people[image_id], "", described, split))
+    if not found:
         counts = ", ".join(f"{n} {reason}" for reason, n in left_out.items()) or "no image"
         raise InputDataError(
             f"--annotations={annotations}: no image of split {split} has a usable person and a "
             f"caption (left out: {counts}); nothing written"
         )
-    return records, left_out
+    return found, left_out
 
 
-def _under(record: mpii.MpiiRecord, images: str) -> mpii.MpiiRecord:
+def _under(record: records.ImageRecord, images: str) -> records.ImageRecord:
     """The record with its image's absolute path (the splits' images live in their folders)."""
     record.image = str(Path(images).absolute() / record.image)
     return record
@@ -165,7 +169,7 @@ def prepare(
     **options: Any,
 ) -> tuple[dict, collections.Counter]:
     """Every split (its images folder, keypoints and captions files, in the same order) read and
-    written as prepare_mpii writes (`options`: `write_prepared`'s, --overwrite among them);
+    written as every preparation is (`options`: `shards.write_prepared`'s, --overwrite among them);
     returns its meta.json and what COCO's files left out, counted. Inputs that do not exist or
     hold nothing usable are refused before anything is written."""
     if not len(images) == len(annotations) == len(captions):
@@ -176,34 +180,26 @@ def prepare(
         if not Path(folder).is_dir():
             problem = "not a folder" if Path(folder).exists() else "not found"
             raise InputDataError(f"--images={folder}: {problem} (a COCO images folder)")
-    records, left_out = [], collections.Counter()
+    read, left_out = [], collections.Counter()
     for folder, keypoints_file, captions_file in zip(images, annotations, captions, strict=True):
         found, skipped = read_coco(keypoints_file, captions_file)
-        records += [_under(record, folder) for record in found]
+        read += [_under(record, folder) for record in found]
         left_out += skipped
     logging.info(
-        "COCO: %d images with people and captions; left out: %s", len(records), dict(left_out)
+        "COCO: %d images with people and captions; left out: %s", len(read), dict(left_out)
     )
-    meta = prepare_mpii.write_prepared(records, "/", out, name=NAME, **options)
+    meta = shards.write_prepared(read, "/", out, name=NAME, **options)
     return meta, left_out
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     for name in ("images", "annotations", "captions", "out"):
         if not FLAGS[name].value:
-            cli.fail(f"--{name} is required")
+            raise app.UsageError(f"--{name} is required")
     meta, left_out = prepare(
-        FLAGS.images,
-        FLAGS.annotations,
-        FLAGS.captions,
-        FLAGS.out,
-        overwrite=FLAGS.overwrite,
-        max_side=FLAGS.max_side,
-        quality=FLAGS.quality,
-        squash_side=FLAGS.squash_side,
-        records_per_shard=FLAGS.records_per_shard,
-        workers=FLAGS.workers,
+        FLAGS.images, FLAGS.annotations, FLAGS.captions, FLAGS.out, **shards.writer_options()
     )
     counts = {split: info["images"] for split, info in meta["splits"].items()}
     print(json.dumps(counts | {"skipped": meta["skipped"], "left_out": dict(left_out)}))
@@ -213,13 +209,7 @@ def _define_flags() -> None:
     flags.DEFINE_multi_string("images", None, "COCO images folder of a split (train2017/).")
     flags.DEFINE_multi_string("annotations", None, "person_keypoints_{train,val}2017.json")
     flags.DEFINE_multi_string("captions", None, "captions_{train,val}2017.json")
-    flags.DEFINE_string("out", None, f"Output TFDS data_dir (the dataset: <out>/{NAME}/).")
-    flags.DEFINE_integer("max_side", 512, "Longest side of the re-encoded JPEGs, pixels.")
-    flags.DEFINE_integer("quality", 90, "JPEG quality of the re-encoded images.")
-    flags.DEFINE_integer("squash_side", 224, "Side of the stored squashed copy (0: none).")
-    flags.DEFINE_integer("records_per_shard", 512, "Images per ArrayRecord shard.")
-    flags.DEFINE_integer("workers", 0, "Parallel shard writers; 0: one per core.")
-    flags.DEFINE_bool("overwrite", False, prepare_mpii.OVERWRITE_HELP)
+    shards.define_writer_flags(NAME)
 
 
 if __name__ == "__main__":

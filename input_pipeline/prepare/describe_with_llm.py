@@ -1,6 +1,6 @@
 """Pose descriptions from an LLM, as the FocusCLIP authors made the published dataset.
 
-    python -m input_pipeline.describe_with_llm --annotations=<mpii_train.json | .mat> \\
+    python -m input_pipeline.prepare.describe_with_llm --annotations=<mpii_train.json | .mat> \\
         --out=<descriptions.json> --model=<name> --base_url=<OpenAI-compatible base url> \\
         [--api_key_env=OPENAI_API_KEY] [--concurrency=4] [--requests_per_minute=60] \\
         [--max_retries=6] [--limit=N]
@@ -13,7 +13,7 @@ penalty 1.0. Any OpenAI-compatible server works (OpenAI, vLLM, llama.cpp, Ollama
 variable and never logged or written.
 
 The output is the published descriptions JSON (a list of {image, activity, count, people[{id,
-center, scale, kpts, kpts_vis}], description}) that `input_pipeline.mpii.read_descriptions` reads.
+center, scale, kpts, kpts_vis}], description}) that `input_pipeline.prepare.mpii` reads.
 It is rewritten atomically (temporary file + rename) every few seconds and at the end, so an
 interrupted run loses at most those seconds; a rerun skips images already described. Requests run
 in a thread pool under a client-side rate limit; 429, 5xx, timeouts and connection errors are
@@ -39,8 +39,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from input_pipeline import mpii
+from input_pipeline import records, sources
 from input_pipeline.errors import InputDataError
+from input_pipeline.prepare import mpii
 
 # The system prompt of the authors' `src/captioning/generate_captions.py` (github anon12620/
 # FocusCLIP), verbatim; the user message is the image's annotation as JSON (`user_prompt`).
@@ -72,7 +73,7 @@ def _one_based(value: float) -> float:
     return round(float(value) + 1.0, 3)
 
 
-def user_prompt(record: mpii.MpiiRecord) -> str:
+def user_prompt(record: records.ImageRecord) -> str:
     """The image's annotation as the authors sent it: JSON of the activity (when known), the
     count and the people (id, center, scale, integer 1-based kpts, [-1, -1] when invisible).
 
@@ -95,7 +96,7 @@ def user_prompt(record: mpii.MpiiRecord) -> str:
     return json.dumps(sample)
 
 
-def published_item(record: mpii.MpiiRecord, description: str) -> dict[str, Any]:
+def published_item(record: records.ImageRecord, description: str) -> dict[str, Any]:
     """One entry of the published descriptions JSON (1-based coordinates, as MPII stores them)."""
     people = []
     for i, p in enumerate(record.people):
@@ -303,7 +304,7 @@ class Summary:
 
 
 def describe_all(
-    records: Sequence[mpii.MpiiRecord],
+    annotated: Sequence[records.ImageRecord],
     out: DescriptionsFile,
     client: ChatClient,
     *,
@@ -313,12 +314,12 @@ def describe_all(
     """Describes every record not yet in `out` (at most `limit` new ones), `concurrency` at a
     time; writes the file as results arrive and once more at the end, even when interrupted."""
     done = out.described()
-    todo = [r for r in records if r.image not in done and r.people]
-    summary = Summary(skipped=len(records) - len(todo))
+    todo = [r for r in annotated if r.image not in done and r.people]
+    summary = Summary(skipped=len(annotated) - len(todo))
     if limit is not None:
         todo = todo[:limit]
 
-    def describe(record: mpii.MpiiRecord) -> dict[str, Any]:
+    def describe(record: records.ImageRecord) -> dict[str, Any]:
         text = client.complete(SYSTEM_PROMPT, user_prompt(record), record.image)
         return published_item(record, text)
 
@@ -340,7 +341,7 @@ def describe_all(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m input_pipeline.describe_with_llm",
+        prog="python -m input_pipeline.prepare.describe_with_llm",
         description="Describe MPII poses with an OpenAI-compatible LLM (resumable).",
     )
     parser.add_argument(
@@ -375,9 +376,9 @@ def main(argv: Sequence[str] | None = None) -> Summary:
         )
     annotations = Path(args.annotations)
     if not annotations.exists():
-        raise SystemExit(f"{annotations}: annotations not found; get {mpii.MMPOSE_ANNOTATIONS}")
+        raise SystemExit(f"{annotations}: annotations not found; get {sources.MMPOSE_ANNOTATIONS}")
     try:
-        records = mpii.read_annotations(annotations)
+        annotated = mpii.read_annotations(annotations)
         out = DescriptionsFile(Path(args.out), args.flush_seconds)
     except InputDataError as e:
         raise SystemExit(str(e)) from None
@@ -391,8 +392,8 @@ def main(argv: Sequence[str] | None = None) -> Summary:
         max_backoff_s=args.max_backoff_seconds,
         timeout_s=args.timeout_seconds,
     )
-    log.info("%d images in %s; writing %s", len(records), annotations, args.out)
-    summary = describe_all(records, out, client, concurrency=args.concurrency, limit=args.limit)
+    log.info("%d images in %s; writing %s", len(annotated), annotations, args.out)
+    summary = describe_all(annotated, out, client, concurrency=args.concurrency, limit=args.limit)
     log.info("%s: %s", args.out, summary.line())
     print(summary.line())
     return summary

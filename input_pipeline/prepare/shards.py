@@ -1,30 +1,25 @@
-"""MPII images + annotations + pose descriptions → a TFDS dataset (ArrayRecord) training streams.
+"""Prepared records → a TFDS dataset (ArrayRecord shards), written aside and swapped in whole.
 
-    python -m input_pipeline.prepare_mpii --images=<dir> --annotations=<mpii_train.json> \\
-        --annotations=<mpii_val.json> --descriptions=<dir> --out=<dir> [--max_side=512] \\
-        [--squash_side=224] [--overwrite]
+Every preparation writes through here (`mpii.py`, `coco.py`): `<out>` becomes a TFDS data_dir
+holding the dataset `<name>/1.0.0/`: ArrayRecord shards `<name>-<split>.array_record-NNNNN-of-NNNNN`
+whose one feature (`entry`) is a `records.encode_prepared` record, and its TFDS metadata
+(dataset_info.json with the splits and their counts, features.json), written through TFDS's own
+DatasetInfo, last: its presence marks a finished preparation.
+`tfds.builder_from_directory(...).as_data_source()` or `tfds.data_source(<name>, data_dir=<out>)`
+opens it without TensorFlow. The shards are written here rather than by a TFDS builder's
+`download_and_prepare`, which writes a dataset in one go: here a rerun resumes.
 
-`--out` becomes a TFDS data_dir holding the dataset `mpii_pose_descriptions/1.0.0/`: ArrayRecord
-shards `mpii_pose_descriptions-<split>.array_record-NNNNN-of-NNNNN` whose one feature (`entry`)
-is an `mpii.encode_prepared` record, and its TFDS metadata (dataset_info.json with the splits and
-their counts, features.json), written through TFDS's own DatasetInfo, last: its presence marks a
-finished preparation. `tfds.builder_from_directory(...).as_data_source()` or
-`tfds.data_source("mpii_pose_descriptions", data_dir=<out>)` opens it without TensorFlow. The
-shards are written here rather than by a TFDS builder's `download_and_prepare`, which writes a
-dataset in one go: here a rerun resumes.
-
-A finished dataset is never lost to a preparation. Inputs that do not exist or hold nothing usable
-(an images path that is not a folder, a descriptions folder without JSON) are refused, naming the
-flag, before anything is written. A run writes into `incomplete.1.0.0/` beside the version folder
-and swaps it in only once every shard is written and the dataset opens as TFDS opens it (each
-split's count checked, the last record of each shard read back): the finished folder is renamed to
-`replaced.1.0.0/`, the new one takes its place, then the old one is removed; the next run undoes a
-swap cut short between the renames. A split left without images is never written, even with
-`--overwrite`; a split with fewer images than the finished dataset's (or missing from this run's
-inputs) replaces it only with `--overwrite`. Either refusal is one line giving each split's counts
-and what was skipped, and replaces nothing. A failure, a full disk included, removes the staging
-folder with its temporary files and leaves the finished dataset as it was; an interruption
-(Ctrl-C, a kill) leaves the staging folder's finished shards for the next run to resume from.
+A finished dataset is never lost to a preparation. A run writes into `incomplete.1.0.0/` beside
+the version folder and swaps it in only once every shard is written and the dataset opens as TFDS
+opens it (each split's count checked, the last record of each shard read back): the finished
+folder is renamed to `replaced.1.0.0/`, the new one takes its place, then the old one is removed;
+the next run undoes a swap cut short between the renames. A split left without images is never
+written, even with `--overwrite`; a split with fewer images than the finished dataset's (or
+missing from this run's inputs) replaces it only with `--overwrite`. Either refusal is one line
+giving each split's counts and what was skipped, and replaces nothing. A failure, a full disk
+included, removes the staging folder with its temporary files and leaves the finished dataset as
+it was; an interruption (Ctrl-C, a kill) leaves the staging folder's finished shards for the next
+run to resume from.
 
 Each shard holds a fixed, sorted slice of a split; its index beside it (`.sources.json`: each
 record's description sources, what was skipped and corrected) carries a fingerprint of all its
@@ -40,11 +35,7 @@ cores; workers end with their parent.
 
 Bad input is skipped and counted: a missing or corrupt image, an image without visible joints, an
 empty or missing description; visible joints outside the image become not visible, and people left
-with none are dropped (both counted in meta.json's `corrected`). A description that is blank or
-not text (a number, a list) is dropped and counted in `corrected` too, its file and item named in
-the log, while the image keeps its other sources' texts: one malformed item among thousands of LLM
-outputs should neither stop a preparation nor cost a described image, and the count shows whether
-a source is broken rather than glitched.
+with none are dropped (both counted in meta.json's `corrected`).
 """
 
 import collections
@@ -65,25 +56,23 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from array_record.python import array_record_module
 from etils import epath
 from PIL import Image
 
-from input_pipeline import cli, mpii
+from input_pipeline import records
 from input_pipeline.errors import InputDataError
 
-FLAGS = flags.FLAGS
-
 SKIP_EXAMPLES = 5  # paths logged per skip reason
-NAME = "mpii_pose_descriptions"  # the TFDS dataset name (prepare_coco's is its own)
 VERSION = "1.0.0"
 DESCRIPTION = (
-    "FocusCLIP's prepared images with keypoints and descriptions (input_pipeline.prepare_mpii or "
+    "FocusCLIP's prepared images with keypoints and descriptions (input_pipeline.prepare.mpii or "
     "prepare_coco): per image one `entry` feature holding the resized JPEG, its squashed copy, "
-    "keypoints and descriptions, decoded by input_pipeline.mpii.decode_prepared."
+    "keypoints and descriptions, decoded by input_pipeline.records.decode_prepared."
 )
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as array_record reports it
 
@@ -119,7 +108,7 @@ OUTSIDE_JOINTS = "visible joints outside the image (made not visible)"
 OUTSIDE_PEOPLE = "people with no visible joint inside the image (dropped)"
 
 
-def _keep_inside(record: mpii.MpiiRecord, width: int, height: int) -> collections.Counter:
+def _keep_inside(record: records.ImageRecord, width: int, height: int) -> collections.Counter:
     """Visible joints outside the image become not visible (one at (1e9, 1e9) would spread the
     heatmap over the frame); people left with none are dropped. Returns the counts."""
     counts: collections.Counter = collections.Counter()
@@ -137,7 +126,7 @@ def _keep_inside(record: mpii.MpiiRecord, width: int, height: int) -> collection
 
 
 def _write_shard(
-    records: list[mpii.MpiiRecord],
+    rows: list[records.ImageRecord],
     images: str,
     path: str,
     max_side: int,
@@ -149,20 +138,20 @@ def _write_shard(
     """Write one shard (temporary name, then rename) and then its index; returns (written,
     skipped paths by reason). `legacy`: the same slice in the earlier plain layout, converted
     when it is there."""
-    if os.path.isfile(legacy) and os.path.isfile(legacy + mpii.SOURCES_SUFFIX):
+    if os.path.isfile(legacy) and os.path.isfile(legacy + records.SOURCES_SUFFIX):
         reader = array_record_module.ArrayRecordReader(legacy)
         try:
             entries = reader.read_all()
         finally:
             reader.close()
-        index = json.loads(Path(legacy + mpii.SOURCES_SUFFIX).read_text())
+        index = json.loads(Path(legacy + records.SOURCES_SUFFIX).read_text())
         _write_entries(path, entries)
         _write_index(path, index["sources"], index["skipped"], index["corrected"], fingerprint)
         return len(entries), {}
     skipped: dict[str, list[str]] = collections.defaultdict(list)
     corrected: collections.Counter = collections.Counter()
     entries, sources = [], []
-    for record in records:
+    for record in rows:
         file = Path(images) / record.image
         try:
             jpeg, size, squashed, scale, full = _resize_jpeg(file, max_side, quality, squash_side)
@@ -179,7 +168,7 @@ def _write_shard(
         for person in record.people:
             person.keypoints = (person.keypoints + 0.5) * scale - 0.5
         entries.append(
-            mpii.encode_prepared(
+            records.encode_prepared(
                 record, jpeg, size=size, squashed=squashed, squashed_side=squash_side
             )
         )
@@ -194,12 +183,12 @@ def _write_entries(path: str, entries: list[bytes]) -> None:
     """A shard of `encode_prepared` entries as TFDS records: written under a temporary name,
     renamed when complete; the temporary file is removed when writing fails. array_record reports
     a full disk as a RuntimeError: it becomes the OSError (ENOSPC) it is."""
-    features = mpii.tfds_features()
+    features = records.tfds_features()
     temporary = path + ".tmp"
     try:
         writer = array_record_module.ArrayRecordWriter(temporary, "group_size:1")
         for entry in entries:
-            writer.write(features.serialize_example({mpii.ENTRY: entry}))
+            writer.write(features.serialize_example({records.ENTRY: entry}))
         writer.close()
         os.replace(temporary, path)
     except BaseException as error:
@@ -219,7 +208,7 @@ def _write_index(
     """The shard's index: each record's description sources, what writing it skipped and
     corrected (so that meta.json counts them after a resume too) and its inputs' fingerprint.
     Written after the shard: a shard without its index is rewritten."""
-    index = shard + mpii.SOURCES_SUFFIX
+    index = shard + records.SOURCES_SUFFIX
     body = {
         "sources": sources,
         "skipped": skipped,
@@ -232,7 +221,7 @@ def _write_index(
 
 def _is_done(shard: Path, fingerprint: str) -> bool:
     """Written from these very inputs (a rerun skips it)."""
-    index = Path(str(shard) + mpii.SOURCES_SUFFIX)
+    index = Path(str(shard) + records.SOURCES_SUFFIX)
     if not (shard.is_file() and index.is_file()):
         return False
     try:
@@ -242,13 +231,13 @@ def _is_done(shard: Path, fingerprint: str) -> bool:
 
 
 def _filter(
-    records: list[mpii.MpiiRecord],
-) -> tuple[dict[str, list[mpii.MpiiRecord]], dict[str, dict[str, list[str]]]]:
+    rows: list[records.ImageRecord],
+) -> tuple[dict[str, list[records.ImageRecord]], dict[str, dict[str, list[str]]]]:
     """Per split (every split of the records, one left empty too): what training can use, sorted
     by image, and what was dropped, by reason. People without visible joints are dropped."""
-    kept: dict[str, list[mpii.MpiiRecord]] = {}
+    kept: dict[str, list[records.ImageRecord]] = {}
     skipped: dict[str, dict[str, list[str]]] = {}
-    for record in sorted(records, key=lambda r: (r.split, r.image)):
+    for record in sorted(rows, key=lambda r: (r.split, r.image)):
         rows = kept.setdefault(record.split, [])
         reasons = skipped.setdefault(record.split, collections.defaultdict(list))
         record.people = [p for p in record.people if p.visible.any()]
@@ -261,12 +250,12 @@ def _filter(
     return kept, skipped
 
 
-def _fingerprint(records: list[mpii.MpiiRecord], images: str, settings: str) -> str:
+def _fingerprint(rows: list[records.ImageRecord], images: str, settings: str) -> str:
     """Identifies a shard by all its inputs: the settings, each record's annotations and
     descriptions, and its image file's size and modification time. A rerun after any of them
     changes (an image repaired, a description fixed) rewrites exactly the shards concerned."""
     digest = hashlib.sha256(settings.encode())
-    for r in records:
+    for r in rows:
         digest.update(r.image.encode())
         digest.update(json.dumps(r.descriptions, sort_keys=True).encode())
         for p in r.people:
@@ -289,13 +278,13 @@ class _Shard:
     the earlier plain layout (converted when it is there)."""
 
     split: str
-    records: list[mpii.MpiiRecord]
+    rows: list[records.ImageRecord]
     fingerprint: str
     legacy: str
 
 
 def _plan(
-    by_split: Mapping[str, list[mpii.MpiiRecord]],
+    by_split: Mapping[str, list[records.ImageRecord]],
     images: str,
     out_dir: Path,
     name: str,
@@ -315,7 +304,7 @@ def _plan(
     return plan
 
 
-def _missing_images(rows: list[mpii.MpiiRecord], images: str) -> list[str]:
+def _missing_images(rows: list[records.ImageRecord], images: str) -> list[str]:
     return [str(Path(images) / r.image) for r in rows if not (Path(images) / r.image).is_file()]
 
 
@@ -364,12 +353,12 @@ def _refuse_if_worse(
 def _finished_counts(version_dir: Path, out_dir: Path) -> dict[str, int]:
     """Images per split of the finished dataset a run would replace: the TFDS one's (from its
     dataset_info.json), else that of a preparation in the earlier plain layout; {} if none."""
-    info = version_dir / mpii.INFO_FILE
+    info = version_dir / records.INFO_FILE
     try:
         if info.is_file():
             splits = json.loads(info.read_text())["splits"]
             return {s["name"]: sum(int(n) for n in s.get("shardLengths", [])) for s in splits}
-        meta = out_dir / mpii.META_FILE
+        meta = out_dir / records.META_FILE
         if meta.is_file() and any(LEGACY_SHARD.fullmatch(p.name) for p in out_dir.iterdir()):
             splits = json.loads(meta.read_text())["splits"]
             return {split: int(split_meta["images"]) for split, split_meta in splits.items()}
@@ -383,7 +372,7 @@ def _finished_counts(version_dir: Path, out_dir: Path) -> dict[str, int]:
 
 def _up_to_date(version_dir: Path, plan: Mapping[str, _Shard]) -> bool:
     """The finished dataset holds exactly the planned shards, each from the same inputs."""
-    if not (version_dir / mpii.INFO_FILE).is_file():
+    if not (version_dir / records.INFO_FILE).is_file():
         return False
     shards = {p.name for p in version_dir.iterdir() if SHARD_NAME.fullmatch(p.name)}
     return shards == set(plan) and all(
@@ -393,7 +382,7 @@ def _up_to_date(version_dir: Path, plan: Mapping[str, _Shard]) -> bool:
 
 def _read_meta(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / mpii.META_FILE).read_text())
+        return json.loads((folder / records.META_FILE).read_text())
     except (OSError, ValueError):
         return None
 
@@ -414,7 +403,7 @@ def _collect_meta(
     for split, split_meta in meta["splits"].items():
         shards = [name for name, shard in plan.items() if shard.split == split]
         lengths = [_num_records(folder / shard) for shard in shards]
-        indexes = [mpii.read_index(str(folder / shard)) for shard in shards]
+        indexes = [records.read_index(str(folder / shard)) for shard in shards]
         sources = collections.Counter(s for index in indexes for r in index["sources"] for s in r)
         split_meta |= {
             "shards": shards,
@@ -457,7 +446,7 @@ def _reuse(plan: Mapping[str, _Shard], staging: Path, version_dir: Path) -> dict
     the finished dataset's, both only when written from the same inputs; removes everything else
     from the staging folder. Returns the shards left to write."""
     for path in staging.iterdir():
-        name = path.name.removesuffix(mpii.SOURCES_SUFFIX)
+        name = path.name.removesuffix(records.SOURCES_SUFFIX)
         if not (name in plan and _is_done(staging / name, plan[name].fingerprint)):
             _remove(path)
     todo = {}
@@ -465,7 +454,7 @@ def _reuse(plan: Mapping[str, _Shard], staging: Path, version_dir: Path) -> dict
         if _is_done(staging / name, shard.fingerprint):
             continue
         if _is_done(version_dir / name, shard.fingerprint):
-            for file in (name, name + mpii.SOURCES_SUFFIX):
+            for file in (name, name + records.SOURCES_SUFFIX):
                 _link(version_dir / file, staging / file)
         else:
             todo[name] = shard
@@ -486,7 +475,7 @@ def _write_shards(
         lambda: collections.defaultdict(list)
     )
     args = [
-        (shard.records, images, str(folder / name), *settings, shard.fingerprint, shard.legacy)
+        (shard.rows, images, str(folder / name), *settings, shard.fingerprint, shard.legacy)
         for name, shard in todo.items()
     ]
     with contextlib.ExitStack() as stack:
@@ -515,7 +504,7 @@ def _write_shards(
 
 
 def _replaced(version_dir: Path) -> Path:
-    return version_dir.with_name(mpii.REPLACED + version_dir.name)
+    return version_dir.with_name(records.REPLACED + version_dir.name)
 
 
 def _recover(version_dir: Path) -> None:
@@ -581,7 +570,7 @@ def _staged(version_dir: Path, out: str) -> Iterator[Path]:
     removes it (and the folders it needed) with every temporary file and leaves the finished
     dataset as it was; a full disk becomes one line naming --out. An interruption (Ctrl-C) keeps
     its finished shards for the next run."""
-    staging = version_dir.with_name(mpii.STAGING + version_dir.name)
+    staging = version_dir.with_name(records.STAGING + version_dir.name)
     created = _first_missing(staging)
     staging.mkdir(parents=True, exist_ok=True)
     try:
@@ -602,65 +591,13 @@ def _staged(version_dir: Path, out: str) -> Iterator[Path]:
     _swap(staging, version_dir)
 
 
-def _check_inputs(images: str, annotations: list[str], descriptions: str) -> None:
-    """Inputs that do not exist or hold nothing usable, refused naming the flag before anything
-    is read or written."""
-    if not Path(images).is_dir():
-        problem = "not a folder" if Path(images).exists() else "not found"
-        raise InputDataError(f"--images={images}: {problem} (the MPII images folder)")
-    for path in annotations:
-        if not Path(path).exists():
-            raise InputDataError(f"--annotations={path}: not found")
-    if not Path(descriptions).exists():
-        raise InputDataError(f"--descriptions={descriptions}: not found")
-    if Path(descriptions).is_dir() and not any(Path(descriptions).rglob("*.json")):
-        raise InputDataError(
-            f"--descriptions={descriptions}: a folder with no description JSON (*.json, one "
-            "subfolder per source)"
-        )
-
-
-def prepare(
-    images: str,
-    annotations: list[str],
-    descriptions: str,
-    out: str,
-    *,
-    overwrite: bool = False,
-    max_side: int = 512,
-    quality: int = 90,
-    squash_side: int = 224,
-    records_per_shard: int = 512,
-    workers: int = 0,
-) -> dict:
-    """Check, read, filter, shard and write; returns (and writes as meta.json) the counts per
-    split."""
-    _check_inputs(images, annotations, descriptions)
-    records = [r for a in annotations for r in mpii.read_annotations(a)]
-    dropped: dict[str, list[str]] = collections.defaultdict(list)
-    described = mpii.read_descriptions(descriptions, dropped=dropped)
-    for reason, where in dropped.items():
-        logging.warning("%d %s, e.g. %s", len(where), reason, where[:SKIP_EXAMPLES])
-    return write_prepared(
-        mpii.attach_descriptions(records, described),
-        images,
-        out,
-        overwrite=overwrite,
-        corrected={reason: len(where) for reason, where in dropped.items()},
-        max_side=max_side,
-        quality=quality,
-        squash_side=squash_side,
-        records_per_shard=records_per_shard,
-        workers=workers,
-    )
-
-
 def write_prepared(
-    records: list[mpii.MpiiRecord],
+    rows: list[records.ImageRecord],
     images: str,
     out: str,
     *,
-    name: str = NAME,
+    name: str,
+    expected: Mapping[str, int] | None = None,
     overwrite: bool = False,
     corrected: Mapping[str, int] | None = None,
     max_side: int = 512,
@@ -669,11 +606,11 @@ def write_prepared(
     records_per_shard: int = 512,
     workers: int = 0,
 ) -> dict:
-    """Filter, shard and write records of any skeleton as the TFDS dataset `name` under `out`
-    (COCO's preparation writes through here too): aside, swapped in when complete and no worse
-    (see the module's docstring; `overwrite` accepts fewer images). `corrected`: corrections made
-    while reading the inputs, counted in meta.json. Returns (and writes as meta.json) the counts
-    per split."""
+    """Filter, shard and write records of any skeleton as the TFDS dataset `name` under `out`:
+    aside, swapped in when complete and no worse (see the module's docstring; `overwrite` accepts
+    fewer images). `corrected`: corrections made while reading the inputs, counted in meta.json;
+    `expected`: the images per split a complete source has (the log notes a difference). Returns
+    (and writes as meta.json) the counts per split."""
     start = time.perf_counter()
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -681,7 +618,7 @@ def write_prepared(
     version_dir = out_dir / name / VERSION
     _recover(version_dir)
     finished = _finished_counts(version_dir, out_dir)
-    by_split, skipped = _filter(records)
+    by_split, skipped = _filter(rows)
     if not by_split:
         raise InputDataError("--annotations: no annotated image in the inputs: nothing written")
     annotated = {
@@ -710,10 +647,10 @@ def write_prepared(
     if _up_to_date(version_dir, plan):
         meta, _ = _collect_meta(version_dir, plan, base, skipped)
         if meta == _read_meta(version_dir):
-            shutil.rmtree(version_dir.with_name(mpii.STAGING + VERSION), ignore_errors=True)
+            shutil.rmtree(version_dir.with_name(records.STAGING + VERSION), ignore_errors=True)
             logging.info("%s: up to date with the inputs, nothing rewritten", version_dir)
             _remove_legacy(out_dir)
-            _report(meta, _all_splits(skipped), version_dir)
+            _report(meta, _all_splits(skipped), version_dir, expected or {})
             return meta
     with _staged(version_dir, out) as staging:
         todo = _reuse(plan, staging, version_dir)
@@ -733,7 +670,7 @@ def write_prepared(
         )
         finish(staging, name, meta)
     _remove_legacy(out_dir)
-    _report(meta, _all_splits(skipped, written), version_dir)
+    _report(meta, _all_splits(skipped, written), version_dir, expected or {})
     return meta
 
 
@@ -745,7 +682,7 @@ def _counts(paths: Mapping[str, Mapping[str, list[str]]]) -> dict[str, dict[str,
     }
 
 
-def _people_per_image(rows: list[mpii.MpiiRecord]) -> dict[str, int]:
+def _people_per_image(rows: list[records.ImageRecord]) -> dict[str, int]:
     """Annotated people per image (data.max_people keeps P), before writing corrects any."""
     people = collections.Counter(len(r.people) for r in rows)
     return {str(k): people[k] for k in sorted(people)}
@@ -779,9 +716,9 @@ def _remove_legacy(out_dir: Path) -> None:
     legacy = [p for p in out_dir.iterdir() if LEGACY_SHARD.fullmatch(p.name)]
     for shard in legacy:
         shard.unlink()
-        Path(str(shard) + mpii.SOURCES_SUFFIX).unlink(missing_ok=True)
+        Path(str(shard) + records.SOURCES_SUFFIX).unlink(missing_ok=True)
     if legacy:
-        (out_dir / mpii.META_FILE).unlink(missing_ok=True)
+        (out_dir / records.META_FILE).unlink(missing_ok=True)
         logging.info("converted %d plain ArrayRecord shards to the TFDS dataset", len(legacy))
 
 
@@ -792,12 +729,12 @@ def finish(folder: Path, name: str, meta: dict) -> None:
     does: each split's count, and the last record of each shard read and decoded."""
     import tensorflow_datasets as tfds
 
-    _atomic_write(folder / mpii.META_FILE, json.dumps(meta, indent=1))
+    _atomic_write(folder / records.META_FILE, json.dumps(meta, indent=1))
     identity = tfds.core.DatasetIdentity(
         name=name, version=tfds.core.Version(VERSION), data_dir=str(folder), module_name=""
     )
     info = tfds.core.DatasetInfo(
-        builder=identity, description=DESCRIPTION, features=mpii.tfds_features()
+        builder=identity, description=DESCRIPTION, features=records.tfds_features()
     )
     info.set_file_format("array_record")
     template = tfds.core.ShardedFileTemplate(
@@ -816,7 +753,7 @@ def finish(folder: Path, name: str, meta: dict) -> None:
     staging = folder / "info.tmp"
     staging.mkdir(exist_ok=True)
     info.write_to_directory(staging)
-    for file in sorted(staging.iterdir(), key=lambda p: p.name == mpii.INFO_FILE):
+    for file in sorted(staging.iterdir(), key=lambda p: p.name == records.INFO_FILE):
         os.replace(file, folder / file.name)
     staging.rmdir()
     opened = tfds.builder_from_directory(str(folder))
@@ -825,7 +762,7 @@ def finish(folder: Path, name: str, meta: dict) -> None:
         if len(source) != split_meta["images"]:
             raise RuntimeError(f"{folder}: TFDS reads another count for split {split!r}")
         for end in itertools.accumulate(split_meta["shard_lengths"]):
-            mpii.decode_prepared(source[end - 1][mpii.ENTRY])
+            records.decode_prepared(source[end - 1][records.ENTRY])
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -838,7 +775,7 @@ def write_split(
     split: str,
     entries: list[bytes],
     *,
-    name: str = NAME,
+    name: str,
     records_per_shard: int = 512,
 ) -> dict:
     """`encode_prepared` entries written as `split` of the dataset `name` under `out`, its other
@@ -856,12 +793,12 @@ def write_split(
             _remove(path)
         for other, split_meta in meta["splits"].items():
             for shard in split_meta["shards"] if other != split else ():
-                for file in (shard, shard + mpii.SOURCES_SUFFIX):
+                for file in (shard, shard + records.SOURCES_SUFFIX):
                     _link(version_dir / file, staging / file)
         lengths = []
         for i, shard in enumerate(shards):
             chunk = entries[i * records_per_shard : (i + 1) * records_per_shard]
-            sources = [sorted(mpii.decode_prepared(e).header["descriptions"]) for e in chunk]
+            sources = [sorted(records.decode_prepared(e).header["descriptions"]) for e in chunk]
             _write_entries(str(staging / shard), chunk)
             _write_index(str(staging / shard), sources, {}, {}, fingerprint="")
             lengths.append(len(chunk))
@@ -890,11 +827,13 @@ def _num_records(path: Path) -> int:
         reader.close()
 
 
-def _report(meta: dict, skipped: Mapping[str, list[str]], version_dir: Path) -> None:
-    """Counts per split (checked against the mmpose splits) and skips."""
+def _report(
+    meta: dict, skipped: Mapping[str, list[str]], version_dir: Path, expected: Mapping[str, int]
+) -> None:
+    """Counts per split (checked against what a complete source has) and skips."""
     for split, info in meta["splits"].items():
-        expected = mpii.EXPECTED_IMAGES.get(split)
-        note = "" if expected in (None, info["images"]) else f" (mmpose split: {expected})"
+        complete = expected.get(split)
+        note = "" if complete in (None, info["images"]) else f" (the complete split: {complete})"
         shards = len(info["shards"])
         logging.info("split %s: %d images in %d shards%s", split, info["images"], shards, note)
     for reason, paths in skipped.items():
@@ -902,41 +841,9 @@ def _report(meta: dict, skipped: Mapping[str, list[str]], version_dir: Path) -> 
     logging.info("TFDS dataset at %s", version_dir)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    for name in ("images", "annotations", "descriptions", "out"):
-        if not FLAGS[name].value:
-            raise app.UsageError(f"--{name} is required")
-    meta = prepare(
-        FLAGS.images,
-        FLAGS.annotations,
-        FLAGS.descriptions,
-        FLAGS.out,
-        overwrite=FLAGS.overwrite,
-        max_side=FLAGS.max_side,
-        quality=FLAGS.quality,
-        squash_side=FLAGS.squash_side,
-        records_per_shard=FLAGS.records_per_shard,
-        workers=FLAGS.workers,
-    )
-    counts = {split: info["images"] for split, info in meta["splits"].items()}
-    print(json.dumps(counts | {"skipped": meta["skipped"]}))
-
-
-OVERWRITE_HELP = (
-    "Replace a finished dataset even where this run has fewer images in a split, or lacks one "
-    "of its splits (a split without images is never written)."
-)
-
-
-def _define_flags() -> None:
-    """Only when run as a program: importing this module must not claim flag names."""
-    flags.DEFINE_string("images", None, "MPII images folder.")
-    flags.DEFINE_multi_string("annotations", None, "mmpose JSON(s), official .mat or descriptions.")
-    flags.DEFINE_string(
-        "descriptions", None, "Description JSON file or folder (one subfolder per source)."
-    )
-    flags.DEFINE_string("out", None, f"Output TFDS data_dir (the dataset: <out>/{NAME}/).")
+def define_writer_flags(name: str) -> None:
+    """The flags every preparation shares: where and how its shards are written."""
+    flags.DEFINE_string("out", None, f"Output TFDS data_dir (the dataset: <out>/{name}/).")
     flags.DEFINE_integer("max_side", 512, "Longest side of the re-encoded JPEGs, pixels.")
     flags.DEFINE_integer("quality", 90, "JPEG quality of the re-encoded images.")
     flags.DEFINE_integer(
@@ -947,9 +854,26 @@ def _define_flags() -> None:
     )
     flags.DEFINE_integer("records_per_shard", 512, "Images per ArrayRecord shard.")
     flags.DEFINE_integer("workers", 0, "Parallel shard writers; 0: one per core.")
-    flags.DEFINE_bool("overwrite", False, OVERWRITE_HELP)
+    flags.DEFINE_bool(
+        "overwrite",
+        False,
+        "Replace a finished dataset even where this run has fewer images in a split, or lacks "
+        "one of its splits (a split without images is never written).",
+    )
 
 
-if __name__ == "__main__":
-    _define_flags()
-    cli.run(main)
+def writer_options() -> dict[str, Any]:
+    """The values of `define_writer_flags`'s flags, as `write_prepared` takes them."""
+    ranges = {  # flag: (least, most)
+        "max_side": (1, None),
+        "quality": (1, 100),
+        "squash_side": (0, None),
+        "records_per_shard": (1, None),
+        "workers": (0, None),
+    }
+    for name, (least, most) in ranges.items():
+        value = flags.FLAGS[name].value
+        if value < least or (most is not None and value > most):
+            within = f"from {least} to {most}" if most else f"at least {least}"
+            raise InputDataError(f"--{name}={value}: must be {within}")
+    return {name: flags.FLAGS[name].value for name in (*ranges, "overwrite")}
