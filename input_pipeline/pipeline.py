@@ -136,29 +136,3 @@ def to_global_arrays(
 ) -> dict[str, jax.Array]:
     """This process's rows → global `jax.Array`s split over the mesh's data axes."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -71,6 +71,7 @@ def _synthpose_pose(max_distractors: int, name: str) -> Callable[..., ZeroShotDa
 
     return load
 
+
 ZeroShotReader = Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict], ZeroShotData]
 
 
