@@ -41,11 +41,14 @@ if __name__ == "__main__":
     _fake_devices_from_argv()
 
 import collections  # noqa: E402
+import contextlib  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -74,6 +77,15 @@ def sharding_mode(mesh: jax.sharding.Mesh) -> str:
     if fsdp > 1:
         return f"fsdp{fsdp}"
     return f"dp{data}" if data > 1 else "single"
+
+
+@contextlib.contextmanager
+def _phase(what: str) -> Iterator[None]:
+    """Logs a phase's start and its duration: on a CPU host some take minutes."""
+    logging.info("%s...", what)
+    start = time.perf_counter()
+    yield
+    logging.info("%s: done in %.1f s", what, time.perf_counter() - start)
 
 
 def _first_batch(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], int]:
@@ -116,7 +128,8 @@ def _xla_step_flops(
     twin_config.model.scan_layers = False
     vocab = trainer.setup.model_config.text.vocab_size
     twin = train.Trainer(twin_config, trainer.setup.mesh, vocab_size=vocab)
-    twin_compiled = twin.step.lower(twin.abstract_state, batch).compile()
+    with _phase("Compiling an unrolled twin of the step for XLA's FLOP count"):
+        twin_compiled = twin.step.lower(twin.abstract_state, batch).compile()
     return _xla_flops(twin_compiled) * devices, "an unrolled twin (scan_layers=False)"
 
 
@@ -151,27 +164,38 @@ def benchmark(
     `profile_dir`: also trace two more steps there and report time per op kind (`profile_ops`).
     """
     mesh = sharding.create_mesh(config.mesh)
-    host_batch, vocab_size = _first_batch(config)
+    name = config.get("bench", {}).get("name", "") or "custom"
+    shape, batch_size = dict(mesh.shape), config.train.batch_size
+    logging.info(
+        "Benchmarking %s: %s mesh %s, batch %d", name, sharding_mode(mesh), shape, batch_size
+    )
+    with _phase("Making one batch"):
+        host_batch, vocab_size = _first_batch(config)
     trainer = train.Trainer(config, mesh, vocab_size=vocab_size)
     # Random weights either way: the RBG generator's init compiles ~3x faster than threefry's.
-    with jax.default_prng_impl("unsafe_rbg"):
+    with _phase("Initialising the state"), jax.default_prng_impl("unsafe_rbg"):
         state = trainer.init_state()
     batch = pipeline.to_global_arrays(host_batch, sharding.batch_sharding(mesh))
 
-    start = time.perf_counter()
-    compiled = trainer.step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
+    with _phase("Compiling the training step"):
+        start = time.perf_counter()
+        compiled = trainer.step.lower(state, batch).compile()
+        compile_s = time.perf_counter() - start
     times, cpu_times = [], []
-    for i in range(warmup + steps):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
+    with _phase(f"Running {warmup} warm-up and {steps} timed steps"):
+        for i in range(warmup + steps):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
     step_s = statistics.median(times)
 
-    ops = profile_ops(compiled, state, batch, profile_dir) if profile_dir else []
+    ops = []
+    if profile_dir:
+        with _phase(f"Tracing 2 steps into {profile_dir}"):
+            ops = profile_ops(compiled, state, batch, profile_dir)
     devices = mesh.devices.size
     device_kind = jax.devices()[0].device_kind
     peak_source = "given"
@@ -179,14 +203,14 @@ def benchmark(
         peak, peak_source = flops.peak_flops(device_kind), "table (bf16 dense)"
     if peak is None and jax.default_backend() == "cpu":
         # Fake CPU devices share the same cores: the machine's peak is split between them.
-        peak, peak_source = flops.measured_matmul_peak() / devices, "cpu-matmul (f32, measured)"
+        with _phase("Measuring the CPU's float32 matmul peak"):
+            peak, peak_source = flops.measured_matmul_peak() / devices, "cpu-matmul (f32, measured)"
     analytic = model_flops.train_step_flops(config)
     xla_total, xla_source = _xla_step_flops(config, trainer, compiled, batch, xla_cost)
     memory, memory_source = _peak_memory(compiled)
-    batch_size = config.train.batch_size
     achieved = analytic["total"] / step_s
     return {
-        "config": config.get("bench", {}).get("name", "") or "custom",
+        "config": name,
         "mesh": sharding_mode(mesh),
         "mesh_shape": dict(mesh.shape),
         "devices": devices,

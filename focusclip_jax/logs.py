@@ -19,6 +19,10 @@ from flax.traverse_util import flatten_dict
 from tensorboardX import SummaryWriter
 
 PARAMETERS_FILE = "parameters.txt"
+# tensorboardX warns at every non-finite scalar it writes: a diverged run would repeat it for each
+# metric at each step. The trainer reports non-finite steps itself (`train.check_finite`), and
+# metrics.jsonl keeps the values ("nan").
+logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
 
 
 def tensorboard_name(name: str) -> str:

@@ -1,7 +1,7 @@
 """Training: `python -m focusclip_jax.main --config=configs/pretrain.py --workdir=<dir>`.
 
-Rerunning with the same workdir resumes. Evaluating a trained checkpoint is
-`python -m focusclip_jax.evaluate --checkpoint=<workdir>`.
+Rerunning with the same workdir resumes. At its end the run draws its curves (`plot`) and says
+where its results are and the commands that evaluate, use, export and replot it.
 """
 
 import logging
@@ -10,7 +10,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from focusclip_jax import train
+from focusclip_jax import plot, run_record, train
 from focusclip_jax.evaluators import table
 from input_pipeline import cli
 
@@ -61,8 +61,41 @@ def main(argv: list[str]) -> None:
     results = train.train_and_evaluate(
         FLAGS.config, FLAGS.workdir, takeover_lock=FLAGS.takeover_lock
     )
-    if results and jax.process_index() == 0:
-        print("\nEvaluation results\n" + table.results_table(results))
+    if jax.process_index() == 0:
+        if results:
+            print("\nEvaluation results\n" + table.results_table(results))
+        print(where_and_next(str(run_record.workdir_path(FLAGS.workdir)), _plots(FLAGS.workdir)))
+
+
+def _plots(workdir: str) -> bool:
+    """Draws the run's curves; a failure to draw them must not fail the finished training."""
+    try:
+        plot.write_plots(workdir)
+    except Exception as error:  # the checkpoints and metrics are saved: a warning is enough
+        logging.warning("Plots not drawn (%s: %s)", type(error).__name__, error)
+        return False
+    return True
+
+
+def where_and_next(workdir: str, plotted: bool) -> str:
+    """Where the run's results are and the commands that use them (printed at its end)."""
+    plots = "curves of the losses, alpha, temperature, lr and evaluations (PNG)"
+    module = "python -m focusclip_jax."
+    return "\n".join(
+        (
+            f"\nResults in {workdir}",
+            "  metrics.jsonl    every logged step and evaluation, one JSON object a line",
+            f"  plots/           {plots if plotted else 'not drawn: see the warning above'}",
+            f"  tb/              TensorBoard: python -m tensorboard.main --logdir={workdir}/tb",
+            "  checkpoints/     the trained state; rerunning the same command resumes",
+            "  config.json      the run's full config; parameters.txt: every parameter's shape",
+            "Next",
+            f"  {module}evaluate --checkpoint={workdir} --config.data_root=<eval data>",
+            f"  {module}predict --checkpoint={workdir} --images=<files> --labels=a,b,c",
+            f"  {module}export --checkpoint={workdir} --tower=image_tower --out=<file>.safetensors",
+            f"  {module}plot --workdir={workdir}",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -62,6 +63,8 @@ def test_bench_cli_two_steps_and_flops_agree_with_xla(tmp_path):
     )
     assert 0.90 <= result["analytic_over_xla"] <= 1.0
     assert "| tiny | single | 1 | 16 | float32 |" in done.stdout
+    for phase in ("Making one batch", "Compiling the training step", "Running 0 warm-up and 2"):
+        assert re.search(rf"{phase}[^\n]*: done in \d+\.\d s", done.stderr), phase  # progress
 
 
 @pytest.mark.parametrize("size", ["small", "b16_128", "tiny"])

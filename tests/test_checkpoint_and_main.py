@@ -95,6 +95,22 @@ def test_demo_through_main_learns_a_repeated_batch(tmp_path: Path) -> None:
     assert len(losses) == 8 and losses[8] < losses[1] * 0.95
     assert (tmp_path / "checkpoints" / "8").is_dir()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    # The end: the curves drawn, where everything is and the next commands, on a quiet stderr.
+    assert (tmp_path / "plots" / "losses.png").is_file()
+    assert (tmp_path / "plots" / "eval_synthpose_pose.png").is_file()
+    for line in (
+        f"Results in {tmp_path}",
+        f"python -m tensorboard.main --logdir={tmp_path}/tb",
+        f"python -m focusclip_jax.evaluate --checkpoint={tmp_path} --config.data_root=",
+        f"python -m focusclip_jax.predict --checkpoint={tmp_path} --images=",
+        f"python -m focusclip_jax.export --checkpoint={tmp_path} --tower=image_tower",
+        f"python -m focusclip_jax.plot --workdir={tmp_path}",
+    ):
+        assert line in result.stdout, line
+    assert re.search(r"Evaluation zero_shot done in \d+\.\d s", result.stderr)
+    assert "Evaluation linear_probe" not in result.stderr  # the demo has none: not told
+    warnings = [line for line in result.stderr.splitlines() if re.match(r"W\d{4} |.*Warning", line)]
+    assert not warnings, warnings
 
 
 def test_pretrain_without_data_names_the_missing_files(tmp_path: Path) -> None:

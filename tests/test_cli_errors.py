@@ -56,6 +56,8 @@ CASES = [
      "expected a training workdir"),
     ("bench.train_step", ["--config=configs/bench.py:tiny", "--nope=1"],
      "Unknown command line flag 'nope'"),
+    ("focusclip_jax.plot", ["--workdir={r}/none"], "--workdir={r}/none: no such folder"),
+    ("focusclip_jax.plot", ["--workdir={r}"], "{r}/metrics.jsonl: not found"),
 ]  # fmt: skip
 
 

@@ -4,6 +4,8 @@ To add one: a file with an `Evaluator` subclass (`base.py`) and a line in `EVALU
 `config.evals.<name> = {"type": <type>, "every_steps": N, ...its own keys}`.
 """
 
+import logging
+import time
 from typing import Any
 
 import ml_collections
@@ -45,11 +47,24 @@ def create(config: ml_collections.ConfigDict, setup: Any, tokenizer: Tokenizer) 
 
 
 def run_due(evaluators: list[Evaluator], params: Any, step: int, last_step: int) -> Results:
-    """The evaluators due after `step`, their results merged."""
+    """The evaluators due after `step`, their results merged; each one's start and duration are
+    logged (a minute or more for the paper's datasets)."""
     results, reported_by = Results({}), {}
     for evaluator in evaluators:
         if evaluator.due(step, last_step):
+            # An entry with no datasets is switched off: nothing to tell.
+            told = bool(evaluator.options.get("datasets", True))
+            if told:
+                logging.info("Evaluation %s after step %d...", evaluator.name, step)
+            start = time.perf_counter()
             found = evaluator.run(params)
+            if told:
+                logging.info(
+                    "Evaluation %s done in %.1f s: %d results",
+                    evaluator.name,
+                    time.perf_counter() - start,
+                    len(found.metrics),
+                )
             for key in found.metrics:
                 if key in reported_by:  # two entries reading the same dataset the same way
                     raise ValueError(
