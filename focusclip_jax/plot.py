@@ -22,7 +22,8 @@ from etils import epath
 from PIL import Image, ImageDraw, ImageFont
 
 from focusclip_jax.evaluators.table import NOT_PERCENT
-from input_pipeline.files import InputDataError, run
+from input_pipeline.cli import run
+from input_pipeline.errors import InputDataError
 
 METRICS_FILE = "metrics.jsonl"
 PLOTS_DIR = "plots"

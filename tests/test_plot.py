@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from focusclip_jax import logs, plot
-from input_pipeline.files import InputDataError
+from input_pipeline.errors import InputDataError
 
 STEPS = range(0, 101, 5)
 EVAL_STEPS = (50, 100)
