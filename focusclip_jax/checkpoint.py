@@ -130,8 +130,8 @@ def restore_params(checkpoint: str | Path, abstract_params: Any) -> tuple[Any, i
     finally:
         manager.close()
     if found is None:
-        which = f"{directory}/{named}" if named is not None else f"{directory}: no step"
-        raise CheckpointNotFoundError(f"--checkpoint={checkpoint}: {which} is readable")
+        which = f"{directory}/{named} is unreadable" if named is not None else "no readable step"
+        raise CheckpointNotFoundError(f"--checkpoint={checkpoint}: {which} (the log says why)")
     return found
 
 
