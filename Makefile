@@ -27,6 +27,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	  "$$python_bin" -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps --editable .  # commands work from any directory
 	touch $@
 
 venv: $(VENV)/.installed

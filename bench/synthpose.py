@@ -41,7 +41,9 @@ def _define_flags() -> None:
     """Defined when run as a command only: importing the module (tests) defines none."""
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (initialisation and data order).")
     flags.DEFINE_list("variants", ["clip", "focusclip"], "Which to train, of VARIANTS.")
-    config_flags.DEFINE_config_file("config", "configs/synthpose.py", "The FocusCLIP run's config.")
+    config_flags.DEFINE_config_file(
+        "config", cli.project_path("configs/synthpose.py"), "The FocusCLIP run's config."
+    )
     flags.DEFINE_string("workdir", "workdirs/synthpose_bench", "Runs go here (replaced).")
 
 

@@ -115,7 +115,9 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defined only when run as a program: importing this module must not claim flag names."""
     config_flags.DEFINE_config_file(
-        "config", "configs/eval_zeroshot.py", "The evaluations (config.evals) and their data."
+        "config",
+        cli.project_path("configs/eval_zeroshot.py"),
+        "The evaluations (config.evals) and their data.",
     )
     flags.DEFINE_string("checkpoint", None, "Training workdir, its checkpoints/ or a step folder.")
     flags.DEFINE_string("out", None, "Where results go (default <workdir>/zero_shot/step_<N>).")

@@ -7,8 +7,10 @@ bug prints a traceback.
 """
 
 import logging
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 from absl import app, flags
@@ -16,6 +18,27 @@ from absl import app, flags
 from input_pipeline.errors import InputDataError
 
 USER_ERROR_STATUS = 2
+PROJECT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages) with configs/
+
+
+def project_path(path: str) -> str:
+    """`path` as given when it exists from the working directory, else the project's file of
+    that name (`configs/pretrain.py`): the documented commands work from any directory."""
+    if os.path.isabs(path) or os.path.exists(path) or not (PROJECT / path).exists():
+        return path
+    return str(PROJECT / path)
+
+
+def _config_files_from_anywhere(argv: list[str]) -> list[str]:
+    """`--config=configs/x.py[:variants]` made the project's when the working directory has
+    no such file."""
+    found = []
+    for arg in argv:
+        if arg.startswith("--config=") and not arg.startswith("--config=/"):
+            path, colon, variants = arg.removeprefix("--config=").partition(":")
+            arg = f"--config={project_path(path)}{colon}{variants}"
+        found.append(arg)
+    return found
 
 
 def fail(message: str) -> NoReturn:
@@ -38,6 +61,7 @@ def _one_line(error: BaseException) -> str | None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, its errors (an unknown flag or config key, a bad value) in one line."""
+    argv = _config_files_from_anywhere(argv)
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:  # a config file's own error comes with its traceback's text
