@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bench import flops  # noqa: E402
+from bench.random_batch import random_batch  # noqa: E402
 from bench.reference_spec import run_in_reference_python, torch_spec  # noqa: E402
 from bench.train_step import TABLE_HEADER, benchmark, markdown_row  # noqa: E402
 from input_pipeline import cli, skeleton  # noqa: E402
@@ -65,7 +65,7 @@ FLAGS = flags.FLAGS
 
 def write_torch_inputs(config: ml_collections.ConfigDict, folder: Path) -> tuple[Path, Path]:
     """The spec JSON and the same random batch as the JAX step's, with host-rendered heatmaps."""
-    batch = flops.random_batch(config)
+    batch = random_batch(config)
     size = config.model.image_size
     heatmaps = np.stack(
         [

@@ -154,7 +154,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench import flops
+from bench.random_batch import random_batch
 from configs import bench
 from focusclip_jax import sharding, train
 from input_pipeline import pipeline
@@ -187,7 +187,7 @@ def first_step(dtype: str, attention: str) -> dict:
     config.mesh.data = 1
     mesh = sharding.create_mesh(config.mesh)
     trainer = train.Trainer(config, mesh, vocab_size=config.model.text.vocab_size)
-    batch = pipeline.to_global_arrays(flops.random_batch(config), sharding.batch_sharding(mesh))
+    batch = pipeline.to_global_arrays(random_batch(config), sharding.batch_sharding(mesh))
     _, metrics = trainer.step(trainer.init_state(), batch)
     return {k: float(metrics[k]) for k in ("loss", "grad_norm")}
 

@@ -57,9 +57,10 @@ import ml_collections  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bench import flops  # noqa: E402
+from bench import peaks  # noqa: E402
+from bench.random_batch import random_batch  # noqa: E402
+from focusclip_jax import aot, sharding, train  # noqa: E402
 from focusclip_jax import flops as model_flops  # noqa: E402
-from focusclip_jax import sharding, train  # noqa: E402
 from input_pipeline import cli, pipeline  # noqa: E402
 
 TABLE_HEADER = (
@@ -91,61 +92,9 @@ def _phase(what: str) -> Iterator[None]:
 def _first_batch(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], int]:
     """(host batch, vocabulary size): random for `data.name=random`, else the pipeline's."""
     if config.data.name == "random":
-        return flops.random_batch(config), config.model.text.vocab_size
+        return random_batch(config), config.model.text.vocab_size
     tokenizer = pipeline.create_tokenizer(config)
     return next(pipeline.train_iterator(config, tokenizer)), tokenizer.vocab_size
-
-
-def _xla_flops(compiled: jax.stages.Compiled) -> float:
-    """XLA's FLOP count of the compiled (per-device, after SPMD partitioning) program."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):  # older jax: one dict per program
-        cost = cost[0]
-    return float(cost.get("flops", float("nan")))
-
-
-def _xla_step_flops(
-    config: ml_collections.ConfigDict,
-    trainer: train.Trainer,
-    compiled: jax.stages.Compiled,
-    batch: dict[str, jax.Array],
-    how: str,
-) -> tuple[float | None, str]:
-    """XLA's FLOPs of the whole step (all devices) and what was counted.
-
-    XLA's cost analysis counts a while loop's body once, so the timed program of a model with
-    `scan_layers` undercounts its blocks; `how='unrolled'` then compiles an unrolled twin of the
-    step (one more compile) just to count it.
-    """
-    devices = trainer.setup.mesh.devices.size
-    if how == "none":
-        return None, "not counted"
-    if how == "compiled" or not config.model.get("scan_layers", False):
-        return _xla_flops(compiled) * devices, "the timed program"
-    if how != "unrolled":
-        raise ValueError(f"--xla_cost={how!r}: expected unrolled, compiled or none")
-    twin_config = config.copy_and_resolve_references()
-    twin_config.model.scan_layers = False
-    vocab = trainer.setup.model_config.text.vocab_size
-    twin = train.Trainer(twin_config, trainer.setup.mesh, vocab_size=vocab)
-    with _phase("Compiling an unrolled twin of the step for XLA's FLOP count"):
-        twin_compiled = twin.step.lower(twin.abstract_state, batch).compile()
-    return _xla_flops(twin_compiled) * devices, "an unrolled twin (scan_layers=False)"
-
-
-def _peak_memory(compiled: jax.stages.Compiled) -> tuple[float, str]:
-    """Peak bytes per device and where the number comes from."""
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return float(stats["peak_bytes_in_use"]), "memory_stats"
-    mem = compiled.memory_analysis()
-    total = (
-        mem.argument_size_in_bytes
-        + mem.output_size_in_bytes
-        + mem.temp_size_in_bytes
-        - mem.alias_size_in_bytes
-    )
-    return float(total), "memory_analysis"
 
 
 def benchmark(
@@ -160,7 +109,7 @@ def benchmark(
     """Compiles and times the training step of `config`; returns every reported number.
 
     `peak`: FLOP/s per device for MFU; None looks the device kind up in the table and, on CPU,
-    measures a matmul peak. `xla_cost`: how XLA's FLOP count is taken (`_xla_step_flops`).
+    measures a matmul peak. `xla_cost`: how XLA's FLOP count is taken (`aot.step_cost`).
     `profile_dir`: also trace two more steps there and report time per op kind (`profile_ops`).
     """
     mesh = sharding.create_mesh(config.mesh)
@@ -200,14 +149,21 @@ def benchmark(
     device_kind = jax.devices()[0].device_kind
     peak_source = "given"
     if peak is None:
-        peak, peak_source = flops.peak_flops(device_kind), "table (bf16 dense)"
+        peak, peak_source = peaks.peak_flops(device_kind), "table (bf16 dense)"
     if peak is None and jax.default_backend() == "cpu":
         # Fake CPU devices share the same cores: the machine's peak is split between them.
         with _phase("Measuring the CPU's float32 matmul peak"):
-            peak, peak_source = flops.measured_matmul_peak() / devices, "cpu-matmul (f32, measured)"
+            peak, peak_source = peaks.measured_matmul_peak() / devices, "cpu-matmul (f32, measured)"
     analytic = model_flops.train_step_flops(config)
-    xla_total, xla_source = _xla_step_flops(config, trainer, compiled, batch, xla_cost)
-    memory, memory_source = _peak_memory(compiled)
+    vocab = trainer.setup.model_config.text.vocab_size
+    with _phase("Counting the step's FLOPs (XLA's cost analysis)"):
+        cost = aot.step_cost(config, mesh, vocab, compiled, xla_cost)
+    xla_total = cost.flops * devices if cost.flops is not None else None
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        memory, memory_source = float(stats["peak_bytes_in_use"]), "memory_stats"
+    else:
+        memory, memory_source = float(aot.memory(compiled)["total"]), "memory_analysis"
     achieved = analytic["total"] / step_s
     return {
         "config": name,
@@ -227,7 +183,7 @@ def benchmark(
         "images_per_s_per_device": batch_size / step_s / devices,
         "analytic_flops": analytic,
         "xla_flops": xla_total,
-        "xla_flops_of": xla_source,
+        "xla_flops_of": cost.of,
         "analytic_over_xla": analytic["total"] / xla_total if xla_total else None,
         "tflops_per_s": achieved / 1e12,
         "peak_flops_per_device": peak,

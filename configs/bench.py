@@ -10,7 +10,7 @@ these sizes, one per variant (`--config=configs/bench.py:small`):
   demo     configs/demo.py's tiny towers (48 px, context 80) with this file's recipe
   tiny     a few-second compile for tests/test_bench.py (wide enough that matmuls dominate)
 Other pretrain.py variants may follow (`:b16_128,clip`). Batches are random in-memory arrays
-(`bench.flops.random_batch`): no files, no tokenizer.
+(`bench.random_batch`): no files, no tokenizer.
 """
 
 import ml_collections

@@ -252,12 +252,25 @@ def cost_analysis(
     'compiled' analyses `compiled` as is; 'none' skips it. XLA's GPU compiler gives no cost
     analysis, so GPU targets compile no twin.
     """
+    if target.chip.platform != "tpu" and how != "none":
+        return Cost("no cost analysis from XLA's GPU compiler")
+    return step_cost(config, mesh, vocab, compiled, how)
+
+
+def step_cost(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    vocab: int,
+    compiled: jax.stages.Compiled | None,
+    how: str = "auto",
+) -> Cost:
+    """The cost analysis of `config`'s step compiled for `mesh`'s devices (`cost_analysis`'s,
+    for any backend that gives one): of an unrolled twin when the layers are scanned, unless
+    `how` is 'compiled' (the program as is) or 'none'."""
     if how not in ("auto", "unrolled", "compiled", "none"):
         raise ValueError(f"--xla_flops={how!r}: expected auto, unrolled, compiled or none")
     if how == "none":
         return Cost("not analysed (--xla_flops=none)")
-    if target.chip.platform != "tpu":
-        return Cost("no cost analysis from XLA's GPU compiler")
     if how != "compiled" and config.model.get("scan_layers", False):
         twin_config = config.copy_and_resolve_references()
         twin_config.model.scan_layers = False

@@ -16,9 +16,9 @@ from tests.conftest import FAST_COMPILE_FLAGS, REPO
 def test_vit_b16_forward_flops_match_the_published_count():
     """ViT-B/16 at 224 px: 17.56 GMACs per image (fvcore / timm's model card), the head aside."""
     config = bench.get_config("b16_128")
-    vit = flops.vit_forward_flops(config.model)
+    vit = flops.tower_forward_flops("image", config.model)
     head = 2 * 768 * config.model.embed_dim
-    gmacs = (vit["patch"] + vit["rest"] - head) / 2e9
+    gmacs = (vit["input"] + vit["rest"] - head) / 2e9
     assert gmacs == pytest.approx(17.56, abs=0.01)
 
 
@@ -28,7 +28,8 @@ def test_bert_base_forward_flops_match_a_hand_count():
     config = bench.get_config("b16_128")
     per_token_macs = 4 * 768**2 + 2 * 768 * 3072 + 2 * 128 * 768
     expected = 2 * (12 * 128 * per_token_macs + 768 * 512)
-    assert flops.text_forward_flops(config.model) == expected
+    text = flops.tower_forward_flops("text", config.model)
+    assert text["input"] == 0 and text["rest"] == expected
 
 
 def test_bench_cli_two_steps_and_flops_agree_with_xla(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from bench import flops as bench_flops
+from bench.random_batch import random_batch
 from configs import bench
 from focusclip_jax import aot, sharding, train
 from input_pipeline import pipeline
@@ -42,7 +42,7 @@ def two_steps_each_mode():
     cannot mistake a weight for a batch."""
     config = bench.get_config("tiny")
     config.train.batch_size = 24
-    host_batch = bench_flops.random_batch(config)
+    host_batch = random_batch(config)
     runs = {}
     for mode, shape in MESHES.items():
         mesh = sharding.create_mesh(shape)

@@ -47,6 +47,10 @@ class ContrastiveLoss(abc.ABC):
     def __call__(self, a: jax.Array, b: jax.Array, scalars: Scalars) -> jax.Array:
         """The loss of one pair of modalities (a scalar)."""
 
+    def forward_flops(self, batch: int, dim: int) -> int:
+        """Matmul FLOPs of one pair's loss, forward: the [B, B] similarities of `a` and `b`."""
+        return 2 * batch * batch * dim
+
     def similarity_scale(self, scalars: Scalars) -> jax.Array:
         """What multiplies cosine similarities into zero-shot logits: exp(logit_scale)."""
         return jnp.exp(scalars["logit_scale"])

@@ -34,5 +34,9 @@ class NTXent(ContrastiveLoss):
     def __call__(self, a: jax.Array, b: jax.Array, scalars: Scalars) -> jax.Array:
         return nt_xent(a, b, self.temperature)
 
+    def forward_flops(self, batch: int, dim: int) -> int:
+        """The [2B, 2B] similarities of [a; b] with themselves."""
+        return 2 * (2 * batch) ** 2 * dim
+
     def similarity_scale(self, scalars: Scalars) -> jax.Array:
         return jnp.asarray(1.0 / self.temperature, jnp.float32)

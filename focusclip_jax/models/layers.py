@@ -352,6 +352,15 @@ class PostNormBlock(_Block):
         return self.norm2(x + mlp(x))
 
 
+def block_flops(tokens: int, width: int, mlp_dim: int) -> int:
+    """Forward matmul FLOPs of one transformer block over one sequence of `tokens` (2·M·N·K per
+    matmul): the query/key/value/out projections, q·kᵀ and p·v over all heads, the MLP."""
+    projections = 2 * tokens * width * width * 4
+    attention = 2 * 2 * tokens * tokens * width
+    mlp = 2 * 2 * tokens * width * mlp_dim
+    return projections + attention + mlp
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BlockStack:
     """A tower's transformer blocks and how they run, defined once for every tower.

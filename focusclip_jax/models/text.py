@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from focusclip_jax.models import layers
 from focusclip_jax.models.layers import (
     BlockStack,
     PostNormBlock,
@@ -63,6 +64,12 @@ class BertTextEncoder(nnx.Module):
     dropout (0.1 in bert-base-uncased), on the embeddings, each sub-layer's output and the
     attention probabilities, drawn from the `rng` the call is given (none: evaluation).
     """
+
+    @staticmethod
+    def forward_flops(*, width: int, depth: int, mlp_dim: int, max_len: int, **_: Any) -> dict:
+        """Forward matmul FLOPs per text of `max_len` tokens (padding is computed too): the
+        token embedding is a lookup (`input`: 0), the blocks the `rest`."""
+        return {"input": 0, "rest": depth * layers.block_flops(max_len, width, mlp_dim)}
 
     def __init__(
         self,
@@ -123,6 +130,12 @@ class CausalTextEncoder(nnx.Module):
     The feature is the hidden state at the last real token (index `sum(mask) - 1`), which is
     where CLIP's `argmax(tokens)` lands because its end-of-text id is the largest in the vocabulary.
     """
+
+    @staticmethod
+    def forward_flops(*, width: int, depth: int, mlp_dim: int, max_len: int, **_: Any) -> dict:
+        """Forward matmul FLOPs per text of `max_len` tokens (padding is computed too): the
+        token embedding is a lookup (`input`: 0), the blocks the `rest`."""
+        return {"input": 0, "rest": depth * layers.block_flops(max_len, width, mlp_dim)}
 
     def __init__(
         self,

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from focusclip_jax.models import layers
 from focusclip_jax.models.layers import (
     BlockStack,
     PreNormBlock,
@@ -40,6 +41,18 @@ class ViT(nnx.Module):
     `ln_pre`); `patch_bias=False` matches CLIP's bias-free patch conv. The blocks' options
     (depth, heads, MLP, `attention`, `scan_layers`, `remat`, ...): `layers.BlockStack`.
     """
+
+    @staticmethod
+    def forward_flops(
+        *, image_size: int, patch_size: int, width: int, depth: int, mlp_dim: int, **_: Any
+    ) -> dict[str, int]:
+        """Forward matmul FLOPs per image: `input`, the patch embedding (whose input, pixels,
+        needs a gradient only when it is a focused image's), and `rest`, the blocks."""
+        patches = (image_size // patch_size) ** 2
+        return {
+            "input": 2 * patches * 3 * patch_size**2 * width,
+            "rest": depth * layers.block_flops(patches + 1, width, mlp_dim),
+        }
 
     def __init__(
         self,

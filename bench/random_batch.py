@@ -1,39 +1,7 @@
-"""Peak FLOP/s of the device at hand, and random batches of the training step's layout.
+"""Random batches of the training step's layout: benchmarks without files or a tokenizer."""
 
-The analytic FLOP count itself is `focusclip_jax.flops` (the AOT compile tool reports it too).
-"""
-
-import time
-
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-
-from focusclip_jax import targets
-
-
-def peak_flops(device_kind: str) -> float | None:
-    """Dense bf16 peak of a device kind (`focusclip_jax.targets`), None when unlisted (CPU)."""
-    chip = targets.chip_for_device_kind(device_kind)
-    return chip.peak_bf16 if chip else None
-
-
-def measured_matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of the best of `repeats` jitted float32 [size, size] matmuls on the default device.
-
-    A stand-in peak where the table has none (CPU): what this machine's XLA reaches on the kind of
-    work that dominates the model.
-    """
-    a = jnp.ones((size, size), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
-    jax.block_until_ready(matmul(a))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(matmul(a))
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
 
 
 def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
