@@ -24,11 +24,10 @@ from absl import app, flags
 from ml_collections import config_flags
 from PIL import Image
 
-from bench.reference_spec import REPO, run_in_reference_python
+from bench.reference_spec import REFERENCE_PYTHON, REPO, run_in_reference_python
 
 WORDPIECE_VOCAB = REPO / "tests" / "fixtures" / "tokenizers" / "bert_vocab_small.txt"
 SMALL_CLIP_BPE = REPO / "tests" / "fixtures" / "tokenizers" / "bpe_clip_2000.txt.gz"
-REFERENCE_PYTHON = REPO / ".venv-ref" / "bin" / "python"
 TEXTS = (
     "a photo of a person standing with arms raised",
     "A person KNEELING, the left hand on the ground; reaching forward!",

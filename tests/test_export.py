@@ -21,6 +21,7 @@ from flax import nnx
 from flax.traverse_util import flatten_dict
 
 from bench import export_roundtrip
+from bench.reference_spec import REFERENCE_PYTHON
 from focusclip_jax import export, models, sharding, train
 from focusclip_jax.weights import common, hf_dual_encoder, open_clip
 from input_pipeline.files import InputDataError
@@ -34,7 +35,6 @@ HF_FILES = {
     "special_tokens_map.json",
     "preprocessor_config.json",
 }
-REFERENCE_PYTHON = REPO / ".venv-ref" / "bin" / "python"
 
 
 @pytest.fixture(scope="module")
