@@ -19,11 +19,13 @@ tower and alpha are training's. Everything is numpy and safetensors: no torch.
 The output is written beside `--out` (`<out>.partial`) and renamed into place when complete; an
 existing export is replaced only with `--overwrite` (the old one is `<out>.replaced` until the
 new one is in place: a run cut short between the two renames is undone by the next). Anything at
-`--out` that is not an export of the same kind (a folder without `config.json`, a file where a
-folder goes) is never replaced. The model comes from the workdir's record (`run_record`);
-`--config` describes it only for workdirs trained before runs were recorded.
+`--out` that is not an export of the same kind (a folder without `config.json`, a file that is
+not `.safetensors`, a file where a folder goes) is never replaced. The model comes from the
+workdir's record (`run_record`); `--config` describes it only for workdirs trained before runs
+were recorded.
 """
 
+import json
 import logging
 import shutil
 import sys
@@ -96,6 +98,23 @@ def check_out(out: Path, *, folder: bool, overwrite: bool) -> None:
             f"--out={out}: a folder without config.json, not an export: not replaced, even with "
             "--overwrite"
         )
+    if not folder and not _is_safetensors(out):
+        raise files.InputDataError(
+            f"--out={out}: not a .safetensors file, not an export: not replaced, even with "
+            "--overwrite"
+        )
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether `path` starts as a safetensors file does: a header length, then JSON."""
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            return 0 < size <= path.stat().st_size - 8 and isinstance(
+                json.loads(f.read(size)), dict
+            )
+    except (OSError, ValueError):
+        return False
 
 
 def write_aside(out: Path, write: Callable[[Path], object]) -> None:

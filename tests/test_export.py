@@ -189,6 +189,19 @@ def test_output_is_written_aside_and_replaced_only_with_overwrite(
     with pytest.raises(InputDataError, match=r"folder without config.json, not an export"):
         export.export(None, str(workdir), None, str(tmp_path / "mine"), fmt="hf", overwrite=True)
     assert (tmp_path / "mine" / "notes.txt").is_file()
+    (tmp_path / "thesis.safetensors").write_text("not an export")
+    with pytest.raises(InputDataError, match=r"not a .safetensors file, not an export"):
+        export.export(
+            None, str(workdir), "image_tower", str(tmp_path / "thesis.safetensors"), overwrite=True
+        )
+    assert (tmp_path / "thesis.safetensors").read_text() == "not an export"
+    vit = tmp_path / "vit.safetensors"
+    export.export(None, str(workdir), "image_tower", str(vit))
+    export.export(None, str(workdir), "image_tower", str(vit), overwrite=True)
+    assert "patch_embed.proj.weight" in common.read_tensors(vit)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "hf", "mine", "thesis.safetensors", "vit.safetensors"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,11 @@ bias-free Linear (`get_image_features`, `get_text_features`, and the `logits_per
   every logit alike: softmax probabilities are unchanged).
 
 The pooler and projection weights are thus a reparametrisation, not a trained pooler: the
-per-tower export (`export_tower`) gives the towers alone with their own weights.
+per-tower export (`export_tower`) gives the towers alone with their own weights. Inputs: the
+tokenizer gives our ids (CJK characters stay inside words, as in our WordPiece); the image
+processor squashes as `TrainedModel.read_images` does, to the same pixels with its PIL backend
+(`AutoImageProcessor.from_pretrained(folder, backend="pil")`); the default torchvision backend
+resizes differently, by up to one grey level.
 """
 
 import json
