@@ -7,7 +7,10 @@ AOT_VENV := .venv-aot
 AOT_PY := $(AOT_VENV)/bin/python
 DEMO_WORKDIR ?= workdirs/demo
 
-.PHONY: demo test lint venv aot-venv clean
+REF_VENV := .venv-ref
+REF_PY := $(REF_VENV)/bin/python
+
+.PHONY: demo test lint venv aot-venv reference-venv clean
 
 # A Python >= 3.12: $PYTHON, python3.12/python3 on PATH, pyenv's versions, or a clear error.
 define find_python
@@ -45,6 +48,33 @@ $(AOT_VENV)/.installed: requirements-aot.txt $(VENV)/.installed
 
 aot-venv: $(AOT_VENV)/.installed
 
+# Python 3.11 for the reference venv: the CPU torch wheel of requirements-reference.txt is built
+# for it. $$PYTHON_REF, python3.11/python3 on PATH, pyenv's 3.11 versions, or a clear error.
+define find_python_reference
+for candidate in "$${PYTHON_REF:-}" python3.11 python3 \
+    $$(ls -d "$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)"/versions/3.11*/bin/python3 2>/dev/null); do \
+  [ -n "$$candidate" ] || continue; \
+  if "$$candidate" -c 'import sys, venv; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then \
+    echo "$$candidate"; exit 0; fi; \
+done; \
+echo "error: no Python 3.11 found. Install one (python.org, pyenv install 3.11, or your OS's" \
+  "python3.11) and rerun, or point to it: make PYTHON_REF=/path/to/python3.11 reference-venv" >&2; exit 1
+endef
+
+# The PyTorch references (bench/compare.py, bench/make_parity_goldens.py, bench/export_roundtrip.py):
+# torch, timm, open_clip and transformers on CPU, never needed by focusclip_jax or its tests. Plain
+# pip, which takes torch 2.13.0+cpu from a local wheel where pip's find-links has one.
+$(REF_VENV)/.installed: requirements-reference.txt
+	rm -rf $(REF_VENV)
+	@python_bin=$$($(find_python_reference)) || exit 1; \
+	  echo "Creating $(REF_VENV) with $$python_bin ($$($$python_bin --version))"; \
+	  "$$python_bin" -m venv $(REF_VENV)
+	$(REF_PY) -m pip install --quiet --upgrade pip
+	$(REF_PY) -m pip install --quiet -r requirements-reference.txt
+	touch $@
+
+reference-venv: $(REF_VENV)/.installed
+
 demo: venv
 	rm -rf $(DEMO_WORKDIR)
 	$(PY) -m focusclip_jax.main --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
@@ -62,4 +92,4 @@ lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(AOT_VENV) workdirs
+	rm -rf $(VENV) $(AOT_VENV) $(REF_VENV) workdirs

@@ -1,10 +1,10 @@
 """The JAX training step and the PyTorch original side by side: same model, batch and threads.
 
     python -m bench.compare --config=configs/bench.py:small --batch=16 --threads=2 \\
-        --torch_python=/tmp/refvenv/bin/python --steps=5
+        --torch_python=.venv-ref/bin/python --steps=5
 
 Runs bench/torch_reference.py in `--torch_python` (a Python with torch, timm and transformers:
-requirements-reference.txt) in each of `--modes` (original: fp32 eager; tuned: bf16 autocast +
+`make reference-venv`) in each of `--modes` (original: fp32 eager; tuned: bf16 autocast +
 SDPA; `--torch_compile` adds tuned under torch.compile), then the JAX step here
 (bench/train_step.py's `benchmark`, on JAX's default backend), one after the other on the same
 random batch (heatmaps rendered for PyTorch on the host), and prints each step time and the ratio
@@ -42,7 +42,11 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bench.random_batch import random_batch  # noqa: E402
-from bench.reference_spec import run_in_reference_python, torch_spec  # noqa: E402
+from bench.reference_spec import (  # noqa: E402
+    REFERENCE_PYTHON,
+    run_in_reference_python,
+    torch_spec,
+)
 from bench.train_step import TABLE_HEADER, benchmark, markdown_row  # noqa: E402
 from input_pipeline import cli, skeleton  # noqa: E402
 from input_pipeline.heatmaps import HeatmapSettings, render_heatmap_np  # noqa: E402
@@ -50,7 +54,7 @@ from input_pipeline.heatmaps import HeatmapSettings, render_heatmap_np  # noqa: 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/bench.py:<size>).")
 flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's).")
 flags.DEFINE_integer("threads", 0, "Cores for both frameworks (0: all this process may use).")
-flags.DEFINE_string("torch_python", "/tmp/refvenv/bin/python", "Python with torch, timm, HF.")
+flags.DEFINE_string("torch_python", str(REFERENCE_PYTHON), "Python with torch, timm, HF.")
 flags.DEFINE_list("modes", ["original", "tuned"], "PyTorch settings to run.")
 flags.DEFINE_string("torch_device", "cpu", "PyTorch device (cuda on a GPU machine).")
 flags.DEFINE_bool("torch_compile", False, "Also run the tuned setting under torch.compile.")

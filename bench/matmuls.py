@@ -1,7 +1,7 @@
 """The training step's matmuls timed alone, in JAX and PyTorch: the floor a framework's step has.
 
     python -m bench.matmuls --config=configs/bench.py:small --batch=8 --threads=2 \\
-        [--torch_python=/tmp/refvenv/bin/python] [--seconds=0.5] [--rounds=2]
+        [--torch_python=.venv-ref/bin/python] [--seconds=0.5] [--rounds=2]
 
 Every matmul of a FocusCLIP step (shared image tower, BERT text tower; focusclip_jax/flops.py's
 count) as (layout, batch, m, k, n) with how often it runs: per Dense layer x[M, K] @ W[K, N]

@@ -12,6 +12,7 @@ import ml_collections
 from focusclip_jax.models import towers
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE_PYTHON = REPO / ".venv-ref" / "bin" / "python"  # `make reference-venv`
 
 
 def torch_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -43,8 +44,8 @@ def run_in_reference_python(python: str, module: str, args: list[str]) -> Any:
     """Runs `python -m module *args` from the repository root; its last stdout line is JSON."""
     if not Path(python).exists():
         raise FileNotFoundError(
-            f"--torch_python={python} does not exist: make a Python 3.11 venv with "
-            "`pip install -r requirements-reference.txt` (see bench/make_parity_goldens.py)"
+            f"--torch_python={python} does not exist: `make reference-venv` builds "
+            f"{REFERENCE_PYTHON.parents[1].name} (Python 3.11, requirements-reference.txt)"
         )
     command = [python, "-m", module, *args]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)

@@ -14,9 +14,9 @@ Settings (`--mode`):
 
 Heatmaps come precomputed with the batch (the original renders them in its data loader); the JAX
 step renders its own on the device, so it does slightly more work. Runs in a Python with torch,
-timm and transformers (requirements-reference.txt; torch is not a dependency of the package):
+timm and transformers (`make reference-venv`; torch is not a dependency of the package):
 
-    /tmp/refvenv/bin/python -m bench.torch_reference --spec=spec.json --batch=batch.npz \
+    .venv-ref/bin/python -m bench.torch_reference --spec=spec.json --batch=batch.npz \
         --mode=original --threads=2 --steps=10
 
 Prints one JSON line with the median step time.

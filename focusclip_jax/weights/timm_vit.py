@@ -46,6 +46,13 @@ def _patch_kernel(conv: np.ndarray) -> np.ndarray:
     return conv.transpose(2, 3, 1, 0).reshape(p * p * channels, width)
 
 
+def patch_conv(kernel: np.ndarray) -> np.ndarray:
+    """Inverse of `_patch_kernel`: Linear `[p·p·3, width]` → conv `[width, 3, p, p]`."""
+    width = kernel.shape[1]
+    patch = round((kernel.shape[0] // 3) ** 0.5)
+    return kernel.reshape(patch, patch, 3, width).transpose(3, 2, 0, 1)
+
+
 def _mapped_blocks(
     tensors: Mapping[str, np.ndarray],
     prefix: str,
@@ -80,6 +87,33 @@ def _mapped_blocks(
             name = blk + names[ours]
             out[("blocks", i, ours, "scale")] = common.entry(tensors, f"{name}.weight", source)
             out[("blocks", i, ours, "bias")] = common.entry(tensors, f"{name}.bias", source)
+    return out
+
+
+def block_tensors(
+    params: Mapping[ParamPath, np.ndarray], prefix: str, names: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """Inverse of `_mapped_blocks`: per-block parameters → fused-qkv PyTorch tensors."""
+    out = {}
+    for i in range(common.num_blocks(params)):
+        blk, b = f"{prefix}{i}.", ("blocks", i)
+        parts = ("query", "key", "value")
+        qkv = blk + names["qkv"]
+        out[qkv + names["qkv_w"]] = np.concatenate(
+            [common.merge_heads_in(params[(*b, "attn", x, "kernel")]) for x in parts]
+        )
+        out[qkv + names["qkv_b"]] = np.concatenate(
+            [params[(*b, "attn", x, "bias")].reshape(-1) for x in parts]
+        )
+        proj = blk + names["proj"]
+        out[f"{proj}.weight"] = common.merge_heads_out(params[(*b, "attn", "out", "kernel")])
+        out[f"{proj}.bias"] = params[(*b, "attn", "out", "bias")]
+        for ours in ("fc1", "fc2"):
+            out[f"{blk}{names[ours]}.weight"] = params[(*b, "mlp", ours, "kernel")].T
+            out[f"{blk}{names[ours]}.bias"] = params[(*b, "mlp", ours, "bias")]
+        for ours in ("norm1", "norm2"):
+            out[f"{blk}{names[ours]}.weight"] = params[(*b, ours, "scale")]
+            out[f"{blk}{names[ours]}.bias"] = params[(*b, ours, "bias")]
     return out
 
 
@@ -136,13 +170,10 @@ def to_params(
 def from_params(params: Mapping[ParamPath, np.ndarray]) -> dict[str, np.ndarray]:
     """`ViT` parameters (flat) → timm names, for `VisionTransformer(num_classes=0)`."""
     p = {k: np.asarray(v) for k, v in params.items()}
-    kernel = p[("patch_embed", "kernel")]
-    width = kernel.shape[1]
-    patch = round((kernel.shape[0] // 3) ** 0.5)
     out = {
-        "cls_token": p[("cls_token",)].reshape(1, 1, width),
+        "cls_token": p[("cls_token",)][None, None],
         "pos_embed": p[("pos_embed",)][None],
-        "patch_embed.proj.weight": kernel.reshape(patch, patch, 3, width).transpose(3, 2, 0, 1),
+        "patch_embed.proj.weight": patch_conv(p[("patch_embed", "kernel")]),
         "norm.weight": p[("norm", "scale")],
         "norm.bias": p[("norm", "bias")],
     }
@@ -151,23 +182,7 @@ def from_params(params: Mapping[ParamPath, np.ndarray]) -> dict[str, np.ndarray]
     if ("pre_norm", "scale") in p:
         out["norm_pre.weight"] = p[("pre_norm", "scale")]
         out["norm_pre.bias"] = p[("pre_norm", "bias")]
-    for i in range(common.num_blocks(p)):
-        blk, b = f"blocks.{i}.", ("blocks", i)
-        parts = ("query", "key", "value")
-        out[blk + "attn.qkv.weight"] = np.concatenate(
-            [common.merge_heads_in(p[(*b, "attn", x, "kernel")]) for x in parts]
-        )
-        out[blk + "attn.qkv.bias"] = np.concatenate(
-            [p[(*b, "attn", x, "bias")].reshape(-1) for x in parts]
-        )
-        out[blk + "attn.proj.weight"] = common.merge_heads_out(p[(*b, "attn", "out", "kernel")])
-        out[blk + "attn.proj.bias"] = p[(*b, "attn", "out", "bias")]
-        for ours in ("fc1", "fc2"):
-            out[f"{blk}mlp.{ours}.weight"] = p[(*b, "mlp", ours, "kernel")].T
-            out[f"{blk}mlp.{ours}.bias"] = p[(*b, "mlp", ours, "bias")]
-        for ours in ("norm1", "norm2"):
-            out[f"{blk}{ours}.weight"] = p[(*b, ours, "scale")]
-            out[f"{blk}{ours}.bias"] = p[(*b, ours, "bias")]
+    out |= block_tensors(p, "blocks.", TIMM_BLOCK)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
