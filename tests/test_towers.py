@@ -307,9 +307,7 @@ def test_text_sizes_build_abstractly(kind: str, size: str):
 def test_known_text_counts():
     """HF bert-base-uncased: 109,482,240 incl. the 590,592-parameter pooler we do not build;
     OpenAI CLIP ViT-B text tower without `text_projection`: 63,165,952."""
-    bert = nnx.eval_shape(
-        lambda: named_text("bert", "bert-base")
-    )
+    bert = nnx.eval_shape(lambda: named_text("bert", "bert-base"))
     assert n_params(bert) == 109_482_240 - 590_592 == 108_891_648
     clip = nnx.eval_shape(lambda: named_text("clip", "clip-b"))
     assert n_params(clip) == 63_165_952
