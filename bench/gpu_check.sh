@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# GPU benchmarks and GPU-only correctness checks, in one call of a lent GPU machine (< 8 minutes).
+# GPU benchmarks and GPU-only correctness checks, in one run on a GPU machine (< 8 minutes).
 #
 #   bench/gpu_check.sh [--wheels=DIR] [--out=DIR] [--batch=N] [--steps=N] [--venv=DIR]
 #   bench/gpu_check.sh --compile_only[=h100-1] [--out=DIR] [--batch=N]     (on a CPU host)
 #
 # Run from anywhere on a CUDA machine whose image has jax (CUDA plugin), flax, optax, orbax, torch,
 # timm and transformers but not the rest of requirements.txt. Stages, each under its own `timeout`:
-#   1. setup    a fresh venv that sees the image's packages (a .pth file), plus the carried
-#               wheels of what the image lacks: grain, array-record, ml_collections, tensorboardX,
-#               portpicker, clu and its wrapt (FACTS.md; tensorflow-datasets is imported only by
+#   1. setup    a fresh venv that sees the image's packages (a .pth file), plus the wheels
+#               brought along for what the image lacks: grain, array-record, ml_collections,
+#               tensorboardX, portpicker, clu and its wrapt (tensorflow-datasets is imported only by
 #               the MPII/COCO/CUB readers, which the checks do not use). Fetch them on a machine
 #               with PyPI, into the repo's .whl/:
 #                 bench/gpu_check.sh --fetch_wheels
@@ -60,7 +60,7 @@ if ((fetch)); then
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
     -d "$wheels" "${WHEEL_PINS[@]}"
-  echo "wheels in $wheels; add '/.whl/' to .git/info/exclude and carry .whl"
+  echo "wheels in $wheels: copy them to the GPU machine beside this checkout"
   exit 0
 fi
 

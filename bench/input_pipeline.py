@@ -3,14 +3,14 @@
     python -m bench.input_pipeline [--workers=0,1,2] [--batches=100] [--crops=squash,person] \\
         [--vocab=data/bert-base-uncased/vocab.txt]
 
-Ours: grain over ArrayRecord shards (prepare_mpii's defaults) → decode → crop and resize to 224 →
-pick a description → tokenize (512) → batch of 32 uint8 images; heatmaps are rendered on the device,
-so none here. The original's way (anon12620/FocusCLIP): PIL load of the full-size JPEG + the
-precomputed full-size heatmap PNG, both resized to 224, same tokenizer. Records are the real MPII
-sample (../shared/data/mpii_sample, 1280×720 frames) repeated, or generated frames of the same
-size when it is absent, cycled to MPII's 14,644 training records. The tokenizer is BERT's
-WordPiece (the default) when `--vocab` exists, else a word-level one (cheaper: the numbers are then
-not the default pipeline's).
+Ours: grain over ArrayRecord shards (input_pipeline.prepare.mpii's defaults) → decode → crop and
+resize to 224 → pick a description → tokenize (512) → batch of 32 uint8 images; heatmaps are
+rendered on the device, so none here. The original's way (anon12620/FocusCLIP): PIL load of the
+full-size JPEG + the precomputed full-size heatmap PNG, both resized to 224, same tokenizer. Records
+are the real MPII sample (../shared/data/mpii_sample, 1280×720 frames) repeated, or generated frames
+of the same size when it is absent, cycled to MPII's 14,644 training records. The tokenizer is
+BERT's WordPiece (the default) when `--vocab` exists, else a word-level one (cheaper: the numbers
+are then not the default pipeline's).
 
 Prints wall img/s and img per CPU-second of all the processes doing the work (this one and its
 grain workers, from /proc): on a shared machine the per-CPU-second rate is the per-core figure.

@@ -7,7 +7,7 @@ these sizes, one per variant (`--config=configs/bench.py:small`):
            unrolled, the faster choice on CPU)
   b16_128  the paper's towers, ViT-B/16 + BERT-base, context 128
   b16_512  the same at the original code's context, 512
-  demo     configs/demo.py's tiny towers (48 px, context 80) with this file's recipe
+  demo     configs/demo.py's tiny towers (64 px, 16 px patches, context 64) with this file's recipe
   tiny     a few-second compile for tests/test_bench.py (wide enough that matmuls dominate)
 Other pretrain.py variants may follow (`:b16_128,clip`). Batches are random in-memory arrays
 (`bench.random_batch`): no files, no tokenizer.
@@ -46,8 +46,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.image.size = "Ti/16"
         config.model.text.update({"width": 256, "depth": 4, "num_heads": 4, "mlp_dim": 1024})
         config.model.text.max_len = 128
-        # Unrolled: on CPU the scan's stacked activation buffers cost about a sixth of the step
-        # (PERFORMANCE.md), and 16 blocks compile in seconds either way.
+        # Unrolled: on CPU the scan's stacked activation buffers cost about a sixth (16%) of the
+        # step (PERFORMANCE.md), and 16 blocks compile in seconds either way.
         config.model.scan_layers = False
         config.model.remat = "none"
     elif size == "b16_128":

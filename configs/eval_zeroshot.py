@@ -2,8 +2,8 @@
 
 `python -m focusclip_jax.evaluate --checkpoint=<workdir or step dir> --config.data_root=<dir>`
 (this config is its default) restores the parameters, evaluates every dataset found under
-`data_root` (layouts: input_pipeline/readers.py), and writes results.json, results.md (the
-paper's table with its numbers alongside) and confusion-matrix PNGs.
+`data_root` (layouts: input_pipeline/benchmarks/readers.py), and writes results.json, results.md
+(the paper's table with its numbers alongside) and confusion-matrix PNGs.
 
 Variants, comma-separated: `paper` evaluates EMOTIC and FER2013 on their train splits as the paper
 did (for comparison with its numbers); `ensemble` averages CLIP-style prompt templates instead of

@@ -10,7 +10,8 @@ Variants, comma-separated after the file name (`--config=configs/pretrain.py:cli
   original  reproduce the original code's quirks: text pooling over padding tokens too, alpha
             unconstrained
   pretrained  the paper's initialisation: ImageNet ViT-B/16 (timm) + bert-base-uncased (HF), from
-            the files under data/weights/ (README "Pretrained towers"), ViT input normalisation
+            the files under data/weights/ (docs/training.md, "Pretrained towers"), ViT input
+            normalisation
   coco      COCO-2017 people instead of MPII's (`python -m input_pipeline.prepare.coco`): 17
             joints and COCO's part groups, a human-written caption sampled per step, retrieval
             on the prepared val2017 images with their captions
@@ -301,7 +302,7 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> None:
 def tiny_towers(config: ml_collections.ConfigDict) -> None:
     """The demo's towers: a 3-block ViT with 16 px patches at 64 px and a 2-block text tower,
     width 64, blocks unrolled (a few layers: no compile time to save, and on CPU the scan's
-    stacked activation buffers cost ~10% of the step, PERFORMANCE.md) keeping everything for
+    stacked activation buffers cost about a sixth of the step, PERFORMANCE.md) keeping all for
     the backward pass (XLA recomputes what it can when unrolled); random initialisation."""
     config.model.image_size = 64
     config.model.image.update(

@@ -30,11 +30,13 @@ from jax.sharding import Mesh
 from focusclip_jax import (
     config_checks,
     evaluators,
+    flops,
     logs,
     losses,
     optim,
     run_record,
     sharding,
+    targets,
     weights,
     workdir_lock,
 )
@@ -521,6 +523,38 @@ def train_and_evaluate(
         )
 
 
+def _mfu_of_one_step_per_s(config: ml_collections.ConfigDict, mesh: Mesh) -> float | None:
+    """The MFU of one step per second: the step's analytic FLOPs (`flops`) over the mesh's dense
+    peak; None where the devices have no listed peak (a CPU) or a part declares no FLOP count."""
+    chip = targets.chip_for_device_kind(mesh.devices.flat[0].device_kind)
+    if chip is None:
+        return None
+    try:
+        step_flops = flops.train_step_flops(config)["total"]
+    except ValueError:
+        return None
+    return step_flops / (targets.peak_flops(chip, str(config.model.dtype)) * mesh.devices.size)
+
+
+def _progress_line(step: int, total: int, summary: Mapping[str, float], step_s: float) -> str:
+    """What a user needs to trust the run, in one line: the losses (total and per pair), alpha,
+    temperature, learning rate, gradient norm, throughput, data wait, MFU where known, ETA."""
+    pairs = " ".join(f"{k[5:]}={v:.4f}" for k, v in summary.items() if k.startswith("loss/"))
+    parts = [
+        f"step {step}/{total}",
+        f"loss {summary['loss']:.4f} ({pairs})",
+        f"alpha {summary['alpha']:.3f}",
+        f"temperature {summary['temperature']:.4g}" if "temperature" in summary else "",
+        f"lr {summary['learning_rate']:.3g}",
+        f"grad norm {summary['grad_norm']:.3g}",
+        f"{summary['images_per_s']:.1f} img/s",
+        f"data wait {100 * summary['data_wait_fraction']:.0f}%",
+        f"MFU {100 * summary['mfu']:.1f}%" if "mfu" in summary else "",
+        f"ETA {_eta((total - step) * step_s)}",
+    ]
+    return " | ".join(part for part in parts if part)
+
+
 def _compile(trainer: Trainer, state: TrainState, batch: Any) -> jax.stages.Compiled:
     """The step compiled for the run's shapes (a minute for the paper's model, longer on a
     CPU): said before, timed after, and left out of the first window's images per second."""
@@ -551,6 +585,7 @@ def _train_loop(
     window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
     results: dict[str, float] = {}
     run_step = None
+    mfu_of_one_step_per_s = _mfu_of_one_step_per_s(config, mesh)
     while step < total:
         fetch_start = time.perf_counter()
         batch = pipeline.to_global_arrays(next(train_iter), batch_rows)
@@ -573,18 +608,10 @@ def _train_loop(
                 "images_per_s_per_device": images_per_s / mesh.devices.size,
                 "data_wait_fraction": data_wait / elapsed,
             }
+            if mfu_of_one_step_per_s is not None:
+                summary["mfu"] = window_steps / elapsed * mfu_of_one_step_per_s
             writer.write(step, summary, echo=False)
-            logging.info(
-                "step %d/%d | loss %.4f | %s | alpha %.3f | %.1f img/s | data wait %.0f%% | ETA %s",
-                step,
-                total,
-                summary["loss"],
-                " ".join(f"{k[5:]}={v:.4f}" for k, v in summary.items() if k.startswith("loss/")),
-                summary["alpha"],
-                images_per_s,
-                100 * summary["data_wait_fraction"],
-                _eta((total - step) * elapsed / window_steps),
-            )
+            logging.info("%s", _progress_line(step, total, summary, elapsed / window_steps))
             window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
 
         found = evaluators.run_due(evaluations, state.params, step, total).metrics

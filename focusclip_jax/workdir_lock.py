@@ -5,7 +5,7 @@ other processes wait for its answer) and removes it when it ends, however it end
 training on the same workdir exits with one line naming the holder (host, process id, start
 time, command). A lock left by a training that died (same host, its process gone) is taken over
 with a warning; one from another host may belong to a training still running there, so taking it
-needs `--takeover_lock`. Evaluation, `predict` and `export` only read, and take no lock.
+needs `--takeover_lock`. Evaluation, `predict`, `export` and `plot` only read, and take no lock.
 
 On a local filesystem the lock file is created exclusively (`O_CREAT | O_EXCL`): of two trainings
 started together exactly one gets it. On a bucket (gs://...) there is no exclusive create: the

@@ -15,7 +15,7 @@ from configs import eval_zeroshot
 from focusclip_jax import checkpoint, evaluate, predict, train
 from input_pipeline.errors import ConfigError, InputDataError
 from tests.conftest import tiny_config
-from tests.test_eval_datasets import _csv, _fer_rows, _jpg
+from tests.test_benchmark_readers import _csv, _fer_rows, _jpg
 
 ACTIONS = ("running", "cooking")
 
@@ -214,3 +214,35 @@ def test_export_takes_the_workdir_alone(trained, tmp_path: Path) -> None:
     np.testing.assert_array_equal(conv.transpose(2, 3, 1, 0).reshape(patch.shape), patch)
     with pytest.raises(InputDataError, match="--tower=focus_tower"):
         export.export(pretrain.get_config(), str(workdir), "focus_tower", str(tmp_path / "f"))
+
+
+def test_the_python_api_embeds_and_classifies(trained, tmp_path: Path) -> None:
+    """`focusclip_jax.load(workdir)`: unit-norm embeddings of images read at the model's size and
+    of texts tokenized as in training; `classify` is the softmax of the scaled cosines, computed
+    here again from the embeddings."""
+    import numpy as np
+
+    import focusclip_jax
+
+    _, workdir = trained
+    model = focusclip_jax.load(workdir)
+    assert model.step == 2
+    paths = [_jpg(tmp_path / f"{i}.jpg", 60 * i) for i in range(3)]
+    images, unreadable = model.read_images([*paths, tmp_path / "missing.jpg"])
+    assert images.shape == (3, model.image_size, model.image_size, 3) and len(unreadable) == 1
+    image_embeddings = model.encode_image(images)
+    texts = ["a person standing", "a person sitting"]
+    text_embeddings = model.encode_text(texts)
+    for embeddings in (image_embeddings, text_embeddings):
+        np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    ids, mask = model.tokenize(texts)
+    assert ids.shape == mask.shape == (2, model.config.model.text.max_len) and mask[:, 0].all()
+    probabilities = model.classify(images, ["standing", "sitting"], "a person {}")
+    logits = model.setup.similarity_scale(model.params) * image_embeddings @ text_embeddings.T
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    with pytest.raises(InputDataError, match=r"--template='a person': must hold \{\} exactly once"):
+        model.classify(images, ["standing"], "a person")
+    with pytest.raises(ValueError, match=r"images: expected uint8"):
+        model.encode_image(images.astype(np.float32))

@@ -1,5 +1,5 @@
-"""Real-format fixtures → prepare_mpii (a TFDS dataset: skips, resume, idempotence) → grain
-stream → training."""
+"""Real-format fixtures → input_pipeline.prepare.mpii (a TFDS dataset: skips, resume,
+idempotence) → grain stream → training."""
 
 import io
 import json

@@ -1,5 +1,5 @@
 """SynthPose: drawn keypoints, pose classes against geometry and the describer, determinism,
-distractors, the zero-shot split, and export → prepare_mpii → the MPII stream."""
+distractors, the zero-shot split, and export → input_pipeline.prepare.mpii → the MPII stream."""
 
 import json
 import pickle

@@ -442,3 +442,28 @@ def test_metric_window_means_over_steps_and_keeps_last_values() -> None:
     assert summary["learning_rate"] == pytest.approx(0.2) and summary["nonfinite_count"] == 1
     window.add(steps[0])
     assert window.pop()["loss"] == pytest.approx(float(steps[0]["loss"]))
+
+
+def test_the_progress_line_and_mfu(monkeypatch) -> None:
+    """The log line carries what a user needs to trust a run; MFU is the analytic FLOPs over the
+    mesh's listed peak (none on a CPU)."""
+    from focusclip_jax import flops, targets
+
+    config = tiny_config()
+    mesh = sharding.create_mesh({"data": 1})
+    assert train._mfu_of_one_step_per_s(config, mesh) is None  # a CPU: no listed peak
+    monkeypatch.setattr(targets, "chip_for_device_kind", lambda kind: targets.TPUS["v5e"])
+    per_step = train._mfu_of_one_step_per_s(config, mesh)
+    assert per_step == pytest.approx(
+        flops.train_step_flops(config)["total"] / targets.TPUS["v5e"].peak_f32
+    )
+    summary = {
+        "loss": 1.5, "loss/image_text": 1.5, "alpha": 0.5, "temperature": 0.07,
+        "learning_rate": 1e-3, "grad_norm": 2.0, "images_per_s": 100.0,
+        "data_wait_fraction": 0.1, "mfu": 0.4,
+    }  # fmt: skip
+    line = train._progress_line(10, 20, summary, step_s=6.0)
+    assert line == (
+        "step 10/20 | loss 1.5000 (image_text=1.5000) | alpha 0.500 | temperature 0.07 | "
+        "lr 0.001 | grad norm 2 | 100.0 img/s | data wait 10% | MFU 40.0% | ETA 1m00s"
+    )

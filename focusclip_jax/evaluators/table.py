@@ -1,10 +1,10 @@
 """The paper's results table: per dataset, per task, and the mean over activity, age and emotion.
 
 The paper's arithmetic (Table 2 of arXiv 2403.06904 v3, checked against its numbers in
-FACTS.md): each task's mean is the plain mean of its datasets' scores, activity = Stanford40
-alone, age = EMOTIC, LAGENDA body, LAGENDA face and UTKFace, emotion = EMOTIC and FER2013; the
-headline is the mean of the three task means (CLIP 25.04 → FocusCLIP 33.65). Kinetics-400, FER+,
-FairFace and CUB are extras outside the mean.
+tests/test_eval_table.py): each task's mean is the plain mean of its datasets' scores, activity =
+Stanford40 alone, age = EMOTIC, LAGENDA body, LAGENDA face and UTKFace, emotion = EMOTIC and
+FER2013; the headline is the mean of the three task means (CLIP 25.04 → FocusCLIP 33.65).
+Kinetics-400, FER+, FairFace and CUB are extras outside the mean.
 """
 
 import dataclasses
