@@ -20,11 +20,12 @@ from pathlib import Path
 
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
 from bench.reference_spec import REFERENCE_PYTHON, REPO, run_in_reference_python
+from input_pipeline import cli
 
 WORDPIECE_VOCAB = REPO / "tests" / "fixtures" / "tokenizers" / "bert_vocab_small.txt"
 SMALL_CLIP_BPE = REPO / "tests" / "fixtures" / "tokenizers" / "bpe_clip_2000.txt.gz"
@@ -171,4 +172,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)
