@@ -117,9 +117,10 @@ def test_pretrain_without_data_names_the_missing_files(tmp_path: Path) -> None:
     result = _main("--config=configs/pretrain.py:pretrained", f"--workdir={tmp_path}", timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    keys = ("data.images", "data.annotations", "data.descriptions", "tokenizer.vocab")
-    for key in (*keys, "init.image", "init.text"):
+    for key in ("data.prepared", "tokenizer.vocab", "init.image", "init.text"):
         assert f"--config.{key}=" in result.stderr
+    # The preparation's hint names the command and where its raw files come from.
+    assert "python -m input_pipeline.prepare.mpii" in result.stderr
     assert "mpii_train.json" in result.stderr and "human-pose.mpi-inf.mpg.de" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
 
