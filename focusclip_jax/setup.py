@@ -84,7 +84,8 @@ class ModelSetup:
             raise ConfigError(str(error)) from None
         logical_specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract))
         pure = nnx.to_pure_dict(abstract)
-        rules = [tuple(rule) for rule in config.sharding.rules]
+        with config_errors():
+            rules = sharding.check_rules(config.sharding.rules)
         shardings = sharding.tree_shardings(logical_specs, pure, mesh, rules)
         return cls(
             config=config,
