@@ -8,6 +8,7 @@ missing input file, its config key and where to get it, before any work starts.
 
 import contextlib
 import math
+import os
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -82,6 +83,11 @@ def check_text(name: str, value: object) -> None:
         raise ValueError(f"{name}={value!r}: must be a non-empty string")
 
 
+def _empty_file(path: str) -> bool:
+    """A local file of zero bytes (a download cut short, a file truncated to nothing)."""
+    return "://" not in path and os.path.isfile(path) and os.path.getsize(path) == 0
+
+
 @dataclass(frozen=True)
 class RequiredFile:
     config_key: str  # the config key that points to the file, e.g. "data.annotations"
@@ -93,6 +99,9 @@ def require_files(files: Sequence[RequiredFile]) -> None:
     """Every missing file named at once: one line for one, a line each under a heading for
     several (gs:// paths are checked too)."""
     missing = [f for f in files if not f.path or not epath.Path(f.path).exists()]
+    empty = [f for f in files if f not in missing and _empty_file(f.path)]
+    if empty:
+        raise InputDataError(f"--config.{empty[0].config_key}={empty[0].path}: an empty file")
     if not missing:
         return
     named = [
