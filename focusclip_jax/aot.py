@@ -608,6 +608,13 @@ def define_flags() -> None:
     )
     flags.DEFINE_string("json", "", "Also write the report to this JSON file.")
     flags.mark_flags_as_required(["config", "topology"])
+    cli.check_flags(
+        topology=cli.Text(targets.name_problem),
+        num_slices=cli.Number(integer=True, at_least=1),
+        num_hosts=cli.Number(integer=True, at_least=1),
+        batch_tolerance=cli.Number(above=0, below=1),
+        json=cli.Path("new_file"),
+    )
 
 
 def main(argv: list[str]) -> None:

@@ -219,6 +219,15 @@ def parse(name: str, *, num_slices: int = 1, num_hosts: int = 1) -> Target:
     raise TargetError(f"--topology={name!r}: unknown accelerator {kind!r}; known: {known}")
 
 
+def name_problem(name: str) -> str | None:
+    """What is wrong with a topology name (one slice or host), or None: for flag checks."""
+    try:
+        parse(name)
+    except TargetError as error:
+        return str(error).partition(": ")[2] or str(error)
+    return None
+
+
 def _tpu_target(name: str, chip: Chip, count: int, num_slices: int) -> Target:
     """libtpu's layout of a cloud slice (as MaxText's accelerator map and Cloud TPU docs)."""
     if chip.megacore:
