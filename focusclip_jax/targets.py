@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from input_pipeline.errors import InputDataError
+
 GiB = 2**30
 # What the compile toolchains need to stay offline and share libtpu between processes; set before
 # JAX starts (`configure_compile_only_environment`).
@@ -31,8 +33,9 @@ TOOLCHAINS = (
 )
 
 
-class TargetError(ValueError):
-    """A target name, size or option that does not describe an accelerator we can compile for."""
+class TargetError(InputDataError, ValueError):
+    """A target name, size or option that does not describe an accelerator we can compile for:
+    the user's mistake (`cli.run` tells it in one line)."""
 
 
 @dataclasses.dataclass(frozen=True)
