@@ -39,11 +39,13 @@ NOT_YET_DECLARED = {"focusclip_jax.export"}
 
 
 def command_line_tools() -> list[str]:
-    """Every module of the project whose `__main__` runs behind `cli.run`."""
+    """Every module of the project whose `__main__` runs behind `cli.run` (imported as a
+    module or by name)."""
+    runs = re.compile(r"^\s+cli\.run\(|^from input_pipeline\.cli import .*\brun\b", re.MULTILINE)
     found = []
     for package in ("focusclip_jax", "input_pipeline", "synthpose", "bench"):
         for path in sorted((REPO / package).rglob("*.py")):
-            if re.search(r"^\s+cli\.run\(", path.read_text(), re.MULTILINE):
+            if runs.search(path.read_text()):
                 found.append(".".join(path.relative_to(REPO).with_suffix("").parts))
     return found
 

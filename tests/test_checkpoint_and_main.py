@@ -117,7 +117,7 @@ def test_pretrain_without_data_names_the_missing_files(tmp_path: Path) -> None:
     result = _main("--config=configs/pretrain.py:pretrained", f"--workdir={tmp_path}", timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    keys = ("data.images", "data.annotations", "data.descriptions", "tokenizer.vocab")
+    keys = ("data.prepared", "tokenizer.vocab")
     for key in (*keys, "init.image", "init.text"):
         assert f"--config.{key}=" in result.stderr
     assert "mpii_train.json" in result.stderr and "human-pose.mpi-inf.mpg.de" in result.stderr
