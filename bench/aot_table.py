@@ -26,6 +26,7 @@ from typing import Any
 from absl import flags
 
 from focusclip_jax import targets
+from focusclip_jax.models import layers
 from input_pipeline import cli
 
 FLAGS = flags.FLAGS
@@ -44,6 +45,17 @@ MESHES = {
     "dp": ("--config.mesh.data=-1", "--config.mesh.fsdp=1"),
     "fsdp": ("--config.mesh.data=1", "--config.mesh.fsdp=-1"),
 }
+cli.check_flags(
+    config=cli.Text(cli.config_file_problem),
+    targets=cli.Text(targets.name_problem),
+    dtypes=cli.Choices(("float32", "bfloat16")),
+    remats=cli.Choices(("none", *layers.REMAT_POLICIES)),
+    modes=cli.Choices(tuple(MESHES)),
+    overrides=cli.Text(lambda item: None if "=" in item else "expected key=value"),
+    jobs=cli.Number(integer=True, at_least=1),
+    batch_tolerance=cli.Number(above=0, below=1),
+    out=cli.Path("new_folder"),
+)
 
 
 def cell_name(target: str, dtype: str, remat: str, mode: str) -> str:

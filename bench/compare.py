@@ -16,16 +16,13 @@ size themselves by), and PyTorch also gets `torch.set_num_threads(threads)`.
 """
 
 import os
-import sys
 
-from bench.threads import pin_threads
+from bench.threads import count_from_argv, pin_threads
 
 
 def _pin_threads_from_argv() -> None:
     """Before JAX starts: pin the process (and the torch child) to the first N cores."""
-    for arg in sys.argv[1:]:
-        if arg.startswith("--threads="):
-            pin_threads(int(arg.split("=", 1)[1]))
+    pin_threads(count_from_argv("threads"))
 
 
 if __name__ == "__main__":
@@ -64,6 +61,15 @@ flags.DEFINE_enum(
     "xla_cost", "none", ["unrolled", "compiled", "none"], "bench/train_step.py's --xla_cost."
 )
 flags.DEFINE_string("json", "", "Also write every result to this JSON file.")
+cli.check_flags(
+    batch=cli.Number(integer=True, at_least=0),
+    threads=cli.Number(integer=True, at_least=0),
+    torch_python=cli.Path("file"),
+    modes=cli.Choices(("original", "tuned")),  # bench/torch_reference.py's (imports torch)
+    steps=cli.Number(integer=True, at_least=1),
+    warmup=cli.Number(integer=True, at_least=0),
+    json=cli.Path("new_file"),
+)
 FLAGS = flags.FLAGS
 
 

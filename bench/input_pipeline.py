@@ -27,7 +27,7 @@ from absl import flags
 from PIL import Image
 
 from configs import pretrain
-from input_pipeline import cli, heatmaps, pipeline, records
+from input_pipeline import cli, heatmaps, pipeline, records, transforms
 from input_pipeline.prepare import mpii, shards
 from input_pipeline.tokenizers import BertWordPieceTokenizer, Tokenizer, WordTokenizer
 
@@ -50,6 +50,14 @@ flags.DEFINE_string(
     "vocab",
     pretrain.get_config().tokenizer.vocab,
     "BERT vocab.txt; a word-level tokenizer if absent.",
+)
+cli.check_flags(
+    workers=cli.Number(integer=True, at_least=0),
+    batches=cli.Number(integer=True, at_least=1),
+    warmup=cli.Number(integer=True, at_least=0),
+    copies=cli.Number(integer=True, at_least=1),
+    records=cli.Number(integer=True, at_least=1),
+    crops=cli.Choices(transforms.CROP_MODES),
 )
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mpii_sample"

@@ -38,6 +38,13 @@ flags.DEFINE_integer("threads", 0, "Cores for both frameworks (0: all this proce
 flags.DEFINE_float("seconds", 0.6, "Timing per shape and round.")
 flags.DEFINE_integer("rounds", 2, "Alternating passes per framework; each shape's fastest kept.")
 flags.DEFINE_string("torch_python", "", "Also time PyTorch in this Python (torch installed).")
+cli.check_flags(
+    batch=cli.Number(integer=True, at_least=0),
+    threads=cli.Number(integer=True, at_least=0),
+    seconds=cli.Number(above=0),
+    rounds=cli.Number(integer=True, at_least=1),
+    torch_python=cli.Path("file"),
+)
 FLAGS = flags.FLAGS
 
 

@@ -39,7 +39,11 @@ def main(argv: list[str]) -> None:
     print(fingerprint(config, config_checks.validated_mesh(config)))
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Config file (variants after a colon).")
     flags.mark_flags_as_required(["config"])
+
+
+if __name__ == "__main__":
+    define_flags()
     cli.run(main)

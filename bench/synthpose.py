@@ -37,7 +37,7 @@ from synthpose import scenes
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
     """Defined when run as a command only: importing the module (tests) defines none."""
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (initialisation and data order).")
     flags.DEFINE_list("variants", ["clip", "focusclip"], "Which to train, of VARIANTS.")
@@ -45,6 +45,11 @@ def _define_flags() -> None:
         "config", cli.project_path("configs/synthpose.py"), "The FocusCLIP run's config."
     )
     flags.DEFINE_string("workdir", "workdirs/synthpose_bench", "Runs go here (replaced).")
+    cli.check_flags(
+        seeds=cli.Number(integer=True, at_least=0),
+        variants=cli.Choices(tuple(VARIANTS)),
+        workdir=cli.Path("new_folder"),
+    )
 
 
 def _batch16(config) -> None:
@@ -110,9 +115,6 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    unknown = [v for v in FLAGS.variants if v not in VARIANTS]
-    if unknown:  # before anything is removed
-        cli.fail(f"--variants: {unknown[0]!r} is not one of {sorted(VARIANTS)}")
     root = Path(FLAGS.workdir)
     shutil.rmtree(root, ignore_errors=True)
     seeds = [int(s) for s in FLAGS.seeds]
@@ -152,5 +154,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    _define_flags()
+    define_flags()
     cli.run(main)

@@ -23,18 +23,18 @@ temporaries - aliased, per device). `--profile=DIR` traces two more steps with j
 """
 
 import os
-import sys
+
+from bench import threads
 
 
 def _fake_devices_from_argv() -> None:
     """XLA reads its flags once, at import: set them before anything imports jax."""
-    for arg in sys.argv[1:]:
-        if arg.startswith("--devices=") and int(arg.split("=", 1)[1]) > 0:
-            count = int(arg.split("=", 1)[1])
-            os.environ["XLA_FLAGS"] = (
-                os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
-            )
-            os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    count = threads.count_from_argv("devices")
+    if count:
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
+        )
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 if __name__ == "__main__":
@@ -58,10 +58,11 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bench import peaks  # noqa: E402
-from bench.random_batch import random_batch  # noqa: E402
-from focusclip_jax import aot, sharding, train  # noqa: E402
+from bench.random_batch import check_random_data, random_batch  # noqa: E402
+from focusclip_jax import aot, config_checks, sharding, train, weights  # noqa: E402
 from focusclip_jax import flops as model_flops  # noqa: E402
 from input_pipeline import cli, pipeline  # noqa: E402
+from input_pipeline.errors import config_errors, require_files  # noqa: E402
 
 TABLE_HEADER = (
     "| config | mesh | devices | batch | dtype | compile s | step ms | img/s | img/s/dev "
@@ -89,6 +90,21 @@ def _phase(what: str) -> Iterator[None]:
     logging.info("%s: done in %.1f s", what, time.perf_counter() - start)
 
 
+def check_config(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The config's rules and its batch's keys (random, or a pipeline's: its files too) before
+    anything is built: an `InputDataError` naming the key or file. Returns the mesh."""
+    mesh = config_checks.validated_mesh(config)
+    with config_errors():
+        init_files = weights.required_files(config.get("init"))
+    if config.data.name == "random":
+        require_files(init_files)
+        with config_errors():
+            check_random_data(config)
+    else:
+        pipeline.check_input_files(config, also=init_files)
+    return mesh
+
+
 def _first_batch(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], int]:
     """(host batch, vocabulary size): random for `data.name=random`, else the pipeline's."""
     if config.data.name == "random":
@@ -112,7 +128,7 @@ def benchmark(
     measures a matmul peak. `xla_cost`: how XLA's FLOP count is taken (`aot.step_cost`).
     `profile_dir`: also trace two more steps there and report time per op kind (`profile_ops`).
     """
-    mesh = sharding.create_mesh(config.mesh)
+    mesh = check_config(config)
     name = config.get("bench", {}).get("name", "") or "custom"
     shape, batch_size = dict(mesh.shape), config.train.batch_size
     logging.info(
@@ -253,6 +269,14 @@ def define_flags() -> None:
         ["unrolled", "compiled", "none"],
         "XLA's FLOP count: of an unrolled twin when the model scans its layers (XLA counts a "
         "loop body once), of the timed program, or none.",
+    )
+    cli.check_flags(
+        devices=cli.Number(integer=True, at_least=0),
+        steps=cli.Number(integer=True, at_least=1),
+        warmup=cli.Number(integer=True, at_least=0),
+        peak_tflops=cli.Number(at_least=0),
+        json=cli.Path("new_file"),
+        profile=cli.Path("new_folder"),
     )
 
 

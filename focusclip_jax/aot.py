@@ -34,7 +34,7 @@ if __name__ == "__main__":
 import jax
 import ml_collections
 import numpy as np
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from focusclip_jax import config_checks, flops, sharding, train
@@ -621,13 +621,20 @@ def define_flags() -> None:
     )
     flags.DEFINE_string("json", "", "Also write the report to this JSON file.")
     flags.mark_flags_as_required(["config", "topology"])
+    cli.check_flags(
+        topology=cli.Text(targets.name_problem),
+        num_slices=cli.Number(integer=True, at_least=1),
+        num_hosts=cli.Number(integer=True, at_least=1),
+        batch_tolerance=cli.Number(above=0, below=1),
+        json=cli.Path("new_file"),
+    )
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {argv[1:]}")
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = FLAGS.config
-    try:
+    try:  # a target or config the tool cannot compile for: one line at cli.run's boundary
         target = targets.parse(
             FLAGS.topology, num_slices=FLAGS.num_slices, num_hosts=FLAGS.num_hosts
         )
@@ -642,8 +649,6 @@ def main(argv: list[str]) -> None:
             print(f"largest global batch that fits: {best} ({len(tries)} compiles)")
         else:
             report = analyse(config, target, cost_how=FLAGS.xla_flops)
-    except (targets.TargetError, ConfigError) as error:
-        cli.fail(str(error))
     except OutOfMemoryError as error:
         print(f"out of memory on {FLAGS.topology}: {error}", file=sys.stderr)
         sys.exit(3)

@@ -18,6 +18,8 @@ from input_pipeline.errors import ConfigError
 
 POSITIVE = (
     "train.batch_size",
+    "train.num_epochs",  # num_steps derives from it and data.train_records: named first
+    "data.train_records",
     "train.num_steps",
     "train.accumulate_steps",
     "log_every_steps",
@@ -29,6 +31,7 @@ POSITIVE = (
     "checkpoint.keep",
 )
 FOR_EVALUATION = ("model.image_size", "model.text.max_len")  # a checkpoint's evaluation reads
+NON_NEGATIVE = ("seed",)  # the initialisation's, the data order's and the dropout's
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> object:
@@ -60,11 +63,13 @@ def validate(
 ) -> None:
     """Raises ConfigError naming the first key that breaks a rule. `training=False` (evaluation
     of a checkpoint) checks the sizes evaluation reads only."""
-    for key in POSITIVE if training else FOR_EVALUATION:
+    rules = [(key, 1) for key in (POSITIVE if training else FOR_EVALUATION)]
+    for key, least in rules + [(key, 0) for key in NON_NEGATIVE if training]:
         value = _get(config, key)
         integer = isinstance(value, int) and not isinstance(value, bool)
-        if value is not None and (not integer or value < 1):
-            raise ConfigError(f"config {key}={value!r}: must be a positive integer")
+        if value is not None and (not integer or value < least):
+            rule = "a positive integer" if least else "an integer >= 0"
+            raise ConfigError(f"config {key}={value!r}: must be {rule}")
     if not training:
         return
     batch = config.train.batch_size

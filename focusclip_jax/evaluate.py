@@ -26,7 +26,7 @@ from focusclip_jax import evaluators, run_record
 from focusclip_jax.evaluators import confusion, table
 from focusclip_jax.setup import load_trained
 from input_pipeline import cli
-from input_pipeline.errors import InputDataError
+from input_pipeline.errors import ConfigError, InputDataError, config_errors
 
 
 class NothingEvaluatedError(InputDataError):
@@ -41,6 +41,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Run every configured evaluator on the checkpoint; write and print the table.
     `overridden`: the config keys the command line set (they may not contradict the model)."""
+    check_config(config)
     trained = load_trained(checkpoint, config, overridden)
     config = trained.config
     found = evaluators.run_due(
@@ -74,6 +75,21 @@ def evaluate_checkpoint(
         _write_text(where / "results.md", text + "\n")
         print(f"\nResults of step {trained.step} ({where})\n{text}")
     return summary
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """The evaluation's own keys, before the checkpoint is loaded: every `config.evals` entry
+    (`evaluators.check_types`) and `data_root`, which must be a folder (the training keys come
+    from the checkpoint's record)."""
+    if "data_root" in config:
+        root = config.data_root
+        if not isinstance(root, str) or not root or not Path(root).is_dir():
+            raise ConfigError(
+                f"--config.data_root={root!r}: no such folder; point it at the evaluation "
+                "datasets (docs/evaluation.md)"
+            )
+    with config_errors():
+        evaluators.check_types(config)
 
 
 def _default_out(checkpoint: str, step: int) -> Path:
@@ -122,6 +138,7 @@ def define_flags() -> None:
     flags.DEFINE_string("checkpoint", None, "Training workdir, its checkpoints/ or a step folder.")
     flags.DEFINE_string("out", None, "Where results go (default <workdir>/zero_shot/step_<N>).")
     flags.mark_flags_as_required(["checkpoint"])
+    cli.check_flags(checkpoint=cli.Path("folder"), out=cli.Path("new_folder"))
 
 
 def main(argv: list[str]) -> None:

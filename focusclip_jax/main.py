@@ -34,6 +34,12 @@ flags.DEFINE_bool(
     "Take the workdir's lock from a training on another host that is no longer running.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
+cli.check_flags(
+    workdir=cli.Path("new_folder"),
+    coordinator_address=cli.Text(cli.address_problem),
+    num_processes=cli.Number(integer=True, at_least=1),
+    process_id=cli.Number(integer=True, at_least=0),
+)
 
 
 def initialize_distributed() -> None:

@@ -22,7 +22,7 @@ from etils import epath
 from PIL import Image, ImageDraw, ImageFont
 
 from focusclip_jax.evaluators.table import NOT_PERCENT
-from input_pipeline.cli import run
+from input_pipeline import cli
 from input_pipeline.errors import InputDataError
 
 METRICS_FILE = "metrics.jsonl"
@@ -251,6 +251,7 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "A training workdir (it holds metrics.jsonl).")
     flags.DEFINE_string("out", None, "Where the PNGs go (default <workdir>/plots).")
     flags.mark_flags_as_required(["workdir"])
+    cli.check_flags(workdir=cli.Path("folder"), out=cli.Path("new_folder"))
 
 
 def main(argv: Sequence[str]) -> None:
@@ -263,4 +264,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    run(main)
+    cli.run(main)

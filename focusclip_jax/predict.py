@@ -25,7 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from focusclip_jax import run_record
-from focusclip_jax.setup import check_template, load_trained
+from focusclip_jax.setup import check_template, load_trained, template_problem
 from input_pipeline import cli
 from input_pipeline.errors import InputDataError
 
@@ -110,15 +110,27 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 64, "Images per batch (a multiple of the devices).")
     flags.DEFINE_string("out", None, "Also write the predictions to this .csv or .json file.")
     flags.mark_flags_as_required(["checkpoint", "images"])
+    cli.check_flags(
+        checkpoint=cli.Path("folder"),
+        images=cli.Path("file_or_folder"),
+        labels=cli.Text(lambda label: None if label.strip() else "an empty label"),
+        labels_file=cli.Path("file"),
+        template=cli.Text(template_problem),
+        top_k=cli.Number(integer=True, at_least=1),
+        batch_size=cli.Number(integer=True, at_least=1),
+        out=cli.Path("new_file"),
+    )
+    cli.check_flags(out=cli.Text(_out_problem))
+
+
+def _out_problem(out: str) -> str | None:
+    return None if Path(out).suffix in (".csv", ".json") else "expected a .csv or .json file"
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.WARNING)  # the predictions are the output
-    for flag in ("top_k", "batch_size"):
-        if FLAGS[flag].value < 1:
-            raise app.UsageError(f"--{flag}={FLAGS[flag].value}: must be at least 1")
     if FLAGS.labels_file:
         lines = Path(FLAGS.labels_file).read_text().splitlines()
         labels, given = [line.strip() for line in lines if line.strip()], "--labels_file"
@@ -126,11 +138,6 @@ def main(argv: list[str]) -> None:
         labels, given = [label.strip() for label in FLAGS.labels or [] if label.strip()], "--labels"
     if not labels:
         raise app.UsageError(f"{given}: no labels; give --labels=a,b,c or --labels_file")
-    check_template(FLAGS.template)
-    if FLAGS.out and Path(FLAGS.out).suffix not in (".csv", ".json"):
-        raise app.UsageError(f"--out={FLAGS.out}: expected a .csv or .json file")
-    if FLAGS.out and not Path(FLAGS.out).absolute().parent.is_dir():
-        raise app.UsageError(f"--out={FLAGS.out}: its folder does not exist")
     rows = predict(
         FLAGS.config,
         FLAGS.checkpoint,

@@ -84,7 +84,8 @@ class ModelSetup:
             raise ConfigError(str(error)) from None
         logical_specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract))
         pure = nnx.to_pure_dict(abstract)
-        rules = [tuple(rule) for rule in config.sharding.rules]
+        with config_errors():
+            rules = sharding.check_rules(config.sharding.rules)
         shardings = sharding.tree_shardings(logical_specs, pure, mesh, rules)
         return cls(
             config=config,
@@ -264,13 +265,18 @@ class TrainedModel:
         return probabilities / probabilities.sum(axis=1, keepdims=True)
 
 
-def check_template(template: str) -> None:
-    """A prompt template holds the label once: without `{}` every label gets the same prompt."""
+def template_problem(template: str) -> str | None:
+    """What is wrong with a prompt template, or None: it holds the label once (without `{}`
+    every label gets the same prompt)."""
     if template.count("{}") != 1 or template.count("{") != 1 or template.count("}") != 1:
-        raise InputDataError(
-            f"--template={template!r}: must hold {{}} exactly once, where the label goes "
-            "(e.g. 'a photo of a person {}')"
-        )
+        return "must hold {} exactly once, where the label goes (e.g. 'a photo of a person {}')"
+    return None
+
+
+def check_template(template: str) -> None:
+    problem = template_problem(template)
+    if problem:
+        raise InputDataError(f"--template={template!r}: {problem}")
 
 
 def load_trained(

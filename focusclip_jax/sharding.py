@@ -35,8 +35,16 @@ def create_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | N
         raise ValueError(f"config mesh axes {sorted(unknown)} unknown; expected {MESH_AXES}")
     names = tuple(a for a in MESH_AXES if a in mesh_shape)
     sizes = [mesh_shape[a] for a in names]
+    for name, size in zip(names, sizes, strict=True):
+        if not isinstance(size, int) or isinstance(size, bool) or not (size >= 1 or size == -1):
+            raise ValueError(
+                f"config mesh.{name}={size!r}: must be a positive integer, or -1 for the "
+                "devices the other axes leave"
+            )
     if sizes.count(-1) > 1:
-        raise ValueError(f"config mesh {dict(mesh_shape)}: at most one axis may be -1")
+        raise ValueError(
+            f"config mesh.{names[-1]}=-1: at most one axis may be -1 (mesh {dict(mesh_shape)})"
+        )
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
@@ -129,6 +137,25 @@ def logical_to_sharding(
             names = ()
         dims.append(names[0] if len(names) == 1 else (names or None))
     return NamedSharding(mesh, PartitionSpec(*dims))
+
+
+def check_rules(rules: Any) -> LogicalRules:
+    """`config.sharding.rules` as pairs (logical axis name, one of `MESH_AXES` or None; an axis
+    the mesh lacks leaves the dimension whole); ValueError naming the key for anything else."""
+    checked = []
+    for rule in rules:
+        if (
+            not isinstance(rule, tuple | list)
+            or len(rule) != 2
+            or not isinstance(rule[0], str)
+            or rule[1] not in (*MESH_AXES, None)
+        ):
+            raise ValueError(
+                f"config sharding.rules: {rule!r} is not a pair (logical axis, one of the mesh "
+                f"axes {MESH_AXES} or None)"
+            )
+        checked.append(tuple(rule))
+    return checked
 
 
 def tree_shardings(logical_specs: Any, abstract: Any, mesh: Mesh, rules: LogicalRules) -> Any:

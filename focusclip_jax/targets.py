@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from input_pipeline.errors import InputDataError
+
 GiB = 2**30
 # What the compile toolchains need to stay offline and share libtpu between processes; set before
 # JAX starts (`configure_compile_only_environment`).
@@ -31,8 +33,9 @@ TOOLCHAINS = (
 )
 
 
-class TargetError(ValueError):
-    """A target name, size or option that does not describe an accelerator we can compile for."""
+class TargetError(InputDataError, ValueError):
+    """A target name, size or option that does not describe an accelerator we can compile for:
+    the user's mistake (`cli.run` tells it in one line)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +220,15 @@ def parse(name: str, *, num_slices: int = 1, num_hosts: int = 1) -> Target:
             memory_fraction=GPU_DEFAULT_MEMORY_FRACTION,
         )
     raise TargetError(f"--topology={name!r}: unknown accelerator {kind!r}; known: {known}")
+
+
+def name_problem(name: str) -> str | None:
+    """What is wrong with a topology name (one slice or host), or None: for flag checks."""
+    try:
+        parse(name)
+    except TargetError as error:
+        return str(error).partition(": ")[2] or str(error)
+    return None
 
 
 def _tpu_target(name: str, chip: Chip, count: int, num_slices: int) -> Target:

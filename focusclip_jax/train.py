@@ -45,6 +45,7 @@ from focusclip_jax.logs import MetricWriter
 from focusclip_jax.setup import ModelSetup
 from input_pipeline import heatmaps, pipeline, sources
 from input_pipeline.errors import InputDataError, config_errors
+from input_pipeline.tokenizers import Tokenizer
 
 
 @flax.struct.dataclass
@@ -290,14 +291,11 @@ class Trainer:
         `ConfigError` naming its key. Nothing is compiled. (The data's own options are checked
         with its files: `pipeline.check_input_files`.)"""
         self.config = config
-        self.setup = ModelSetup.create(config, mesh, vocab_size=vocab_size)
         frozen = tuple(config.train.frozen)
-        abstract_pure = self.setup.abstract_params
-        with config_errors():
+        with config_errors():  # the parts that need no model first: their checks cost nothing
             self.tx, self.schedule = optim.make_optimizer(
                 config.optimizer, config.train.num_steps, frozen
             )
-            optim.check_frozen(abstract_pure, frozen)
             heatmap = heatmaps.HeatmapSettings.from_config(
                 config.heatmaps, sources.skeleton_of(config.data.name)
             )
@@ -307,6 +305,10 @@ class Trainer:
                     f"config train.on_nonfinite={config.train.on_nonfinite!r}: expected one of "
                     f"{NONFINITE_POLICIES}"
                 )
+        self.setup = ModelSetup.create(config, mesh, vocab_size=vocab_size)
+        abstract_pure = self.setup.abstract_params
+        with config_errors():
+            optim.check_frozen(abstract_pure, frozen)
         abstract_opt_state = jax.eval_shape(self.tx.init, abstract_pure)
         everywhere = sharding.replicated(mesh)
         opt_shardings = _state_shardings(abstract_opt_state, abstract_pure, everywhere)
@@ -481,23 +483,33 @@ def _eta(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
+def build_checked(
+    config: ml_collections.ConfigDict, workdir: str | Path
+) -> tuple[Tokenizer, Trainer]:
+    """Everything a training checks before it writes anything, in the order of their cost: the
+    config's own rules, its files (and the data's options), the tokenizer (fitted in memory),
+    every component built. A user's mistake is an `InputDataError` (a `ConfigError` naming the
+    key); nothing is created, the workdir included. Returns the tokenizer and the trainer."""
+    mesh = config_checks.validated_mesh(config)
+    with config_errors():
+        init_files = weights.required_files(config.get("init"))
+    pipeline.check_input_files(config, also=init_files, workdir=str(workdir))
+    with config_errors():
+        tokenizer = pipeline.create_tokenizer(config, workdir=str(workdir))
+    return tokenizer, Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str | Path, *, takeover_lock: bool = False
 ) -> dict[str, float]:
     """Train to `config.train.num_steps` (resuming from `workdir`), evaluate, return the results.
 
-    Everything is checked before anything is written (the config's rules, its files, every
-    component built); then the workdir's lock is taken (`workdir_lock`: one training writes a
-    workdir at a time) and the run recorded. `workdir` may be a local folder or a bucket URL
-    such as gs://bucket/run (through etils.epath).
+    Everything is checked before anything is written (`build_checked`); then the workdir's
+    lock is taken (`workdir_lock`: one training writes a workdir at a time) and the run
+    recorded. `workdir` may be a local folder or a bucket URL such as gs://bucket/run (through
+    etils.epath).
     """
-    mesh = config_checks.validated_mesh(config)
-    pipeline.check_input_files(
-        config, also=weights.required_files(config.get("init")), workdir=str(workdir)
-    )
-    with config_errors():
-        tokenizer = pipeline.create_tokenizer(config, workdir=str(workdir))
-    trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size)
+    tokenizer, trainer = build_checked(config, workdir)
     root = run_record.workdir_path(workdir)
     # Every exit, errors included, closes what was opened, last first: the signal handler, pending
     # checkpoint saves (waited for), the data workers, the metric writers, the workdir's lock.

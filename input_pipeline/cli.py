@@ -4,27 +4,37 @@
 ml_collections' own errors), a library's `InputDataError`, a file the OS cannot open — prints
 `error: <one line>` on stderr and exits with status 2, before anything is half-written. Only a
 bug prints a traceback.
+
+Each tool declares what its flags take with `check_flags` (`Path`, `Number`, `Choices`, `Text`):
+the rules run as absl validators while the command line is parsed, before the tool's main does
+any work, and name the flag and what is wrong. The bad-input suite (tests/test_bad_inputs.py)
+reads them back from absl's registry to make its cases.
 """
 
+import ast
+import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from pathlib import Path as FilePath
 from typing import Any, NoReturn
 
 from absl import app, flags
+from ml_collections import config_flags
+from ml_collections.config_flags import tuple_parser
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from input_pipeline.errors import InputDataError
+from input_pipeline.errors import InputDataError, check_choice, check_number
 
 USER_ERROR_STATUS = 2
-PROJECT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages) with configs/
+PROJECT = FilePath(__file__).resolve().parents[1]  # the checkout (or site-packages) with configs/
 
 
 def project_path(path: str) -> str:
     """`path` as given when it exists from the working directory, else the project's file of
     that name (`configs/pretrain.py`): the documented commands work from any directory."""
-    if os.path.isabs(path) or os.path.exists(path) or not (PROJECT / path).exists():
+    if not path or os.path.isabs(path) or os.path.exists(path) or not (PROJECT / path).exists():
         return path
     return str(PROJECT / path)
 
@@ -53,17 +63,217 @@ def _one_line(error: BaseException) -> str | None:
         return str(error)
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {error.strerror or error}"
-    if isinstance(error, OSError) and "Failed loading config file" in str(error):
-        # ml_collections loads --config lazily, listing the paths it tried: keep the reason.
-        return f"--config: {str(error).strip().splitlines()[-1].strip()}"
     return None
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, its errors (an unknown flag or config key, a bad value) in one line."""
+class FlagRule:
+    """What a flag takes; called by absl with the flag's value (None: not given), it raises
+    `flags.ValidationError` saying what is wrong (absl puts `flag --<name>=<value>: ` before)."""
+
+    flag: str = ""  # set by `check_flags`
+
+    def __call__(self, value: Any) -> bool:
+        """A list flag's items each (an empty list only where that is the default)."""
+        if value == [] and flags.FLAGS[self.flag].default != []:
+            raise flags.ValidationError("empty: give one or more, comma-separated")
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None:
+                self.check(item)
+        return True
+
+    def check(self, value: Any) -> None:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Path(FlagRule):
+    """A file or folder: `file`, `folder` or `file_or_folder` to read (it must exist; a file
+    must not be empty), `new_file` or `new_folder` to write (a new file's folder must exist; a
+    new folder's is made). A bucket URL (`gs://...`) is checked where it is opened. "" is a
+    mistake unless it is the flag's default (then it means "none")."""
+
+    kind: str
+    flag: str = ""
+
+    KINDS = ("file", "folder", "file_or_folder", "new_file", "new_folder")
+
+    def __post_init__(self) -> None:
+        check_choice("Path kind", self.kind, self.KINDS)
+
+    def check(self, value: str) -> None:
+        if value == "":
+            if flags.FLAGS[self.flag].default == "":
+                return
+            raise flags.ValidationError(f"empty: expected {self.expected}")
+        if "://" in value:
+            return
+        path = FilePath(value)
+        if self.kind in ("file", "folder", "file_or_folder"):
+            self._check_input(path)
+        elif path.is_dir() and self.kind == "new_file":
+            raise flags.ValidationError("is a folder, expected a file to write")
+        elif path.is_file() and self.kind == "new_folder":
+            raise flags.ValidationError("is a file, expected a folder to write into")
+        else:
+            self._check_parent(path)
+
+    @property
+    def expected(self) -> str:
+        return {
+            "file": "an existing file",
+            "folder": "an existing folder",
+            "file_or_folder": "an existing file or folder",
+            "new_file": "a file to write",
+            "new_folder": "a folder to write into",
+        }[self.kind]
+
+    def _check_input(self, path: FilePath) -> None:
+        if not path.exists():
+            raise flags.ValidationError(f"no such {self.kind.replace('_', ' ')}")
+        if self.kind == "folder" and not path.is_dir():
+            raise flags.ValidationError("is a file, expected a folder")
+        if self.kind == "file" and not path.is_file():
+            raise flags.ValidationError("is a folder, expected a file")
+        if path.is_file() and not os.access(path, os.R_OK):
+            raise flags.ValidationError("cannot be read (permission denied)")
+        if path.is_file() and path.stat().st_size == 0:
+            raise flags.ValidationError("is an empty file")
+
+    def _check_parent(self, path: FilePath) -> None:
+        """A new file's folder must exist; a new folder's nearest existing parent must be one."""
+        parent = path.absolute().parent
+        if self.kind == "new_file" and not parent.is_dir():
+            raise flags.ValidationError(f"its folder {parent} does not exist")
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise flags.ValidationError(f"{parent} is a file, not a folder")
+
+
+@dataclasses.dataclass(frozen=True)
+class Number(FlagRule):
+    """An integer or float flag (or a list's items) within bounds; NaN and infinity fail."""
+
+    integer: bool = False
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    below: float | None = None
+    flag: str = ""
+
+    def check(self, value: Any) -> None:
+        try:
+            number = value if not isinstance(value, str) else ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            number = value
+        bounds = dataclasses.asdict(self)
+        del bounds["flag"]
+        try:
+            check_number("value", number, **bounds)
+        except ValueError as error:
+            raise flags.ValidationError(str(error).partition(": ")[2]) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Choices(FlagRule):
+    """A list flag whose items are each one of `choices` (absl's enums take one value)."""
+
+    choices: tuple[str, ...]
+    flag: str = ""
+
+    def check(self, value: str) -> None:
+        if value not in self.choices:
+            raise flags.ValidationError(f"{value!r} is not one of {list(self.choices)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Text(FlagRule):
+    """A string the tool checks with `problem` (None when the value is fine, else what is
+    wrong): a template, a list of labels, an address."""
+
+    problem: Callable[[Any], str | None]
+    flag: str = ""
+
+    def check(self, value: Any) -> None:
+        found = self.problem(value)
+        if found:
+            raise flags.ValidationError(found)
+
+
+def config_file_problem(spec: str) -> str | None:
+    """What is wrong with a config file given as a string (`configs/x.py[:variants]`), or None."""
+    path = project_path(spec.partition(":")[0])
+    return None if os.path.isfile(path) else f"no such config file {path}"
+
+
+def address_problem(address: str) -> str | None:
+    """What is wrong with a `host:port` (a coordinator's), or None."""
+    host, colon, port = address.rpartition(":")
+    if not (host and colon and port.isdigit() and 0 < int(port) < 65536):
+        return "expected host:port, e.g. 10.0.0.2:1234"
+    return None
+
+
+def check_flags(**rules: FlagRule) -> None:
+    """Registers each flag's rule (defined before, in `flags.FLAGS`) as its absl validator."""
+    for name, rule in rules.items():
+        flags.register_validator(name, dataclasses.replace(rule, flag=name))
+
+
+class _CommaTupleParser(tuple_parser.TupleParser):
+    """Tuple config keys as users type them: `--config.evals.zero_shot.datasets=stanford40,fer2013`
+    gives the names, where ml_collections would make one string of them (a Python literal such
+    as `"('stanford40', 'fer2013')"` or `1,2` still parses as one)."""
+
+    def parse(self, argument: Any) -> tuple[Any, ...]:
+        if isinstance(argument, str) and "," in argument:
+            try:
+                ast.literal_eval(argument)
+            except (ValueError, SyntaxError):
+                return tuple(_literal_or_text(item) for item in argument.split(","))
+        return super().parse(argument)
+
+
+def _literal_or_text(item: str) -> Any:
+    try:
+        return ast.literal_eval(item.strip())
+    except (ValueError, SyntaxError):
+        return item.strip()
+
+
+config_flags.register_flag_parser_for_type(tuple, _CommaTupleParser())
+
+
+def _check_config_files(flag_values: flags.FlagValues) -> None:
+    """ml_collections keeps a config file that failed to load (missing, a folder, unreadable)
+    as a stand-in that raises when first read: read each now, and name the flag and the reason."""
+    for name in flag_values:
+        flag = flag_values[name]
+        if isinstance(flag.parser, ConfigFileFlagParser) and flag.value is not None:
+            try:
+                hasattr(flag.value, "keys")
+            except OSError as error:
+                reason = str(error.__cause__ or error).strip().splitlines()[-1].strip()
+                fail(f"--{name}: {reason}")
+
+
+def _syntax_error(error: SyntaxError, argv: Sequence[str]) -> str:
+    """A config file that is no valid Python: the flag that names it, the file, line and why."""
+    given = [a.split("=", 1)[0] for a in argv if error.filename and a.endswith(error.filename)]
+    flag = given[0] if given else "--config"
+    return f"{flag}: {error.filename}, line {error.lineno}: {error.msg}"
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues | None = None) -> list[str]:
+    """absl's flag parsing (of `flags.FLAGS` unless told), its errors (an unknown flag or config
+    key, a bad value, a broken rule of `check_flags`, a config file that does not load) in one
+    line."""
+    flag_values = flags.FLAGS if flag_values is None else flag_values
     argv = _config_files_from_anywhere(argv)
     try:
-        return flags.FLAGS(argv)
+        remaining = flag_values(argv)
+    except SyntaxError as error:  # a config file's own: ml_collections lets it through
+        fail(_syntax_error(error, argv))
     except flags.Error as error:  # a config file's own error comes with its traceback's text
         lines = str(error).strip().splitlines()
         fail(lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}")
@@ -71,6 +281,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         key = str(error).strip("'\"")
         given = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
         fail(f"{given[0] if given else key}: no such config key")
+    _check_config_files(flag_values)
+    return remaining
 
 
 def run(main: Callable[[list[str]], Any]) -> None:
@@ -87,4 +299,4 @@ def run(main: Callable[[list[str]], Any]) -> None:
                 raise
             fail(message)
 
-    app.run(guarded, flags_parser=_parse_flags)
+    app.run(guarded, flags_parser=parse_flags)

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import sources, tokenizers
-from input_pipeline.errors import RequiredFile, require_files
+from input_pipeline.errors import RequiredFile, check_number, config_errors, require_files
 from input_pipeline.tokenizers import Tokenizer
 
 TRAIN_FIELDS = ("image", "keypoints", "visible", "person_mask")
@@ -25,8 +25,10 @@ def check_tokenizer_files(
     config: ml_collections.ConfigDict, workdir: str | None = None, *, fit: bool = False
 ) -> list[RequiredFile]:
     """The tokenizer's files (`fit`: a training run, which may fit its own), as `RequiredFile`s
-    for `require_files`; an unknown kind names the key."""
-    return tokenizers.kind_of(config.tokenizer).required_files(config.tokenizer, workdir, fit=fit)
+    for `require_files`; an unknown kind is a `ConfigError` naming the key."""
+    with config_errors():
+        kind = tokenizers.kind_of(config.tokenizer)
+    return kind.required_files(config.tokenizer, workdir, fit=fit)
 
 
 def check_input_files(
@@ -36,12 +38,17 @@ def check_input_files(
     workdir: str | None = None,
 ) -> None:
     """Fail before any work of a training run, naming every missing data, tokenizer (and
-    `also`) file at once; the source's own options (its record map) are checked here too."""
-    source = sources.get(config.data.name)
-    files = source.required_files(config.data)
-    files += check_tokenizer_files(config, workdir, fit=True)
+    `also`) file at once; then the source's own options (its record map's too) and the
+    pipeline's, each a `ConfigError` naming its key."""
+    with config_errors():
+        source = sources.get(config.data.name)
+        files = source.required_files(config.data)
+        files += check_tokenizer_files(config, workdir, fit=True)
     require_files([*files, *also])
-    source.record_map(config.data)
+    with config_errors():
+        source.check_options(config.data)
+        source.record_map(config.data)
+        check_number("config data.worker_count", config.data.worker_count, integer=True, at_least=0)
 
 
 def tokenizer_corpus(config: ml_collections.ConfigDict) -> list[str]:

@@ -19,7 +19,7 @@ import grain
 import ml_collections
 
 from input_pipeline import records, skeleton
-from input_pipeline.errors import RequiredFile, require_files
+from input_pipeline.errors import RequiredFile, check_number, check_text, require_files
 from input_pipeline.skeleton import Skeleton
 from input_pipeline.transforms import PreparedRecordTransform
 from synthpose import scenes
@@ -52,6 +52,11 @@ class DataSource(abc.ABC):
         """Random-access records (len, getitem): dicts of the training fields and a
         `description`, or stored entries that `record_map` turns into them."""
 
+    def check_options(self, data: ml_collections.ConfigDict) -> None:
+        """The source's own keys of `config.data`, once its files are found (before any work):
+        ValueError naming the first bad key. The record map checks its own as it is built."""
+        del data
+
     def record_map(self, data: ml_collections.ConfigDict) -> grain.transforms.RandomMap | None:
         """Applied after shuffle/repeat/shard (a fresh draw each epoch); None: stored ready.
         Built before any work: a wrong option is a ValueError naming its key."""
@@ -76,6 +81,12 @@ def _synthpose_records(
 class SynthPoseSource(DataSource):
     """Synthetic people drawn in memory with rule-based descriptions (`synthpose/scenes.py`)."""
 
+    def check_options(self, data: ml_collections.ConfigDict) -> None:
+        least_values = {"train_records": 1, "eval_records": 1, "seed": 0, "eval_seed": 0}
+        for key, least in least_values.items():
+            if key in data:
+                check_number(f"config data.{key}", data[key], integer=True, at_least=least)
+
     def train_source(self, data: ml_collections.ConfigDict) -> Any:
         return _synthpose_records(data.train_records, data.seed, data.image_size, data.max_people)
 
@@ -99,6 +110,29 @@ class PreparedSource(DataSource):
         else:
             where = f"{data.prepared}/<dataset>/<version>/{records.INFO_FILE}"
         return [RequiredFile("data.prepared", where if data.prepared else "", self.prepare)]
+
+    def check_options(self, data: ml_collections.ConfigDict) -> None:
+        """`data.split` and `data.description_sources` against what the preparation holds."""
+        check_text("config data.split", data.split)
+        sources = tuple(data.description_sources)
+        if not sources:
+            raise ValueError(
+                "config data.description_sources=(): name one or more description sources, "
+                "e.g. ('gpt-4',)"
+            )
+        meta = json.loads((records.dataset_dir(data.prepared) / records.META_FILE).read_text())
+        splits = meta["splits"]
+        if data.split not in splits:
+            raise ValueError(
+                f"config data.split={data.split!r}: the preparation at {data.prepared} has the "
+                f"splits {sorted(splits)}"
+            )
+        described = splits[data.split].get("descriptions")
+        if described is not None and not set(sources) & set(described):
+            raise ValueError(
+                f"config data.description_sources={sources!r}: no {data.split} image of "
+                f"{data.prepared} has them; its sources are {sorted(described)}"
+            )
 
     def train_source(self, data: ml_collections.ConfigDict) -> Any:
         require_files(self.required_files(data))

@@ -21,7 +21,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
-from input_pipeline.errors import InputDataError, RequiredFile
+from input_pipeline.errors import InputDataError, RequiredFile, check_number
 
 Tokenizer = Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]  # (ids, mask) of N texts
 
@@ -482,4 +482,6 @@ def kind_of(section: Mapping[str, Any]) -> TokenizerKind:
     kind = section.get("kind")
     if kind not in TOKENIZERS:
         raise ValueError(f"config tokenizer.kind={kind!r}: expected one of {sorted(TOKENIZERS)}")
+    if "vocab_size" in section:  # fitted_bpe's size; any kind's config may hold one
+        check_number("config tokenizer.vocab_size", section["vocab_size"], integer=True, at_least=1)
     return TOKENIZERS[kind]

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from input_pipeline import skeleton as skeletons
-from input_pipeline.errors import InputDataError
+from input_pipeline.errors import InputDataError, check_choice, check_number
 from input_pipeline.records import decode_prepared
 from input_pipeline.skeleton import Skeleton
 
@@ -138,8 +138,29 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
     skeleton: Skeleton = skeletons.MPII
 
     def __post_init__(self):
-        if self.crop not in CROP_MODES:
-            raise ValueError(f"config data.crop={self.crop!r}: expected one of {CROP_MODES}")
+        """Every option of `config.data` it reads, whichever crop uses it: ValueError naming the
+        key."""
+        check_choice("config data.crop", self.crop, CROP_MODES)
+        check_number("config data.image_size", self.image_size, integer=True, at_least=1)
+        check_number("config data.max_people", self.max_people, integer=True, at_least=1)
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"config data.flip={self.flip!r}: must be True or False")
+        check_number("config data.person_margin", self.person_margin, at_least=0)
+        scale = self.crop_scale
+        if not (
+            len(scale) == 2
+            and all(isinstance(x, int | float) and 0 < x <= 1 for x in scale)
+            and scale[0] <= scale[1]
+        ):
+            raise ValueError(
+                f"config data.crop_scale={scale!r}: expected (low, high) area fractions, "
+                "0 < low <= high <= 1"
+            )
+        if not all(isinstance(s, str) and s for s in self.sources):
+            raise ValueError(
+                f"config data.description_sources={self.sources!r}: expected names of "
+                "description sources, e.g. ('gpt-4',)"
+            )
 
     @classmethod
     def from_config(

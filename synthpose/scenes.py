@@ -573,7 +573,7 @@ def main(argv: list[str]) -> None:
     )
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
     """Flags only when run as a program: importing the module defines none."""
     flags.DEFINE_string("export", None, "Folder to write the MPII-layout export to.")
     flags.DEFINE_integer("num_images", 1000, "Images to export.")
@@ -581,8 +581,14 @@ def _define_flags() -> None:
     flags.DEFINE_integer("image_size", 224, "Image side, pixels.")
     flags.DEFINE_enum("split", "train", ["train", "val"], "Which mpii_<split>.json to write.")
     flags.mark_flags_as_required(["export"])
+    cli.check_flags(
+        export=cli.Path("new_folder"),
+        num_images=cli.Number(integer=True, at_least=1),
+        seed=cli.Number(integer=True, at_least=0),
+        image_size=cli.Number(integer=True, at_least=1),
+    )
 
 
 if __name__ == "__main__":
-    _define_flags()
+    define_flags()
     cli.run(main)

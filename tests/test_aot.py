@@ -373,7 +373,7 @@ def test_out_of_memory_exits_3_with_the_compilers_message() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--topology=v5e-3",), "error: --topology=v5e-3"),
+        (("--topology=v5e-3",), "error: flag --topology=v5e-3: v5e slices have"),
         (("--topology=v5e-8", "--config.train.batch_size=12"), "error: config train.batch_size"),
     ],
 )

@@ -320,6 +320,22 @@ def test_cub_tfrecord_build_is_refused_with_the_command_that_converts_it(tmp_pat
     assert "\n" not in str(e.value)
 
 
+def test_dataset_folders_match_in_any_case(tmp_path: Path) -> None:
+    """`Stanford40/` (as its archive unpacks) and `FER2013/` read like `stanford40/`, `fer2013/`."""
+    actions = ["applauding", "cooking"]
+    splits = tmp_path / "Stanford40" / "ImageSplits"
+    splits.mkdir(parents=True)
+    (splits / "actions.txt").write_text("action_name\tnumber_of_images\n" + "".join(
+        f"{a}\t1\n" for a in actions))  # fmt: skip
+    for a in actions:
+        (splits / f"{a}_test.txt").write_text(f"{a}_001.jpg\n")
+        _jpg(tmp_path / "Stanford40" / "JPEGImages" / f"{a}_001.jpg")
+    assert _read("stanford40", _options(tmp_path)).labels.tolist() == [0, 1]
+    _csv(tmp_path / "FER2013" / "fer2013.csv", ["emotion", "pixels", "Usage"],
+         _fer_rows([3, 5], ["PrivateTest"] * 2))  # fmt: skip
+    assert _read("fer2013", _options(tmp_path)).labels.tolist() == [3, 5]
+
+
 def test_missing_folder_names_what_was_expected(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError, match=r"stanford40 dataset folder at .*stanford40"):
         _read("stanford40", _options(tmp_path))

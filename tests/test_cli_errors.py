@@ -1,11 +1,15 @@
 """Every command-line tool fails on a user's mistake like `main` does: one line naming the file,
-flag or config key, exit status 2, no traceback (`input_pipeline.cli.run`)."""
+flag or config key, exit status 2, no traceback, nothing written (`input_pipeline.cli.run`).
+
+The hand-written cases (tests/test_bad_inputs.py generates the rest), run with each tool's real
+main in one process (tests/bad_flags.py)."""
 
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,26 +25,49 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "bad.json").write_text('{"image": ')  # truncated
     captions = {"annotations": [{"id": 1, "image_id": 1, "caption": "A person runs."}]}
     (root / "captions_train2017.json").write_text(json.dumps(captions))
+    (root / "empty.safetensors").write_bytes(b"")
+    (root / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json")
     return root
 
 
+PREDICT = ["--checkpoint={r}", "--images={r}"]
+TINY = ["--config=tests/tiny.py", "--workdir={r}/w"]
+WEIGHTS_BRANCH = "the pretrained files' reader (focusclip_jax/weights) is another branch's"
 CASES = [
     ("focusclip_jax.main", ["--config=configs/nope.py", "--workdir={r}/w"],
      "--config: [Errno 2] No such file or directory: 'configs/nope.py'"),
-    ("focusclip_jax.main", ["--config=tests/tiny.py", "--config.model.nope=3", "--workdir={r}/w"],
+    ("focusclip_jax.main", [*TINY, "--config.model.nope=3"],
      "--config.model.nope: no such config key"),
     ("focusclip_jax.main", ["--config=configs/pretrain.py:nope", "--workdir={r}/w"],
      "unknown config variant 'nope'"),
-    ("focusclip_jax.predict", ["--checkpoint={r}", "--images={r}", "--labels_file={r}/none.txt"],
-     "{r}/none.txt: No such file or directory"),
-    ("focusclip_jax.predict", ["--checkpoint={r}", "--images={r}", "--labels=,"],
-     "--labels: no labels"),
+    ("focusclip_jax.main", [*TINY, "--config.init.image=nope:{r}/a_file"],
+     "config init.image='nope:{r}/a_file': expected '<format>:<path>'"),
+    ("focusclip_jax.main", [*TINY, "--config.init.image=timm_vit:{r}/empty.safetensors"],
+     "--config.init.image={r}/empty.safetensors: an empty file"),
+    pytest.param("focusclip_jax.main",
+                 [*TINY, "--config.init.image=timm_vit:{r}/garbage.safetensors"],
+                 "{r}/garbage.safetensors", marks=pytest.mark.xfail(reason=WEIGHTS_BRANCH)),
+    ("focusclip_jax.evaluate", ["--checkpoint={r}", "--config.data_root={r}/none"],
+     "--config.data_root='{r}/none': no such folder"),
+    ("focusclip_jax.predict", [*PREDICT, "--labels_file={r}/none.txt"],
+     "flag --labels_file={r}/none.txt: no such file"),
+    ("focusclip_jax.predict", [*PREDICT, "--labels=,"], "flag --labels=['', '']: an empty label"),
+    ("focusclip_jax.predict", [*PREDICT, "--labels=a", "--template=a photo"],
+     "flag --template=a photo: must hold {{}} exactly once"),
+    ("focusclip_jax.predict", [*PREDICT, "--labels=a", "--template={{}} and {{}}"],
+     "flag --template={{}} and {{}}: must hold {{}} exactly once"),
+    ("focusclip_jax.predict", [*PREDICT, "--labels=a", "--top_k=0"],
+     "flag --top_k=0: must be an integer >= 1"),
+    ("focusclip_jax.predict", [*PREDICT, "--labels=a", "--batch_size=0"],
+     "flag --batch_size=0: must be an integer >= 1"),
+    ("focusclip_jax.predict", ["--checkpoint={r}/none", "--images={r}", "--labels=a"],
+     "flag --checkpoint={r}/none: no such folder"),
     ("input_pipeline.prepare.mpii",
      ["--images={r}", "--annotations={r}/bad.json", "--descriptions={r}", "--out={r}/o"],
      "{r}/bad.json: not readable JSON"),
     ("input_pipeline.prepare.mpii",
      ["--images={r}/a_file", "--annotations={r}/bad.json", "--descriptions={r}", "--out={r}/o"],
-     "--images={r}/a_file: not a folder"),
+     "flag --images={r}/a_file: is a file, expected a folder"),
     ("input_pipeline.prepare.coco",
      ["--images={r}", "--annotations={r}/captions_train2017.json",
       "--captions={r}/captions_train2017.json", "--out={r}/o"],
@@ -48,12 +75,19 @@ CASES = [
     ("input_pipeline.prepare.visualize",
      ["--annotations={r}/bad.json", "--images={r}", "--out={r}/v"],
      "{r}/bad.json: not readable JSON"),
-    ("synthpose.scenes", ["--export={r}/a_file/x", "--num_images=2"],
-     "{r}/a_file/x"),
+    ("input_pipeline.prepare.describe_with_llm",
+     ["--annotations={r}/bad.json", "--out={r}/d.json", "--model=m",
+      "--base_url=http://127.0.0.1:9/v1", "--api_key_env=NO_SUCH_KEY_VARIABLE"],
+     "flag --api_key_env=NO_SUCH_KEY_VARIABLE: the environment variable NO_SUCH_KEY_VARIABLE"),
+    ("synthpose.scenes", ["--export={r}/a_file/x", "--num_images=2"], "{r}/a_file"),
     ("focusclip_jax.export", ["--checkpoint={r}", "--tower=nose", "--out={r}/x"],
      "flag --tower=nose: value should be one of"),
     ("focusclip_jax.export", ["--checkpoint={r}/none", "--tower=text_tower", "--out={r}/x"],
-     "expected a training workdir"),
+     "--checkpoint={r}/none: no checkpoint there; expected a training workdir"),
+    ("focusclip_jax.aot", ["--config=tests/tiny.py", "--topology=v5e-8", "--batch_tolerance=1.5"],
+     "flag --batch_tolerance=1.5: must be a finite number > 0 and < 1"),
+    ("focusclip_jax.aot", ["--config=tests/tiny.py", "--topology=v5e-8", "--batch_tolerance=0"],
+     "flag --batch_tolerance=0.0: must be a finite number > 0 and < 1"),
     ("bench.train_step", ["--config=configs/bench.py:tiny", "--nope=1"],
      "Unknown command line flag 'nope'"),
     ("focusclip_jax.plot", ["--workdir={r}/none"], "--workdir={r}/none: no such folder"),
@@ -61,16 +95,40 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("module", "args", "message"), CASES, ids=[c[0] for c in CASES])
-def test_a_mistake_gives_one_line_and_status_2(inputs, module, args, message) -> None:
+def _values(case: Any) -> tuple[str, list[str], str]:
+    return tuple(case.values) if hasattr(case, "values") else case
+
+
+@pytest.fixture(scope="module")
+def results(inputs: Path) -> list[dict[str, Any]]:
+    """Every case run once, in one process, with each tool's real main (tests/bad_flags.py)."""
+    cases = [(tool, [a.format(r=inputs) for a in args]) for tool, args, _ in map(_values, CASES)]
     done = subprocess.run(
-        [sys.executable, "-m", module, *(a.format(r=inputs) for a in args)],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "tests.bad_flags", str(inputs), "--explicit", json.dumps(cases)],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
-    assert done.returncode == 2, done.stderr[-3000:]
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message.format(r=inputs) in last, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def _params() -> list[Any]:
+    params = []
+    for index, case in enumerate(CASES):
+        tool, _, message = _values(case)
+        marks = case.marks if hasattr(case, "marks") else ()
+        params.append(pytest.param(index, message, id=f"{tool}-{index}", marks=marks))
+    return params
+
+
+@pytest.mark.parametrize(("index", "message"), _params())
+def test_a_mistake_gives_one_line_and_status_2(results, inputs, index, message) -> None:
+    result = results[index]
+    stderr = result["stderr"].strip()
+    assert result["status"] == 2, (result["status"], stderr[-3000:])
+    last = stderr.splitlines()[-1]
+    assert last.startswith("error: ") and message.format(r=inputs) in last, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert not result["wrote"], result["wrote"]
 
 
 def test_help_keeps_each_usage_line() -> None:

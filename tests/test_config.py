@@ -71,7 +71,7 @@ def test_unknown_key_and_variant_are_errors() -> None:
         ("train.on_nonfinite", "ignore", r"train\.on_nonfinite='ignore'"),
         ("loss.kind", "triplet", r"loss\.kind='triplet'"),
         ("loss.pairs", (("image", "audio"),) * 3, r"loss\.pairs: \('image', 'audio'\)"),
-        ("loss.weights", (1.0,), r"loss\.pairs \(3\) and loss\.weights \(1\)"),
+        ("loss.weights", (1.0,), r"loss\.weights=\(1\.0,\): one weight per pair of loss\.pairs"),
         ("heatmaps.mode", "limbs", r"heatmaps\.mode='limbs'"),
         ("heatmaps.min_sigma", 0.0, r"heatmaps\.min_sigma=0\.0: must be > 0"),
         ("loss.chunked", True, r"loss\.chunked=True: the clip loss has no chunked form"),

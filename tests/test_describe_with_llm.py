@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from input_pipeline.errors import InputDataError
 from input_pipeline.prepare import describe_with_llm as dl
 from input_pipeline.prepare import mpii
 
 API_KEY = "sk-test-0123456789-secret"
-FAST = ["--requests_per_minute=0", "--backoff_seconds=0.001", "--max_backoff_seconds=0.01"]
+FAST = {"requests_per_minute": 0, "backoff_seconds": 0.001, "max_backoff_seconds": 0.01}
 
 # What the fake server does for a request: (status, headers, body), "drop" (close without a
 # reply) or a number of seconds to stall before answering normally.
@@ -126,11 +127,8 @@ def annotations(tmp_path: Path, num_images: int = 4) -> Path:
     return path
 
 
-def run(server: FakeServer, ann: Path, out: Path, *extra: str) -> dl.Summary:
-    return dl.main([
-        f"--annotations={ann}", f"--out={out}", "--model=gpt-4", f"--base_url={server.base_url}",
-        *FAST, *extra,
-    ])  # fmt: skip
+def run(server: FakeServer, ann: Path, out: Path, **options: float) -> dl.Summary:
+    return dl.describe_file(ann, out, model="gpt-4", base_url=server.base_url, **FAST | options)
 
 
 def test_prompt_is_the_authors_format(tmp_path):
@@ -159,7 +157,7 @@ def test_prompt_is_the_authors_format(tmp_path):
     assert "16 keypoints in order: 0 - right ankle" in dl.SYSTEM_PROMPT
 
 
-def test_retries_failures_output_and_round_trip(tmp_path, caplog, capsys):
+def test_retries_failures_output_and_round_trip(tmp_path, caplog):
     caplog.set_level("INFO")
     failing_first = {0: (429, {"Retry-After": "0"}, "slow down"), 1: (500, {}, "oops"), 2: "drop"}
 
@@ -170,7 +168,7 @@ def test_retries_failures_output_and_round_trip(tmp_path, caplog, capsys):
 
     ann, out = annotations(tmp_path), tmp_path / "out" / "descriptions.json"
     with serving(script) as server:
-        summary = run(server, ann, out, "--concurrency=2", "--flush_seconds=0")
+        summary = run(server, ann, out, concurrency=2, flush_seconds=0)
     assert (summary.described, summary.skipped, summary.failed) == (3, 0, 1)
     # 4 images, 3 retried failures, the 400 not retried.
     assert len(server.requests) == 7
@@ -180,7 +178,7 @@ def test_retries_failures_output_and_round_trip(tmp_path, caplog, capsys):
         assert body["max_tokens"] == 512 and body["messages"][0]["content"] == dl.SYSTEM_PROMPT
     assert sorted(set(server.activities())) == [f"sports, activity {i}" for i in range(4)]
     assert server.activities().count("sports, activity 2") == 1
-    assert "described 3, skipped 0, failed 1" in capsys.readouterr().out
+    assert "described 3, skipped 0, failed 1" in caplog.text
     assert "000000002.jpg: HTTP 400" in caplog.text
     # The key never reaches logs, output or the file, even when a server echoes it back.
     assert API_KEY not in caplog.text and API_KEY not in out.read_text()
@@ -205,12 +203,12 @@ def test_retries_failures_output_and_round_trip(tmp_path, caplog, capsys):
     assert not list(out.parent.glob("*.tmp"))
 
 
-def test_resume_skips_described_images(tmp_path, capsys):
+def test_resume_skips_described_images(tmp_path):
     ann, out = annotations(tmp_path, num_images=5), tmp_path / "descriptions.json"
     with serving(lambda n, body: None) as server:
-        first = run(server, ann, out, "--limit=2", "--concurrency=1")
+        first = run(server, ann, out, limit=2, concurrency=1)
         first_asked = server.activities()
-        second = run(server, ann, out, "--concurrency=3")
+        second = run(server, ann, out, concurrency=3)
         second_asked = server.activities()[len(first_asked) :]
         third = run(server, ann, out)
     assert (first.described, first.skipped, first.failed) == (2, 0, 0)
@@ -292,12 +290,24 @@ def test_rate_limit_spaces_requests():
 
 def test_missing_key_or_file_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("MY_LLM_KEY", raising=False)
-    args = [f"--annotations={annotations(tmp_path)}", f"--out={tmp_path / 'o.json'}",
-            "--model=m", "--base_url=http://127.0.0.1:9/v1"]  # fmt: skip
-    with pytest.raises(SystemExit, match="MY_LLM_KEY is not set"):
-        dl.main([*args, "--api_key_env=MY_LLM_KEY"])
-    with pytest.raises(SystemExit, match=r"nothing\.json: annotations not found"):
-        dl.main([*args, f"--annotations={tmp_path / 'nothing.json'}"])
-    (tmp_path / "o.json").write_text("{not json")
-    with pytest.raises(SystemExit, match=r"o\.json: not readable JSON"):
-        dl.main(args)
+    ann, out = annotations(tmp_path), tmp_path / "o.json"
+    options = {"model": "m", "base_url": "http://127.0.0.1:9/v1"}
+    with pytest.raises(InputDataError, match="MY_LLM_KEY is not set"):
+        dl.describe_file(ann, out, api_key_env="MY_LLM_KEY", **options)
+    with pytest.raises(InputDataError, match=r"nothing\.json: annotations not found"):
+        dl.describe_file(tmp_path / "nothing.json", out, **options)
+    out.write_text("{not json")
+    with pytest.raises(InputDataError, match=r"o\.json: not readable JSON"):
+        dl.describe_file(ann, out, **options)
+
+
+def test_progress_logs_done_total_rate_and_eta(caplog):
+    """Every N images or T seconds, and at the end: hours of requests are never silent."""
+    caplog.set_level("INFO")
+    progress = dl.Progress(total=5, every=2, seconds=3600.0)
+    for _ in range(5):
+        progress.step()
+    progress.finish()
+    lines = [r.getMessage() for r in caplog.records if "images/s" in r.getMessage()]
+    assert [line.split(" images")[0] for line in lines] == ["2/5", "4/5", "5/5"]
+    assert "ETA 0 s" in lines[-1] and "(100%)" in lines[-1]

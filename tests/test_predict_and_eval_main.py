@@ -99,8 +99,13 @@ def test_eval_config_on_fixtures_writes_the_table(trained, tmp_path: Path) -> No
     assert checkpoint.checkpoint_location(workdir / "checkpoints" / "2")[1] == 2
     with pytest.raises(InputDataError, match=r"--checkpoint=.*: no checkpoint there"):
         checkpoint.checkpoint_location(tmp_path)
-    # An evaluation that finds none of its datasets evaluates nothing: an error, not a table.
+    # A data root that does not exist is named before the checkpoint is loaded; one that holds
+    # none of the datasets evaluates nothing: an error, not a table.
     config.data_root = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"--config\.data_root='.*nowhere': no such folder"):
+        evaluate.evaluate_checkpoint(config, str(workdir), str(tmp_path / "empty"))
+    config.data_root = str(tmp_path / "no_datasets")
+    (tmp_path / "no_datasets").mkdir()
     config.evals.linear_probe.datasets = ()
     with pytest.raises(evaluate.NothingEvaluatedError, match="nothing was evaluated"):
         evaluate.evaluate_checkpoint(config, str(workdir), str(tmp_path / "empty"))

@@ -141,14 +141,23 @@ def test_gradients_reach_alpha_and_temperature() -> None:
     assert float(clip_grads["alpha"]) == 0.0
 
 
-def test_nonfinite_loss_skips_the_update_and_names_the_step() -> None:
+class _DivergedLoss(losses.ContrastiveLoss):
+    """A loss that is NaN from the first step: what a diverging run meets (a config cannot
+    ask for one: NaN weights or rates are refused)."""
+
+    def __call__(self, a: jax.Array, b: jax.Array, scalars: losses.Scalars) -> jax.Array:
+        return jnp.mean(a * b) * jnp.nan
+
+
+def test_nonfinite_loss_skips_the_update_and_names_the_step(monkeypatch) -> None:
+    monkeypatch.setitem(losses.LOSSES, "diverged", _DivergedLoss)
     config = tiny_config()
-    config.loss.weights = (float("nan"), 1.0, 1.0)
+    config.loss.kind = "diverged"
     batch, vocab_size = _batch(config)
-    _, state, initial, losses = _run_steps(
+    _, state, initial, step_losses = _run_steps(
         config, sharding.create_mesh({"data": 1}), batch, vocab_size, 1
     )
-    assert math.isnan(losses[0])
+    assert math.isnan(step_losses[0])
     assert int(state.nonfinite_count) == 1 and int(state.first_nonfinite_step) == 0
     for path, value in flatten_dict(jax.device_get(state.params)).items():
         np.testing.assert_array_equal(value, flatten_dict(initial)[path], err_msg=str(path))
@@ -226,7 +235,8 @@ def test_a_run_stopped_by_a_nonfinite_loss_closes_what_it_opened(
     config = tiny_config()
     config.mesh.data = 1
     config.evals.zero_shot.datasets = ()
-    config.loss.weights = (float("nan"), 1.0, 1.0)
+    monkeypatch.setitem(losses.LOSSES, "diverged", _DivergedLoss)
+    config.loss.kind = "diverged"
     with caplog.at_level(logging.INFO), pytest.raises(train.NonFiniteLossError, match="step 0"):
         train.train_and_evaluate(config, tmp_path)
     assert sorted(closed) == ["Checkpointer", "MetricWriter"]

@@ -9,6 +9,7 @@ the protocol of CLIP's and human-centric CLIP papers' linear-probe tables, next 
 """
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,8 @@ import optax
 from focusclip_jax.evaluators import confusion
 from focusclip_jax.evaluators.base import Evaluator, Results
 from focusclip_jax.evaluators.zero_shot import top_k_accuracy
-from input_pipeline.benchmarks import registry
+from input_pipeline.benchmarks import readers, registry
+from input_pipeline.errors import check_choice
 from input_pipeline.tokenizers import Tokenizer
 
 VALIDATION_FRACTION = 0.2  # of the fitting images, chosen with a fixed seed, pick the penalty
@@ -97,8 +99,17 @@ class LinearProbeEvaluator(Evaluator):
     @classmethod
     def check(cls, name: str, options: Any) -> None:
         cls.check_datasets(name, options, registry.ZERO_SHOT_DATASETS)
-        if not options.l2 or any(not penalty >= 0 for penalty in options.l2):
-            raise ValueError(f"config evals.{name}.l2={options.l2!r}: penalties must be >= 0")
+        readers.check_options(options, f"evals.{name}")
+        for key in ("fit_split", "score_split"):
+            check_choice(f"config evals.{name}.{key}", options[key], readers.SPLITS)
+        penalties = tuple(options.l2)
+        if not penalties or not all(
+            isinstance(p, int | float) and not isinstance(p, bool) and 0 <= p < math.inf
+            for p in penalties
+        ):
+            raise ValueError(
+                f"config evals.{name}.l2={penalties!r}: penalties must be finite numbers >= 0"
+            )
 
     def __init__(self, name: str, options: Any, *, config: Any, setup: Any, tokenizer: Tokenizer):
         super().__init__(name, options, config=config, setup=setup, tokenizer=tokenizer)

@@ -9,6 +9,7 @@ written for several images (SynthPose's rule-based descriptions can repeat) coun
 for each of them.
 """
 
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -65,6 +66,9 @@ class RetrievalEvaluator(Evaluator):
     @classmethod
     def check(cls, name: str, options: Any) -> None:
         cls.check_datasets(name, options, registry.RETRIEVAL_DATASETS)
+        image_list = options.get("image_list", "")
+        if image_list and not Path(image_list).is_file():
+            raise ValueError(f"config evals.{name}.image_list={image_list!r}: no such file")
 
     def __init__(self, name: str, options: Any, *, config: Any, setup: Any, tokenizer: Tokenizer):
         super().__init__(name, options, config=config, setup=setup, tokenizer=tokenizer)

@@ -17,7 +17,7 @@ import numpy as np
 from focusclip_jax.evaluators import confusion
 from focusclip_jax.evaluators.base import Evaluator, Results
 from focusclip_jax.setup import Encoder
-from input_pipeline.benchmarks import registry
+from input_pipeline.benchmarks import readers, registry
 from input_pipeline.benchmarks.registry import ZeroShotData
 from input_pipeline.tokenizers import Tokenizer
 
@@ -88,6 +88,7 @@ class ZeroShotEvaluator(Evaluator):
     @classmethod
     def check(cls, name: str, options: Any) -> None:
         cls.check_datasets(name, options, registry.ZERO_SHOT_DATASETS)
+        readers.check_options(options, f"evals.{name}")
 
     def __init__(self, name: str, options: Any, *, config: Any, setup: Any, tokenizer: Tokenizer):
         super().__init__(name, options, config=config, setup=setup, tokenizer=tokenizer)

@@ -14,6 +14,7 @@ from focusclip_jax.losses.clip import CLIP, clip_infonce
 from focusclip_jax.losses.nt_xent import NTXent, nt_xent
 from focusclip_jax.losses.siglip import SigLIP, chunked_sigmoid_loss, sigmoid_loss
 from focusclip_jax.models.focusclip import MODALITIES
+from input_pipeline.errors import check_number
 
 __all__ = [
     "ContrastiveLoss",
@@ -42,16 +43,30 @@ def create(config: ml_collections.ConfigDict) -> ContrastiveLoss:
 
 
 def check_pairs(config: ml_collections.ConfigDict) -> None:
-    """`loss.pairs`: at least one pair of two different modalities, one weight each."""
-    pairs = [tuple(pair) for pair in config.pairs]
-    if not pairs or len(pairs) != len(config.weights):
-        raise ValueError(
-            f"config loss.pairs ({len(pairs)}) and loss.weights ({len(config.weights)}): one "
-            "weight per pair, at least one pair"
-        )
+    """`loss.pairs`: at least one pair of two different modalities; `loss.weights`: one finite
+    weight >= 0 per pair, not all 0."""
+    pairs, weights = tuple(config.pairs), tuple(config.weights)
+    if not pairs:
+        raise ValueError("config loss.pairs=(): at least one pair of modalities")
     for pair in pairs:
-        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(MODALITIES):
-            raise ValueError(f"config loss.pairs: {pair} is not a pair of two of {MODALITIES}")
+        if (
+            not isinstance(pair, tuple | list)
+            or len(pair) != 2
+            or pair[0] == pair[1]
+            or not set(pair) <= set(MODALITIES)
+        ):
+            raise ValueError(f"config loss.pairs: {pair!r} is not a pair of two of {MODALITIES}")
+    if len(weights) != len(pairs):
+        raise ValueError(
+            f"config loss.weights={weights!r}: one weight per pair of loss.pairs ({len(pairs)})"
+        )
+    for weight in weights:
+        try:
+            check_number("weight", weight, at_least=0)
+        except ValueError as error:
+            raise ValueError(f"config loss.weights={weights!r}: {error}") from None
+    if not any(weights):
+        raise ValueError(f"config loss.weights={weights!r}: all 0, nothing would be learnt")
 
 
 def scalars_of(params: Mapping[str, object], loss: ContrastiveLoss) -> dict[str, jax.Array]:

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from input_pipeline.errors import check_number
+
 Scalars = Mapping[str, jax.Array]  # "logit_scale" (the model's own) and the loss's declared ones
 
 
@@ -36,7 +38,12 @@ class ContrastiveLoss(abc.ABC):
     has_chunked_form: ClassVar[bool] = False  # `loss.chunked=True` picks it
 
     def __init__(self, config: ml_collections.ConfigDict) -> None:
-        if config.get("chunked") and not self.has_chunked_form:
+        chunked = config.get("chunked", False)
+        if not isinstance(chunked, bool):
+            raise ValueError(f"config loss.chunked={chunked!r}: must be True or False")
+        if "temperature" in config:  # NT-Xent's; any other loss's config may still hold one
+            check_number("config loss.temperature", config.temperature, above=0)
+        if chunked and not self.has_chunked_form:
             raise ValueError(
                 f"config loss.chunked=True: the {config.kind} loss has no chunked form "
                 "(a loss declares one with has_chunked_form)"

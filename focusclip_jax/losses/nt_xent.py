@@ -26,9 +26,7 @@ class NTXent(ContrastiveLoss):
     """`loss.temperature` (the paper's 0.5) is fixed; the model's logit scale is not used."""
 
     def __init__(self, config: ml_collections.ConfigDict) -> None:
-        super().__init__(config)
-        if not config.temperature > 0:
-            raise ValueError(f"config loss.temperature={config.temperature!r}: must be > 0")
+        super().__init__(config)  # checks `loss.temperature`
         self.temperature = float(config.temperature)
 
     def __call__(self, a: jax.Array, b: jax.Array, scalars: Scalars) -> jax.Array:

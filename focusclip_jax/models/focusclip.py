@@ -16,6 +16,7 @@ from flax import nnx
 from focusclip_jax.models import towers
 from focusclip_jax.models.layers import AttentionImpl, Remat
 from focusclip_jax.sharding import constrain_batch
+from input_pipeline.errors import check_choice, check_number
 
 MODALITIES = ("image", "focused", "text")
 LOG_100 = math.log(100.0)
@@ -46,6 +47,31 @@ def _embed(projection: nnx.Linear, features: jax.Array) -> jax.Array:
     return _l2_normalize(constrain_batch(projection(constrain_batch(features))))
 
 
+def _check_options(**options: Any) -> None:
+    """The model's own options (the towers check theirs): ValueError naming the config key."""
+    key = lambda name: f"config model.{name}"
+    check_number(key("embed_dim"), options["embed_dim"], integer=True, at_least=1)
+    check_choice(key("heatmap_tower"), options["heatmap_tower"], ("shared", "separate"))
+    for name, above in (("pixel_mean", None), ("pixel_std", 0)):
+        value = options[name]
+        if not isinstance(value, tuple | list) or len(value) != 3:
+            raise ValueError(f"{key(name)}={value!r}: expected 3 numbers, one per RGB channel")
+        for channel in value:
+            check_number(f"{key(name)}={tuple(value)!r}: channel", channel, above=above)
+    check_number(key("alpha_init"), options["alpha_init"], at_least=0, at_most=1)
+    constrain = options["constrain_alpha"]
+    if not isinstance(constrain, bool):
+        raise ValueError(f"{key('constrain_alpha')}={constrain!r}: must be True or False")
+    check_number(key("logit_scale_init"), options["logit_scale_init"], at_least=0, at_most=LOG_100)
+    dtype = options["dtype"]
+    try:
+        floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise ValueError(f"{key('dtype')}={dtype!r}: expected a float dtype: float32 or bfloat16")
+
+
 class FocusCLIP(nnx.Module):
     """Three encoders (image, focused image, text) projected to one L2-normalised space.
 
@@ -73,8 +99,16 @@ class FocusCLIP(nnx.Module):
         loss_scalars: Mapping[str, Any] | None = None,
         rngs: nnx.Rngs,
     ):
-        if heatmap_tower not in ("shared", "separate"):
-            raise ValueError(f"model.heatmap_tower={heatmap_tower!r}: expected shared or separate")
+        _check_options(
+            embed_dim=embed_dim,
+            heatmap_tower=heatmap_tower,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            alpha_init=alpha_init,
+            constrain_alpha=constrain_alpha,
+            logit_scale_init=logit_scale_init,
+            dtype=dtype,
+        )
         self.heatmap_tower = heatmap_tower
         self.pixel_mean = tuple(pixel_mean)
         self.pixel_std = tuple(pixel_std)

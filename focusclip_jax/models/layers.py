@@ -25,11 +25,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from focusclip_jax.sharding import constrain_batch
+from input_pipeline.errors import check_choice, check_number
 
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
 AttentionImpl = Literal["xla", "cudnn", "auto"] | None
 Remat = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
 
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 ATTENTION_IMPLS = ("xla", "cudnn", "auto", None)
 # Which intermediates a rematerialised block keeps for the backward pass (the rest is recomputed).
 REMAT_POLICIES: dict[str, Callable | None] = {
@@ -385,13 +387,23 @@ class BlockStack:
     remat: Remat = "none"
 
     def __post_init__(self) -> None:
-        # Checked at model build, not at the first step.
-        if self.remat != "none" and self.remat not in REMAT_POLICIES:
-            raise ValueError(
-                f"model.remat={self.remat!r}: expected none, {', '.join(REMAT_POLICIES)}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout!r}: expected a rate in [0, 1)")
+        """Every option checked at model build, not at the first step: ValueError
+        `<option>=<value>: ...` (the towers name the config key)."""
+        for name in ("depth", "num_heads", "mlp_dim"):
+            check_number(name, getattr(self, name), integer=True, at_least=1)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_number("eps", self.eps, above=0)
+        check_choice("attention", self.attention, ATTENTION_IMPLS)
+        check_number("dropout", self.dropout, at_least=0, below=1)
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"scan_layers={self.scan_layers!r}: must be True or False")
+        check_choice("remat", self.remat, ("none", *REMAT_POLICIES))
+
+    def check_width(self, width: int) -> None:
+        """The tower's width: a positive integer that the heads split evenly."""
+        check_number("width", width, integer=True, at_least=1)
+        if width % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads}: must divide the width {width}")
 
     def build(
         self, width: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs

@@ -22,6 +22,7 @@ from focusclip_jax.models.layers import (
     partitioned,
 )
 from focusclip_jax.sharding import constrain_batch
+from input_pipeline.errors import check_choice, check_number
 
 Pooling = Literal["mean", "mean_with_padding", "cls"]
 
@@ -55,6 +56,11 @@ def _check_length(tokens: jax.Array, max_len: int) -> None:
         raise ValueError(f"text length {tokens.shape[1]} exceeds max_len {max_len}")
 
 
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        check_number(name, value, integer=True, at_least=1)
+
+
 class BertTextEncoder(nnx.Module):
     """BERT: token + position + segment embeddings → LayerNorm → post-norm blocks → pooling.
 
@@ -84,11 +90,10 @@ class BertTextEncoder(nnx.Module):
         rngs: nnx.Rngs,
         **stack_options: Any,
     ):
-        if pooling not in ("mean", "mean_with_padding", "cls"):
-            raise ValueError(
-                f"unknown pooling {pooling!r}; expected mean, mean_with_padding or cls"
-            )
+        check_choice("pooling", pooling, ("mean", "mean_with_padding", "cls"))
+        _check_sizes(vocab_size=vocab_size, max_len=max_len, type_vocab_size=type_vocab_size)
         self.stack = BlockStack(block=PostNormBlock, **{"eps": 1e-12, **stack_options})
+        self.stack.check_width(width)
         self.width = width
         self.max_len = max_len
         self.pooling = pooling
@@ -149,7 +154,9 @@ class CausalTextEncoder(nnx.Module):
         **stack_options: Any,
     ):
         defaults = {"activation": "quick_gelu", "eps": 1e-5}
+        _check_sizes(vocab_size=vocab_size, max_len=max_len)
         self.stack = BlockStack(block=PreNormBlock, **{**defaults, **stack_options})
+        self.stack.check_width(width)
         self.width = width
         self.max_len = max_len
         self.dtype = dtype

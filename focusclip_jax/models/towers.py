@@ -71,8 +71,17 @@ def create(
     role: str, sub_config: Mapping[str, Any], *, rngs: nnx.Rngs, **model_options: Any
 ) -> nnx.Module:
     """The `role` ('image' or 'text') tower its sub-config names. `model_options`: the
-    model-wide options and inputs (dtype, speed options, `image_size`), under the sub-config's."""
+    model-wide options and inputs (dtype, speed options, `image_size`), under the sub-config's.
+    The tower checks its options as it is built; an error names the config key."""
     kind, options = resolve(role, sub_config)
     accepted = kind.options()
     shared = {key: value for key, value in model_options.items() if key in accepted}
-    return kind.module(**{**shared, **options}, rngs=rngs)
+    try:
+        return kind.module(**{**shared, **options}, rngs=rngs)
+    except ValueError as error:  # `<option>=<value>: ...` from the tower or its block stack
+        option = str(error).partition("=")[0]
+        if option in options:
+            raise ValueError(f"config model.{role}.{error}") from None
+        if option in shared:  # a model-wide option (or input) the sub-config does not set
+            raise ValueError(f"config model.{error}") from None
+        raise ValueError(f"config model.{role}: {error}") from None

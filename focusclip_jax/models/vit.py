@@ -15,6 +15,7 @@ from focusclip_jax.models.layers import (
     partitioned,
 )
 from focusclip_jax.sharding import constrain_batch
+from input_pipeline.errors import check_number
 
 # width, depth, heads, MLP hidden and patch size of the standard ViTs (Dosovitskiy et al.; timm).
 _BASE = {
@@ -67,13 +68,19 @@ class ViT(nnx.Module):
         rngs: nnx.Rngs,
         **stack_options: Any,
     ):
+        check_number("image_size", image_size, integer=True, at_least=1)
+        check_number("patch_size", patch_size, integer=True, at_least=1)
         if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+            raise ValueError(f"patch_size={patch_size}: must divide the image size {image_size}")
+        for name, value in (("pre_norm", pre_norm), ("patch_bias", patch_bias)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r}: must be True or False")
         self.width = width
         self.patch_size = patch_size
         self.image_size = image_size
         self.dtype = dtype
         self.stack = BlockStack(block=PreNormBlock, **stack_options)
+        self.stack.check_width(width)
         eps = self.stack.eps
         num_patches = (image_size // patch_size) ** 2
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -50,6 +50,7 @@ Unreadable images are dropped and counted (`unreadable`); a missing folder or fi
 `DatasetNotFoundError` naming what was expected, so the other datasets still evaluate.
 """
 
+import contextlib
 import csv
 import io
 import logging
@@ -65,7 +66,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from input_pipeline.errors import InputDataError
+from input_pipeline.errors import InputDataError, check_choice, check_number, check_text
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 
@@ -193,6 +194,23 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return [{k.strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+SPLITS = ("train", "val", "test")  # what `split` and `splits` may name
+SPLIT_FAMILIES = ("stanford40", "kinetics", "emotic", "fer2013", "ferplus", "fairface", "cub200")
+
+
+def check_options(options: ml_collections.ConfigDict, where: str) -> None:
+    """The reading options of an evaluator's entry (`where`: its config key, `evals.<name>`):
+    ValueError naming the first bad one, before anything is read."""
+    check_text(f"config {where}.root", options.root)
+    check_choice(f"config {where}.split", options.split, SPLITS)
+    for family, split in (options.get("splits") or {}).items():
+        check_choice(f"config {where}.splits", family, SPLIT_FAMILIES)
+        check_choice(f"config {where}.splits.{family}", split, SPLITS)
+    check_choice(f"config {where}.templates", options.templates, ("paper", "ensemble"))
+    check_number(f"config {where}.max_images", options.max_images, integer=True, at_least=0)
+    check_number(f"config {where}.decode_threads", options.decode_threads, integer=True, at_least=1)
+
+
 def _split(data: ml_collections.ConfigDict, family: str, allowed: dict[str, str]) -> str:
     """The dataset's own name for the configured split ("test" → "PrivateTest" for FER2013)."""
     split = (data.splits or {}).get(family, data.split)
@@ -263,8 +281,13 @@ def _build(
 
 
 def _root(data: ml_collections.ConfigDict, folder: str) -> Path:
-    root = Path(data.root) / folder
-    return _require(root, f"the {folder} dataset folder")
+    """The dataset's folder under `root`, its name matched in any case (`Stanford40/`)."""
+    root = Path(data.root)
+    if not (root / folder).exists() and root.is_dir():
+        same = sorted(p for p in root.iterdir() if p.name.lower() == folder and p.is_dir())
+        if same:
+            return same[0]
+    return _require(root / folder, f"the {folder} dataset folder")
 
 
 # ---------------------------------------------------------------- activity
@@ -525,7 +548,8 @@ def ferplus(data: ml_collections.ConfigDict) -> dict[str, Any]:
     new = _read_csv(_require(root / "fer2013new.csv", "FERPlus's fer2013new.csv"))
     fer_csv = root / "fer2013.csv"
     if not fer_csv.exists():
-        fer_csv = root.parent / "fer2013" / "fer2013.csv"
+        with contextlib.suppress(DatasetNotFoundError):  # else named below, beside fer2013new
+            fer_csv = _root(data, "fer2013") / "fer2013.csv"
     old = _read_csv(_require(fer_csv, "fer2013.csv (FER+ relabels its images)"))
     if len(old) != len(new):
         raise InputDataError(f"ferplus: {len(new)} rows in fer2013new.csv, {len(old)} in fer2013")

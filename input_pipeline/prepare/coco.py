@@ -195,9 +195,6 @@ def prepare(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for name in ("images", "annotations", "captions", "out"):
-        if not FLAGS[name].value:
-            raise app.UsageError(f"--{name} is required")
     meta, left_out = prepare(
         FLAGS.images, FLAGS.annotations, FLAGS.captions, FLAGS.out, **shards.writer_options()
     )
@@ -205,13 +202,17 @@ def main(argv: list[str]) -> None:
     print(json.dumps(counts | {"skipped": meta["skipped"], "left_out": dict(left_out)}))
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
     flags.DEFINE_multi_string("images", None, "COCO images folder of a split (train2017/).")
     flags.DEFINE_multi_string("annotations", None, "person_keypoints_{train,val}2017.json")
     flags.DEFINE_multi_string("captions", None, "captions_{train,val}2017.json")
     shards.define_writer_flags(NAME)
+    flags.mark_flags_as_required(["images", "annotations", "captions", "out"])
+    cli.check_flags(
+        images=cli.Path("folder"), annotations=cli.Path("file"), captions=cli.Path("file")
+    )
 
 
 if __name__ == "__main__":
-    _define_flags()
+    define_flags()
     cli.run(main)

@@ -18,10 +18,11 @@ It is rewritten atomically (temporary file + rename) every few seconds and at th
 interrupted run loses at most those seconds; a rerun skips images already described. Requests run
 in a thread pool under a client-side rate limit; 429, 5xx, timeouts and connection errors are
 retried with exponential backoff and jitter (at least the server's Retry-After); other errors fail
-that image only, which the next run retries.
+that image only, which the next run retries. Progress (done/total, rate, ETA) is logged every
+`PROGRESS_EVERY` images or `PROGRESS_SECONDS` seconds: at 60 requests a minute a full split
+takes hours.
 """
 
-import argparse
 import concurrent.futures
 import dataclasses
 import email.utils
@@ -39,9 +40,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from input_pipeline import records, sources
+from absl import app, flags
+
+from input_pipeline import cli, records, sources
 from input_pipeline.errors import InputDataError
 from input_pipeline.prepare import mpii
+
+PROGRESS_EVERY = 100  # images between progress lines, at most
+PROGRESS_SECONDS = 10.0  # seconds between progress lines, at most
 
 # The system prompt of the authors' `src/captioning/generate_captions.py` (github anon12620/
 # FocusCLIP), verbatim; the user message is the image's annotation as JSON (`user_prompt`).
@@ -303,6 +309,37 @@ class Summary:
         return f"described {self.described}, skipped {self.skipped}, failed {self.failed}"
 
 
+class Progress:
+    """Logs `done/total`, the rate and the ETA every `every` items or `seconds` seconds, and at
+    the end (`finish`)."""
+
+    def __init__(self, total: int, every: int = PROGRESS_EVERY, seconds: float = PROGRESS_SECONDS):
+        self.total, self.every, self.seconds = total, every, seconds
+        self.done, self._start = 0, time.monotonic()
+        self._last_done, self._last_time = 0, self._start
+
+    def step(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.done - self._last_done >= self.every or now - self._last_time >= self.seconds:
+            self._log(now)
+
+    def finish(self) -> None:
+        if self.done != self._last_done:
+            self._log(time.monotonic())
+
+    def _log(self, now: float) -> None:
+        elapsed = now - self._start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate else float("inf")
+        log.info(
+            "%d/%d images (%.0f%%) in %.0f s, %.2f images/s, ETA %s",
+            self.done, self.total, 100 * self.done / max(self.total, 1), elapsed, rate,
+            f"{eta:.0f} s" if eta != float("inf") else "unknown",
+        )  # fmt: skip
+        self._last_done, self._last_time = self.done, now
+
+
 def describe_all(
     annotated: Sequence[records.ImageRecord],
     out: DescriptionsFile,
@@ -312,12 +349,14 @@ def describe_all(
     limit: int | None = None,
 ) -> Summary:
     """Describes every record not yet in `out` (at most `limit` new ones), `concurrency` at a
-    time; writes the file as results arrive and once more at the end, even when interrupted."""
+    time; writes the file as results arrive and once more at the end, even when interrupted;
+    logs its progress (`Progress`)."""
     done = out.described()
     todo = [r for r in annotated if r.image not in done and r.people]
     summary = Summary(skipped=len(annotated) - len(todo))
     if limit is not None:
         todo = todo[:limit]
+    progress = Progress(len(todo))
 
     def describe(record: records.ImageRecord) -> dict[str, Any]:
         text = client.complete(SYSTEM_PROMPT, user_prompt(record), record.image)
@@ -333,75 +372,134 @@ def describe_all(
             except RequestFailed as e:
                 summary.failed += 1
                 log.error("failed: %s", e)
+            progress.step()
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
         out.flush()
+        progress.finish()
     return summary
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m input_pipeline.prepare.describe_with_llm",
-        description="Describe MPII poses with an OpenAI-compatible LLM (resumable).",
-    )
-    parser.add_argument(
-        "--annotations",
-        required=True,
-        help="mmpose mpii_{train,val}.json, the official .mat or descriptions JSON",
-    )
-    parser.add_argument("--out", required=True, help="descriptions JSON to write (and resume)")
-    parser.add_argument("--model", required=True, help="model name, e.g. gpt-4")
-    parser.add_argument("--base_url", required=True, help="e.g. https://api.openai.com/v1")
-    parser.add_argument("--api_key_env", default="OPENAI_API_KEY",
-                        help="environment variable holding the API key")  # fmt: skip
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--requests_per_minute", type=float, default=60.0, help="0: no limit")
-    parser.add_argument("--max_retries", type=int, default=6)
-    parser.add_argument("--limit", type=int, default=None, help="describe at most N new images")
-    parser.add_argument("--backoff_seconds", type=float, default=1.0, help="first retry's delay")
-    parser.add_argument("--max_backoff_seconds", type=float, default=60.0)
-    parser.add_argument("--timeout_seconds", type=float, default=120.0)
-    parser.add_argument("--flush_seconds", type=float, default=5.0,
-                        help="rewrite the output at most this often (and at the end)")  # fmt: skip
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> Summary:
-    args = _parser().parse_args(argv)
-    api_key = os.environ.get(args.api_key_env, "")
+def describe_file(
+    annotations: str | Path,
+    out: str | Path,
+    *,
+    model: str,
+    base_url: str,
+    api_key_env: str = "OPENAI_API_KEY",
+    concurrency: int = 4,
+    requests_per_minute: float = 60.0,
+    max_retries: int = 6,
+    limit: int | None = None,
+    backoff_seconds: float = 1.0,
+    max_backoff_seconds: float = 60.0,
+    timeout_seconds: float = 120.0,
+    flush_seconds: float = 5.0,
+) -> Summary:
+    """Describes the images of `annotations` into `out` (resuming it); the API key is read from
+    the environment variable `api_key_env`. A user's mistake is an `InputDataError`."""
+    api_key = os.environ.get(api_key_env, "")
     if not api_key:
-        raise SystemExit(
-            f"The environment variable {args.api_key_env} is not set: put the API key of "
-            f"{args.base_url} in it (or name another variable with --api_key_env)."
-        )
-    annotations = Path(args.annotations)
+        raise InputDataError(_key_missing(api_key_env, base_url))
+    annotations = Path(annotations)
     if not annotations.exists():
-        raise SystemExit(f"{annotations}: annotations not found; get {sources.MMPOSE_ANNOTATIONS}")
-    try:
-        annotated = mpii.read_annotations(annotations)
-        out = DescriptionsFile(Path(args.out), args.flush_seconds)
-    except InputDataError as e:
-        raise SystemExit(str(e)) from None
+        raise InputDataError(
+            f"{annotations}: annotations not found; get {sources.MMPOSE_ANNOTATIONS}"
+        )
+    annotated = mpii.read_annotations(annotations)
+    descriptions = DescriptionsFile(Path(out), flush_seconds)
     client = ChatClient(
-        base_url=args.base_url,
+        base_url=base_url,
         api_key=api_key,
-        model=args.model,
-        limiter=RateLimiter(args.requests_per_minute),
-        max_retries=args.max_retries,
-        backoff_s=args.backoff_seconds,
-        max_backoff_s=args.max_backoff_seconds,
-        timeout_s=args.timeout_seconds,
+        model=model,
+        limiter=RateLimiter(requests_per_minute),
+        max_retries=max_retries,
+        backoff_s=backoff_seconds,
+        max_backoff_s=max_backoff_seconds,
+        timeout_s=timeout_seconds,
     )
-    log.info("%d images in %s; writing %s", len(annotated), annotations, args.out)
-    summary = describe_all(annotated, out, client, concurrency=args.concurrency, limit=args.limit)
-    log.info("%s: %s", args.out, summary.line())
-    print(summary.line())
+    log.info("%d images in %s; writing %s", len(annotated), annotations, out)
+    summary = describe_all(annotated, descriptions, client, concurrency=concurrency, limit=limit)
+    log.info("%s: %s", out, summary.line())
     return summary
+
+
+def _key_missing(api_key_env: str, base_url: str = "the server") -> str:
+    return (
+        f"the environment variable {api_key_env} is not set: put the API key of {base_url} in "
+        "it (or name another variable with --api_key_env)"
+    )
+
+
+FLAGS = flags.FLAGS
+NUMBERS = {  # the client's and the writer's settings: passed on as they are named
+    "concurrency": cli.Number(integer=True, at_least=1),
+    "requests_per_minute": cli.Number(at_least=0),  # 0: no limit
+    "max_retries": cli.Number(integer=True, at_least=0),
+    "backoff_seconds": cli.Number(at_least=0),
+    "max_backoff_seconds": cli.Number(at_least=0),
+    "timeout_seconds": cli.Number(above=0),
+    "flush_seconds": cli.Number(at_least=0),
+}
+
+
+def define_flags() -> None:
+    """Defined only when run as a program: importing this module must not claim flag names."""
+    flags.DEFINE_string(
+        "annotations", None, "mmpose mpii_{train,val}.json, the official .mat or descriptions JSON"
+    )
+    flags.DEFINE_string("out", None, "Descriptions JSON to write (and resume).")
+    flags.DEFINE_string("model", None, "Model name, e.g. gpt-4.")
+    flags.DEFINE_string("base_url", None, "e.g. https://api.openai.com/v1")
+    flags.DEFINE_string("api_key_env", "OPENAI_API_KEY", "Environment variable holding the key.")
+    flags.DEFINE_integer("concurrency", 4, "Requests in flight at a time.")
+    flags.DEFINE_float("requests_per_minute", 60.0, "Client-side rate limit; 0: no limit.")
+    flags.DEFINE_integer("max_retries", 6, "Retries of a request that failed transiently.")
+    flags.DEFINE_integer("limit", None, "Describe at most N new images.")
+    flags.DEFINE_float("backoff_seconds", 1.0, "The first retry's delay (doubling after).")
+    flags.DEFINE_float("max_backoff_seconds", 60.0, "The longest delay between retries.")
+    flags.DEFINE_float("timeout_seconds", 120.0, "A request's timeout.")
+    flags.DEFINE_float(
+        "flush_seconds", 5.0, "Rewrite the output at most this often (and at the end)."
+    )
+    flags.mark_flags_as_required(["annotations", "out", "model", "base_url"])
+    cli.check_flags(
+        annotations=cli.Path("file"),
+        out=cli.Path("new_file"),
+        model=cli.Text(lambda name: None if name.strip() else "empty: name the model"),
+        base_url=cli.Text(_url_problem),
+        api_key_env=cli.Text(lambda name: None if os.environ.get(name) else _key_missing(name)),
+        limit=cli.Number(integer=True, at_least=1),
+        **NUMBERS,
+    )
+
+
+def _url_problem(url: str) -> str | None:
+    if url.startswith(("http://", "https://")) and len(url.split("://", 1)[1]) > 0:
+        return None
+    return "expected an http:// or https:// base URL, e.g. https://api.openai.com/v1"
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger(__name__).setLevel(logging.INFO)  # progress, above absl's WARNING
+    try:
+        summary = describe_file(
+            FLAGS.annotations,
+            FLAGS.out,
+            model=FLAGS.model,
+            base_url=FLAGS.base_url,
+            api_key_env=FLAGS.api_key_env,
+            limit=FLAGS.limit,
+            **{name: FLAGS[name].value for name in NUMBERS},
+        )
+    except KeyboardInterrupt:
+        sys.exit("interrupted: finished descriptions are saved; rerun the command to go on")
+    print(summary.line())
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        sys.exit(1 if main().failed else 0)
-    except KeyboardInterrupt:
-        sys.exit("interrupted: finished descriptions are saved; rerun the command to go on")
+    define_flags()
+    cli.run(main)

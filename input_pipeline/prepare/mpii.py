@@ -338,9 +338,6 @@ def prepare(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for name in ("images", "annotations", "descriptions", "out"):
-        if not FLAGS[name].value:
-            raise app.UsageError(f"--{name} is required")
     meta = prepare(
         FLAGS.images, FLAGS.annotations, FLAGS.descriptions, FLAGS.out, **shards.writer_options()
     )
@@ -348,7 +345,7 @@ def main(argv: list[str]) -> None:
     print(json.dumps(counts | {"skipped": meta["skipped"]}))
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
     """Only when run as a program: importing this module must not claim flag names."""
     flags.DEFINE_string("images", None, "MPII images folder.")
     flags.DEFINE_multi_string("annotations", None, "mmpose JSON(s), official .mat or descriptions.")
@@ -356,8 +353,14 @@ def _define_flags() -> None:
         "descriptions", None, "Description JSON file or folder (one subfolder per source)."
     )
     shards.define_writer_flags(NAME)
+    flags.mark_flags_as_required(["images", "annotations", "descriptions", "out"])
+    cli.check_flags(
+        images=cli.Path("folder"),
+        annotations=cli.Path("file"),
+        descriptions=cli.Path("file_or_folder"),
+    )
 
 
 if __name__ == "__main__":
-    _define_flags()
+    define_flags()
     cli.run(main)

@@ -64,7 +64,7 @@ from array_record.python import array_record_module
 from etils import epath
 from PIL import Image
 
-from input_pipeline import records
+from input_pipeline import cli, records
 from input_pipeline.errors import InputDataError
 
 SKIP_EXAMPLES = 5  # paths logged per skip reason
@@ -860,20 +860,20 @@ def define_writer_flags(name: str) -> None:
         "Replace a finished dataset even where this run has fewer images in a split, or lacks "
         "one of its splits (a split without images is never written).",
     )
+    cli.check_flags(
+        out=cli.Path("new_folder"),
+        max_side=cli.Number(integer=True, at_least=1),
+        quality=cli.Number(integer=True, at_least=1, at_most=100),
+        squash_side=cli.Number(integer=True, at_least=0),
+        records_per_shard=cli.Number(integer=True, at_least=1),
+        workers=cli.Number(integer=True, at_least=0),
+    )
+
+
+WRITER_FLAGS = ("max_side", "quality", "squash_side", "records_per_shard", "workers", "overwrite")
 
 
 def writer_options() -> dict[str, Any]:
-    """The values of `define_writer_flags`'s flags, as `write_prepared` takes them."""
-    ranges = {  # flag: (least, most)
-        "max_side": (1, None),
-        "quality": (1, 100),
-        "squash_side": (0, None),
-        "records_per_shard": (1, None),
-        "workers": (0, None),
-    }
-    for name, (least, most) in ranges.items():
-        value = flags.FLAGS[name].value
-        if value < least or (most is not None and value > most):
-            within = f"from {least} to {most}" if most else f"at least {least}"
-            raise InputDataError(f"--{name}={value}: must be {within}")
-    return {name: flags.FLAGS[name].value for name in (*ranges, "overwrite")}
+    """The values of `define_writer_flags`'s flags (checked as they are parsed), as
+    `write_prepared` takes them."""
+    return {name: flags.FLAGS[name].value for name in WRITER_FLAGS}

@@ -128,16 +128,6 @@ def visualize(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for name in ("annotations", "images", "out"):
-        if not FLAGS[name].value:
-            raise app.UsageError(f"--{name} is required")
-    for name in ("num", "size"):
-        if FLAGS[name].value < 1:
-            raise app.UsageError(f"--{name}={FLAGS[name].value}: must be at least 1")
-    if not 0 <= FLAGS.alpha <= 1:
-        raise app.UsageError(f"--alpha={FLAGS.alpha}: must be within [0, 1]")
-    if not FLAGS.joint_sigma > 0:
-        raise app.UsageError(f"--joint_sigma={FLAGS.joint_sigma}: must be > 0")
     settings = heatmaps.HeatmapSettings(mode=FLAGS.heatmap_mode, joint_sigma=FLAGS.joint_sigma)
     paths = visualize(
         FLAGS.annotations, FLAGS.images, FLAGS.out, FLAGS.num, FLAGS.descriptions, FLAGS.size,
@@ -146,7 +136,7 @@ def main(argv: list[str]) -> None:
     print(f"wrote {len(paths)} images to {FLAGS.out}")
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
     """Only when run as a program: importing this module must not claim flag names."""
     flags.DEFINE_string("annotations", None, "mmpose JSON, official .mat, or descriptions JSON.")
     flags.DEFINE_string("images", None, "Images folder.")
@@ -157,8 +147,19 @@ def _define_flags() -> None:
     flags.DEFINE_float("alpha", 0.5, "Focus: focused = image · (alpha + (1 - alpha) · heatmap).")
     flags.DEFINE_enum("heatmap_mode", "parts", list(heatmaps.HEATMAP_MODES), "Heatmap recipe.")
     flags.DEFINE_float("joint_sigma", 2.0, "σ of each joint's Gaussian in panel pixels (joints).")
+    flags.mark_flags_as_required(["annotations", "images", "out"])
+    cli.check_flags(
+        annotations=cli.Path("file"),
+        images=cli.Path("folder"),
+        out=cli.Path("new_folder"),
+        descriptions=cli.Path("file_or_folder"),
+        num=cli.Number(integer=True, at_least=1),
+        size=cli.Number(integer=True, at_least=1),
+        alpha=cli.Number(at_least=0, at_most=1),
+        joint_sigma=cli.Number(above=0),
+    )
 
 
 if __name__ == "__main__":
-    _define_flags()
+    define_flags()
     cli.run(main)
