@@ -168,6 +168,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("steps", 2, "Training steps of each tiny model.")
     flags.DEFINE_string("torch_python", str(REFERENCE_PYTHON), "Python with torch, transformers.")
     flags.DEFINE_string("workdir", "", "Scratch folder (default: a temporary one).")
+    cli.check_flags(
+        steps=cli.Number(integer=True, at_least=1),
+        torch_python=cli.Path("file"),
+        workdir=cli.Path("new_folder"),
+    )
 
 
 if __name__ == "__main__":

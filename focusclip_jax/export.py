@@ -236,6 +236,7 @@ def define_flags() -> None:
     )
     flags.DEFINE_bool("overwrite", False, "Replace an existing export at --out.")
     flags.mark_flags_as_required(["checkpoint", "out"])
+    cli.check_flags(checkpoint=cli.Path("folder"), out=cli.Path("new_file_or_folder"))
 
 
 def main(argv: list[str]) -> None:

@@ -88,14 +88,15 @@ class FlagRule:
 @dataclasses.dataclass(frozen=True)
 class Path(FlagRule):
     """A file or folder: `file`, `folder` or `file_or_folder` to read (it must exist; a file
-    must not be empty), `new_file` or `new_folder` to write (a new file's folder must exist; a
+    must not be empty), `new_file`, `new_folder` or `new_file_or_folder` to write (a new file's
+    folder must exist; a
     new folder's is made). A bucket URL (`gs://...`) is checked where it is opened. "" is a
     mistake unless it is the flag's default (then it means "none")."""
 
     kind: str
     flag: str = ""
 
-    KINDS = ("file", "folder", "file_or_folder", "new_file", "new_folder")
+    KINDS = ("file", "folder", "file_or_folder", "new_file", "new_folder", "new_file_or_folder")
 
     def __post_init__(self) -> None:
         check_choice("Path kind", self.kind, self.KINDS)
@@ -125,6 +126,7 @@ class Path(FlagRule):
             "file_or_folder": "an existing file or folder",
             "new_file": "a file to write",
             "new_folder": "a folder to write into",
+            "new_file_or_folder": "a file or folder to write",
         }[self.kind]
 
     def _check_input(self, path: FilePath) -> None:
@@ -142,7 +144,7 @@ class Path(FlagRule):
     def _check_parent(self, path: FilePath) -> None:
         """A new file's folder must exist; a new folder's nearest existing parent must be one."""
         parent = path.absolute().parent
-        if self.kind == "new_file" and not parent.is_dir():
+        if self.kind in ("new_file", "new_file_or_folder") and not parent.is_dir():
             raise flags.ValidationError(f"its folder {parent} does not exist")
         while not parent.exists():
             parent = parent.parent

@@ -112,6 +112,7 @@ def good_value(name: str, flag: flags.Flag, scratch: Scratch) -> str | None:
                     "file_or_folder": scratch.file,
                     "new_file": scratch.folder / "written.json",
                     "new_folder": scratch.root / "written",
+                    "new_file_or_folder": scratch.root / "written",
                 }[rule.kind]
             )
         if isinstance(rule, cli.Choices):
@@ -155,6 +156,7 @@ def _path_cases(rule: cli.Path, scratch: Scratch) -> list[tuple[str, str]]:
             ("file for a folder", scratch.file),
             ("under a file", scratch.file / "sub"),
         ],
+        "new_file_or_folder": [("missing parent folder", scratch.missing / "out")],
     }[kind]
     if kind == "file" and os.geteuid() != 0:  # root reads any file
         unreadable = scratch.root / "unreadable"

@@ -34,8 +34,6 @@ import pytest
 from tests.conftest import FAST_COMPILE_FLAGS, REPO
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE_FLAGS)
-# The other branch's: export.py's own flags are declared where export is written.
-NOT_YET_DECLARED = {"focusclip_jax.export"}
 
 
 def command_line_tools() -> list[str]:
@@ -66,11 +64,8 @@ def flag_results() -> tuple[dict[str, Any], ...]:
 def _flag_params() -> list[Any]:
     params = []
     for case in flag_results():
-        marks = []
-        if case["tool"] in NOT_YET_DECLARED:
-            marks = [pytest.mark.xfail(reason="export.py's flags: declared on its own branch")]
         name = f"{case['tool']}--{case['flag']}={case['label']}"
-        params.append(pytest.param(case, id=name, marks=marks))
+        params.append(pytest.param(case, id=name))
     return params
 
 
