@@ -494,6 +494,7 @@ def build_checked(
     with config_errors():
         init_files = weights.required_files(config.get("init"))
     pipeline.check_input_files(config, also=init_files, workdir=str(workdir))
+    weights.check_readable(config.get("init"))
     with config_errors():
         tokenizer = pipeline.create_tokenizer(config, workdir=str(workdir))
     return tokenizer, Trainer(config, mesh, vocab_size=tokenizer.vocab_size)

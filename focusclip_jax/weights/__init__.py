@@ -2,6 +2,7 @@
 
 from focusclip_jax.weights.common import WeightImportError, read_tensors
 from focusclip_jax.weights.loader import (
+    check_readable,
     check_tree,
     export_tower,
     load,
@@ -12,6 +13,7 @@ from focusclip_jax.weights.loader import (
 
 __all__ = [
     "WeightImportError",
+    "check_readable",
     "check_tree",
     "export_tower",
     "load",

@@ -60,14 +60,37 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """The tensors' header of a `.safetensors` file and the offset of their data: an 8-byte
+    little-endian header length, then a JSON header. A file of another kind, cut short or
+    empty, is a `WeightImportError` naming it (read before anything is written: cheap)."""
+    with open(path, "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        total = path.stat().st_size
+        problem = "shorter than a header" if total < 8 else ""
+        if not problem and not 2 <= length <= total - 8:
+            problem = f"a header of {length} bytes in a file of {total}"
+        try:
+            header = None if problem else json.loads(file.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            problem = f"its header is no JSON ({error})"
+    if not problem and not isinstance(header, dict):
+        problem = "its header is no JSON object"
+    if not problem:
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        bad = [k for k, v in tensors.items() if not {"dtype", "shape", "data_offsets"} <= set(v)]
+        problem = f"tensor {bad[0]!r} lacks dtype, shape or data_offsets" if bad else ""
+    if problem:
+        raise WeightImportError(f"{path}: not a readable safetensors file ({problem})")
+    return header, 8 + length
+
+
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Parses the format directly: `safetensors.numpy` rejects the bfloat16 tensors that many
     PyTorch checkpoints hold (an 8-byte header length, a JSON header, then raw buffers)."""
-    data = path.read_bytes()
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + size])
+    header, start = safetensors_header(path)
     header.pop("__metadata__", None)
-    body = memoryview(data)[8 + size :]
+    body = memoryview(path.read_bytes())[start:]
     out = {}
     for name, info in header.items():
         if info["dtype"] not in _SAFETENSORS_DTYPES:

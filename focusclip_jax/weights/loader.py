@@ -7,6 +7,7 @@ checkpoints also bring their projections (and, with the text tower, the logit sc
 """
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -121,6 +122,18 @@ def required_files(init: Mapping[str, str] | None) -> list[RequiredFile]:
             fmt, path = parse_spec(init[role], formats, role)
             files.append(RequiredFile(f"init.{role}", path, WHERE_FROM[fmt]))
     return files
+
+
+def check_readable(init: Mapping[str, str] | None) -> None:
+    """The checkpoints `init` names can be read (their safetensors headers parse): a
+    `WeightImportError` naming the file before a run writes anything, not after."""
+    for required in required_files(init):
+        path = Path(required.path)
+        if path.is_dir():
+            weights = [path / name for name in hf_bert.WEIGHT_FILES if (path / name).is_file()]
+            path = weights[0] if weights else path
+        if path.is_file() and path.suffix == ".safetensors":
+            common.safetensors_header(path)
 
 
 def requested(init: Mapping[str, str] | None) -> bool:
