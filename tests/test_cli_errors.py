@@ -82,7 +82,7 @@ CASES = [
     ("focusclip_jax.export", ["--checkpoint={r}", "--tower=nose", "--out={r}/x"],
      "flag --tower=nose: value should be one of"),
     ("focusclip_jax.export", ["--checkpoint={r}/none", "--tower=text_tower", "--out={r}/x"],
-     "--checkpoint={r}/none: no checkpoint there; expected a training workdir"),
+     "flag --checkpoint={r}/none: no such folder"),
     ("focusclip_jax.aot", ["--config=tests/tiny.py", "--topology=v5e-8", "--batch_tolerance=1.5"],
      "flag --batch_tolerance=1.5: must be a finite number > 0 and < 1"),
     ("focusclip_jax.aot", ["--config=tests/tiny.py", "--topology=v5e-8", "--batch_tolerance=0"],
