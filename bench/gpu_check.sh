@@ -8,7 +8,7 @@
 # timm and transformers but not the rest of requirements.txt. Stages, each under its own `timeout`:
 #   1. setup    a fresh venv that sees the image's packages (a .pth file), plus the wheels
 #               brought along for what the image lacks: grain, array-record, ml_collections,
-#               tensorboardX, portpicker, clu and its wrapt (tensorflow-datasets is imported only by
+#               tensorboardX, portpicker, clu and its wrapt, simplejpeg (tensorflow-datasets is imported only by
 #               the MPII/COCO/CUB readers, which the checks do not use). Fetch them on a machine
 #               with PyPI, into the repo's .whl/:
 #                 bench/gpu_check.sh --fetch_wheels
@@ -30,7 +30,7 @@ set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHEEL_PINS=(grain==0.2.18 array-record==0.8.6 ml_collections==1.1.0 tensorboardX==2.6.5
-  portpicker==1.6.0 clu==0.0.12 wrapt==2.5.2)
+  portpicker==1.6.0 clu==0.0.12 wrapt==2.5.2 simplejpeg==1.9.0)
 wheels="$REPO_ROOT/.whl"
 out="${OUT:-/tmp/gpu_check}"
 venv=/tmp/gpu_check_venv

@@ -1,7 +1,7 @@
 """Training input throughput from prepared records at 224 px, against the original code's way.
 
     python -m bench.input_pipeline [--workers=0,1,2] [--batches=100] [--crops=squash,person] \\
-        [--vocab=data/bert-base-uncased/vocab.txt]
+        [--vocab=data/bert-base-uncased/vocab.txt] [--compare_to=main] [--rounds=3]
 
 Ours: grain over ArrayRecord shards (input_pipeline.prepare.mpii's defaults) → decode → crop and
 resize to 224 → pick a description → tokenize (512) → batch of 32 uint8 images; heatmaps are
@@ -12,18 +12,24 @@ of the same size when it is absent, cycled to MPII's 14,644 training records. Th
 BERT's WordPiece (the default) when `--vocab` exists, else a word-level one (cheaper: the numbers
 are then not the default pipeline's).
 
-Prints wall img/s and img per CPU-second of all the processes doing the work (this one and its
-grain workers, from /proc): on a shared machine the per-CPU-second rate is the per-core figure.
+Prints wall img/s and img per CPU-second of all the processes doing the work (a measuring process
+and its grain workers, from /proc): on a shared machine the per-CPU-second rate is the per-core
+figure. `--compare_to` (a git ref of this repository, or a folder holding another checkout) measures
+that code too, on the same records, each setting of both in turn, in fresh processes (`--rounds`
+times, medians): the two columns of a row come from the same minutes of a shared machine.
 """
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from absl import flags
+from absl import app, flags
 from PIL import Image
 
 from configs import pretrain
@@ -51,6 +57,17 @@ flags.DEFINE_string(
     pretrain.get_config().tokenizer.vocab,
     "BERT vocab.txt; a word-level tokenizer if absent.",
 )
+flags.DEFINE_string(
+    "compare_to",
+    "",
+    "A git ref of this repository (e.g. main) or a folder with another checkout: its pipeline is "
+    "measured beside this one's, setting by setting.",
+)
+flags.DEFINE_integer("rounds", 1, "Measurements of each setting (medians are printed).")
+flags.DEFINE_string(
+    "measure", "", "Internal: measure one setting (JSON) with the code imported, print JSON."
+)
+
 cli.check_flags(
     workers=cli.Number(integer=True, at_least=0),
     batches=cli.Number(integer=True, at_least=1),
@@ -58,6 +75,14 @@ cli.check_flags(
     copies=cli.Number(integer=True, at_least=1),
     records=cli.Number(integer=True, at_least=1),
     crops=cli.Choices(transforms.CROP_MODES),
+    rounds=cli.Number(integer=True, at_least=1),
+)
+
+REPO = Path(__file__).resolve().parents[1]
+# Runs this file with `tree` first on sys.path: the pipeline measured is that tree's.
+_IN_TREE = (
+    "import runpy, sys; tree = sys.argv[1]; sys.path.insert(0, tree); "
+    "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 )
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mpii_sample"
@@ -128,17 +153,21 @@ def _cpu_seconds() -> np.ndarray:
     return np.array([time.process_time(), ticks / os.sysconf("SC_CLK_TCK")])
 
 
-def _ours(
-    prepared: Path, tokenizer: Tokenizer, workers: int, batches: int, crop: str
-) -> tuple[float, float, np.ndarray]:
-    """(img/s wall, img per CPU-second of this process and its workers, CPU ms per image of this
-    process and of the workers)."""
+def _tokenizer(vocab: str) -> Tokenizer:
+    if Path(vocab).is_file():
+        return BertWordPieceTokenizer(vocab)
+    return WordTokenizer.fit([DESCRIPTION])
+
+
+def _ours(prepared: str, vocab: str, workers: int, batches: int, crop: str) -> dict[str, Any]:
+    """img/s wall, img per CPU-second of this process and its workers, CPU ms per image of this
+    process and of the workers, and the file the pipeline came from."""
     config = pretrain.get_config()
-    config.data.prepared = str(prepared)
+    config.data.prepared = prepared
     config.data.description_sources = (mpii.DEFAULT_SOURCE,)  # one descriptions.json
     config.data.worker_count = workers
     config.data.crop = crop
-    it = pipeline.train_iterator(config, tokenizer, process_index=0, process_count=1)
+    it = pipeline.train_iterator(config, _tokenizer(vocab), process_index=0, process_count=1)
     for _ in range(FLAGS.warmup):
         next(it)
     start, cpu = time.perf_counter(), _cpu_seconds()
@@ -148,7 +177,48 @@ def _ours(
     cpu = _cpu_seconds() - cpu
     rate = images / (time.perf_counter() - start)
     it.close()
-    return rate, images / cpu.sum(), cpu / images * 1e3
+    return {
+        "img_per_s": rate,
+        "img_per_cpu_s": images / cpu.sum(),
+        "cpu_ms_main": cpu[0] / images * 1e3,
+        "cpu_ms_workers": cpu[1] / images * 1e3,
+        "code": pipeline.__file__,
+    }
+
+
+def _measure_in(tree: Path, setting: dict[str, Any]) -> dict[str, Any]:
+    """`_ours` for `setting` in a fresh process importing `tree`'s code."""
+    command = [sys.executable, "-c", _IN_TREE, str(tree), __file__]
+    command += [f"--measure={json.dumps(setting)}", f"--warmup={FLAGS.warmup}"]
+    path = os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])
+    env = os.environ | {"PYTHONPATH": path}
+    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"measuring {tree} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if not Path(result["code"]).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"{tree}: measured {result['code']}, not this tree's pipeline")
+    return result
+
+
+def _checkout(ref: str, root: Path) -> Path:
+    """`ref`'s files: a folder as it is, or a git ref of this repository exported under `root`."""
+    if Path(ref).is_dir():
+        return Path(ref)
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if commit.returncode:
+        raise app.UsageError(f"--compare_to={ref}: neither a folder nor a git ref of {REPO}")
+    tree = root / "compare_to"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit.stdout.strip()], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 def _original(
@@ -176,10 +246,48 @@ def _original(
     return count / (time.perf_counter() - start), count / (time.process_time() - cpu)
 
 
+def _row(result: dict[str, Any], original_cpu: float) -> str:
+    return (
+        f"{result['img_per_s']:6.0f} img/s, {result['img_per_cpu_s']:6.0f} img/CPU-s "
+        f"({result['img_per_cpu_s'] / original_cpu:4.1f}x the original's way), CPU ms/img: "
+        f"main {result['cpu_ms_main']:.2f}, workers {result['cpu_ms_workers']:.2f}"
+    )
+
+
+def _median(results: list[dict[str, Any]]) -> dict[str, float]:
+    keys = ("img_per_s", "img_per_cpu_s", "cpu_ms_main", "cpu_ms_workers")
+    return {k: float(np.median([r[k] for r in results])) for k in keys}
+
+
+def _table(results: dict[tuple[str, int, str], list[dict[str, Any]]], this: str, other: str) -> str:
+    """Markdown: per crop and worker count, both trees' medians side by side."""
+    lines = [
+        f"| crop | workers | img per CPU-second: {other} | {this} | x | img/s wall: {other} | "
+        f"{this} |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for crop in FLAGS.crops:
+        for workers in map(int, FLAGS.workers):
+            a, b = (_median(results[crop, workers, name]) for name in (other, this))
+            lines.append(
+                f"| {crop} | {workers} | {a['img_per_cpu_s']:,.0f} | {b['img_per_cpu_s']:,.0f} | "
+                f"{b['img_per_cpu_s'] / a['img_per_cpu_s']:.2f} | {a['img_per_s']:,.0f} | "
+                f"{b['img_per_s']:,.0f} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     del argv
+    if FLAGS.measure:
+        setting = json.loads(FLAGS.measure)
+        print(json.dumps(_ours(**setting)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        trees = {"this": REPO}
+        if FLAGS.compare_to:
+            trees[FLAGS.compare_to] = _checkout(FLAGS.compare_to, root)
         annotations, descriptions = _raw_data(root, FLAGS.copies)
         prepared = root / "prepared"
         start = time.perf_counter()
@@ -189,23 +297,42 @@ def main(argv: list[str]) -> None:
         images = meta["splits"]["train"]["images"]
         print(f"prepare: {images} images in {time.perf_counter() - start:.1f} s (2 processes)")
         _replicate(prepared, FLAGS.records)
-        if Path(FLAGS.vocab).is_file():
-            tokenizer = BertWordPieceTokenizer(FLAGS.vocab)
+        tokenizer = _tokenizer(FLAGS.vocab)
+        if isinstance(tokenizer, BertWordPieceTokenizer):
             print(f"tokenizer: BERT WordPiece ({FLAGS.vocab})")
         else:
-            tokenizer = WordTokenizer.fit([DESCRIPTION])
             print(f"tokenizer: word-level ({FLAGS.vocab} not found: not the default pipeline)")
         annotated = mpii.read_mmpose_json(annotations)
         original, original_cpu = _original(annotated, root / "images", tokenizer, 100)
         print(f"original way, 1 process: {original:.0f} img/s, {original_cpu:.0f} img/CPU-s")
-        for crop in FLAGS.crops:
-            for workers in map(int, FLAGS.workers):
-                rate, cpu_rate, ms = _ours(prepared, tokenizer, workers, FLAGS.batches, crop)
-                print(
-                    f"ours, crop={crop}, {workers} workers: {rate:.0f} img/s, "
-                    f"{cpu_rate:.0f} img/CPU-s, {cpu_rate / original_cpu:.1f}x the original's "
-                    f"way per CPU-second; CPU ms/img: main {ms[0]:.2f}, workers {ms[1]:.2f}"
-                )
+        results: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+        for round_index in range(FLAGS.rounds):
+            for crop in FLAGS.crops:
+                for workers in map(int, FLAGS.workers):
+                    # Alternate which tree goes first: a machine's load drifts within a minute.
+                    names = list(trees)[:: 1 if round_index % 2 == 0 else -1]
+                    for name in names:
+                        setting = {
+                            "prepared": str(prepared),
+                            "vocab": FLAGS.vocab,
+                            "workers": workers,
+                            "batches": FLAGS.batches,
+                            "crop": crop,
+                        }
+                        result = _measure_in(trees[name], setting)
+                        results.setdefault((crop, workers, name), []).append(result)
+                        print(
+                            f"round {round_index + 1}, {name}, crop={crop}, {workers} workers: "
+                            f"{_row(result, original_cpu)}",
+                            flush=True,
+                        )
+        print(f"\nmedians of {FLAGS.rounds} round(s):")
+        for (crop, workers, name), runs in results.items():
+            print(
+                f"{name:>10s}, crop={crop}, {workers} workers: {_row(_median(runs), original_cpu)}"
+            )
+        if len(trees) == 2:
+            print(_table(results, *trees))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ pixel (row i, col j) centred at x = j, y = i (the heatmap convention).
 """
 
 import dataclasses
+import functools
 import json
 import os
 import struct
@@ -154,9 +155,21 @@ def dataset_dir(prepared: str) -> epath.Path:
     return found
 
 
+@functools.cache
+def _example_proto() -> Any:
+    """TFDS's copy of TensorFlow's `Example` protocol buffer (no TensorFlow needed)."""
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    return tf_example_pb2.Example
+
+
 class PreparedSplit:
     """A split of a preparation as grain reads it (len, getitem): record i is its
-    `encode_prepared` entry. Pickles (grain's workers) as its TFDS data source does."""
+    `encode_prepared` entry. Pickles (grain's workers) as its TFDS data source does.
+
+    A record is read from the ArrayRecord shards as it is stored, a serialized `tf.train.Example`
+    with one bytes feature, and its bytes taken out of the parsed protocol buffer: TFDS's
+    `__getitem__` gives the same bytes through its features' numpy decoding at twice the CPU."""
 
     def __init__(self, source: Any):
         self.source = source
@@ -165,7 +178,8 @@ class PreparedSplit:
         return len(self.source)
 
     def __getitem__(self, index: int) -> bytes:
-        return self.source[index][ENTRY]
+        example = _example_proto().FromString(self.source.data_source[index])
+        return example.features.feature[ENTRY].bytes_list.value[0]
 
 
 def open_split(prepared: str, split: str) -> tuple[PreparedSplit, list[str]]:

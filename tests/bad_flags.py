@@ -35,6 +35,10 @@ FREE_FLAGS = {
     ("bench.compare", "torch_device"): "a PyTorch device string (cpu, cuda:1): PyTorch checks it",
     ("bench.input_pipeline", "vocab"): "a BERT vocab.txt used where it exists, else a word-level "
     "tokenizer (the documented fallback of a benchmark)",
+    ("bench.input_pipeline", "compare_to"): "a git ref or a folder: git or the folder's checkout "
+    "answers when the other tree is made",
+    ("bench.input_pipeline", "measure"): "internal: the JSON the benchmark writes for its own "
+    "measuring processes",
 }
 # Good values of required flags whose rule cannot make one (a custom text check).
 GOOD_TEXT = {"topology": "v5e-8", "model": "gpt-4", "base_url": "http://127.0.0.1:9/v1"}

@@ -314,6 +314,76 @@ def test_squash_decodes_the_stored_square_copy_when_its_side_matches() -> None:
     assert out["image"].shape == (32, 32, 3)
 
 
+def _encoded(pixels: np.ndarray, mode: str = "RGB", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, **{"format": "JPEG"} | options)
+    return buffer.getvalue()
+
+
+def _pillow_rgb(data: bytes) -> np.ndarray:
+    """How images were decoded before `decode_rgb` took JPEGs to libjpeg-turbo itself."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _jpeg_variants() -> dict[str, bytes]:
+    """Noise over a gradient (every DCT coefficient busy, chroma edges for the upsampling), odd
+    sizes, each chroma subsampling, grey, progressive, restart markers; CMYK and PNG take
+    Pillow's path."""
+    rng = np.random.default_rng(7)
+    out = {}
+    for w, h in ((224, 224), (97, 61), (512, 288)):
+        ramp = np.linspace(0, 255, w)[None, :, None] * np.linspace(0.2, 1, h)[:, None, None]
+        pixels = np.clip(ramp + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+        for subsampling in (0, 1, 2):  # 4:4:4, 4:2:2, 4:2:0 (Pillow's default, the prepared one)
+            out[f"{w}x{h} sub{subsampling}"] = _encoded(pixels, subsampling=subsampling, quality=90)
+        out[f"{w}x{h} grey"] = _encoded(pixels, "L", quality=75)
+        out[f"{w}x{h} progressive"] = _encoded(pixels, progressive=True, quality=85)
+        out[f"{w}x{h} restarts"] = _encoded(pixels, restart_marker_blocks=3)
+        out[f"{w}x{h} cmyk"] = _encoded(pixels, "CMYK")
+        png = io.BytesIO()
+        Image.fromarray(pixels).save(png, format="PNG")
+        out[f"{w}x{h} png"] = png.getvalue()
+    return out
+
+
+@pytest.mark.parametrize("name", list(_jpeg_variants()))
+def test_decode_rgb_gives_pillows_pixels(name: str) -> None:
+    data = _jpeg_variants()[name]
+    np.testing.assert_array_equal(transforms.decode_rgb(data), _pillow_rgb(data))
+
+
+@pytest.mark.skipif(not MPII_SAMPLE.is_dir(), reason="no real MPII sample")
+def test_decode_rgb_gives_pillows_pixels_on_real_frames() -> None:
+    """Real MPII frames, and the copies a preparation stores (resized, squashed to 224²)."""
+    for path in sorted(MPII_SAMPLE.glob("*.jpg")):
+        image = Image.open(path).convert("RGB")
+        stored = image.resize((512, 288), Image.LANCZOS)
+        squashed = image.resize((224, 224), Image.LANCZOS)
+        for data in (
+            path.read_bytes(),
+            _encoded(np.asarray(stored)),
+            _encoded(np.asarray(squashed)),
+        ):
+            np.testing.assert_array_equal(transforms.decode_rgb(data), _pillow_rgb(data))
+
+
+def test_squash_pixels_are_pillows_decode_of_the_stored_jpeg() -> None:
+    """The whole transform on a JPEG squashed copy: Pillow's pixels, flipped or not."""
+    rng = np.random.default_rng(3)
+    square = _encoded(rng.integers(0, 255, (48, 48, 3), np.uint8))
+    reference = _pillow_rgb(square)
+    header = _header((101.0, 61.0)) | {"size": [160, 120], "squashed_side": 48}
+    transform = transforms.PreparedRecordTransform(image_size=48, max_people=2, flip=True)
+    flips = 0
+    for seed in range(6):
+        out = transform.apply(header, b"", np.random.default_rng(seed), square)
+        flipped = not np.array_equal(out["image"], reference)
+        flips += flipped
+        np.testing.assert_array_equal(out["image"], reference[:, ::-1] if flipped else reference)
+        assert out["image"].flags.c_contiguous
+    assert 0 < flips < 6
+
+
 def test_box_keypoints_pixel_centres() -> None:
     box = (10.0, 20.0, 30.0, 60.0)  # 20×40 px → 10×10: x halves, y quarters
     out = transforms.box_keypoints(np.array([[10.0 - 0.5, 20.0 - 0.5], [29.5, 59.5]]), box, 10, 10)

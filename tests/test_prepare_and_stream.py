@@ -146,6 +146,14 @@ assert len(list(grain.MapDataset.source(source).map(records.decode_prepared))) =
     assert not imports_tensorflow(read, tmp_path)
 
 
+def test_records_read_as_tfds_decodes_them(prepared: Path) -> None:
+    """`PreparedSplit` parses the stored Example itself: the bytes TFDS's data source gives."""
+    for split in ("train", "val"):
+        source, _ = records.open_split(str(prepared), split)
+        for i in range(len(source)):
+            assert source[np.int64(i)] == source[i] == source.source[i][records.ENTRY]
+
+
 def test_prepare_is_idempotent_and_resumes(raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = _prepare(raw, out, workers=1)

@@ -4,10 +4,13 @@ open_clip's ids (fixtures of bench/make_tokenizer_goldens.py), a BPE fitted on d
 import importlib.util
 import json
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tokenizers as hf_tokenizers
+from tokenizers import models, normalizers, pre_tokenizers
 
 from configs import pretrain
 from input_pipeline import pipeline, records, tokenizers
@@ -24,6 +27,7 @@ from synthpose import scenes
 from tests.conftest import tiny_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tokenizers"
+SMALL_BERT_VOCAB = FIXTURES / "bert_vocab_small.txt"
 GOLDENS = json.loads((FIXTURES / "clip_bpe_goldens.json").read_text(encoding="utf-8"))
 SMALL_CLIP = ClipBpeTokenizer(FIXTURES / GOLDENS["small"]["vocab"])
 CONTEXT = GOLDENS["context_length"]
@@ -76,6 +80,69 @@ def test_bert_wordpiece_greedy_longest_match(tmp_path) -> None:
     ids, mask = tok(["unaffable"], max_len=8)
     assert ids[0].tolist() == [2, 4, 5, 6, 3, 0, 0, 0]
     assert mask[0].sum() == 5
+
+
+def _random_texts(seed: int, alphabet: list[str], count: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(alphabet, rng.integers(0, 40))) for _ in range(count)]
+
+
+ASCII = [chr(c) for c in range(128)]
+POSE_WORDS = ["standing", "Stretched", "kneeling", "unaffable", "x" * 100, "y" * 101, "é" * 100]
+
+
+@pytest.mark.parametrize("lower_case", [True, False])
+def test_bert_wordpiece_equals_hugging_face_bert_pipeline(lower_case: bool) -> None:
+    """Hugging Face `tokenizers`' BERT pipeline (BertNormalizer, BertPreTokenizer, WordPiece of at
+    most 100 characters a word: transformers' BertTokenizer) is the reference on random texts of
+    ASCII (control characters, tabs, punctuation), accented Latin, Unicode punctuation, spaces and
+    format characters, and words of several pieces or too long. Left out, where the two differ: CJK
+    ideographs (Hugging Face isolates each one, this tokenizer keeps them inside words), a capital
+    sigma ending a word (Python's lower() gives a final sigma) and private-use characters (Hugging
+    Face removes them, BERT's own Python tokenizer keeps them, as this one does)."""
+    tokenizer = BertWordPieceTokenizer(SMALL_BERT_VOCAB, lower_case=lower_case)
+    reference = hf_tokenizers.Tokenizer(
+        models.WordPiece(tokenizer.ids, unk_token="[UNK]", max_input_chars_per_word=100)
+    )
+    reference.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=False, strip_accents=None, lowercase=lower_case
+    )
+    reference.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    latin = [*"éèüößçñÅÉİ—“”‘’…«»¿¡°±×÷", "\u00a0", "\u2028", "\u3000", "\u00ad", "\u200b"]
+    texts = _random_texts(1, ASCII + POSE_WORDS, 1500) + _random_texts(2, ASCII + latin, 1500)
+    for text in texts:
+        want = reference.encode(text, add_special_tokens=False).ids
+        assert tokenizer.tokenize(text) == want, repr(text)
+
+
+@pytest.mark.parametrize("lower_case", [True, False])
+def test_bert_wordpiece_ascii_chunks_equal_the_unicode_path(lower_case: bool) -> None:
+    """An ASCII text is split at whitespace and its chunks' pieces cached; a soft hyphen (a format
+    character, removed) sends the same text word by word through `bert_basic_split`."""
+    tokenizer = BertWordPieceTokenizer(SMALL_BERT_VOCAB, lower_case=lower_case)
+    for text in _random_texts(3, ASCII + POSE_WORDS + [" ", ", ", "."], 2000):
+        assert tokenizer.tokenize(text) == tokenizer.tokenize(text + "\u00ad"), repr(text)
+
+
+def test_bert_wordpiece_empty_long_and_cached_texts() -> None:
+    tok = BertWordPieceTokenizer(SMALL_BERT_VOCAB)
+    cls, sep, unk, comma, arm = (tok.ids[t] for t in ("[CLS]", "[SEP]", "[UNK]", ",", "arm"))
+    x, more_x = tok.ids["x"], tok.ids["##x"]
+    long = " ".join(["the left arm is raised above the head,"] * 80)
+    texts = ["", " \t\n ", "x" * 100, "y" * 101 + ",", "arm, arm", "Arm,arm", long]
+    ids, mask = tok(texts, max_len=8)
+    assert ids[0].tolist() == ids[1].tolist() == [cls, sep, 0, 0, 0, 0, 0, 0]
+    assert mask[0].tolist() == mask[1].tolist() == [True, True] + [False] * 6
+    assert ids[2].tolist() == [cls, x, *[more_x] * 5, sep] and mask[2].all()  # cut before [SEP]
+    assert ids[3].tolist()[:4] == [cls, unk, comma, sep]  # over 100 characters: one [UNK]
+    assert ids[4].tolist()[:5] == ids[5].tolist()[:5] == [cls, arm, comma, arm, sep]
+    full, full_mask = tok([long], max_len=512)
+    pieces = tok.tokenize(long)
+    assert len(pieces) > 510 and full_mask.all()
+    assert full[0].tolist() == [cls, *pieces[:510], sep]
+    # Pickled (grain's workers) with what it has cached, the same ids.
+    clone = pickle.loads(pickle.dumps(tok))
+    np.testing.assert_array_equal(clone(texts, 8)[0], ids)
 
 
 def _full_clip_vocab() -> Path | None:
