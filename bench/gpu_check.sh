@@ -8,8 +8,8 @@
 # timm and transformers but not the rest of requirements.txt. Stages, each under its own `timeout`:
 #   1. setup    a fresh venv that sees the image's packages (a .pth file), plus the wheels
 #               brought along for what the image lacks: grain, array-record, ml_collections,
-#               tensorboardX, portpicker, clu and its wrapt, simplejpeg (tensorflow-datasets is imported only by
-#               the MPII/COCO/CUB readers, which the checks do not use). Fetch them on a machine
+#               tensorboardX, portpicker, clu and its wrapt, simplejpeg (tensorflow-datasets is
+#               imported only by the MPII/COCO/CUB readers, which the checks do not use). Fetch them on a machine
 #               with PyPI, into the repo's .whl/:
 #                 bench/gpu_check.sh --fetch_wheels
 #   2. bench    ViT-B/16 + BERT-base at context 128, bf16: the JAX step (compile, step time, img/s,
