@@ -2,17 +2,19 @@
 
     python -m tests.bad_flags <scratch folder> <tool module>...
     python -m tests.bad_flags <scratch folder> --explicit <JSON list of [tool, [args]]>
+    python -m tests.bad_flags <scratch> --documented <JSON list of [tool, [args]]>
 
-prints one JSON line per case (`--explicit`: the hand-written cases of tests/test_cli_errors.py,
-run with each tool's real main). For each tool (a module whose `__main__` runs `cli.run`): import
-it, define its flags (`define_flags`, as its `__main__` does), read them back from absl's
-registry, and give each flag the bad values of its kind — absl's parser type (bool, enum,
-integer, float, list, config file) and the `input_pipeline.cli` rule the tool declared for it
-(`Path`, `Number`, `Choices`, `Text`) — with every required flag given a good value. Each case runs
-the tool's real boundary, `cli.run`, with a main that only reads the flags' values (a config
-file loads then), so the rules are checked as they would be before the tool does any work. A flag
-added later gets its cases without a test written for it; a string flag that declares no rule
-must be in `FREE_FLAGS`, saying why any value is fine.
+prints one JSON line per case (`--explicit`: the hand-written cases of tests/test_cli_errors.py, run
+with each tool's real main; `--documented`: the commands of the README and docs/, parsed as the tool
+parses them, its flags' rules aside — their files are the reader's, not here). For each tool (a
+module whose `__main__` runs `cli.run`): import it, define its flags (`define_flags`, as its
+`__main__` does), read them back from absl's registry, and give each flag the bad values of its kind
+— absl's parser type (bool, enum, integer, float, list, config file) and the `input_pipeline.cli`
+rule the tool declared for it (`Path`, `Number`, `Choices`, `Text`) — with every required flag given
+a good value. Each case runs the tool's real boundary, `cli.run`, with a main that only reads the
+flags' values (a config file loads then), so the rules are checked as they would be before the tool
+does any work. A flag added later gets its cases without a test written for it; a string flag that
+declares no rule must be in `FREE_FLAGS`, saying why any value is fine.
 """
 
 import contextlib
@@ -276,6 +278,33 @@ def explicit_cases(cases: list[tuple[str, list[str]]], scratch: Scratch) -> list
     return done
 
 
+def documented_cases(cases: list[tuple[str, list[str]]]) -> list[Case]:
+    """Each documented command's flags parsed by its tool's own parser (config files loaded,
+    `--config.*` keys and values checked, comma tuples as typed); the rules on files are off,
+    since a command's files are the reader's. Status 0: it parses."""
+    done = []
+    for tool, args in cases:
+        known = set(flags.FLAGS)
+        case = Case(tool, "", "documented", " ".join(args), argv=[tool, *args])
+        _define(tool, case.argv)
+        for name in set(flags.FLAGS) - known:
+            flags.FLAGS[name].validators = []
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                cli.parse_flags(case.argv)
+                case.status = 0
+            except SystemExit as done_with:
+                case.status = done_with.code
+            except Exception as error:  # a bug in the parser: named in the test
+                case.status = f"traceback: {type(error).__name__}: {error}"
+        case.stderr = stderr.getvalue()
+        flags.FLAGS.unparse_flags()
+        done.append(case)
+        _forget(known)
+    return done
+
+
 def tool_cases(tool: str, scratch: Scratch) -> list[Case]:
     known = set(flags.FLAGS)
     _define(tool, [tool])
@@ -323,6 +352,8 @@ def main() -> None:
     os.environ.setdefault("OPENAI_API_KEY", "set for the describer's --api_key_env check")
     if tools[0] == "--explicit":
         cases = explicit_cases(json.loads(tools[1]), scratch)
+    elif tools[0] == "--documented":
+        cases = documented_cases(json.loads(tools[1]))
     else:
         cases = [case for tool in tools for case in tool_cases(tool, scratch)]
     for case in cases:
