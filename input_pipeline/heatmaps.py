@@ -7,7 +7,7 @@ joint with non-finite coordinates is treated as missing; a joint outside the ima
 tail inside it, as a part centred outside does.
 
 Recipe (per image): for every annotated person and each part group of the keypoints' skeleton
-(`skeleton.py`: MPII's 10, the original's, in `PART_GROUPS`; COCO's 10), keep the group's
+(`skeleton.py`: MPII's 10, the original's; COCO's 10), keep the group's
 visible joints and skip the part when fewer than 2 remain; the
 part's Gaussian is centred on the centre of those joints' bounding box with σx, σy = half the box
 width, height; parts are summed per person and clipped to [0, 1], then people are summed and
@@ -40,10 +40,6 @@ import numpy as np
 
 from input_pipeline import skeleton as skeletons
 from input_pipeline.skeleton import Skeleton
-
-NUM_JOINTS = skeletons.MPII.num_joints
-PART_GROUPS: dict[str, tuple[int, ...]] = dict(skeletons.MPII.parts)  # MPII's, the original's
-
 
 HEATMAP_MODES = ("parts", "joints")
 

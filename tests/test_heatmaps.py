@@ -12,13 +12,13 @@ from PIL import Image
 
 from input_pipeline import skeleton
 from input_pipeline.heatmaps import (
-    PART_GROUPS,
     HeatmapSettings,
     render_heatmap_np,
     render_heatmaps,
 )
 
 COCO_PARTS = HeatmapSettings(skeleton.COCO)
+PART_GROUPS = dict(skeleton.MPII.parts)  # the original's
 
 MPII_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mpii_sample"
 H, W = 24, 32  # one shape for every jnp call below, so the renderer compiles once

@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from input_pipeline import cli
+from input_pipeline import cli, skeleton
 from input_pipeline.errors import InputDataError
 from input_pipeline.prepare import shards
 from input_pipeline.records import ImageRecord, Person
 
 FLAGS = flags.FLAGS
 NAME = "mpii_pose_descriptions"  # the TFDS dataset name
-NUM_JOINTS = 16
+NUM_JOINTS = skeleton.MPII.num_joints
 # mmpose splits, images (people: 22,246 train / 2,958 val).
 EXPECTED_IMAGES = {"train": 14_644, "val": 2_723}
 DEFAULT_SOURCE = "default"  # description source name of files not under a per-source folder
