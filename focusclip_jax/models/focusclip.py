@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from focusclip_jax.models import towers
-from focusclip_jax.models.layers import AttentionImpl, Remat
+from focusclip_jax.models.layers import AttentionImpl, Remat, compute_dtype
 from focusclip_jax.sharding import constrain_batch
 
 MODALITIES = ("image", "focused", "text")
@@ -66,7 +66,7 @@ class FocusCLIP(nnx.Module):
         alpha_init: float = 0.5,
         constrain_alpha: bool = True,
         logit_scale_init: float = math.log(1 / 0.07),
-        dtype: jnp.dtype = jnp.float32,
+        dtype: str | jnp.dtype = jnp.float32,
         attention: AttentionImpl = "xla",
         scan_layers: bool = False,
         remat: Remat = "none",
@@ -76,6 +76,7 @@ class FocusCLIP(nnx.Module):
         if heatmap_tower not in ("shared", "separate"):
             raise ValueError(f"model.heatmap_tower={heatmap_tower!r}: expected shared or separate")
         self.heatmap_tower = heatmap_tower
+        dtype = compute_dtype(dtype)  # 'auto': from the devices traced for
         self.pixel_mean = tuple(pixel_mean)
         self.pixel_std = tuple(pixel_std)
         shared = dict(dtype=dtype, attention=attention, scan_layers=scan_layers, remat=remat)

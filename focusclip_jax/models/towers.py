@@ -17,7 +17,7 @@ from typing import Any
 from flax import nnx
 
 from focusclip_jax.models import text, vit
-from focusclip_jax.models.layers import BlockStack
+from focusclip_jax.models.layers import BlockStack, compute_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,4 +75,7 @@ def create(
     kind, options = resolve(role, sub_config)
     accepted = kind.options()
     shared = {key: value for key, value in model_options.items() if key in accepted}
-    return kind.module(**{**shared, **options}, rngs=rngs)
+    options = {**shared, **options}
+    if "dtype" in options:  # the tower's own may be 'auto' too
+        options["dtype"] = compute_dtype(options["dtype"])
+    return kind.module(**options, rngs=rngs)
