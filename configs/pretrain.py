@@ -116,8 +116,8 @@ def base_config() -> ml_collections.ConfigDict:
     # mesh's devices), float32 on CPUs; "float32" is the paper's precision (the `original`
     # variant sets it), "bfloat16" everywhere.
     config.model.dtype = "auto"
-    # attention: the kernel. "auto" = cuDNN flash attention on NVIDIA GPUs with bf16/fp16 and
-    # head dim <= 128, Pallas splash attention on TPUs, else XLA's einsum-softmax-einsum; "xla",
+    # attention: the kernel. "auto" = in bf16/fp16, cuDNN flash attention on NVIDIA GPUs (head
+    # dim <= 128) and Pallas splash attention on TPUs; else XLA's einsum-softmax-einsum; "xla",
     # "cudnn", "splash" (TPUs; interpreted on CPUs), or None (JAX decides). BERT's attention
     # dropout (model.text.dropout, the paper's 0.1) keeps the text tower on the written-out
     # attention in training whatever this says: no fused kernel drops probabilities.

@@ -82,9 +82,9 @@ CPU_MESH = mesh_of("cpu", "cpu")
 
 
 def test_attention_implementation_choice() -> None:
-    """'auto' from the devices of the mesh traced for (cuDNN on NVIDIA GPUs in half precision,
-    splash on TPUs in any dtype, XLA elsewhere); outside a mesh from JAX's default device (this
-    CPU), and never splash there: a Mosaic kernel needs the mesh to split the batch."""
+    """'auto' from the devices of the mesh traced for (in half precision, cuDNN on NVIDIA GPUs
+    and splash on TPUs; XLA elsewhere and in float32); outside a mesh from JAX's default device
+    (this CPU), and never splash there: a Mosaic kernel needs the mesh to split the batch."""
     choice = layers.attention_implementation
     on_cuda = layers.compiling_for_nvidia_gpu()
     assert choice("auto", jnp.float32, 64) == "xla"
@@ -96,7 +96,7 @@ def test_attention_implementation_choice() -> None:
     assert choice("splash", jnp.float32, 64) == "splash"  # interpreted on this CPU
     assert choice(None, jnp.float32, 64) is None
     expected = {
-        TPU_MESH: {jnp.float32: "splash", jnp.bfloat16: "splash"},
+        TPU_MESH: {jnp.float32: "xla", jnp.bfloat16: "splash"},
         H100_MESH: {jnp.float32: "xla", jnp.bfloat16: "cudnn"},
         CPU_MESH: {jnp.float32: "xla", jnp.bfloat16: "xla"},
     }
