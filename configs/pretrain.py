@@ -8,7 +8,7 @@ Variants, comma-separated after the file name (`--config=configs/pretrain.py:cli
   siglip    SigLIP's sigmoid loss (learnable scale from t' = log 10 and bias from -10) over the
             same pairs; `--config.loss.chunked=True` passes shards around the device ring
   original  reproduce the original code's quirks: text pooling over padding tokens too, alpha
-            unconstrained
+            unconstrained, float32 compute on accelerators too
   pretrained  the paper's initialisation: ImageNet ViT-B/16 (timm) + bert-base-uncased (HF), from
             the files under data/weights/ (docs/training.md, "Pretrained towers"), ViT input
             normalisation
@@ -111,12 +111,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.alpha_init = 0.5
     config.model.constrain_alpha = True  # projected into [0, 1]; the original leaves it free
     config.model.logit_scale_init = 2.6592600369262695  # log(1 / 0.07)
-    config.model.dtype = "float32"
     # Speed (focusclip_jax/models/layers.py); none changes the maths beyond rounding.
-    # dtype above: "bfloat16" computes matmuls and attention in bf16 on accelerators (params,
-    # LayerNorm statistics, softmax and the loss stay float32); the paper trained in float32.
-    # attention: jax.nn.dot_product_attention's kernel: "auto" = cuDNN flash attention on a CUDA
-    # GPU with bf16/fp16 and head dim <= 128, else XLA; "xla", "cudnn", or None (JAX decides).
+    # dtype: what matmuls and attention compute in; parameters, optimiser state, LayerNorm
+    # statistics, softmax and the loss stay float32. "auto" = bfloat16 on TPUs and GPUs (the
+    # mesh's devices), float32 on CPUs; "float32" is the paper's precision (the `original`
+    # variant sets it), "bfloat16" everywhere.
+    config.model.dtype = "auto"
+    # attention: the kernel. "auto" = in bf16/fp16, cuDNN flash attention on NVIDIA GPUs (head
+    # dim <= 128) and Pallas splash attention on TPUs; else XLA's einsum-softmax-einsum; "xla",
+    # "cudnn", "splash" (TPUs; interpreted on CPUs), or None (JAX decides). BERT's attention
+    # dropout (model.text.dropout, the paper's 0.1) keeps the text tower on the written-out
+    # attention in training whatever this says: no fused kernel drops probabilities.
     config.model.attention = "auto"
     # scan_layers: blocks stacked on a leading "layers" parameter axis and run by one scan, so
     # compile time does not grow with depth. Checkpoints of one layout do not load into the other.
@@ -281,6 +286,7 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> None:
             if config.model.text.name == "bert":  # the causal tower pools at its end token
                 config.model.text.pooling = "mean_with_padding"
             config.model.constrain_alpha = False
+            config.model.dtype = "float32"
         elif variant == "pretrained":
             config.init.image = "timm_vit:data/weights/vit_base_patch16_224.safetensors"
             if config.model.text.name == "bert":  # the causal tower has no BERT checkpoint

@@ -38,6 +38,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from focusclip_jax import config_checks, flops, sharding, train
+from focusclip_jax.models import layers
 from input_pipeline import cli, pipeline
 from input_pipeline.errors import ConfigError
 
@@ -327,7 +328,7 @@ def report(
             f"{target.usable_bytes / GiB:.2f} GiB JAX preallocates on a {target.chip.name} "
             f"({targets.GPU_DEFAULT_MEMORY_FRACTION:.0%}; XLA_PYTHON_CLIENT_MEM_FRACTION)"
         )
-    dtype = str(config.model.dtype)
+    dtype = str(trainer.setup.model_config.dtype)  # 'auto' resolved for the target
     cost = cost_analysis(config, target, mesh, vocab, compiled, cost_how)
     batch = config.train.batch_size
     hlo = compiled.as_text() or ""
@@ -370,7 +371,8 @@ def cost_fields(
     accessed with the rate they imply against the chip's HBM bandwidth (XLA counts every
     operand an op reads, some from on-chip memory, so the rate may pass the HBM's)."""
     analytic = flops.train_step_flops(config)["total"]
-    peak = targets.peak_flops(target.chip, str(config.model.dtype))
+    dtype = layers.compute_dtype(config.model.dtype, target.chip.platform).name
+    peak = targets.peak_flops(target.chip, dtype)
     step_at_peak = analytic / devices / peak
     batch = config.train.batch_size
     xla_total = cost.flops * devices if cost.flops is not None else None
@@ -395,9 +397,21 @@ def cost_fields(
     }
 
 
+_SPLASH_CALL = re.compile(r"^\s*%(splash_mha_\w+?)(?:\.\d+)? = .*tpu_custom_call", re.MULTILINE)
+
+
 def _attention_kernels(hlo: str) -> str:
-    """Which attention the compiled program runs: cuDNN's fused kernels show as custom calls."""
-    return "cudnn" if "__cudnn$fmha" in hlo else "xla"
+    """Which attention the compiled program runs: cuDNN's and splash attention's fused kernels
+    show as custom calls (splash's as Mosaic `tpu_custom_call`s, counted forward and backward;
+    a scanned loop's body once). Attention that drops probabilities (BERT in training) is XLA's
+    beside them."""
+    if "__cudnn$fmha" in hlo:
+        return "cudnn"
+    splash = _SPLASH_CALL.findall(hlo)
+    if not splash:
+        return "xla"
+    forward = sum("_fwd" in name for name in splash)
+    return f"splash ({forward} forward, {len(splash) - forward} backward Mosaic kernels)"
 
 
 def find_max_batch(

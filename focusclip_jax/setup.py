@@ -42,12 +42,15 @@ def param_bounds(abstract_params: nnx.State) -> dict[tuple[str, ...], tuple[floa
 
 
 def resolved_model_config(
-    config: ml_collections.ConfigDict, vocab_size: int
+    config: ml_collections.ConfigDict, vocab_size: int, platform: str
 ) -> ml_collections.ConfigDict:
-    """`config.model` with `text.vocab_size = -1` (take it from the tokenizer) resolved."""
+    """`config.model` with `text.vocab_size = -1` (take it from the tokenizer) and the compute
+    dtype 'auto' (from the mesh's `platform`) resolved."""
     model_config = ml_collections.ConfigDict(config.model.to_dict())
     if model_config.text.vocab_size == -1:
         model_config.text.vocab_size = vocab_size
+    with config_errors():
+        models.resolve_compute_dtypes(model_config, platform)
     return model_config
 
 
@@ -69,7 +72,7 @@ class ModelSetup:
     def create(
         cls, config: ml_collections.ConfigDict, mesh: Mesh, *, vocab_size: int
     ) -> "ModelSetup":
-        model_config = resolved_model_config(config, vocab_size)
+        model_config = resolved_model_config(config, vocab_size, mesh.devices.flat[0].platform)
         with config_errors():
             loss = losses.create(config.loss)
             losses.check_pairs(config.loss)

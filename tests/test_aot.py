@@ -23,6 +23,7 @@ import pytest
 from configs import bench, demo
 from focusclip_jax import aot, flops, sharding, targets
 from tests.conftest import REPO
+from tests.test_model_options import all_eqns
 from tests.test_sharding_memory import batch_activation_collectives
 from tests.tiny import tiny_config
 
@@ -192,7 +193,8 @@ def test_report_of_the_tiny_step(target_name) -> None:
     assert report["memory"]["total"] == aot.memory(program)["total"] > 0
     assert report["headroom"] == target.usable_bytes - report["memory"]["total"]
     assert report["collectives"]["all-gather"]["count"] > 0  # FSDP gathers its weights
-    roofline = report["analytic_flops"] / 8 / targets.peak_flops(target.chip, "float32")
+    assert report["dtype"] == "bfloat16"  # model.dtype="auto" on an accelerator
+    roofline = report["analytic_flops"] / 8 / targets.peak_flops(target.chip, "bfloat16")
     assert report["roofline_step_s"] == pytest.approx(roofline)
     assert report["roofline_images_per_s"] == pytest.approx(BATCHES["tiny"] / roofline)
     text = aot.format_report(report)
@@ -214,6 +216,46 @@ def test_report_of_the_tiny_step(target_name) -> None:
     assert report["estimated_bytes_per_s"] == pytest.approx(report["bytes_accessed"] / estimate)
     assert report["hbm_bytes_per_s"] == 819e9  # v5e
     assert f"{report['estimated_images_per_s']:.0f} img/s" in text
+
+
+@needs_tpu
+def test_tpu_step_computes_in_bfloat16_with_float32_state_loss_and_splash_attention() -> None:
+    """The tiny config's defaults (`model.dtype="auto"`, `attention="auto"`) compiled for v5e-8
+    from this CPU: parameters and optimiser state float32; every tower matmul in bfloat16 while
+    the loss's similarity matrix is computed from float32 embeddings into float32 (with its
+    softmax) and the loss is float32; splash attention's Mosaic kernels in the compiled program,
+    forward and backward, for each tower's block (the towers' lengths, 17 and 40 tokens, padded
+    to 128)."""
+    config, _, trainer, program, report = compiled_step("tiny", "v5e-8", "dp")
+    assert report["dtype"] == "bfloat16"
+    assert report["attention"] == "splash (2 forward, 2 backward Mosaic kernels)"
+    assert program.as_text().count('custom_call_target="tpu_custom_call"') == 4
+    state = trainer.abstract_state
+    floats = {
+        leaf.dtype
+        for leaf in jax.tree.leaves((state.params, state.opt_state))
+        if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating)
+    }
+    assert floats == {np.dtype(np.float32)}
+
+    batch = aot.abstract_batch(config, trainer.setup.mesh)
+    jaxpr = jax.make_jaxpr(trainer.step)(state, batch).jaxpr
+    dots = [e for e in all_eqns(jaxpr) if e.primitive.name == "dot_general"]
+    rows = config.train.batch_size
+    similarity = [e for e in dots if e.outvars[0].aval.shape == (rows, rows)]
+    assert similarity, "no [batch, batch] similarity matrix found"
+    for eqn in similarity:
+        assert {str(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)} == {"float32"}
+    towers = [e for e in dots if str(e.invars[0].aval.dtype) == "bfloat16"]
+    assert len(towers) > len(dots) / 2  # forward and backward matmuls of both towers
+    softmax = [
+        e
+        for e in all_eqns(jaxpr)
+        if e.primitive.name == "exp" and e.invars[0].aval.shape == (rows, rows)
+    ]
+    assert softmax and {str(e.invars[0].aval.dtype) for e in softmax} == {"float32"}
+    _, metrics = jax.eval_shape(trainer.step, state, batch)
+    assert metrics["loss"].dtype == np.float32
 
 
 @needs_tpu

@@ -17,7 +17,7 @@ from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from configs import pretrain
-from focusclip_jax import losses, models
+from focusclip_jax import losses, models, sharding
 from focusclip_jax.models import layers, towers
 from focusclip_jax.weights import common
 
@@ -68,21 +68,75 @@ def test_attention_matches_naive_numpy(implementation: str | None, masking: str)
     np.testing.assert_allclose(np.asarray(got), np_attention(x, p, allowed), atol=2e-5)
 
 
+def mesh_of(platform: str, device_kind: str) -> jax.sharding.AbstractMesh:
+    """A data-parallel mesh of 8 devices of a kind, as a step compiled for them traces under."""
+    device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=1, platform=platform)
+    return jax.sharding.AbstractMesh(
+        (8,), ("data",), (jax.sharding.AxisType.Auto,), abstract_device=device
+    )
+
+
+TPU_MESH = mesh_of("tpu", "TPU v5 lite")
+H100_MESH = mesh_of("gpu", "NVIDIA H100 80GB HBM3")
+CPU_MESH = mesh_of("cpu", "cpu")
+
+
 def test_attention_implementation_choice() -> None:
+    """'auto' from the devices of the mesh traced for (in half precision, cuDNN on NVIDIA GPUs
+    and splash on TPUs; XLA elsewhere and in float32); outside a mesh from JAX's default device
+    (this CPU), and never splash there: a Mosaic kernel needs the mesh to split the batch."""
+    choice = layers.attention_implementation
     on_cuda = layers.compiling_for_nvidia_gpu()
-    assert layers.attention_implementation("auto", jnp.float32, 64) == "xla"
-    assert layers.attention_implementation("auto", jnp.bfloat16, 12) == "xla"  # not a multiple of 8
-    assert layers.attention_implementation("auto", jnp.bfloat16, 256) == "xla"
+    assert choice("auto", jnp.float32, 64) == "xla"
+    assert choice("auto", jnp.bfloat16, 12) == "xla"  # not a multiple of 8
+    assert choice("auto", jnp.bfloat16, 256) == "xla"
     want = "cudnn" if on_cuda else "xla"
-    assert layers.attention_implementation("auto", "bfloat16", 64) == want
-    assert layers.attention_implementation("cudnn", jnp.float32, 64) == "cudnn"
-    assert layers.attention_implementation(None, jnp.float32, 64) is None
+    assert choice("auto", "bfloat16", 64) == want
+    assert choice("cudnn", jnp.float32, 64) == "cudnn"
+    assert choice("splash", jnp.float32, 64) == "splash"  # interpreted on this CPU
+    assert choice(None, jnp.float32, 64) is None
+    expected = {
+        TPU_MESH: {jnp.float32: "xla", jnp.bfloat16: "splash"},
+        H100_MESH: {jnp.float32: "xla", jnp.bfloat16: "cudnn"},
+        CPU_MESH: {jnp.float32: "xla", jnp.bfloat16: "xla"},
+    }
+    for mesh, by_dtype in expected.items():
+        with jax.sharding.use_abstract_mesh(mesh):
+            assert {dtype: choice("auto", dtype, 64) for dtype in by_dtype} == by_dtype
+    with (
+        jax.sharding.use_abstract_mesh(H100_MESH),
+        pytest.raises(ValueError, match=r"model\.attention='splash' runs on TPUs"),
+    ):
+        choice("splash", jnp.bfloat16, 64)
     with pytest.raises(ValueError, match=r"model\.attention='flash'"):
-        layers.attention_implementation("flash", jnp.float32, 64)
+        choice("flash", jnp.float32, 64)
     with pytest.raises(ValueError, match=r"remat='some': expected one of"):
         layers.BlockStack(block=layers.PreNormBlock, depth=1, num_heads=1, mlp_dim=1, remat="some")
     with pytest.raises(ValueError, match=r"dropout=1\.0: must be a finite number >= 0 and < 1"):
         layers.BlockStack(block=layers.PreNormBlock, depth=1, num_heads=1, mlp_dim=1, dropout=1.0)
+
+
+def test_compute_dtype_auto_is_bfloat16_on_accelerators_and_float32_on_cpus() -> None:
+    """`model.dtype='auto'` from the mesh's platform (`setup` passes it), else from the devices
+    traced for; the paper's float32 and explicit dtypes stay as given."""
+    compute = layers.compute_dtype
+    assert compute("auto", "tpu") == compute("auto", "gpu") == jnp.bfloat16
+    assert compute("auto", "cpu") == compute("auto") == jnp.float32  # this CPU
+    with jax.sharding.use_abstract_mesh(TPU_MESH):
+        assert compute("auto") == jnp.bfloat16
+        assert compute("float32") == jnp.float32
+    assert compute(jnp.bfloat16, "cpu") == compute("bfloat16", "cpu") == jnp.bfloat16
+    with pytest.raises(ValueError, match=r"^dtype='bf16': expected one of \['auto', 'bfloat16'"):
+        compute("bf16")
+    config = ml_collections.ConfigDict(pretrain.get_config().model.to_dict())  # unlocked
+    assert config.dtype == "auto"
+    config.image.dtype = "auto"  # a tower's own dtype too
+    models.resolve_compute_dtypes(config, "tpu")
+    assert (config.dtype, config.image.dtype) == ("bfloat16", "bfloat16")
+    config.text.dtype = "half"
+    with pytest.raises(ValueError, match=r"^config model\.text\.dtype='half': expected one of"):
+        models.resolve_compute_dtypes(config, "tpu")
+    assert pretrain.get_config("original").model.dtype == "float32"  # the paper's precision
 
 
 @pytest.mark.skipif(
@@ -102,6 +156,80 @@ def test_cudnn_attention_matches_xla_on_gpu(causal: bool) -> None:
         fn = jax.jit(lambda a, x, m: a(x, m, is_causal=causal))
         outs.append(np.asarray(fn(attn, x, mask), np.float32))
     np.testing.assert_allclose(outs[1], outs[0], atol=3e-2)
+
+
+# ----------------------------------------------------------------------------- splash attention
+
+
+def attention_pair(width: int, num_heads: int, **options: Any) -> tuple[Callable, dict]:
+    """(apply(implementation, params, x, mask), params): one attention layer's parameters, drawn
+    at a scale where the softmax is far from uniform, applied with either kernel."""
+    shape = nnx.eval_shape(lambda: layers.MultiHeadAttention(width, num_heads, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.graphdef(shape), random_params(shape, std=0.3)
+
+    def apply(implementation: str, params: dict, x: jax.Array, mask: jax.Array | None) -> Any:
+        attn = nnx.merge(graphdef, params)
+        attn.attention = implementation
+        return attn(x, mask, **options)
+
+    return apply, params
+
+
+@pytest.mark.parametrize(
+    ("length", "masking"),
+    [
+        (13, "none"),  # a ViT's odd length: padded to 128 with masked keys
+        (128, "none"),  # one whole block, nothing masked: no segment ids
+        (13, "padding"),  # BERT
+        (13, "causal"),
+        (300, "padding+causal"),  # CLIP's tower; 384 tokens: three blocks of 128
+    ],
+)
+def test_splash_attention_matches_xla_forward_and_backward(length: int, masking: str) -> None:
+    """Pallas splash attention (the TPU kernel, run by Pallas's interpreter here) against XLA's
+    attention: outputs, and gradients of a random projection of them (so no output direction is
+    favoured) for the input and every parameter, float32. Both compute in float32; the kernel's
+    online softmax sums in another order and scales q before the product, so they agree to
+    rounding (measured: 2e-7 to 6e-7 of the largest value), not bit for bit: 1e-5 of the largest
+    value would catch a masked key that leaks in (its weight is ~1/length, >1e-3) or a missing
+    scale."""
+    apply, params = attention_pair(16, 2, is_causal="causal" in masking)
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(3, length, 16)), jnp.float32)
+    lengths = np.array([length, length // 2, 1])
+    mask = jnp.asarray(np.arange(length)[None, :] < lengths[:, None])
+    mask = mask if "padding" in masking else None
+    direction = jnp.asarray(rng.normal(size=(3, length, 16)), jnp.float32)
+
+    def outputs(implementation: str) -> tuple:
+        def objective(params: dict, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+            y = apply(implementation, params, x, mask)
+            return jnp.sum(y * direction), y
+
+        grad = jax.grad(objective, argnums=(0, 1), has_aux=True)
+        return jax.device_get(compile_fast(grad, params, x)(params, x))
+
+    (want_grads, want_x), want = outputs("xla")
+    (grads, grad_x), got = outputs("splash")
+    scale = np.max(np.abs(want))
+    np.testing.assert_allclose(got, want, atol=1e-5 * scale, rtol=0)
+    np.testing.assert_allclose(grad_x, want_x, atol=1e-5 * np.max(np.abs(want_x)), rtol=0)
+    assert_trees_close(grads, want_grads, rtol=1e-5)
+
+
+def test_splash_attention_leaves_dropout_to_the_written_out_attention() -> None:
+    """No fused kernel drops attention probabilities: with a dropout key (BERT training) the
+    layer attends with the written-out softmax whatever `attention` says; without one
+    (evaluation, or no dropout) splash attention's kernel runs."""
+    attn = layers.MultiHeadAttention(16, 2, attention="splash", dropout_rate=0.1, rngs=nnx.Rngs(0))
+    x = jnp.zeros((2, 5, 16))
+
+    def kernels(rng: jax.Array | None) -> int:
+        jaxpr = jax.make_jaxpr(lambda x: attn(x, None, rng=rng))(x).jaxpr
+        return sum(e.primitive.name == "pallas_call" for e in all_eqns(jaxpr))
+
+    assert kernels(None) == 1
+    assert kernels(jax.random.key(0)) == 0
 
 
 # ----------------------------------------------------------------------------- whole model
@@ -231,6 +359,41 @@ def test_scan_and_remat_keep_loss_and_gradients(
     loss, grads = loss_and_grads(model, params, batch)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
     assert_trees_close(unstacked(grads) if scan_layers else grads, want_grads, rtol=1e-5)
+
+
+def test_splash_attention_on_a_mesh_keeps_loss_and_gradients(batch: dict, reference: tuple) -> None:
+    """The whole model with splash attention in both towers (BERT's padding masks, the ViT's
+    padded length), its batch split over 4 devices as a training step splits it: each device's
+    rows go to its own kernel (`split_over_batch`), and the loss and gradients are those of XLA's
+    attention on one device. Scanned blocks, rematerialised as the paper's config does."""
+    params, want_loss, want_grads = reference
+    model = tiny_model(
+        attention="splash", scan_layers=True, remat="dots_with_no_batch_dims_saveable"
+    )
+    mesh = sharding.create_mesh({"data": 4})
+
+    def loss(params: dict, batch: dict) -> jax.Array:
+        return loss_fn(model, batch)(params)
+
+    grad_fn = sharding.traced_on(mesh, jax.value_and_grad(loss))
+    jaxpr = jax.make_jaxpr(grad_fn)(stacked(params), batch).jaxpr
+    eqns = all_eqns(jaxpr)
+    kernels = [e.params["name"] for e in eqns if e.primitive.name == "pallas_call"]
+    # Per tower: the forward kernel, run again where remat recomputes the block, and the fused
+    # backward one; each inside a shard_map.
+    assert (
+        sorted(kernels)
+        == ["splash_mha_dkv_segmented_no_residuals"] * 2
+        + ["splash_mha_fwd_segmented_residuals"] * 4
+    )
+    assert sum(e.primitive.name == "shard_map" for e in eqns) >= len(kernels)
+    compiled = jax.jit(
+        grad_fn,
+        in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+    )
+    loss_value, grads = jax.device_get(compiled(stacked(params), batch))
+    np.testing.assert_allclose(loss_value, want_loss, rtol=1e-5)
+    assert_trees_close(unstacked(grads), want_grads, rtol=1e-5)
 
 
 @pytest.mark.parametrize("remat", ["none", *layers.REMAT_POLICIES])

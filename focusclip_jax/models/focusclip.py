@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from focusclip_jax.models import towers
-from focusclip_jax.models.layers import AttentionImpl, Remat
+from focusclip_jax.models.layers import AttentionImpl, Remat, compute_dtype
 from focusclip_jax.sharding import constrain_batch
 from input_pipeline.errors import check_choice, check_number
 
@@ -63,13 +63,10 @@ def _check_options(**options: Any) -> None:
     if not isinstance(constrain, bool):
         raise ValueError(f"{key('constrain_alpha')}={constrain!r}: must be True or False")
     check_number(key("logit_scale_init"), options["logit_scale_init"], at_least=0, at_most=LOG_100)
-    dtype = options["dtype"]
     try:
-        floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
-    except TypeError:
-        floating = False
-    if not floating:
-        raise ValueError(f"{key('dtype')}={dtype!r}: expected a float dtype: float32 or bfloat16")
+        compute_dtype(options["dtype"])
+    except ValueError as error:  # `dtype=<value>: ...`
+        raise ValueError(f"config model.{error}") from None
 
 
 class FocusCLIP(nnx.Module):
@@ -92,7 +89,7 @@ class FocusCLIP(nnx.Module):
         alpha_init: float = 0.5,
         constrain_alpha: bool = True,
         logit_scale_init: float = math.log(1 / 0.07),
-        dtype: jnp.dtype = jnp.float32,
+        dtype: str | jnp.dtype = jnp.float32,
         attention: AttentionImpl = "xla",
         scan_layers: bool = False,
         remat: Remat = "none",
@@ -110,6 +107,7 @@ class FocusCLIP(nnx.Module):
             dtype=dtype,
         )
         self.heatmap_tower = heatmap_tower
+        dtype = compute_dtype(dtype)  # 'auto': from the devices traced for
         self.pixel_mean = tuple(pixel_mean)
         self.pixel_std = tuple(pixel_std)
         shared = dict(dtype=dtype, attention=attention, scan_layers=scan_layers, remat=remat)

@@ -17,7 +17,7 @@ from typing import Any
 from flax import nnx
 
 from focusclip_jax.models import text, vit
-from focusclip_jax.models.layers import BlockStack
+from focusclip_jax.models.layers import BlockStack, compute_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,8 @@ def create(
     accepted = kind.options()
     shared = {key: value for key, value in model_options.items() if key in accepted}
     try:
+        if "dtype" in options:  # the tower's own may be 'auto' too
+            options = {**options, "dtype": compute_dtype(options["dtype"])}
         return kind.module(**{**shared, **options}, rngs=rngs)
     except ValueError as error:  # `<option>=<value>: ...` from the tower or its block stack
         option = str(error).partition("=")[0]
