@@ -321,10 +321,10 @@ def peer_flops(shape: Shape, batch: int) -> int:
     return batch * (2 * stem + 3 * (blocks + map_head + text_tower + text_head)) + 3 * loss
 
 
-def compile_peer(
+def trace_peer(
     bv: BigVision, shape: Shape, batch: int, dtype: str, devices: list[Any]
-) -> tuple[jax.stages.Compiled, float, int]:
-    """big_vision's SigLIP step for `devices`: (program, compile seconds, parameters)."""
+) -> tuple[jax.stages.Traced, int]:
+    """big_vision's SigLIP step for `devices`, traced: (step, parameters)."""
     model = peer_model(bv, shape, dtype)
     bv_optax, bv_sharding = bv["optax"], bv["sharding"]
     mesh_utils = importlib.import_module("jax.experimental.mesh_utils")
@@ -402,15 +402,23 @@ def compile_peer(
         "labels": jax.ShapeDtypeStruct((batch, shape.text_len), jnp.int32, sharding=rows),
     }
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
-    start = time.perf_counter()
     with (
         jax.set_mesh(mesh),
         nn.logical_axis_rules(PEER_SHARDING_RULES),
         text_encoder_dtype(bv, dtype),
     ):
-        lowered = step.lower(abstract_state, rng, abstract_batch)
-    compiled = _compile(lowered)
-    parameters = sum(x.size for x in jax.tree.leaves(params_shape))
+        traced = step.trace(abstract_state, rng, abstract_batch)
+    return traced, sum(x.size for x in jax.tree.leaves(params_shape))
+
+
+def compile_peer(
+    bv: BigVision, shape: Shape, batch: int, dtype: str, devices: list[Any]
+) -> tuple[jax.stages.Compiled, float, int]:
+    """big_vision's SigLIP step for `devices`: (program, seconds to build and compile it,
+    parameters)."""
+    start = time.perf_counter()
+    traced, parameters = trace_peer(bv, shape, batch, dtype, devices)
+    compiled = _compile(traced.lower())
     return compiled, time.perf_counter() - start, parameters
 
 
