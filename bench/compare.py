@@ -127,7 +127,7 @@ def main(argv: list[str]) -> None:
     jax_result = benchmark(
         config, steps=FLAGS.steps, warmup=FLAGS.warmup, peak=None, xla_cost=FLAGS.xla_cost
     )
-    jax_result |= {"framework": "jax", "mode": f"jit {config.model.dtype}", "threads": threads}
+    jax_result |= {"framework": "jax", "mode": f"jit {jax_result['dtype']}", "threads": threads}
     results = [jax_result, *torch_results]
     analytic = jax_result["analytic_flops"]["total"]
     print(

@@ -188,7 +188,7 @@ def benchmark(
         "devices": devices,
         "device_kind": device_kind,
         "batch": batch_size,
-        "dtype": str(config.model.dtype),
+        "dtype": str(trainer.setup.model_config.dtype),  # 'auto' resolved for the devices
         "compile_s": compile_s,
         "step_s": step_s,
         "step_s_min": min(times),

@@ -42,6 +42,7 @@ from focusclip_jax import (
 )
 from focusclip_jax.checkpoint import Checkpointer
 from focusclip_jax.logs import MetricWriter
+from focusclip_jax.models import layers
 from focusclip_jax.setup import ModelSetup
 from input_pipeline import heatmaps, pipeline, sources
 from input_pipeline.errors import InputDataError, config_errors
@@ -546,7 +547,8 @@ def _mfu_of_one_step_per_s(config: ml_collections.ConfigDict, mesh: Mesh) -> flo
         step_flops = flops.train_step_flops(config)["total"]
     except ValueError:
         return None
-    return step_flops / (targets.peak_flops(chip, str(config.model.dtype)) * mesh.devices.size)
+    dtype = layers.compute_dtype(config.model.dtype, chip.platform).name  # 'auto' resolved
+    return step_flops / (targets.peak_flops(chip, dtype) * mesh.devices.size)
 
 
 def _progress_line(step: int, total: int, summary: Mapping[str, float], step_s: float) -> str:

@@ -572,8 +572,8 @@ def test_bert_dropout_acts_in_training_only(batch: dict) -> None:
 
         return loss
 
-    unrolled = jax.value_and_grad(loss_with_key(model))(params)
+    unrolled = jax.jit(jax.value_and_grad(loss_with_key(model)))(params)
     scanned_model = tiny_model(text_dropout=0.1, scan_layers=True, remat="full")
-    loss, grads = jax.value_and_grad(loss_with_key(scanned_model))(stacked(params))
+    loss, grads = jax.jit(jax.value_and_grad(loss_with_key(scanned_model)))(stacked(params))
     np.testing.assert_allclose(loss, unrolled[0], rtol=1e-6)
     assert_trees_close(unstacked(grads), jax.device_get(unrolled[1]), rtol=1e-5)
