@@ -525,6 +525,9 @@ def test_collectives_are_read_from_hlo_text() -> None:
   %ar = bf16[1024]{0} all-reduce(bf16[1024]{0} %g), to_apply=%add
   %cp = (s32[4]{0}, s32[4]{0}, u32[], u32[]) collective-permute-start(s32[4]{0} %x)
   %rs.1 = f32[4,3]{1,0} reduce-scatter(f32[32,3]{1,0} %y), dimensions={0}
+  %all-gather.7 = bf16[256,768]{1,0} all-gather(%p.1), frontend_attributes={chain_id="0"}
+  %all-gather.9 = bf16[256,768]{1,0} all-gather(%p.2), frontend_attributes={chain_id="0"}
+  %all-gather.11 = bf16[256,768]{1,0} all-gather(%p.3), frontend_attributes={chain_id="1"}
 """
     found = aot.collectives(hlo)
     assert [(c.kind, c.dtype, c.shape, c.bytes) for c in found] == [
@@ -532,9 +535,11 @@ def test_collectives_are_read_from_hlo_text() -> None:
         ("all-reduce", "bf16", (1024,), 2048),
         ("collective-permute", "s32", (4,), 16),
         ("reduce-scatter", "f32", (4, 3), 48),
+        ("all-gather", "bf16", (256, 768), 393216),  # chain 0's pieces: one collective
+        ("all-gather", "bf16", (256, 768), 393216),  # chain 1
     ]
     summary = aot.collective_summary(found)
     assert summary["all-gather"] == {
-        "count": 1, "bytes": 512, "largest": "f32[16,8]", "largest_bytes": 512
+        "count": 3, "bytes": 512 + 2 * 393216, "largest": "bf16[256,768]", "largest_bytes": 393216
     }  # fmt: skip
     assert np.isclose(aot._reported_usage("temporaries (20.5G) exceeds"), 20.5 * 2**30)
