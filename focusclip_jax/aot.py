@@ -2,7 +2,7 @@
 
     python -m focusclip_jax.aot --config=configs/pretrain.py --topology=v5e-8
     python -m focusclip_jax.aot --config=configs/pretrain.py --topology=h100-8 \\
-        --config.model.dtype=bfloat16 --config.mesh.data=1 --config.mesh.fsdp=-1
+        --config.model.dtype=float32 --config.mesh.data=1 --config.mesh.fsdp=-1
     python -m focusclip_jax.aot --config=configs/pretrain.py --topology=v6e-8 --find_max_batch
 
 The step is the one `python -m focusclip_jax.main` would run with the same config and overrides
