@@ -323,13 +323,13 @@ def test_tpu_estimate_of_programs_with_and_without_concat_bitcast_calls() -> Non
 
 @needs_tpu
 def test_scanned_steps_are_estimated_from_their_unrolled_twins() -> None:
-    """libtpu's estimate, like its FLOPs, counts a loop body once: a scan of 8 matmuls (4096²,
+    """libtpu's estimate, like its FLOPs, counts a loop body once: a scan of 4 matmuls (4096²,
     bf16, with a tanh between) is estimated below two of them, unrolled at 1-1.2x their time at
     the peak. So a config with scan_layers is estimated from its unrolled twin: the tests' tiny
     config with two blocks per tower, scanned, has the estimate of the same config unrolled,
     which is that twin's program compiled again (equal to 0.1%, against the scanned program's
     own figure that counts one block per tower)."""
-    n, depth = 4096, 8
+    n, depth = 4096, 4
     one_at_peak = 2 * n**3 / targets.TPUS["v5e"].peak_bf16
 
     def scanned(x, weights):
