@@ -1,7 +1,7 @@
 """Training input throughput from prepared records at 224 px, against the original code's way.
 
     python -m bench.input_pipeline [--workers=0,1,2] [--batches=100] [--crops=squash,person] \\
-        [--vocab=data/bert-base-uncased/vocab.txt] [--compare_to=main] [--rounds=3]
+        [--vocab=data/bert-base-uncased/vocab.txt] [--compare_to=main] [--rounds=3] [--stages]
 
 Ours: grain over ArrayRecord shards (input_pipeline.prepare.mpii's defaults) → decode → crop and
 resize to 224 → pick a description → tokenize (512) → batch of 32 uint8 images; heatmaps are
@@ -17,6 +17,8 @@ and its grain workers, from /proc): on a shared machine the per-CPU-second rate 
 figure. `--compare_to` (a git ref of this repository, or a folder holding another checkout) measures
 that code too, on the same records, each setting of both in turn, in fresh processes (`--rounds`
 times, medians): the two columns of a row come from the same minutes of a shared machine.
+`--stages` then times each stage of this tree's pipeline alone (read, parse, crop, tokenize,
+batch) and prints them beside the pipeline's CPU per image: the difference is grain's share.
 """
 
 import json
@@ -33,7 +35,7 @@ from absl import app, flags
 from PIL import Image
 
 from configs import pretrain
-from input_pipeline import cli, heatmaps, pipeline, records, transforms
+from input_pipeline import cli, heatmaps, pipeline, records, sources, transforms
 from input_pipeline.prepare import mpii, shards
 from input_pipeline.tokenizers import BertWordPieceTokenizer, Tokenizer, WordTokenizer
 
@@ -64,6 +66,12 @@ flags.DEFINE_string(
     "measured beside this one's, setting by setting.",
 )
 flags.DEFINE_integer("rounds", 1, "Measurements of each setting (medians are printed).")
+flags.DEFINE_bool(
+    "stages",
+    False,
+    "Also time each stage of this tree's pipeline alone (read, parse, crop, tokenize, batch), "
+    "in CPU µs per image beside the pipeline's: the rest is grain's.",
+)
 flags.DEFINE_string(
     "measure", "", "Internal: measure one setting (JSON) with the code imported, print JSON."
 )
@@ -162,11 +170,7 @@ def _tokenizer(vocab: str) -> Tokenizer:
 def _ours(prepared: str, vocab: str, workers: int, batches: int, crop: str) -> dict[str, Any]:
     """img/s wall, img per CPU-second of this process and its workers, CPU ms per image of this
     process and of the workers, and the file the pipeline came from."""
-    config = pretrain.get_config()
-    config.data.prepared = prepared
-    config.data.description_sources = (mpii.DEFAULT_SOURCE,)  # one descriptions.json
-    config.data.worker_count = workers
-    config.data.crop = crop
+    config = _config(prepared, workers, crop)
     it = pipeline.train_iterator(config, _tokenizer(vocab), process_index=0, process_count=1)
     for _ in range(FLAGS.warmup):
         next(it)
@@ -184,6 +188,44 @@ def _ours(prepared: str, vocab: str, workers: int, batches: int, crop: str) -> d
         "cpu_ms_workers": cpu[1] / images * 1e3,
         "code": pipeline.__file__,
     }
+
+
+def _config(prepared: str, workers: int, crop: str) -> Any:
+    config = pretrain.get_config()
+    config.data.prepared = prepared
+    config.data.description_sources = (mpii.DEFAULT_SOURCE,)  # one descriptions.json
+    config.data.worker_count = workers
+    config.data.crop = crop
+    return config
+
+
+def _stage_costs(prepared: str, vocab: str, crop: str, images: int = 1024) -> dict[str, float]:
+    """CPU µs per image of each stage of the pipeline run alone in this process, on records in
+    shuffled order as grain reads them: the pipeline's own figure minus their sum is what grain
+    adds (its per-record bookkeeping and, with workers, the batches' trip through shared memory).
+    """
+    config = _config(prepared, 0, crop)
+    split, _ = records.open_split(prepared, "train")
+    transform = sources.get(config.data.name).record_map(config.data)
+    tokenizer, max_len = _tokenizer(vocab), config.model.text.max_len
+    batch = config.train.batch_size
+    order = np.random.default_rng(0).permutation(len(split))[:images]
+    rng = np.random.default_rng(0)
+
+    def timed(fn, items: Any) -> tuple[list[Any], float]:
+        start = time.process_time()
+        done = [fn(item) for item in items]
+        return done, (time.process_time() - start) / images * 1e6
+
+    entries, read = timed(lambda i: split[int(i)], order)
+    parsed, parse = timed(records.decode_prepared, entries)
+    examples, cropped = timed(lambda p: transform.apply(p[0], p[1], rng, p[2]), parsed)
+    batches = [examples[i : i + batch] for i in range(0, images - batch + 1, batch)]
+    _, tokenize = timed(lambda b: tokenizer([e["description"] for e in b], max_len), batches)
+    stack = lambda b: [np.stack([e[k] for e in b]) for k in pipeline.TRAIN_FIELDS]
+    _, stacked = timed(stack, batches)
+    costs = {"read": read, "parse": parse, "crop": cropped, "tokenize": tokenize, "batch": stacked}
+    return costs | {"sum": sum(costs.values())}
 
 
 def _measure_in(tree: Path, setting: dict[str, Any]) -> dict[str, Any]:
@@ -277,6 +319,20 @@ def _table(results: dict[tuple[str, int, str], list[dict[str, Any]]], this: str,
     return "\n".join(lines)
 
 
+def _print_stages(prepared: str, results: dict[tuple[str, int, str], list[dict[str, Any]]]):
+    """Each crop's stages alone beside this tree's pipeline, CPU µs per image."""
+    print("\nthis tree's stages alone, CPU µs per image (`crop`: decode, crop, resize, flip):")
+    for crop in FLAGS.crops:
+        costs = _stage_costs(prepared, FLAGS.vocab, crop)
+        pipelines = ", ".join(
+            f"{workers} workers "
+            f"{1e6 / _median(results[crop, workers, 'this'])['img_per_cpu_s']:.0f}"
+            for workers in map(int, FLAGS.workers)
+        )
+        stages = ", ".join(f"{name} {us:.0f}" for name, us in costs.items())
+        print(f"crop={crop}: {stages}; the pipeline: {pipelines}")
+
+
 def main(argv: list[str]) -> None:
     del argv
     if FLAGS.measure:
@@ -333,6 +389,8 @@ def main(argv: list[str]) -> None:
             )
         if len(trees) == 2:
             print(_table(results, *trees))
+        if FLAGS.stages:
+            _print_stages(str(prepared), results)
 
 
 if __name__ == "__main__":
