@@ -11,7 +11,8 @@ resumes. A cell already found on another target of the same platform seeds the s
 batch (its per-device memory line carried to this target's memory and devices): two or three
 compiles instead of four to six; a config with `model.scan_layers` compiles one more, the
 largest fit's unrolled twin, for the TPU compiler's estimate of its step (`focusclip_jax.aot`).
-Prints the Markdown table of PERFORMANCE.md.
+Prints the Markdown table of PERFORMANCE.md, then per TPU target and dtype the remat and
+sharding the compiler estimates fastest at their largest batches.
 """
 
 import concurrent.futures
@@ -147,18 +148,36 @@ def table(out: Path, cells: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+def fastest(out: Path, cells: list[tuple[str, str, str, str]]) -> list[str]:
+    """Per target and dtype, the remat and sharding whose largest batch the TPU compiler
+    estimates fastest in img/s: the setting to train at that batch with, picked by time, not by
+    memory alone (TPUs only: XLA's GPU compiler makes no estimate)."""
+    best: dict[tuple[str, str], tuple[float, str]] = {}
+    for target, dtype, remat, mode in cells:
+        path = out / f"{cell_name(target, dtype, remat, mode)}.json"
+        report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        rate = report.get("estimated_images_per_s")
+        if rate and rate > best.get((target, dtype), (0.0, ""))[0]:
+            best[target, dtype] = (
+                rate,
+                f"remat={remat}, {mode}, global batch {report['batch']}: estimated "
+                f"{rate:.0f} img/s, {report['estimated_mfu']:.1%} MFU",
+            )
+    return [f"fastest on {t} in {d}: {line}" for (t, d), (_, line) in best.items()]
+
+
 def main(argv: list[str]) -> None:
     del argv
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     cells = list(itertools.product(FLAGS.targets, FLAGS.dtypes, FLAGS.remats, FLAGS.modes))
     if FLAGS.table_only:
-        print(table(out, cells))
+        print("\n".join([table(out, cells), *fastest(out, cells)]))
         return
     with concurrent.futures.ThreadPoolExecutor(FLAGS.jobs) as pool:
         for name, status in pool.map(lambda c: run_cell(*c, out), cells):
             print(f"{name}: {status}", flush=True)
-    print(table(out, cells))
+    print("\n".join([table(out, cells), *fastest(out, cells)]))
 
 
 if __name__ == "__main__":

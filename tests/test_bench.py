@@ -185,3 +185,29 @@ def test_tpu_check_script_passes_shellcheck_and_refuses_bad_arguments(tmp_path) 
         assert refused.stderr.startswith("error: ") and named in refused.stderr
         assert refused.stderr.count("\n") == 1 and not refused.stdout
         assert not out.exists()
+
+
+def test_aot_table_picks_the_setting_estimated_fastest_per_target_and_dtype(tmp_path) -> None:
+    """The pick compares estimated img/s at each cell's largest batch, not the largest batch."""
+    from bench import aot_table
+
+    reports = {  # (remat, mode): (largest batch, estimated img/s)
+        ("none", "dp"): (120, 900.0),
+        ("full", "dp"): (2904, 700.0),
+        ("full", "fsdp"): (2104, 950.0),
+    }
+    cells = []
+    for (remat, mode), (batch, rate) in reports.items():
+        cells.append(("v5e-8", "bfloat16", remat, mode))
+        report = {"batch": batch, "estimated_images_per_s": rate, "estimated_mfu": rate / 3147}
+        name = aot_table.cell_name("v5e-8", "bfloat16", remat, mode)
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+    cells.append(("h100-8", "bfloat16", "full", "dp"))  # no report: no estimate, no pick
+    cells.append(("v5e-8", "float32", "none", "dp"))
+    (tmp_path / f"{aot_table.cell_name('v5e-8', 'float32', 'none', 'dp')}.json").write_text(
+        json.dumps({"batch": 96})  # compiled, but no estimate
+    )
+    assert aot_table.fastest(tmp_path, cells) == [
+        "fastest on v5e-8 in bfloat16: remat=full, fsdp, global batch 2104: estimated 950 img/s, "
+        "30.2% MFU"
+    ]
