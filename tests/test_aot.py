@@ -219,6 +219,7 @@ def test_report_of_the_tiny_step(target_name) -> None:
     assert report["estimated_bytes_per_s"] == pytest.approx(report["bytes_accessed"] / estimate)
     assert report["hbm_bytes_per_s"] == 819e9  # v5e
     assert f"{report['estimated_images_per_s']:.0f} img/s" in text
+    assert ("an undercount" in text) == (report["while_loops"] > 0)
 
 
 @needs_tpu
@@ -319,6 +320,17 @@ def test_tpu_estimate_of_programs_with_and_without_concat_bitcast_calls() -> Non
     assert -sliced.concat_bitcasts < sliced.optimal_seconds < -sliced.concat_bitcasts + 1
     assert unsliced.estimated_s == unsliced.optimal_seconds > 0
     assert 0.5 <= sliced.estimated_s / unsliced.estimated_s <= 1.0
+
+
+def test_while_loops_are_counted_since_xla_counts_their_bodies_once() -> None:
+    """Why a program with loops (FSDP's windowed einsums) is reported as an undercount: XLA
+    counts a loop's body once, whatever its trip count (8 matmuls here count as 1)."""
+    x = jax.ShapeDtypeStruct((64, 64), jax.numpy.float32)
+    once = jax.jit(lambda a: a @ a).lower(x).compile()
+    eight = jax.jit(lambda a: jax.lax.fori_loop(0, 8, lambda i, b: b @ a, a)).lower(x).compile()
+    straight, looped = aot.analyse_cost(once, "one"), aot.analyse_cost(eight, "eight")
+    assert (straight.while_loops, looped.while_loops) == (0, 1)
+    assert looped.flops == pytest.approx(straight.flops, rel=0.01)
 
 
 @needs_tpu
