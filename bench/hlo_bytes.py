@@ -6,24 +6,30 @@ read and approximated, not a measurement** (nothing runs).
         --config.train.batch_size=256 --top=40 --json=bytes.json
 
 Compiles the step's unrolled twin (`model.scan_layers=False`, as `focusclip_jax.aot` does for its
-cost analysis: a scanned loop's body would count once) for the target with
-`aot.compile_step`, then reads the optimised HLO (`compiled.as_text()`). Every instruction run
-as a kernel — at the top level of the entry computation and of the computations it runs as
-control flow (loop bodies, branches, calls), not inside fusions — is charged the bytes of its
-operands plus its output (`kernel_bytes`): a fusion is one kernel, whatever it does inside.
-Bitcasts, tuples, parameters, constants and the `-done` halves of asynchronous ops move
-nothing here; `ConcatBitcast` custom calls (the TPU memory scheduler joining prefetched slices
-in place) neither. Arrays in a memory space other than 0 (`S(1)`: on-chip VMEM on TPUs) are
-counted apart from the rest (HBM).
+cost analysis: a scanned loop's body would count once) for the target with `aot.compile_step`,
+then reads the optimised HLO (`compiled.as_text()`). Every instruction run as a kernel — at the
+top level of the entry computation and of the computations it runs as control flow (loop
+bodies, branches, calls), not inside fusions — is charged the bytes of its operands plus its
+output (`kernel_bytes`): a fusion, a Mosaic kernel, a copy or a collective is one kernel,
+whatever it does inside. Bitcasts, tuples, parameters, constants and the `-done` halves of
+asynchronous ops move nothing here, nor do `ConcatBitcast` custom calls (the TPU memory
+scheduler joining prefetched slices in place). Arrays in a memory space other than 0 (`S(1)`:
+on-chip VMEM on TPUs) are counted apart from the rest (HBM).
 
-Each kernel is put in a category read from its metadata: forward, backward or recomputed (the
-JAX name stack in `op_name`: `transpose(...)`, `rematted_computation`), the tower and the part
-of the model (the Python call stack the HLO keeps with `stack_frame_id`: e.g. `ViT.__call__`
-then `Mlp.__call__`). Blocks under `jax.checkpoint` (`model.remat`) are traced without their
-caller, so their tower shows as the block class (`PreNormBlock`: ViT and CLIP's text
-transformer; `PostNormBlock`: BERT). Prints the top kernels and the sum per category, and the
-total against XLA's `cost_analysis()` bytes accessed. An approximation: tiles' padding,
-in-place updates, operands read twice and what a kernel keeps on chip are not modelled.
+Each kernel gets a category `pass | tower | part` from its metadata: the pass from the JAX name
+stack in `op_name` (fwd; bwd under `transpose(...)`; recompute under `rematted_computation`;
+update for the optimizer; collective), the tower and the part of the model from the Python
+call stack the HLO keeps (`stack_frame_id`: e.g. `FocusCLIP.encode_text`, then
+`_attention_with_dropout`). Blocks under `jax.checkpoint` (`model.remat`) are traced without
+their caller in the forward pass, so their tower shows as the block class (`PreNormBlock*`:
+ViT and CLIP's text transformer; `PostNormBlock*`: BERT). The memory scheduler's prefetches and
+evictions (`copy-start`, `slice-start`) carry no metadata: they take their first consumer's,
+as pass `scheduler copy`. Prints the largest groups of identical kernels (a layer's kernel
+repeated in every layer is one row), the sum per category and the total against XLA's
+`cost_analysis()` bytes accessed (the sum here comes to about 0.8 of it for the paper's step:
+tiles' padding, in-place updates, operands read more than once inside a kernel and what stays
+on chip are not modelled), with the compiler's estimate of the step time and of the program's
+memory.
 """
 
 import collections
@@ -400,6 +406,8 @@ PARTS = (
     ("_attention_with_dropout", "attention core"),
     ("_splash_attention", "attention core"),
     ("_cudnn_attention", "attention core"),
+    ("MultiHeadAttention._splash.<locals>.<lambda>", "attention layout"),  # pad, swap axes
+    ("Einsum.__call__", "attention projections"),
     ("MultiHeadAttention._splash", "attention layout"),
     ("MultiHeadAttention.__call__", "attention projections"),
     ("Mlp.__call__", "mlp"),
@@ -508,7 +516,11 @@ def _mib(num_bytes: float) -> str:
     return f"{num_bytes / 2**20:9.1f}"
 
 
-def format_summary(summary: dict[str, Any], cost: aot.Cost, header: str) -> str:
+def format_summary(
+    summary: dict[str, Any], cost: aot.Cost, header: str, memory: dict[str, int] | None = None
+) -> str:
+    """The report: top kernels, categories, the total against XLA's count (`cost`), the
+    compiler's step estimate and `memory` (`aot.memory`) of the program read."""
     total = summary["bytes"] or 1
     lines = [
         f"{header} ({LABEL})",
@@ -543,17 +555,22 @@ def format_summary(summary: dict[str, Any], cost: aot.Cost, header: str) -> str:
         )
     lines.append("")
     lines.append(
-        f"total: {summary['bytes'] / GiB:.2f} GiB per device ({summary['hbm_bytes'] / GiB:.2f} "
-        "GiB of it in HBM)"
+        f"total: {_size(summary['bytes'])} per device ({_size(summary['hbm_bytes'])} of it in HBM)"
     )
     if cost.bytes_accessed:
         lines.append(
-            f"XLA's cost_analysis bytes accessed: {cost.bytes_accessed / GiB:.2f} GiB; this sum "
-            f"is {summary['bytes'] / cost.bytes_accessed:.0%} of it"
+            f"XLA's cost_analysis bytes accessed: {_size(cost.bytes_accessed)}; this sum is "
+            f"{summary['bytes'] / cost.bytes_accessed:.0%} of it"
         )
     if cost.estimated_s:
-        lines.append(f"the TPU compiler's estimate of the step: {1000 * cost.estimated_s:.1f} ms")
+        lines.append(f"the TPU compiler's estimate of the step: {1000 * cost.estimated_s:.3g} ms")
+    if memory:
+        lines.append(f"XLA's memory estimate of this program: {_size(memory['total'])} per device")
     return "\n".join(lines)
+
+
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / GiB:.2f} GiB" if num_bytes >= GiB / 10 else f"{num_bytes / 2**20:.1f} MiB"
 
 
 FLAGS = flags.FLAGS
@@ -606,7 +623,8 @@ def main(argv: list[str]) -> None:
         f"{targets.describe(target)}: {_config_name()} at global batch "
         f"{config.train.batch_size}, layers unrolled, compiled in {compile_s:.0f} s"
     )
-    print(format_summary(summary, cost, header))
+    memory = aot.memory(compiled)
+    print(format_summary(summary, cost, header, memory))
     print(f"wall time {time.perf_counter() - start:.0f} s")
     if FLAGS.save_hlo:
         Path(FLAGS.save_hlo).write_text(hlo)
@@ -616,6 +634,7 @@ def main(argv: list[str]) -> None:
             "header": header,
             "bytes_accessed": cost.bytes_accessed,
             "estimated_step_s": cost.estimated_s,
+            "memory": memory,
             **summary,
         }
         Path(FLAGS.json).write_text(json.dumps(report, indent=1))
