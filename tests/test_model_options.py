@@ -531,16 +531,22 @@ def test_dropout_zeroes_its_rate_and_keeps_the_mean() -> None:
     assert layers.apply_dropout(x, 0.1, None) is x  # evaluation: no key, no dropout
 
 
-@pytest.mark.parametrize("masking", ["padding", "causal"])
-def test_written_out_attention_matches_the_kernel(masking: str) -> None:
-    """The attention used while dropping probabilities, at rate 0, against XLA's kernel."""
+@pytest.mark.parametrize(("masking", "dtype"), [("padding", "float32"), ("causal", "float32"),
+                                               ("padding", "bfloat16")])  # fmt: skip
+def test_written_out_attention_matches_the_kernel(masking: str, dtype: str) -> None:
+    """The attention used while dropping probabilities, at rate 0, against XLA's kernel in
+    float32; in bfloat16 (scores in bfloat16, softmax in float32) to bfloat16's precision."""
     rng = np.random.default_rng(3)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 7, 3, 8)), jnp.float32) for _ in range(3))
     mask = jnp.asarray(np.arange(7)[None, :] < np.array([[7], [4]]))
     causal = masking == "causal"
-    got = layers._attention_with_dropout(q, k, v, mask, causal, 0.0, jax.random.key(0))
+    q16, k16, v16 = (x.astype(dtype) for x in (q, k, v))
+    got = layers._attention_with_dropout(q16, k16, v16, mask, causal, 0.0, jax.random.key(0))
     want = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :], is_causal=causal)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert got.dtype == jnp.dtype(dtype)
+    np.testing.assert_allclose(
+        got.astype(jnp.float32), want, atol=1e-5 if dtype == "float32" else 3e-2
+    )
 
 
 def test_bert_dropout_acts_in_training_only(batch: dict) -> None:

@@ -177,16 +177,19 @@ def _attention_with_dropout(
     rng: jax.Array,
 ) -> jax.Array:
     """softmax(q·kᵀ/√d + mask), dropped out, times v: written out, since no fused kernel of
-    `jax.nn.dot_product_attention` drops attention probabilities. Softmax in float32."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+    `jax.nn.dot_product_attention` drops attention probabilities. The scores keep q's dtype
+    and the softmax runs in float32 on them: in bfloat16 the [B, heads, L, L] arrays the step
+    writes (forward, recomputed and backward) are half the size of float32 scores."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1])  # weak: keeps q.dtype
     allowed = jnp.ones(logits.shape[-2:], bool)
     if is_causal:
         allowed = jnp.tril(allowed)
     allowed = allowed[None, None]
     if mask is not None:
         allowed = allowed & mask[:, None, None, :]
-    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-    probs = apply_dropout(jax.nn.softmax(logits, axis=-1), rate, rng).astype(v.dtype)
+    logits = jnp.where(allowed, logits, jnp.finfo(logits.dtype).min)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    probs = apply_dropout(probs, rate, rng).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
