@@ -30,6 +30,7 @@ from flax import nnx
 from jax.experimental.pallas.ops.tpu import splash_attention
 from jax.sharding import PartitionSpec
 
+from focusclip_jax.models import dropout_attention
 from focusclip_jax.sharding import BATCH_AXES, constrain_batch
 from input_pipeline.errors import check_choice, check_number
 
@@ -190,6 +191,39 @@ def _attention_with_dropout(
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
+def _fused_attention_with_dropout(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    is_causal: bool,
+    rate: float,
+    rng: jax.Array,
+) -> jax.Array:
+    """`_attention_with_dropout` as Pallas TPU kernels (`dropout_attention`: the [B, H, T, T]
+    logits, probabilities and keep-mask stay in VMEM), run on each batch shard
+    (`split_over_batch`). The same key drops the same probabilities: each sequence hashes its
+    global index (`row_seeds`, split with the batch). q, k and v are padded to a multiple of
+    128 tokens, the padding masked out as keys; Pallas's interpreter runs them on CPUs."""
+    batch, length, num_heads, _ = q.shape
+    padded = dropout_attention.padded_length(length)
+    extra = ((0, 0), (0, 0), (0, padded - length), (0, 0))
+    # [B, T, H, D] -> [B, H, T', D], the kernels' layout.
+    kernel_layout = lambda t: jnp.pad(jnp.swapaxes(t, 1, 2), extra)
+    keys = jnp.ones((batch, length), bool) if mask is None else mask
+    key_mask = jnp.pad(keys, ((0, 0), (0, padded - length))).astype(jnp.int32)[:, None, :]
+    attend = functools.partial(
+        dropout_attention.attend,
+        rate=rate,
+        is_causal=is_causal,
+        length=length,
+        interpret=traced_device().platform == "cpu",
+    )
+    seeds = dropout_attention.row_seeds(rng, batch, num_heads, length)
+    y = split_over_batch(attend, *map(kernel_layout, (q, k, v)), key_mask, seeds)
+    return jnp.swapaxes(y, 1, 2)[:, :length]
+
+
 # jax 0.12's cuDNN attention differentiates only even sequence lengths (its backward treats a
 # missing bias as one, and biased training needs T % 2 == 0): odd lengths (ViT-B/16's 197 tokens,
 # CLIP's 77) are padded by masked keys.
@@ -337,8 +371,12 @@ class MultiHeadAttention(nnx.Module):
             return self._splash(x, mask, is_causal)
         q, k, v = self.query(x), self.key(x), self.value(x)
         if dropout:
-            y = _attention_with_dropout(q, k, v, mask, is_causal, self.dropout_rate, rng)
-            return self.out(y)
+            attend = _attention_with_dropout
+            if implementation == "splash" and not dropout_attention.unsupported(
+                x.shape[1], q.shape[2], self.dropout_rate, rng
+            ):
+                attend = _fused_attention_with_dropout
+            return self.out(attend(q, k, v, mask, is_causal, self.dropout_rate, rng))
         if implementation == "cudnn":
             return self.out(_cudnn_attention(q, k, v, mask, is_causal))
         y = jax.nn.dot_product_attention(
