@@ -28,10 +28,11 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 # One grid step holds several [T, T] float32 arrays in VMEM (logits, probabilities, the hash's
-# words, gradients): 1 MiB each at 512 tokens.
+# words, gradients): 1 MiB each at 512 tokens. libtpu compiles both kernels at 512 tokens and
+# 64-wide heads within its default scoped VMEM limit (v5e, 2026-12-07).
 MAX_LENGTH = 512
 LENGTH_MULTIPLE = 128  # TPU lanes: q, k and v are padded to a multiple (masked keys)
-VMEM_LIMIT_BYTES = 64 * 2**20
+FORWARD_NAME, BACKWARD_NAME = "dropout_mha_fwd", "dropout_mha_bwd"  # the kernels in HLO
 SEED_WORDS = 4  # per sequence: the key's two words, then the high and low words of its first index
 MASKED = float(jnp.finfo(jnp.float32).min)  # the logit of a masked key, as the XLA path uses
 
@@ -98,7 +99,7 @@ def row_seeds(rng: jax.Array, batch: int, num_heads: int, length: int) -> jax.Ar
 
 
 def _keep_mask(
-    seeds_ref: jax.Array, shape: tuple[int, int], length: int, num_heads: int, threshold: int
+    seeds_ref: jax.Array, shape: tuple[int, int], length: int, threshold: int
 ) -> jax.Array:
     """The grid step's keep-mask [Tp, Tp]: sequence `program_id(0)`, head `program_id(1)`."""
     row, head = pl.program_id(0), pl.program_id(1)
@@ -114,9 +115,7 @@ def _keep_mask(
     return (bits_1 ^ bits_2) < jnp.uint32(threshold)
 
 
-def _probabilities(
-    q: jax.Array, k: jax.Array, key_mask: jax.Array, is_causal: bool
-) -> jax.Array:
+def _probabilities(q: jax.Array, k: jax.Array, key_mask: jax.Array, is_causal: bool) -> jax.Array:
     """softmax(q·kᵀ/√d) over the allowed keys, float32 [Tp, Tp], as the XLA path computes it."""
     logits = jax.lax.dot_general(
         q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
@@ -134,38 +133,48 @@ def _probabilities(
 
 
 def _forward_kernel(
-    seeds_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, *, rate, is_causal, length, num_heads
-):  # noqa: ANN001, ANN202 (Pallas refs)
+    seeds_ref: jax.Array,
+    q_ref: jax.Array,
+    k_ref: jax.Array,
+    v_ref: jax.Array,
+    mask_ref: jax.Array,
+    o_ref: jax.Array,
+    *,
+    rate: float,
+    is_causal: bool,
+    length: int,
+) -> None:
+    """o = (p∘keep / (1 - rate))·v for one sequence and head (Pallas refs in VMEM, seeds in
+    SMEM)."""
     probs = _probabilities(q_ref[...], k_ref[...], mask_ref[...], is_causal)
-    keep = _keep_mask(seeds_ref, probs.shape, length, num_heads, keep_threshold(rate))
+    keep = _keep_mask(seeds_ref, probs.shape, length, keep_threshold(rate))
     dropped = jnp.where(keep, probs / jnp.float32(1.0 - rate), 0.0)
     v = v_ref[...]
-    o_ref[...] = jnp.dot(
-        dropped.astype(v.dtype), v, preferred_element_type=jnp.float32
-    ).astype(o_ref.dtype)
+    o_ref[...] = jnp.dot(dropped.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(
+        o_ref.dtype
+    )
 
 
 def _backward_kernel(
-    seeds_ref,
-    q_ref,
-    k_ref,
-    v_ref,
-    mask_ref,
-    do_ref,
-    dq_ref,
-    dk_ref,
-    dv_ref,
+    seeds_ref: jax.Array,
+    q_ref: jax.Array,
+    k_ref: jax.Array,
+    v_ref: jax.Array,
+    mask_ref: jax.Array,
+    do_ref: jax.Array,
+    dq_ref: jax.Array,
+    dk_ref: jax.Array,
+    dv_ref: jax.Array,
     *,
-    rate,
-    is_causal,
-    length,
-    num_heads,
-):  # noqa: ANN001, ANN202 (Pallas refs)
+    rate: float,
+    is_causal: bool,
+    length: int,
+) -> None:
     """y = p∘z (z: keep / (1 - rate)), o = y·v: dv = yᵀ·do, dp = (do·vᵀ)∘z,
     ds = p∘(dp − rowsum(dp∘p)), dq = ds·k/√d, dk = dsᵀ·q/√d, in the XLA path's dtypes."""
     q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
     probs = _probabilities(q, k, mask_ref[...], is_causal)
-    keep = _keep_mask(seeds_ref, probs.shape, length, num_heads, keep_threshold(rate))
+    keep = _keep_mask(seeds_ref, probs.shape, length, keep_threshold(rate))
     kept = jnp.float32(1.0 - rate)
     dropped = jnp.where(keep, probs / kept, 0.0).astype(v.dtype)
     transposed_lhs = (((0,), (0,)), ((), ()))
@@ -184,17 +193,33 @@ def _backward_kernel(
     ).astype(dk_ref.dtype)
 
 
+def _cost(inputs: tuple, outputs: tuple, matmuls: int) -> pl.CostEstimate:
+    """What the kernel does, for XLA's cost model (libtpu prices a Mosaic kernel without one as
+    free: only the operands' traffic around it counts): `matmuls` [Tp, Tp]×[Tp, D] products and
+    one exp per probability per sequence and head, each operand read or written once. The
+    threefry hashing (vector integer ops) is not counted, as libtpu does not count it in XLA's
+    fusions either."""
+    batch, num_heads, length, head_dim = inputs[1].shape
+    steps = batch * num_heads
+    return pl.CostEstimate(
+        flops=steps * matmuls * 2 * length * length * head_dim,
+        transcendentals=steps * length * length,
+        bytes_accessed=sum(x.size * x.dtype.itemsize for x in (*inputs, *outputs)),
+    )
+
+
 def _call(
-    kernel: Callable, inputs: tuple, outputs: tuple, static: dict, interpret: bool
+    kernel: Callable, name: str, inputs: tuple, outputs: tuple, matmuls: int, static: dict
 ) -> tuple:
     """Runs `kernel` over a (sequence, head) grid: seeds whole in SMEM, the key mask
     [B, 1, Tp] per sequence, every [B, H, Tp, D] array per sequence and head."""
     seeds, q, k, v, mask, *rest = inputs
     batch, num_heads, length, head_dim = q.shape
+    interpret = static.pop("interpret")
     head_block = pl.BlockSpec((None, None, length, head_dim), lambda b, h: (b, h, 0, 0))
     mask_block = pl.BlockSpec((None, 1, length), lambda b, h: (b, 0, 0))
     return pl.pallas_call(
-        functools.partial(kernel, num_heads=num_heads, **static),
+        functools.partial(kernel, **static),
         out_shape=[jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outputs],
         grid=(batch, num_heads),
         in_specs=[
@@ -206,32 +231,44 @@ def _call(
             *[head_block] * len(rest),
         ],
         out_specs=[head_block] * len(outputs),
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=VMEM_LIMIT_BYTES
-        ),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
         interpret=interpret,
-        name=kernel.__name__.strip("_"),
+        name=name,
+        cost_estimate=_cost(inputs, outputs, matmuls),
     )(seeds.reshape(-1), q, k, v, mask, *rest)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _attend(q, k, v, mask, seeds, rate, is_causal, length, interpret):  # noqa: ANN001, ANN202
-    static = dict(rate=rate, is_causal=is_causal, length=length)
-    (o,) = _call(_forward_kernel, (seeds, q, k, v, mask), (v,), static, interpret)
+def _attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    seeds: jax.Array,
+    rate: float,
+    is_causal: bool,
+    length: int,
+    interpret: bool,
+) -> jax.Array:
+    static = dict(rate=rate, is_causal=is_causal, length=length, interpret=interpret)
+    (o,) = _call(_forward_kernel, FORWARD_NAME, (seeds, q, k, v, mask), (v,), 2, static)
     return o
 
 
-def _attend_forward(q, k, v, mask, seeds, rate, is_causal, length, interpret):  # noqa: ANN001, ANN202
-    o = _attend(q, k, v, mask, seeds, rate, is_causal, length, interpret)
-    return o, (q, k, v, mask, seeds)
+def _attend_forward(*args: jax.Array | float | bool | int) -> tuple[jax.Array, tuple]:
+    """The output, and what the backward kernel recomputes everything else from."""
+    q, k, v, mask, seeds = args[:5]
+    return _attend(*args), (q, k, v, mask, seeds)
 
 
-def _attend_backward(rate, is_causal, length, interpret, residuals, do):  # noqa: ANN001, ANN202
+def _attend_backward(
+    rate: float, is_causal: bool, length: int, interpret: bool, residuals: tuple, do: jax.Array
+) -> tuple[jax.Array | None, ...]:
     q, k, v, mask, seeds = residuals
-    static = dict(rate=rate, is_causal=is_causal, length=length)
-    dq, dk, dv = _call(
-        _backward_kernel, (seeds, q, k, v, mask, do), (q, k, v), static, interpret
-    )
+    static = dict(rate=rate, is_causal=is_causal, length=length, interpret=interpret)
+    inputs = (seeds, q, k, v, mask, do)
+    # q·kᵀ again, then dv, do·vᵀ, dq and dk.
+    dq, dk, dv = _call(_backward_kernel, BACKWARD_NAME, inputs, (q, k, v), 5, static)
     return dq, dk, dv, None, None
 
 
