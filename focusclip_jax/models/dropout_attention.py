@@ -23,9 +23,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax._src.random import threefry2x32  # the threefry primitive, which Pallas lowers on TPUs
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+from jax.extend.random import threefry2x32_p  # the hash, which Pallas lowers on TPUs
 
 # One grid step holds several [T, T] float32 arrays in VMEM (logits, probabilities, the hash's
 # words, gradients): 1 MiB each at 512 tokens. libtpu compiles both kernels at 512 tokens and
@@ -63,7 +63,8 @@ def unsupported(length: int, num_heads: int, rate: float, rng: jax.Array) -> str
         return f"dropout rate {rate}: the keep threshold is not a 32-bit word"
     if not jax.config.jax_threefry_partitionable:
         return "jax_threefry_partitionable is off: the kernels hash partitionable threefry's counts"
-    if rng.shape != () or str(jax.random.key_impl(_typed_key(rng))) != "threefry2x32":
+    key = _typed_key(rng)
+    if key.shape != () or str(jax.random.key_impl(key)) != "threefry2x32":
         return "the dropout key is not one threefry2x32 key"
     return None
 
@@ -111,7 +112,7 @@ def _keep_mask(
     offset = head_start + query * jnp.uint32(length) + key  # < H·T·T < 2**31
     low = first_low + offset
     high = first_high + (low < offset).astype(jnp.uint32)  # the carry into the high word
-    bits_1, bits_2 = threefry2x32.threefry2x32_p.bind(key_1, key_2, high, low)
+    bits_1, bits_2 = threefry2x32_p.bind(key_1, key_2, high, low)
     return (bits_1 ^ bits_2) < jnp.uint32(threshold)
 
 
