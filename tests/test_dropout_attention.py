@@ -179,3 +179,14 @@ def test_what_the_kernels_refuse() -> None:
     assert "threefry" in dropout_attention.unsupported(512, 12, RATE, rbg)
     assert "threefry" in dropout_attention.unsupported(512, 12, RATE, jax.random.split(KEY))
     assert dropout_attention.unsupported(512, 12, RATE, jax.random.key_data(KEY)) is None
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.3])
+def test_keep_threshold_is_bernoullis_boundary(rate: float) -> None:
+    """Words just below and at the threshold, through `jax.random.uniform`'s map from 32 bits
+    to [0, 1) (the top 23 bits as a float32 mantissa) and bernoulli's `uniform < 1 - rate`:
+    kept below the threshold, dropped at it (a boundary the masks above rarely draw)."""
+    threshold = dropout_attention.keep_threshold(rate)
+    words = np.array([threshold - 1, threshold], np.uint32)
+    uniform = ((words >> 9) | np.uint32(0x3F800000)).view(np.float32) - np.float32(1.0)
+    np.testing.assert_array_equal(uniform < np.float32(1.0 - rate), [True, False])

@@ -217,19 +217,22 @@ def test_splash_attention_matches_xla_forward_and_backward(length: int, masking:
     assert_trees_close(grads, want_grads, rtol=1e-5)
 
 
-def test_splash_attention_leaves_dropout_to_the_written_out_attention() -> None:
-    """No fused kernel drops attention probabilities: with a dropout key (BERT training) the
-    layer attends with the written-out softmax whatever `attention` says; without one
-    (evaluation, or no dropout) splash attention's kernel runs."""
+def test_splash_attention_with_dropout_takes_the_dropout_kernels() -> None:
+    """With a dropout key (BERT training) the splash choice runs `dropout_attention`'s kernels
+    (their equivalence: tests/test_dropout_attention.py), on lengths they hold; longer ones, and
+    the XLA choice, write the attention out; without a key splash attention's kernel runs."""
     attn = layers.MultiHeadAttention(16, 2, attention="splash", dropout_rate=0.1, rngs=nnx.Rngs(0))
-    x = jnp.zeros((2, 5, 16))
 
-    def kernels(rng: jax.Array | None) -> int:
+    def kernels(rng: jax.Array | None, length: int = 5, implementation: str = "splash") -> list:
+        attn.attention = implementation
+        x = jnp.zeros((2, length, 16))
         jaxpr = jax.make_jaxpr(lambda x: attn(x, None, rng=rng))(x).jaxpr
-        return sum(e.primitive.name == "pallas_call" for e in all_eqns(jaxpr))
+        return [e.params["name"] for e in all_eqns(jaxpr) if e.primitive.name == "pallas_call"]
 
-    assert kernels(None) == 1
-    assert kernels(jax.random.key(0)) == 0
+    assert kernels(None) == ["splash_mha_fwd_segmented_no_residuals"]  # 5 tokens padded
+    assert kernels(jax.random.key(0)) == ["dropout_mha_fwd"]
+    assert kernels(jax.random.key(0), length=513) == []
+    assert kernels(jax.random.key(0), implementation="xla") == []
 
 
 # ----------------------------------------------------------------------------- whole model

@@ -15,7 +15,9 @@ backward pass (`jax.checkpoint` with the named policy) to trade compute for memo
 
 Dropout (BERT's, as Hugging Face trains it: hidden states and attention probabilities) draws from
 a key passed at call time (`rng`), never from state in the module: the model stays a pure
-function of its parameters, and no key means no dropout (evaluation).
+function of its parameters, and no key means no dropout (evaluation). Every attention path draws
+the same keep-mask from the same key (`jax.random.bernoulli`'s, hashed in the TPU kernels of
+`dropout_attention`).
 """
 
 import dataclasses
@@ -130,8 +132,10 @@ def attention_implementation(
     decides. None leaves the choice to JAX (XLA in jax 0.12).
     'cudnn' where it cannot run fails at compile time with cuDNN's own message; 'splash' runs
     the Mosaic kernel on TPUs, Pallas's interpreter on CPUs (slow: for tests), and fails here on
-    other devices. Attention dropout (BERT in training) takes the written-out attention whatever
-    the choice: no fused kernel drops probabilities.
+    other devices. Attention that drops probabilities (BERT in training) takes
+    `dropout_attention`'s Pallas kernels where splash is chosen and the sequence fits them (up to
+    512 tokens), the written-out attention elsewhere: neither cuDNN's nor splash's kernel drops
+    probabilities.
     """
     if requested not in ATTENTION_IMPLS:
         raise ValueError(
@@ -178,7 +182,8 @@ def _attention_with_dropout(
     rng: jax.Array,
 ) -> jax.Array:
     """softmax(q·kᵀ/√d + mask), dropped out, times v: written out, since no fused kernel of
-    `jax.nn.dot_product_attention` drops attention probabilities. Softmax in float32."""
+    `jax.nn.dot_product_attention` drops attention probabilities (on TPUs the splash choice
+    takes `_fused_attention_with_dropout`, the same maths and mask). Softmax in float32."""
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
     allowed = jnp.ones(logits.shape[-2:], bool)
     if is_causal:
@@ -364,7 +369,8 @@ class MultiHeadAttention(nnx.Module):
         rng: jax.Array | None = None,
     ) -> jax.Array:
         """x: [B, L, width]; mask: bool [B, L], True for real tokens (keys), or None; `rng`:
-        drop attention probabilities (training), which takes the written-out attention."""
+        drop attention probabilities (training): `dropout_attention`'s kernels where splash is
+        chosen and the length fits them, the written-out attention elsewhere."""
         dropout = rng is not None and self.dropout_rate > 0
         implementation = attention_implementation(self.attention, self.dtype, self.head_dim)
         if implementation == "splash" and not dropout:
