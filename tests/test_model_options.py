@@ -580,3 +580,43 @@ def test_bert_dropout_acts_in_training_only(batch: dict) -> None:
     loss, grads = jax.jit(jax.value_and_grad(loss_with_key(scanned_model)))(stacked(params))
     np.testing.assert_allclose(loss, unrolled[0], rtol=1e-6)
     assert_trees_close(unstacked(grads), jax.device_get(unrolled[1]), rtol=1e-5)
+
+
+def test_bert_dropout_on_splash_keeps_loss_and_gradients_on_a_mesh(batch: dict) -> None:
+    """BERT's training dropout where splash attention is chosen (`dropout_attention`'s kernels,
+    the batch split over 4 devices, one sequence each, scanned and rematerialised blocks as the
+    paper's config runs them): the loss and gradients of the written-out attention on one device
+    with the same key, so every shard drew its rows of the same masks."""
+    key = jax.random.key(1)
+
+    def loss_with_key(model: nnx.Module) -> Callable[[dict], jax.Array]:
+        graphdef = nnx.graphdef(model)
+
+        def loss(params: dict) -> jax.Array:
+            merged = nnx.merge(graphdef, params)
+            embeddings = merged.embed(**batch, modalities=("image", "text"), rng=key)
+            scale = jnp.exp(merged.logit_scale[...])
+            return losses.clip_infonce(embeddings["image"], embeddings["text"], scale)
+
+        return loss
+
+    reference = tiny_model(text_dropout=0.1)
+    params = random_params(reference)
+    want_loss, want_grads = jax.device_get(
+        jax.jit(jax.value_and_grad(loss_with_key(reference)))(params)
+    )
+    model = tiny_model(
+        text_dropout=0.1,
+        attention="splash",
+        scan_layers=True,
+        remat="dots_with_no_batch_dims_saveable",
+    )
+    mesh = sharding.create_mesh({"data": 4})
+    grad_fn = sharding.traced_on(mesh, jax.value_and_grad(loss_with_key(model)))
+    eqns = all_eqns(jax.make_jaxpr(grad_fn)(stacked(params)).jaxpr)
+    kernels = {e.params["name"] for e in eqns if e.primitive.name == "pallas_call"}
+    assert {"dropout_mha_fwd", "dropout_mha_bwd"} <= kernels
+    compiled = jax.jit(grad_fn, in_shardings=(sharding.replicated(mesh),))
+    loss, grads = jax.device_get(compiled(stacked(params)))
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    assert_trees_close(unstacked(grads), want_grads, rtol=1e-5)
