@@ -1,12 +1,12 @@
 """Attention with dropout on its probabilities as Pallas TPU kernels (BERT's text tower in
 training, as Hugging Face BERT trains it).
 
-XLA's attention with dropout writes the [B, H, T, T] logits, probabilities and keep-mask to
-memory; these kernels keep them in VMEM. One grid step attends one sequence and one head: the
-whole [T, T] logits fit in VMEM for T up to `MAX_LENGTH` tokens, so the softmax needs no online
-rescaling, and the backward kernel recomputes the logits, the softmax and the keep-mask from q,
-k and the key instead of reading anything [T, T] from memory (its row statistics too: two row
-reductions over values already in VMEM cost less than writing and reading a logsumexp).
+XLA's written-out attention with dropout moves [B, H, T, T] arrays (probabilities, their
+gradients) through HBM; these kernels keep them in VMEM. One grid step attends one sequence and
+one head: the whole [T, T] logits fit in VMEM for T up to `MAX_LENGTH` tokens, so the softmax
+needs no online rescaling, and the backward kernel recomputes the logits, the softmax (its row
+maximum and sum included) and the keep-mask from q, k and the key: it reads q, k, v and the
+output's gradient, nothing [T, T] and no statistics saved by the forward kernel.
 
 The keep-mask is the one `jax.random.bernoulli(key, 1 - rate, (B, H, T, T))` draws with
 partitionable threefry (jax's default): element (b, h, q, k), flat index
