@@ -228,8 +228,8 @@ done
 log "3. checks: splash vs XLA attention, bf16 vs fp32 (bench-small)"
 timeout 900 "$python" - "$out/checks.json" "$CHECKS_BATCH" <<'EOF' 2>&1 | tee "$out/checks.log" || status=$?
 """Same weights, same batch: the loss and gradient norm agree across dtypes and attention kernels,
-and the splash program runs splash's kernels (BERT's attention drops probabilities in training,
-so it stays XLA's: splash runs in the ViT)."""
+and the splash program runs splash's kernels (in the ViT; BERT's attention, which drops
+probabilities in training, runs the dropout attention kernels beside them)."""
 import json
 import sys
 

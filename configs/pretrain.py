@@ -93,7 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.image = ml_collections.ConfigDict({"name": "vit", "size": "B/16"})
     # vocab_size -1: taken from the tokenizer. The original trains Hugging Face's BERT in training
     # mode: dropout 0.1 on the embeddings, every sub-layer's output and the attention
-    # probabilities (written-out attention then).
+    # probabilities.
     config.model.text = ml_collections.ConfigDict(
         {
             "name": "bert",
@@ -120,8 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
     # attention: the kernel. "auto" = in bf16/fp16, cuDNN flash attention on NVIDIA GPUs (head
     # dim <= 128) and Pallas splash attention on TPUs; else XLA's einsum-softmax-einsum; "xla",
     # "cudnn", "splash" (TPUs; interpreted on CPUs), or None (JAX decides). BERT's attention
-    # dropout (model.text.dropout, the paper's 0.1) keeps the text tower on the written-out
-    # attention in training whatever this says: no fused kernel drops probabilities.
+    # dropout (model.text.dropout, the paper's 0.1) runs in training on Pallas kernels that drop
+    # probabilities where splash is chosen (up to 512 tokens), else on the written-out attention.
     config.model.attention = "auto"
     # scan_layers: blocks stacked on a leading "layers" parameter axis and run by one scan, so
     # compile time does not grow with depth. Checkpoints of one layout do not load into the other.

@@ -422,21 +422,28 @@ def cost_fields(
     }
 
 
-_SPLASH_CALL = re.compile(r"^\s*%(splash_mha_\w+?)(?:\.\d+)? = .*tpu_custom_call", re.MULTILINE)
+_MOSAIC_ATTENTION_CALL = re.compile(
+    r"^\s*%((?:splash|dropout)_mha_\w+?)(?:\.\d+)? = .*tpu_custom_call", re.MULTILINE
+)
 
 
 def attention_kernels(hlo: str) -> str:
-    """Which attention the compiled program runs: cuDNN's and splash attention's fused kernels
-    show as custom calls (splash's as Mosaic `tpu_custom_call`s, counted forward and backward;
-    a scanned loop's body once). Attention that drops probabilities (BERT in training) is XLA's
-    beside them."""
+    """Which attention the compiled program runs: cuDNN's and the TPU kernels show as custom
+    calls (Mosaic `tpu_custom_call`s: splash attention's, and `models.dropout_attention`'s where
+    attention drops probabilities, BERT in training; counted forward and backward, a scanned
+    loop's body once). Attention that drops probabilities outside those kernels is XLA's."""
     if "__cudnn$fmha" in hlo:
         return "cudnn"
-    splash = _SPLASH_CALL.findall(hlo)
-    if not splash:
-        return "xla"
-    forward = sum("_fwd" in name for name in splash)
-    return f"splash ({forward} forward, {len(splash) - forward} backward Mosaic kernels)"
+    calls = _MOSAIC_ATTENTION_CALL.findall(hlo)
+    found = []
+    for kind in ("splash", "dropout"):
+        names = [name for name in calls if name.startswith(kind)]
+        if names:
+            forward = sum("_fwd" in name for name in names)
+            found.append(
+                f"{kind} ({forward} forward, {len(names) - forward} backward Mosaic kernels)"
+            )
+    return ", ".join(found) or "xla"
 
 
 def find_max_batch(

@@ -555,3 +555,22 @@ def test_collectives_are_read_from_hlo_text() -> None:
         "count": 3, "bytes": 512 + 2 * 393216, "largest": "bf16[256,768]", "largest_bytes": 393216
     }  # fmt: skip
     assert np.isclose(aot._reported_usage("temporaries (20.5G) exceeds"), 20.5 * 2**30)
+
+
+def test_attention_kernels_are_read_from_hlo_text() -> None:
+    """Splash attention's Mosaic kernels and the dropout attention's (BERT in training) are
+    counted apart, forward and backward; neither: XLA's attention."""
+    call = (
+        '  %{} = bf16[4,12,512,64]{{3,2,1,0}} custom-call(%q), custom_call_target="tpu_custom_call"'
+    )
+    names = ["splash_mha_fwd_no_residuals.2", "splash_mha_dkv_segmented_no_residuals"]
+    names += ["dropout_mha_fwd", "dropout_mha_fwd.1", "dropout_mha_bwd.3"]
+    hlo = "\n".join(call.format(name) for name in names)
+    assert aot.attention_kernels(hlo) == (
+        "splash (1 forward, 1 backward Mosaic kernels), "
+        "dropout (2 forward, 1 backward Mosaic kernels)"
+    )
+    assert aot.attention_kernels(call.format("dropout_mha_bwd")) == (
+        "dropout (0 forward, 1 backward Mosaic kernels)"
+    )
+    assert aot.attention_kernels("  %dot.1 = f32[4,4]{1,0} dot(%a, %b)") == "xla"

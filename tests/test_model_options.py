@@ -217,19 +217,22 @@ def test_splash_attention_matches_xla_forward_and_backward(length: int, masking:
     assert_trees_close(grads, want_grads, rtol=1e-5)
 
 
-def test_splash_attention_leaves_dropout_to_the_written_out_attention() -> None:
-    """No fused kernel drops attention probabilities: with a dropout key (BERT training) the
-    layer attends with the written-out softmax whatever `attention` says; without one
-    (evaluation, or no dropout) splash attention's kernel runs."""
+def test_splash_attention_with_dropout_takes_the_dropout_kernels() -> None:
+    """With a dropout key (BERT training) the splash choice runs `dropout_attention`'s kernels
+    (their equivalence: tests/test_dropout_attention.py), on lengths they hold; longer ones, and
+    the XLA choice, write the attention out; without a key splash attention's kernel runs."""
     attn = layers.MultiHeadAttention(16, 2, attention="splash", dropout_rate=0.1, rngs=nnx.Rngs(0))
-    x = jnp.zeros((2, 5, 16))
 
-    def kernels(rng: jax.Array | None) -> int:
+    def kernels(rng: jax.Array | None, length: int = 5, implementation: str = "splash") -> list:
+        attn.attention = implementation
+        x = jnp.zeros((2, length, 16))
         jaxpr = jax.make_jaxpr(lambda x: attn(x, None, rng=rng))(x).jaxpr
-        return sum(e.primitive.name == "pallas_call" for e in all_eqns(jaxpr))
+        return [e.params["name"] for e in all_eqns(jaxpr) if e.primitive.name == "pallas_call"]
 
-    assert kernels(None) == 1
-    assert kernels(jax.random.key(0)) == 0
+    assert kernels(None) == ["splash_mha_fwd_segmented_no_residuals"]  # 5 tokens padded
+    assert kernels(jax.random.key(0)) == ["dropout_mha_fwd"]
+    assert kernels(jax.random.key(0), length=513) == []
+    assert kernels(jax.random.key(0), implementation="xla") == []
 
 
 # ----------------------------------------------------------------------------- whole model
@@ -583,3 +586,43 @@ def test_bert_dropout_acts_in_training_only(batch: dict) -> None:
     loss, grads = jax.jit(jax.value_and_grad(loss_with_key(scanned_model)))(stacked(params))
     np.testing.assert_allclose(loss, unrolled[0], rtol=1e-6)
     assert_trees_close(unstacked(grads), jax.device_get(unrolled[1]), rtol=1e-5)
+
+
+def test_bert_dropout_on_splash_keeps_loss_and_gradients_on_a_mesh(batch: dict) -> None:
+    """BERT's training dropout where splash attention is chosen (`dropout_attention`'s kernels,
+    the batch split over 4 devices, one sequence each, scanned and rematerialised blocks as the
+    paper's config runs them): the loss and gradients of the written-out attention on one device
+    with the same key, so every shard drew its rows of the same masks."""
+    key = jax.random.key(1)
+
+    def loss_with_key(model: nnx.Module) -> Callable[[dict], jax.Array]:
+        graphdef = nnx.graphdef(model)
+
+        def loss(params: dict) -> jax.Array:
+            merged = nnx.merge(graphdef, params)
+            embeddings = merged.embed(**batch, modalities=("image", "text"), rng=key)
+            scale = jnp.exp(merged.logit_scale[...])
+            return losses.clip_infonce(embeddings["image"], embeddings["text"], scale)
+
+        return loss
+
+    reference = tiny_model(text_dropout=0.1)
+    params = random_params(reference)
+    want_loss, want_grads = jax.device_get(
+        jax.jit(jax.value_and_grad(loss_with_key(reference)))(params)
+    )
+    model = tiny_model(
+        text_dropout=0.1,
+        attention="splash",
+        scan_layers=True,
+        remat="dots_with_no_batch_dims_saveable",
+    )
+    mesh = sharding.create_mesh({"data": 4})
+    grad_fn = sharding.traced_on(mesh, jax.value_and_grad(loss_with_key(model)))
+    eqns = all_eqns(jax.make_jaxpr(grad_fn)(stacked(params)).jaxpr)
+    kernels = {e.params["name"] for e in eqns if e.primitive.name == "pallas_call"}
+    assert {"dropout_mha_fwd", "dropout_mha_bwd"} <= kernels
+    compiled = jax.jit(grad_fn, in_shardings=(sharding.replicated(mesh),))
+    loss, grads = jax.device_get(compiled(stacked(params)))
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    assert_trees_close(unstacked(grads), want_grads, rtol=1e-5)

@@ -15,7 +15,9 @@ backward pass (`jax.checkpoint` with the named policy) to trade compute for memo
 
 Dropout (BERT's, as Hugging Face trains it: hidden states and attention probabilities) draws from
 a key passed at call time (`rng`), never from state in the module: the model stays a pure
-function of its parameters, and no key means no dropout (evaluation).
+function of its parameters, and no key means no dropout (evaluation). Every attention path draws
+the same keep-mask from the same key (`jax.random.bernoulli`'s, hashed in the TPU kernels of
+`dropout_attention`).
 """
 
 import dataclasses
@@ -30,6 +32,7 @@ from flax import nnx
 from jax.experimental.pallas.ops.tpu import splash_attention
 from jax.sharding import PartitionSpec
 
+from focusclip_jax.models import dropout_attention
 from focusclip_jax.sharding import BATCH_AXES, constrain_batch
 from input_pipeline.errors import check_choice, check_number
 
@@ -129,8 +132,10 @@ def attention_implementation(
     decides. None leaves the choice to JAX (XLA in jax 0.12).
     'cudnn' where it cannot run fails at compile time with cuDNN's own message; 'splash' runs
     the Mosaic kernel on TPUs, Pallas's interpreter on CPUs (slow: for tests), and fails here on
-    other devices. Attention dropout (BERT in training) takes the written-out attention whatever
-    the choice: no fused kernel drops probabilities.
+    other devices. Attention that drops probabilities (BERT in training) takes
+    `dropout_attention`'s Pallas kernels where splash is chosen and the sequence fits them (up to
+    512 tokens), the written-out attention elsewhere: neither cuDNN's nor splash's kernel drops
+    probabilities.
     """
     if requested not in ATTENTION_IMPLS:
         raise ValueError(
@@ -177,9 +182,10 @@ def _attention_with_dropout(
     rng: jax.Array,
 ) -> jax.Array:
     """softmax(q·kᵀ/√d + mask), dropped out, times v: written out, since no fused kernel of
-    `jax.nn.dot_product_attention` drops attention probabilities. The scores keep q's dtype
-    and the softmax runs in float32 on them: in bfloat16 the [B, heads, L, L] arrays the step
-    writes (forward, recomputed and backward) are half the size of float32 scores."""
+    `jax.nn.dot_product_attention` drops attention probabilities (on TPUs the splash choice
+    takes `_fused_attention_with_dropout`: the same mask, float32 scores in VMEM). The scores
+    keep q's dtype and the softmax runs in float32 on them: in bfloat16 the [B, heads, L, L]
+    arrays the step writes (forward, recomputed and backward) are half the size of float32's."""
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1])  # weak: keeps q.dtype
     allowed = jnp.ones(logits.shape[-2:], bool)
     if is_causal:
@@ -191,6 +197,39 @@ def _attention_with_dropout(
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     probs = apply_dropout(probs, rate, rng).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def _fused_attention_with_dropout(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    is_causal: bool,
+    rate: float,
+    rng: jax.Array,
+) -> jax.Array:
+    """`_attention_with_dropout` as Pallas TPU kernels (`dropout_attention`: the [B, H, T, T]
+    logits, probabilities and keep-mask stay in VMEM), run on each batch shard
+    (`split_over_batch`). The same key drops the same probabilities: each sequence hashes its
+    global index (`row_seeds`, split with the batch). q, k and v are padded to a multiple of
+    128 tokens, the padding masked out as keys; Pallas's interpreter runs them on CPUs."""
+    batch, length, num_heads, _ = q.shape
+    padded = dropout_attention.padded_length(length)
+    extra = ((0, 0), (0, 0), (0, padded - length), (0, 0))
+    # [B, T, H, D] -> [B, H, T', D], the kernels' layout.
+    kernel_layout = lambda t: jnp.pad(jnp.swapaxes(t, 1, 2), extra)
+    keys = jnp.ones((batch, length), bool) if mask is None else mask
+    key_mask = jnp.pad(keys, ((0, 0), (0, padded - length))).astype(jnp.int32)[:, None, :]
+    attend = functools.partial(
+        dropout_attention.attend,
+        rate=rate,
+        is_causal=is_causal,
+        length=length,
+        interpret=traced_device().platform == "cpu",
+    )
+    seeds = dropout_attention.row_seeds(rng, batch, num_heads, length)
+    y = split_over_batch(attend, *map(kernel_layout, (q, k, v)), key_mask, seeds)
+    return jnp.swapaxes(y, 1, 2)[:, :length]
 
 
 # jax 0.12's cuDNN attention differentiates only even sequence lengths (its backward treats a
@@ -333,15 +372,20 @@ class MultiHeadAttention(nnx.Module):
         rng: jax.Array | None = None,
     ) -> jax.Array:
         """x: [B, L, width]; mask: bool [B, L], True for real tokens (keys), or None; `rng`:
-        drop attention probabilities (training), which takes the written-out attention."""
+        drop attention probabilities (training): `dropout_attention`'s kernels where splash is
+        chosen and the length fits them, the written-out attention elsewhere."""
         dropout = rng is not None and self.dropout_rate > 0
         implementation = attention_implementation(self.attention, self.dtype, self.head_dim)
         if implementation == "splash" and not dropout:
             return self._splash(x, mask, is_causal)
         q, k, v = self.query(x), self.key(x), self.value(x)
         if dropout:
-            y = _attention_with_dropout(q, k, v, mask, is_causal, self.dropout_rate, rng)
-            return self.out(y)
+            attend = _attention_with_dropout
+            if implementation == "splash" and not dropout_attention.unsupported(
+                x.shape[1], q.shape[2], self.dropout_rate, rng
+            ):
+                attend = _fused_attention_with_dropout
+            return self.out(attend(q, k, v, mask, is_causal, self.dropout_rate, rng))
         if implementation == "cudnn":
             return self.out(_cudnn_attention(q, k, v, mask, is_causal))
         y = jax.nn.dot_product_attention(
