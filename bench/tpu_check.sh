@@ -15,10 +15,12 @@
 #   2. bench    the paper's step (configs/pretrain.py's towers, recipe and batch layout, on random
 #               batches: configs/bench.py:b16_512 with 8 people per image), batch --batch (32, the
 #               paper's), data parallel over every chip, in the config's dtype (auto: bfloat16
-#               with splash attention) and in float32. For each, first the TPU compiler's
-#               estimate (focusclip_jax.aot, compile-only, in a process of its own that holds no
-#               TPU), then the step measured on the chips by bench.train_step (--steps timed
-#               steps after 2 warm-up ones)
+#               with splash attention and BERT's dropped attention on the dropout kernels), in
+#               bfloat16 with XLA's attention (`xla`: what the kernels are measured against,
+#               since the estimate leaves their hashing out), and in float32. For each, first
+#               the TPU compiler's estimate (focusclip_jax.aot, compile-only, in a process of
+#               its own that holds no TPU), then the step measured on the chips by
+#               bench.train_step (--steps timed steps after 2 warm-up ones)
 #   3. checks   bench-small (ViT-Ti/16 + BERT-mini, batch 16): the first step's loss and gradient
 #               norm from the same weights and batch in float32/XLA, bfloat16/XLA and
 #               bfloat16/splash attention agree, and the splash program holds splash's kernels
@@ -65,8 +67,16 @@ out=$(realpath "$out")  # the paths stay those of the caller's directory
 venv=$(realpath -m "$venv")
 cd "$REPO_ROOT"
 log() { printf '\n== %s ==\n' "$*"; }
+# Stage 2's runs: the config's dtype and kernels, bfloat16 with XLA's attention, float32.
+RUNS=(auto xla float32)
+run_flags() {
+  case $1 in
+    xla) echo --config.model.dtype=auto --config.model.attention=xla ;;
+    *) echo --config.model.dtype="$1" ;;
+  esac
+}
 # This run's results only: a stage that fails leaves no older file behind for the summary.
-rm -f "$out"/{aot,bench}_{auto,float32}.json "$out"/checks.json "$out"/aot_checks_{splash,xla}.json
+rm -f "$out"/{aot,bench}_{auto,xla,float32}.json "$out"/checks.json "$out"/aot_checks_{splash,xla}.json
 
 # The TPU compiler's report on a step for the target: compile-only devices, no TPU held.
 aot() {
@@ -102,7 +112,7 @@ missing = []
 print("| run | dtype | attention | step ms | estimate ms | measured / estimate | img/s "
       "| estimate img/s | MFU | estimate MFU | peak GiB | compiler's GiB |")
 print("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-for run in ("auto", "float32"):
+for run in ("auto", "xla", "float32"):
     measured, estimate = load(f"bench_{run}.json"), load(f"aot_{run}.json")
     step, estimated_step = measured.get("step_s"), estimate.get("estimated_step_s")
     ratio = step / estimated_step if step and estimated_step else None
@@ -158,10 +168,11 @@ if [[ -n $compile_only ]]; then
       status=1
     fi
   }
-  log "2. bench's step (the paper's, batch $batch) for $topology, the config's dtype and float32"
-  for run in auto float32; do
-    aot "$run" "${STEP_CONFIG[@]}" --config.train.batch_size="$batch" \
-      --config.model.dtype="$run" || status=$?
+  log "2. bench's step (the paper's, batch $batch) for $topology: the config's, XLA's attention, float32"
+  for run in "${RUNS[@]}"; do
+    # shellcheck disable=SC2046  # run_flags prints separate flags
+    aot "$run" "${STEP_CONFIG[@]}" --config.train.batch_size="$batch" $(run_flags "$run") ||
+      status=$?
   done
   expect_attention "$out/aot_auto.json" splash
   log "3. checks' step (bench-small, bfloat16, batch $CHECKS_BATCH), splash and XLA attention"
@@ -212,15 +223,17 @@ echo "compiling for $topology (the chips present: $detected)"
 log "2. bench: the paper's step, batch $batch, on $topology"
 status=0
 # The estimates first, while no process holds the chips; then the measurements.
-for run in auto float32; do
+for run in "${RUNS[@]}"; do
   echo "-- $run: the TPU compiler's estimate (aot_$run.log)"
-  aot "$run" "${STEP_CONFIG[@]}" --config.train.batch_size="$batch" \
-    --config.model.dtype="$run" || status=$?
+  # shellcheck disable=SC2046  # run_flags prints separate flags
+  aot "$run" "${STEP_CONFIG[@]}" --config.train.batch_size="$batch" $(run_flags "$run") ||
+    status=$?
 done
-for run in auto float32; do
+for run in "${RUNS[@]}"; do
   echo "-- $run: measured (bench_$run.log)"
+  # shellcheck disable=SC2046  # run_flags prints separate flags
   timeout 900 "$python" -m bench.train_step "${STEP_CONFIG[@]}" \
-    --config.train.batch_size="$batch" --config.model.dtype="$run" --steps="$steps" --warmup=2 \
+    --config.train.batch_size="$batch" $(run_flags "$run") --steps="$steps" --warmup=2 \
     --xla_cost=none --json="$out/bench_$run.json" 2>&1 | tee "$out/bench_$run.log" |
     grep -v '^[IW][0-9]' || status=$?
 done
