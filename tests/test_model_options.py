@@ -552,6 +552,20 @@ def test_written_out_attention_matches_the_kernel(masking: str, dtype: str) -> N
     )
 
 
+def clip_loss_with_key(model: nnx.Module, batch: dict, key: jax.Array) -> Callable:
+    """The CLIP loss of image and text embeddings as a function of `model`'s parameters, its
+    dropout drawn from `key`."""
+    graphdef = nnx.graphdef(model)
+
+    def loss(params: dict) -> jax.Array:
+        merged = nnx.merge(graphdef, params)
+        embeddings = merged.embed(**batch, modalities=("image", "text"), rng=key)
+        scale = jnp.exp(merged.logit_scale[...])
+        return losses.clip_infonce(embeddings["image"], embeddings["text"], scale)
+
+    return loss
+
+
 def test_bert_dropout_acts_in_training_only(batch: dict) -> None:
     """`model.text.dropout` (the original's 0.1): with a key the text embedding changes, the same
     key reproduces it, another does not; without one (evaluation) it is the model without
@@ -570,20 +584,11 @@ def test_bert_dropout_acts_in_training_only(batch: dict) -> None:
     np.testing.assert_array_equal(trained, merged.encode_text(tokens, mask, first))
     assert not np.allclose(trained, merged.encode_text(tokens, mask, second), atol=1e-3)
 
-    def loss_with_key(model: nnx.Module) -> Callable[[dict], jax.Array]:
-        graphdef = nnx.graphdef(model)
-
-        def loss(params: dict) -> jax.Array:
-            merged = nnx.merge(graphdef, params)
-            embeddings = merged.embed(**batch, modalities=("image", "text"), rng=first)
-            scale = jnp.exp(merged.logit_scale[...])
-            return losses.clip_infonce(embeddings["image"], embeddings["text"], scale)
-
-        return loss
-
-    unrolled = jax.jit(jax.value_and_grad(loss_with_key(model)))(params)
+    unrolled = jax.jit(jax.value_and_grad(clip_loss_with_key(model, batch, first)))(params)
     scanned_model = tiny_model(text_dropout=0.1, scan_layers=True, remat="full")
-    loss, grads = jax.jit(jax.value_and_grad(loss_with_key(scanned_model)))(stacked(params))
+    loss, grads = jax.jit(jax.value_and_grad(clip_loss_with_key(scanned_model, batch, first)))(
+        stacked(params)
+    )
     np.testing.assert_allclose(loss, unrolled[0], rtol=1e-6)
     assert_trees_close(unstacked(grads), jax.device_get(unrolled[1]), rtol=1e-5)
 
@@ -594,22 +599,10 @@ def test_bert_dropout_on_splash_keeps_loss_and_gradients_on_a_mesh(batch: dict) 
     paper's config runs them): the loss and gradients of the written-out attention on one device
     with the same key, so every shard drew its rows of the same masks."""
     key = jax.random.key(1)
-
-    def loss_with_key(model: nnx.Module) -> Callable[[dict], jax.Array]:
-        graphdef = nnx.graphdef(model)
-
-        def loss(params: dict) -> jax.Array:
-            merged = nnx.merge(graphdef, params)
-            embeddings = merged.embed(**batch, modalities=("image", "text"), rng=key)
-            scale = jnp.exp(merged.logit_scale[...])
-            return losses.clip_infonce(embeddings["image"], embeddings["text"], scale)
-
-        return loss
-
     reference = tiny_model(text_dropout=0.1)
     params = random_params(reference)
     want_loss, want_grads = jax.device_get(
-        jax.jit(jax.value_and_grad(loss_with_key(reference)))(params)
+        jax.jit(jax.value_and_grad(clip_loss_with_key(reference, batch, key)))(params)
     )
     model = tiny_model(
         text_dropout=0.1,
@@ -618,7 +611,7 @@ def test_bert_dropout_on_splash_keeps_loss_and_gradients_on_a_mesh(batch: dict) 
         remat="dots_with_no_batch_dims_saveable",
     )
     mesh = sharding.create_mesh({"data": 4})
-    grad_fn = sharding.traced_on(mesh, jax.value_and_grad(loss_with_key(model)))
+    grad_fn = sharding.traced_on(mesh, jax.value_and_grad(clip_loss_with_key(model, batch, key)))
     eqns = all_eqns(jax.make_jaxpr(grad_fn)(stacked(params)).jaxpr)
     kernels = {e.params["name"] for e in eqns if e.primitive.name == "pallas_call"}
     assert {"dropout_mha_fwd", "dropout_mha_bwd"} <= kernels
