@@ -31,32 +31,36 @@ from focusclip_jax.models import layers
 from input_pipeline import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "configs/pretrain.py", "Config file (with :variants).")
-flags.DEFINE_list("targets", ["v5e-8", "v5p-8", "v6e-8", "h100-8"], "Topologies.")
-flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "model.dtype values.")
-flags.DEFINE_list("remats", ["none", "full"], "model.remat values.")
-flags.DEFINE_list("modes", ["dp", "fsdp"], "dp (mesh.data=-1) and/or fsdp (mesh.fsdp=-1).")
-flags.DEFINE_list("overrides", [], "More --config.* overrides for every cell (key=value).")
-flags.DEFINE_integer("jobs", 1, "Cells compiled at the same time.")
-flags.DEFINE_float("batch_tolerance", 1 / 16, "Each search stops within this fraction.")
-flags.DEFINE_string("out", "workdirs/aot_table", "Folder for the cells' reports and logs.")
-flags.DEFINE_bool("table_only", False, "Print the table of the reports there, compile nothing.")
-
 MESHES = {
     "dp": ("--config.mesh.data=-1", "--config.mesh.fsdp=1"),
     "fsdp": ("--config.mesh.data=1", "--config.mesh.fsdp=-1"),
 }
-cli.check_flags(
-    config=cli.Text(cli.config_file_problem),
-    targets=cli.Text(targets.name_problem),
-    dtypes=cli.Choices(("float32", "bfloat16")),
-    remats=cli.Choices(("none", *layers.REMAT_POLICIES)),
-    modes=cli.Choices(tuple(MESHES)),
-    overrides=cli.Text(lambda item: None if "=" in item else "expected key=value"),
-    jobs=cli.Number(integer=True, at_least=1),
-    batch_tolerance=cli.Number(above=0, below=1),
-    out=cli.Path("new_folder"),
-)
+
+
+def define_flags() -> None:
+    """The command line (defined when run, not when imported: tests import the table's
+    functions beside other tools' flags)."""
+    flags.DEFINE_string("config", "configs/pretrain.py", "Config file (with :variants).")
+    flags.DEFINE_list("targets", ["v5e-8", "v5p-8", "v6e-8", "h100-8"], "Topologies.")
+    flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "model.dtype values.")
+    flags.DEFINE_list("remats", ["none", "full"], "model.remat values.")
+    flags.DEFINE_list("modes", ["dp", "fsdp"], "dp (mesh.data=-1) and/or fsdp (mesh.fsdp=-1).")
+    flags.DEFINE_list("overrides", [], "More --config.* overrides for every cell (key=value).")
+    flags.DEFINE_integer("jobs", 1, "Cells compiled at the same time.")
+    flags.DEFINE_float("batch_tolerance", 1 / 16, "Each search stops within this fraction.")
+    flags.DEFINE_string("out", "workdirs/aot_table", "Folder for the cells' reports and logs.")
+    flags.DEFINE_bool("table_only", False, "Print the table of the reports there, compile nothing.")
+    cli.check_flags(
+        config=cli.Text(cli.config_file_problem),
+        targets=cli.Text(targets.name_problem),
+        dtypes=cli.Choices(("float32", "bfloat16")),
+        remats=cli.Choices(("none", *layers.REMAT_POLICIES)),
+        modes=cli.Choices(tuple(MESHES)),
+        overrides=cli.Text(lambda item: None if "=" in item else "expected key=value"),
+        jobs=cli.Number(integer=True, at_least=1),
+        batch_tolerance=cli.Number(above=0, below=1),
+        out=cli.Path("new_folder"),
+    )
 
 
 def cell_name(target: str, dtype: str, remat: str, mode: str) -> str:
@@ -184,4 +188,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)
