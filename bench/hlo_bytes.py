@@ -53,7 +53,8 @@ from ml_collections import config_flags
 from focusclip_jax import aot, config_checks
 from input_pipeline import cli
 
-GiB = 2**30
+size_text = aot.size_text
+
 LABEL = "the TPU compiler's program, bytes approximated from its HLO, not a measurement"
 
 # Instructions that move no data of their own, or whose data the paired `-start` counts.
@@ -101,18 +102,6 @@ class Kernel:
         return self.hbm_bytes + self.on_chip_bytes
 
 
-def dtype_bytes(dtype: str) -> float:
-    """Bytes per element: the bit width in the name (bf16, s32, f8e4m3fn, c64) over 8; pred 1."""
-    if dtype == "pred":
-        return 1
-    if dtype == "token":
-        return 0
-    bits = re.match(r"[a-z]+(\d+)", dtype)
-    if bits is None:
-        raise ValueError(f"unknown HLO element type {dtype!r}")
-    return int(bits.group(1)) / 8
-
-
 def shape_bytes(shape: str) -> tuple[int, int]:
     """(bytes in memory space 0, bytes elsewhere) of an HLO shape: an array such as
     `bf16[256,12,512,512]{3,2,1,0:T(8,128)(2,1)}` or a tuple of them; tiles' padding ignored."""
@@ -121,7 +110,7 @@ def shape_bytes(shape: str) -> tuple[int, int]:
         count = 1
         for dim in filter(None, array.group("dims").split(",")):
             count *= int(dim)
-        size = int(count * dtype_bytes(array.group("dtype")))
+        size = int(count * aot.dtype_bytes(array.group("dtype")))
         space = _MEMORY_SPACE.search(array.group("layout") or "")
         if space and space.group(1) != "0":
             other += size
@@ -555,22 +544,20 @@ def format_summary(
         )
     lines.append("")
     lines.append(
-        f"total: {_size(summary['bytes'])} per device ({_size(summary['hbm_bytes'])} of it in HBM)"
+        f"total: {size_text(summary['bytes'])} per device "
+        f"({size_text(summary['hbm_bytes'])} of it in HBM)"
     )
     if cost.bytes_accessed:
         lines.append(
-            f"XLA's cost_analysis bytes accessed: {_size(cost.bytes_accessed)}; this sum is "
+            f"XLA's cost_analysis bytes accessed: {size_text(cost.bytes_accessed)}; this sum is "
             f"{summary['bytes'] / cost.bytes_accessed:.0%} of it"
         )
     if cost.estimated_s:
         lines.append(f"the TPU compiler's estimate of the step: {1000 * cost.estimated_s:.3g} ms")
     if memory:
-        lines.append(f"XLA's memory estimate of this program: {_size(memory['total'])} per device")
+        total = size_text(memory["total"])
+        lines.append(f"XLA's memory estimate of this program: {total} per device")
     return "\n".join(lines)
-
-
-def _size(num_bytes: float) -> str:
-    return f"{num_bytes / GiB:.2f} GiB" if num_bytes >= GiB / 10 else f"{num_bytes / 2**20:.1f} MiB"
 
 
 FLAGS = flags.FLAGS
@@ -627,7 +614,7 @@ def main(argv: list[str]) -> None:
     print(format_summary(summary, cost, header, memory))
     print(f"wall time {time.perf_counter() - start:.0f} s")
     if FLAGS.save_hlo:
-        Path(FLAGS.save_hlo).write_text(hlo)
+        cli.write_whole(Path(FLAGS.save_hlo), hlo)
     if FLAGS.json:
         report = {
             "label": LABEL,
@@ -637,7 +624,7 @@ def main(argv: list[str]) -> None:
             "memory": memory,
             **summary,
         }
-        Path(FLAGS.json).write_text(json.dumps(report, indent=1))
+        cli.write_whole(Path(FLAGS.json), json.dumps(report, indent=1))
 
 
 def _config_name() -> str:

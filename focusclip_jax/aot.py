@@ -55,7 +55,6 @@ _COLLECTIVE = re.compile(
     r"=\s*(?P<shape>\(.*?\)|\S+)\s+(?P<kind>" + "|".join(COLLECTIVE_KINDS) + r")(?:-start)?\("
 )
 _ARRAY = re.compile(r"(?P<dtype>[a-z]+[0-9]*)\[(?P<dims>[0-9,]*)\]")
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}  # else 4 or 8
 # Token counts a tokenizer kind has when its files are not at hand (AOT needs only the size).
 DEFAULT_VOCAB_SIZES = {"bert_wordpiece": 30522, "clip_bpe": 49408}
 
@@ -74,9 +73,20 @@ class Collective:
     bytes: int
 
 
+def dtype_bytes(dtype: str) -> float:
+    """Bytes per element: the bit width in the name (bf16, s32, f8e4m3fn, c64) over 8; pred 1."""
+    if dtype == "pred":
+        return 1
+    if dtype == "token":
+        return 0
+    bits = re.match(r"[a-z]+(\d+)", dtype)
+    if bits is None:
+        raise ValueError(f"unknown HLO element type {dtype!r}")
+    return int(bits.group(1)) / 8
+
+
 def _array_bytes(dtype: str, shape: tuple[int, ...]) -> int:
-    width = _BYTES.get(dtype, 8 if dtype.endswith("64") else 4)
-    return width * math.prod(shape)
+    return int(dtype_bytes(dtype) * math.prod(shape))
 
 
 # The TPU compiler splits one asynchronous collective into pieces fused with the compute they
@@ -561,7 +571,7 @@ def _affine_guess(measured: dict[int, float], capacity: int, shards: int) -> int
     return int((b0 + (capacity - m0) / slope) // shards * shards)
 
 
-def _size(num_bytes: float) -> str:
+def size_text(num_bytes: float) -> str:
     return (
         f"{num_bytes / GiB:.2f} GiB"
         if abs(num_bytes) >= GiB / 10
@@ -585,11 +595,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"compiled in {report['compile_s']:.1f} s; {report['parameters'] / 1e6:.2f} M parameters",
         "memory per device (XLA's estimate):",
         *(
-            f"  {name:10s}{_size(mem[name]):>12s}"
+            f"  {name:10s}{size_text(mem[name]):>12s}"
             for name in ("argument", "output", "aliased", "temporary", "code")
         ),
-        f"  {'total':10s}{_size(mem['total']):>12s} of {_size(report['memory_capacity'])}"
-        f" ({_size(report['memory_usable'])} usable), headroom {_size(report['headroom'])}",
+        f"  {'total':10s}{size_text(mem['total']):>12s} of {size_text(report['memory_capacity'])}"
+        f" ({size_text(report['memory_usable'])} usable), headroom {size_text(report['headroom'])}",
         report["verdict"],
     ]
     xla = report["xla_flops"]
@@ -611,7 +621,7 @@ def format_report(report: dict[str, Any]) -> str:
             "bodies XLA counts once; the FLOPs, bytes and estimated time above are lower bounds"
         )
     if report["bytes_accessed"] is not None:
-        line = f"  bytes accessed per device (XLA's count): {_size(report['bytes_accessed'])}"
+        line = f"  bytes accessed per device (XLA's count): {size_text(report['bytes_accessed'])}"
         if report["estimated_bytes_per_s"]:
             line += (
                 f", {report['estimated_bytes_per_s'] / 1e9:.0f} GB/s over the estimated step "
@@ -624,8 +634,8 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for kind, c in report["collectives"].items():
         lines.append(
-            f"  {kind:20s}{c['count']:5d} ops {_size(c['bytes']):>12s}, largest "
-            f"{c['largest']} ({_size(c['largest_bytes'])})"
+            f"  {kind:20s}{c['count']:5d} ops {size_text(c['bytes']):>12s}, largest "
+            f"{c['largest']} ({size_text(c['largest_bytes'])})"
         )
     if not report["collectives"]:
         lines.append("  none")
@@ -706,7 +716,7 @@ def main(argv: list[str]) -> None:
         sys.exit(3)
     print(format_report(report))
     if FLAGS.json:
-        Path(FLAGS.json).write_text(json.dumps(report, indent=1))
+        cli.write_whole(Path(FLAGS.json), json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

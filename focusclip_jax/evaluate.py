@@ -97,11 +97,8 @@ def _default_out(checkpoint: str, step: int) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Whole or not at all: written aside, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    aside = path.with_name(path.name + ".tmp")
-    aside.write_text(text)
-    aside.replace(path)
+    cli.write_whole(path, text)
 
 
 def _others(metrics: dict[str, float]) -> str:

@@ -213,13 +213,6 @@ def draw(chart: Chart) -> Image.Image:
     return image
 
 
-def _write_whole(path: epath.Path, content: bytes) -> None:
-    """Written beside, then renamed over: a reader never sees half a file."""
-    temporary = path.parent / f".{path.name}.tmp"
-    temporary.write_bytes(content)
-    temporary.replace(path)
-
-
 def write_plots(workdir: str, out: str | None = None) -> list[epath.Path]:
     """Draws the charts of `<workdir>/metrics.jsonl` into `out` (default `<workdir>/plots`)."""
     root = epath.Path(workdir)
@@ -238,7 +231,7 @@ def write_plots(workdir: str, out: str | None = None) -> list[epath.Path]:
     for chart in found:
         png = io.BytesIO()
         draw(chart).save(png, format="PNG")
-        _write_whole(folder / f"{chart.name}.png", png.getvalue())
+        cli.write_whole(folder / f"{chart.name}.png", png.getvalue())
         written.append(folder / f"{chart.name}.png")
     return written
 

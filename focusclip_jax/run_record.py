@@ -24,7 +24,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from input_pipeline import tokenizers
+from input_pipeline import cli, tokenizers
 from input_pipeline.errors import ConfigError, config_errors
 
 CONFIG_FILE = "config.json"
@@ -71,16 +71,9 @@ def write(workdir: str, config: ml_collections.ConfigDict, tokenizer: tokenizers
     for key, source in sources.items():
         copy = root / TOKENIZER_DIR / Path(source).name
         copy.parent.mkdir(parents=True, exist_ok=True)
-        _write_aside(copy, epath.Path(source).read_bytes())
+        cli.write_whole(copy, epath.Path(source).read_bytes())
         record.tokenizer[key] = f"{TOKENIZER_DIR}/{copy.name}"
-    _write_aside(root / CONFIG_FILE, record.to_json(indent=1).encode())
-
-
-def _write_aside(path: epath.Path, content: bytes) -> None:
-    """Whole or not at all: written beside, then renamed over."""
-    temporary = path.parent / f"{path.name}.tmp"
-    temporary.write_bytes(content)
-    temporary.replace(path)
+    cli.write_whole(root / CONFIG_FILE, record.to_json(indent=1).encode())
 
 
 def _check_matches(

@@ -31,6 +31,14 @@ USER_ERROR_STATUS = 2
 PROJECT = FilePath(__file__).resolve().parents[1]  # the checkout (or site-packages) with configs/
 
 
+def write_whole(path: Any, content: bytes | str) -> None:
+    """Whole or not at all: written beside `path` and renamed over it, so that a reader, or a
+    kill halfway, never leaves half a file (a `pathlib` or `etils.epath` path)."""
+    temporary = path.parent / f".{path.name}.tmp"
+    temporary.write_bytes(content.encode() if isinstance(content, str) else content)
+    temporary.replace(path)
+
+
 def project_path(path: str) -> str:
     """`path` as given when it exists from the working directory, else the project's file of
     that name (`configs/pretrain.py`): the documented commands work from any directory."""

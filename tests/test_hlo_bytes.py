@@ -8,6 +8,7 @@ lines, the call-stack tables) with byte counts worked out by hand. Nothing is co
 import pytest
 
 from bench import hlo_bytes
+from focusclip_jax import aot
 
 HLO = """\
 HloModule jit_train_step, is_scheduled=true
@@ -103,7 +104,7 @@ def test_shape_bytes_of_arrays_tuples_and_memory_spaces() -> None:
     assert hlo_bytes.shape_bytes("(f32[3]{0}, pred[5]{0:S(1)}, s4[4], f32[])") == (12 + 2 + 4, 5)
     assert hlo_bytes.shape_bytes("f8e4m3fn[10]") == (10, 0)
     with pytest.raises(ValueError, match="unknown HLO element type"):
-        hlo_bytes.dtype_bytes("mystery")
+        aot.dtype_bytes("mystery")
 
 
 def test_each_kernel_is_charged_its_operands_and_output() -> None:
