@@ -50,7 +50,8 @@ def command_line_tools() -> list[str]:
 
 @functools.cache
 def flag_results() -> tuple[dict[str, Any], ...]:
-    """Every generated flag case of every tool, run once (tests/bad_flags.py)."""
+    """Every generated flag case of every tool, run once (tests/bad_flags.py), each with the
+    scratch folder its paths point into."""
     scratch = tempfile.mkdtemp(prefix="bad_flags_")
     done = subprocess.run(
         [sys.executable, "-m", "tests.bad_flags", scratch, *command_line_tools()],
@@ -58,7 +59,7 @@ def flag_results() -> tuple[dict[str, Any], ...]:
     )  # fmt: skip
     if done.returncode:
         raise RuntimeError(f"tests/bad_flags.py failed:\n{done.stderr[-3000:]}")
-    return tuple(json.loads(line) for line in done.stdout.splitlines())
+    return tuple({**json.loads(line), "scratch": scratch} for line in done.stdout.splitlines())
 
 
 def _flag_params() -> list[Any]:
@@ -100,7 +101,7 @@ SUBPROCESS_SAMPLE = (
 @pytest.mark.parametrize(("tool", "flag"), SUBPROCESS_SAMPLE, ids=[s[0] for s in SUBPROCESS_SAMPLE])
 def test_a_sample_of_flag_cases_in_real_processes(tool: str, flag: str) -> None:
     case = next(c for c in flag_results() if (c["tool"], c["flag"]) == (tool, flag))
-    scratch = Path(case["argv"][-1].split("=", 1)[1]).parent
+    scratch = Path(case["scratch"])
     before = sorted(scratch.rglob("*"))
     done = subprocess.run(
         [sys.executable, "-m", *case["argv"]],
