@@ -116,6 +116,11 @@ DIFFERENCES = (
     "bfloat16: peer big_vision's dtype_mm (the encoder blocks' and patch embedding's matmuls; MAP "
     "head, text head and LayerNorms float32); ours model.dtype (matmuls and attention bf16, "
     "LayerNorm statistics, softmax and the loss float32)",
+    "sharding: peer replicates parameters and optimizer state on every device (its default "
+    "strategy), which each run the whole update; ours splits the optimizer state and its update "
+    "over the devices (sharding.optimizer_state 'auto' on TPUs: ZeRO stage 1) and all-gathers "
+    "the new parameters; --config.sharding.optimizer_state=params replicates them as the peer "
+    "does",
     "step extras: ours skips an update whose loss or gradient is not finite and logs its own "
     "metrics; peer logs the loss and three l2 norms",
 )

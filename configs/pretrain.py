@@ -222,6 +222,11 @@ def base_config() -> ml_collections.ConfigDict:
         ("patch", None),
         ("pos", None),
     )
+    # The optimiser's state and update: "params" (sharded as the parameter: whole on every device
+    # under data parallelism), "data" (also split over the data axis, ZeRO stage 1: each device
+    # updates its slice; same update, gradients reduce-scattered, new parameters all-gathered),
+    # "auto" ("data" on TPUs and GPUs, "params" on CPUs).
+    config.sharding.optimizer_state = "auto"
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 1000

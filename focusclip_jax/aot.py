@@ -376,6 +376,7 @@ def report(
         "dtype": dtype,
         "scan_layers": bool(config.model.get("scan_layers", False)),
         "remat": str(config.model.get("remat", "none")),
+        "optimizer_state": trainer.optimizer_state,
         "attention": attention_kernels(hlo),
         "vocab_size": vocab,
         "vocab_source": vocab_source,
@@ -590,6 +591,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"mesh {report['mesh']} | global batch {report['batch']} "
         f"({report['batch_per_device']:g} per device) | {report['dtype']} | "
         f"scan_layers={report['scan_layers']} remat={report['remat']} | "
+        f"optimizer state as {report['optimizer_state']} | "
         f"attention {report['attention']} | vocab {report['vocab_size']} "
         f"({report['vocab_source']})",
         f"compiled in {report['compile_s']:.1f} s; {report['parameters'] / 1e6:.2f} M parameters",

@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # the axes a batch is split over
+OPTIMIZER_STATE_LAYOUTS = ("auto", "params", "data")  # `config.sharding.optimizer_state`
 
 LogicalRules = Sequence[tuple[str, str | None]]
 
@@ -137,6 +138,43 @@ def logical_to_sharding(
             names = ()
         dims.append(names[0] if len(names) == 1 else (names or None))
     return NamedSharding(mesh, PartitionSpec(*dims))
+
+
+def optimizer_state_layout(requested: Any, platform: str) -> str:
+    """`config.sharding.optimizer_state`: where the optimiser's moments and its update live.
+
+    'params': sharded as their parameter (whole on every device under data parallelism, so each
+    device runs the whole update); 'data': also split over the `data` axis (ZeRO stage 1): each
+    device updates its slice only, and the step reduce-scatters the gradients and all-gathers the
+    new parameters where it would all-reduce the gradients. The update is the same elementwise
+    maths; only the order of the gradient sum may differ. 'auto': 'data' on TPUs and GPUs, where
+    the replicated update is a quarter of the baseline step's HBM traffic (PERFORMANCE.md),
+    'params' on CPUs."""
+    if requested not in OPTIMIZER_STATE_LAYOUTS:
+        raise ValueError(
+            f"config sharding.optimizer_state={requested!r}: expected one of "
+            f"{OPTIMIZER_STATE_LAYOUTS}"
+        )
+    if requested != "auto":
+        return requested
+    return "data" if platform in ("tpu", "gpu") else "params"
+
+
+def split_over_data(param: NamedSharding, shape: Sequence[int]) -> NamedSharding:
+    """`param` with the mesh's `data` axis on the largest dimension it leaves whole (unsplit, or
+    split over axes of one device) and that the axis divides (the first of equals); unchanged
+    where none does (scalars, odd sizes) or the axis has one device."""
+    mesh_shape = dict(param.mesh.shape)
+    size = mesh_shape.get("data", 1)
+    spec = tuple(param.spec) + (None,) * (len(shape) - len(param.spec))
+    devices = lambda axes: math.prod(
+        mesh_shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ())
+    )
+    whole = [i for i, axes in enumerate(spec) if devices(axes) == 1 and shape[i] % size == 0]
+    if size == 1 or not whole:
+        return param
+    dim = max(whole, key=lambda i: shape[i])
+    return NamedSharding(param.mesh, PartitionSpec(*spec[:dim], "data", *spec[dim + 1 :]))
 
 
 def check_rules(rules: Any) -> LogicalRules:

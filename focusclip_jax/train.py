@@ -205,12 +205,17 @@ def train_step(
     seed: int = 0,
     accumulate_steps: int = 1,
     frozen: tuple[str, ...] = (),
+    param_shardings: Any = None,
+    update_shardings: Any = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on a global batch; returns the new state and a flat dict of scalar metrics.
     Dropout draws from the seed folded with the step: a resumed run draws what it would have.
     `accumulate_steps` > 1 runs the towers on that many chunks of the batch at a time, with the
     whole batch's gradient (`accumulated_loss_and_grads`). `frozen` parameters' gradients are left
-    out of the logged norm and the finiteness check (and so never computed)."""
+    out of the logged norm and the finiteness check (and so never computed). `update_shardings`
+    (per parameter, those of its optimiser state; with `param_shardings`, the parameters' own) is
+    where the gradients, the update and the new parameters are computed before the parameters
+    return to their own shardings."""
     options = dict(
         graphdef=graphdef,
         loss_config=loss_config,
@@ -227,9 +232,16 @@ def train_step(
     if frozen:
         mask = optim.frozen_mask(grads, frozen)
         grads = jax.tree.map(lambda g, f: jnp.zeros_like(g) if f else g, grads, mask)
+    old_params = state.params
+    if update_shardings is not None:
+        # Summed whole first: constrained to the slices alone, XLA may gather activations over
+        # the batch to compute each slice of a weight's gradient instead.
+        grads = jax.lax.with_sharding_constraint(grads, param_shardings)
+        grads = jax.lax.with_sharding_constraint(grads, update_shardings)
+        old_params = jax.lax.with_sharding_constraint(old_params, update_shardings)
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = project_to_bounds(optax.apply_updates(state.params, updates), bounds)
+    updates, opt_state = tx.update(grads, state.opt_state, old_params)
+    params = project_to_bounds(optax.apply_updates(old_params, updates), bounds)
 
     # A non-finite step leaves parameters and optimiser state untouched (checkpoints never hold
     # NaN); the loop stops on it, naming the step, at the next metrics fetch.
@@ -240,7 +252,7 @@ def train_step(
     )
     new_state = TrainState(
         step=state.step + 1,
-        params=keep_if_finite(params, state.params),
+        params=keep_if_finite(params, old_params),
         opt_state=keep_if_finite(opt_state, state.opt_state),
         nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
         first_nonfinite_step=first_bad,
@@ -310,9 +322,24 @@ class Trainer:
         abstract_pure = self.setup.abstract_params
         with config_errors():
             optim.check_frozen(abstract_pure, frozen)
+        with config_errors():
+            self.optimizer_state = sharding.optimizer_state_layout(
+                config.sharding.get("optimizer_state", "auto"), mesh.devices.flat[0].platform
+            )
+        if self.optimizer_state == "data":
+            update_shardings = jax.tree.map(
+                lambda leaf: sharding.split_over_data(leaf.sharding, leaf.shape), abstract_pure
+            )
+            abstract_update = jax.tree.map(
+                lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+                abstract_pure,
+                update_shardings,
+            )
+        else:
+            update_shardings, abstract_update = None, abstract_pure
         abstract_opt_state = jax.eval_shape(self.tx.init, abstract_pure)
         everywhere = sharding.replicated(mesh)
-        opt_shardings = _state_shardings(abstract_opt_state, abstract_pure, everywhere)
+        opt_shardings = _state_shardings(abstract_opt_state, abstract_update, everywhere)
         self.state_shardings = TrainState(
             step=everywhere,
             params=self.setup.param_shardings,
@@ -336,6 +363,8 @@ class Trainer:
             seed=config.seed,
             accumulate_steps=config.train.accumulate_steps,
             frozen=frozen,
+            param_shardings=self.setup.param_shardings,
+            update_shardings=update_shardings,
         )
         self.step = jax.jit(
             sharding.traced_on(mesh, step),

@@ -1,4 +1,5 @@
-"""FSDP keeps activations batch-sharded; scanned layers keep no more than unrolled ones.
+"""FSDP keeps activations batch-sharded; the optimiser state splits over data (ZeRO-1) and trains
+alike; scanned layers keep no more than unrolled ones.
 
 On 8 fake CPU devices, no accelerator toolchain needed. The compiled programs are read with the
 AOT tool's helpers (`focusclip_jax.aot`: collectives from the HLO, XLA's memory analysis).
@@ -10,13 +11,19 @@ import jax
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
+from jax.sharding import NamedSharding, PartitionSpec
 
 from bench.random_batch import random_batch
 from configs import bench
 from focusclip_jax import aot, sharding, train
 from input_pipeline import pipeline
 
-MESHES = {"data-parallel": {"data": 8, "fsdp": 1}, "fsdp": {"data": 1, "fsdp": 8}}
+# mode → (mesh, config.sharding.optimizer_state)
+MODES = {
+    "data-parallel": ({"data": 8, "fsdp": 1}, "params"),
+    "fsdp": ({"data": 1, "fsdp": 8}, "params"),
+    "optimizer-over-data": ({"data": 8, "fsdp": 1}, "data"),
+}
 
 
 def batch_activation_collectives(hlo: str, batch: int, embed_dim: int) -> list[aot.Collective]:
@@ -44,7 +51,8 @@ def two_steps_each_mode():
     config.train.batch_size = 24
     host_batch = random_batch(config)
     runs = {}
-    for mode, shape in MESHES.items():
+    for mode, (shape, optimizer_state) in MODES.items():
+        config.sharding.optimizer_state = optimizer_state
         mesh = sharding.create_mesh(shape)
         trainer = train.Trainer(config, mesh, vocab_size=config.model.text.vocab_size)
         state = trainer.init_state()
@@ -55,26 +63,43 @@ def two_steps_each_mode():
         for _ in range(2):
             state, metrics = compiled(state, batch)
             losses.append(float(metrics["loss"]))
-        runs[mode] = (compiled, initial, jax.device_get(state.params), losses)
+        runs[mode] = (compiled, initial, jax.device_get(state.params), losses, state)
     return config, runs
 
 
-def test_fsdp_and_data_parallel_train_alike(two_steps_each_mode) -> None:
-    """Same losses (rtol 1e-5) and the same updated parameters (atol 1e-5) on both meshes."""
+@pytest.mark.parametrize("mode", ["fsdp", "optimizer-over-data"])
+def test_each_layout_trains_as_data_parallel(two_steps_each_mode, mode: str) -> None:
+    """Same losses (rtol 1e-5) and the same updated parameters (atol 1e-5) as data parallel."""
     _, runs = two_steps_each_mode
-    (_, init_dp, params_dp, losses_dp), (_, init_fsdp, params_fsdp, losses_fsdp) = (
+    (_, init_dp, params_dp, losses_dp, _), (_, init_other, params_other, losses_other, _) = (
         runs["data-parallel"],
-        runs["fsdp"],
+        runs[mode],
     )
-    np.testing.assert_allclose(losses_fsdp, losses_dp, rtol=1e-5)
-    before, after_dp, after_fsdp = (flatten_dict(p) for p in (init_dp, params_dp, params_fsdp))
-    for path, value in flatten_dict(init_fsdp).items():
+    np.testing.assert_allclose(losses_other, losses_dp, rtol=1e-5)
+    before, after_dp, after_other = (flatten_dict(p) for p in (init_dp, params_dp, params_other))
+    for path, value in flatten_dict(init_other).items():
         np.testing.assert_array_equal(value, before[path], err_msg=str(path))
-        np.testing.assert_allclose(after_fsdp[path], after_dp[path], atol=1e-5, err_msg=str(path))
+        np.testing.assert_allclose(after_other[path], after_dp[path], atol=1e-5, err_msg=str(path))
     assert sum(not np.allclose(after_dp[p], before[p]) for p in before) > len(before) // 2
 
 
-@pytest.mark.parametrize("mode", list(MESHES))
+def test_optimizer_state_over_data_is_split_and_parameters_stay_whole(two_steps_each_mode) -> None:
+    """ZeRO-1: each device holds 1/8 of every momentum that splits (here every one but the
+    scalars'), the new parameters come back whole on each device, and the step's arguments
+    (parameters, momenta, batch) take little more than half of data parallel's memory."""
+    _, runs = two_steps_each_mode
+    state = runs["optimizer-over-data"][-1]
+    momenta = [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim]
+    assert momenta
+    for leaf in momenta:
+        assert leaf.addressable_shards[0].data.size * 8 == leaf.size, leaf.sharding
+    for leaf in jax.tree.leaves(state.params):
+        assert leaf.addressable_shards[0].data.size == leaf.size, leaf.sharding
+    dp, split = (aot.memory(runs[mode][0]) for mode in ("data-parallel", "optimizer-over-data"))
+    assert split["argument"] < 0.6 * dp["argument"]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 def test_no_collective_moves_global_batch_activations(two_steps_each_mode, mode) -> None:
     """Before the activations were constrained, FSDP all-reduced f32[2B, tokens, width] tensors
     after every layer: each device held the whole global batch."""
@@ -87,7 +112,7 @@ def test_no_collective_moves_global_batch_activations(two_steps_each_mode, mode)
 def test_fsdp_needs_less_memory_per_device_than_data_parallel(two_steps_each_mode) -> None:
     """XLA's memory analysis per device: FSDP keeps 1/8 of the weights and optimiser state."""
     _, runs = two_steps_each_mode
-    dp, fsdp = (aot.memory(runs[mode][0]) for mode in MESHES)
+    dp, fsdp = (aot.memory(runs[mode][0]) for mode in ("data-parallel", "fsdp"))
     assert fsdp["argument"] < dp["argument"] / 4
     assert fsdp["total"] < dp["total"]
 
@@ -103,6 +128,28 @@ def test_activation_constraint_is_a_no_op_outside_a_mesh_and_splits_inside() -> 
     )
     assert step(x).sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
     assert step(jax.numpy.ones((6, 4))).sharding.is_fully_replicated  # 6 rows: not 8 shards
+
+
+def test_optimizer_state_splits_over_data_on_its_largest_whole_dimension() -> None:
+    mesh = sharding.create_mesh({"data": 4, "fsdp": 2})
+    spec = lambda *dims: NamedSharding(mesh, PartitionSpec(*dims))
+    split = lambda dims, shape: sharding.split_over_data(spec(*dims), shape).spec
+    assert split((), (12, 768, 3072)) == PartitionSpec(None, None, "data")
+    assert split(("fsdp",), (768, 3072)) == PartitionSpec("fsdp", "data")
+    assert split(("fsdp", None), (768, 6)) == PartitionSpec("fsdp", None)  # 6: not 4 shards
+    assert split((), (64, 64)) == PartitionSpec("data", None)  # the first of equals
+    assert split((), ()) == PartitionSpec()  # a scalar stays whole
+    one = sharding.create_mesh({"data": 1, "fsdp": 8})
+    whole = NamedSharding(one, PartitionSpec("fsdp", None))
+    assert sharding.split_over_data(whole, (768, 3072)) is whole
+
+
+def test_optimizer_state_layout_auto_splits_on_accelerators_only() -> None:
+    layout = sharding.optimizer_state_layout
+    assert [layout("auto", p) for p in ("cpu", "tpu", "gpu")] == ["params", "data", "data"]
+    assert layout("params", "tpu") == "params" and layout("data", "cpu") == "data"
+    with pytest.raises(ValueError, match=r"^config sharding.optimizer_state='zero1': expected"):
+        layout("zero1", "tpu")
 
 
 def test_scanned_blocks_keep_no_more_temporaries_than_unrolled() -> None:
