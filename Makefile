@@ -84,9 +84,11 @@ demo: venv
 synthpose-bench: venv
 	$(PY) -m bench.synthpose
 
+# Test processes: each holds 8 fake CPU devices and 1-3 GB; tests go to whichever is free.
+PYTEST_WORKERS ?= 2
 test: aot-venv
 	$(VENV)/bin/ruff check .
-	$(AOT_PY) -m pytest
+	$(AOT_PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
