@@ -54,7 +54,7 @@ def define_flags() -> None:
         config=cli.Text(cli.config_file_problem),
         targets=cli.Text(targets.name_problem),
         dtypes=cli.Choices(("float32", "bfloat16")),
-        remats=cli.Choices(("none", *layers.REMAT_POLICIES)),
+        remats=cli.Choices(layers.REMATS),
         modes=cli.Choices(tuple(MESHES)),
         overrides=cli.Text(lambda item: None if "=" in item else "expected key=value"),
         jobs=cli.Number(integer=True, at_least=1),

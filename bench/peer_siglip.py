@@ -140,9 +140,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("image_size", 224, "Image side in pixels.")
     flags.DEFINE_integer("text_len", 64, "Text tokens (the SigLIP B/16 release: 64).")
     flags.DEFINE_integer("vocab", 32_000, "Vocabulary entries of both text towers.")
-    flags.DEFINE_enum(
-        "remat", "none", ["none", *layers.REMAT_POLICIES], "Our model.remat (peer: none)."
-    )
+    flags.DEFINE_enum("remat", "none", list(layers.REMATS), "Our model.remat (peer: none).")
     config_flags.DEFINE_config_file(
         "config", OURS_CONFIG, "Our config (the bench sets the keys named in its docstring)."
     )

@@ -127,7 +127,8 @@ def base_config() -> ml_collections.ConfigDict:
     # compile time does not grow with depth. Checkpoints of one layout do not load into the other.
     config.model.scan_layers = True
     # remat: which block activations the backward pass keeps; the rest is recomputed: "none"
-    # (keep all), "full" (keep the block's input), "dots_saveable" or
+    # (keep all), "all_but_mlp_activation" (keep all but the MLP's non-linearity output, recomputed
+    # from its input), "full" (keep the block's input), "dots_saveable" or
     # "dots_with_no_batch_dims_saveable" (jax.checkpoint policies). Scanned blocks must store every
     # residual they keep, where unrolled ones let XLA recompute cheap elementwise work: "none"
     # with scan_layers takes ~3x the unrolled step's temporaries (TPU v5e). Keeping the weight

@@ -4,6 +4,8 @@ References: a naive numpy attention, and the same model with every option off (f
 a Python loop, no rematerialisation) holding the same weights.
 """
 
+import contextlib
+import io
 import math
 from collections.abc import Callable
 from typing import Any
@@ -350,7 +352,7 @@ def assert_trees_close(got: dict, want: dict, rtol: float) -> None:
 @pytest.mark.parametrize(
     ("scan_layers", "remat"),
     # Unscanned remat is the same `jax.checkpoint` per block: test_options_are_in_the_program.
-    [(True, "none"), (True, "dots_with_no_batch_dims_saveable")],
+    [(True, "none"), (True, "dots_with_no_batch_dims_saveable"), (False, "all_but_mlp_activation")],
 )
 def test_scan_and_remat_keep_loss_and_gradients(
     scan_layers: bool, remat: str, batch: dict, reference: tuple
@@ -399,11 +401,12 @@ def test_splash_attention_on_a_mesh_keeps_loss_and_gradients(batch: dict, refere
     assert_trees_close(unstacked(grads), want_grads, rtol=1e-5)
 
 
-@pytest.mark.parametrize("remat", ["none", *layers.REMAT_POLICIES])
+@pytest.mark.parametrize("remat", layers.REMATS)
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_options_are_in_the_program(scan_layers: bool, remat: str, batch: dict) -> None:
     """A `scan` over the blocks iff scanned; one `checkpoint` with the policy per block (or per
-    scan body) iff rematerialised: else the equalities above would prove nothing."""
+    scan body) iff rematerialised, around the MLP's activation and fc2 alone for
+    all_but_mlp_activation: else the equalities above would prove nothing."""
     model = tiny_model(scan_layers=scan_layers, remat=remat)
     params = random_params(model)
     eqns = all_eqns(jax.make_jaxpr(loss_fn(model, batch))(params).jaxpr)
@@ -413,6 +416,30 @@ def test_options_are_in_the_program(scan_layers: bool, remat: str, batch: dict) 
     assert len(checkpoints) == (0 if remat == "none" else 2 if scan_layers else 4)
     policy = layers.REMAT_POLICIES.get(remat)
     assert all(e.params["policy"] is policy for e in checkpoints)
+    if remat == "all_but_mlp_activation":  # fc2's matmul its only one
+        for e in checkpoints:
+            inner = [q.primitive.name for q in all_eqns(e.params["jaxpr"])]
+            assert inner.count("dot_general") == 1, inner
+
+
+def test_mlp_keeps_its_input_not_its_activation_when_recomputing() -> None:
+    """`recompute_activation` (remat all_but_mlp_activation): of the [rows, mlp_dim] values the
+    backward pass keeps, only fc1's output; without it, the activation and its intermediates
+    too. Same gradients either way."""
+    x = jax.random.normal(jax.random.key(1), (5, 8))
+    kept, grads = {}, {}
+    for recompute in (False, True):
+        graphdef, params = nnx.split(
+            layers.Mlp(8, 24, recompute_activation=recompute, rngs=nnx.Rngs(0))
+        )
+        apply = lambda p, x, graphdef=graphdef: jnp.sum(nnx.merge(graphdef, p)(x) ** 2)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            jax.ad_checkpoint.print_saved_residuals(apply, params, x)
+        kept[recompute] = printed.getvalue().count("f32[5,24]")
+        grads[recompute] = nnx.to_pure_dict(jax.grad(apply)(params, x))
+    assert kept[True] == 1 and kept[False] >= 2, kept
+    assert_trees_close(grads[True], grads[False], rtol=1e-6)
 
 
 def test_scanned_parameters_stack_on_a_layers_axis() -> None:

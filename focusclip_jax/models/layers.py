@@ -38,7 +38,9 @@ from input_pipeline.errors import check_choice, check_number
 
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
 AttentionImpl = Literal["xla", "cudnn", "splash", "auto"] | None
-Remat = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
+Remat = Literal[
+    "none", "all_but_mlp_activation", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"
+]
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 ATTENTION_IMPLS = ("xla", "cudnn", "splash", "auto", None)
@@ -49,6 +51,10 @@ REMAT_POLICIES: dict[str, Callable | None] = {
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+# `model.remat`: keep all ("none"); keep all but the MLP's activation, recomputed from its input
+# in the backward pass (an elementwise function: one [B, T, mlp_dim] activation per block less to
+# write and read; "all_but_mlp_activation"); or a policy of the whole block.
+REMATS = ("none", "all_but_mlp_activation", *REMAT_POLICIES)
 LAYER_AXIS = "layers"  # logical name of the stacked-blocks axis (no sharding rule: replicated)
 
 # timm ViT and HF BERT initialise weights with N(0, 0.02); truncation keeps outliers away.
@@ -429,7 +435,8 @@ class MultiHeadAttention(nnx.Module):
 
 
 class Mlp(nnx.Module):
-    """Two-layer MLP (timm naming: fc1, fc2)."""
+    """Two-layer MLP (timm naming: fc1, fc2). `recompute_activation`: the backward pass recomputes
+    the non-linearity from fc1's output instead of keeping its output."""
 
     def __init__(
         self,
@@ -437,11 +444,13 @@ class Mlp(nnx.Module):
         mlp_dim: int,
         *,
         activation: Activation = "gelu",
+        recompute_activation: bool = False,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         self.activation = activation
+        self.recompute_activation = recompute_activation
         self.fc1 = nnx.Linear(
             width,
             mlp_dim,
@@ -462,7 +471,13 @@ class Mlp(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(activation_fn(self.activation)(self.fc1(x)))
+        hidden = self.fc1(x)
+        if not self.recompute_activation:
+            return self.fc2(activation_fn(self.activation)(hidden))
+        graphdef, fc2 = nnx.split(self.fc2)
+        out = lambda params, h: nnx.merge(graphdef, params)(activation_fn(self.activation)(h))
+        # Its residuals are its inputs: fc1's output (and fc2's weights), not the activation.
+        return jax.checkpoint(out)(fc2, hidden)
 
 
 class _Block(nnx.Module):
@@ -478,6 +493,7 @@ class _Block(nnx.Module):
         eps: float = 1e-6,
         attention: AttentionImpl = "xla",
         dropout_rate: float = 0.0,
+        recompute_mlp_activation: bool = False,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -489,7 +505,13 @@ class _Block(nnx.Module):
             width, num_heads, attention=attention, dropout_rate=dropout_rate, **kw
         )
         self.norm2 = layer_norm(width, eps=eps, **kw)
-        self.mlp = Mlp(width, mlp_dim, activation=activation, **kw)
+        self.mlp = Mlp(
+            width,
+            mlp_dim,
+            activation=activation,
+            recompute_activation=recompute_mlp_activation,
+            **kw,
+        )
 
     def _sublayers(
         self, mask: jax.Array | None, is_causal: bool, rng: jax.Array | None
@@ -577,7 +599,7 @@ class BlockStack:
         check_number("dropout", self.dropout, at_least=0, below=1)
         if not isinstance(self.scan_layers, bool):
             raise ValueError(f"scan_layers={self.scan_layers!r}: must be True or False")
-        check_choice("remat", self.remat, ("none", *REMAT_POLICIES))
+        check_choice("remat", self.remat, REMATS)
 
     def check_width(self, width: int) -> None:
         """The tower's width: a positive integer that the heads split evenly."""
@@ -597,6 +619,7 @@ class BlockStack:
             eps=self.eps,
             attention=self.attention,
             dropout_rate=self.dropout,
+            recompute_mlp_activation=self.remat == "all_but_mlp_activation",
             dtype=dtype,
             param_dtype=param_dtype,
         )
@@ -632,7 +655,7 @@ class BlockStack:
             ) -> jax.Array:
                 return nnx.merge(graphdef, params)(x, mask, rng=key, **call_kwargs)
 
-            if self.remat == "none":
+            if self.remat not in REMAT_POLICIES:  # none, or the MLP's own (`Mlp`)
                 return apply
             policy = REMAT_POLICIES[self.remat]
             return jax.checkpoint(apply, policy=policy, prevent_cse=prevent_cse)
