@@ -36,7 +36,6 @@ from typing import Any  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from bench.random_batch import random_batch  # noqa: E402
 from bench.reference_spec import (  # noqa: E402
@@ -48,7 +47,7 @@ from bench.train_step import TABLE_HEADER, benchmark, markdown_row  # noqa: E402
 from input_pipeline import cli, skeleton  # noqa: E402
 from input_pipeline.heatmaps import HeatmapSettings, render_heatmap_np  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Config file (configs/bench.py:<size>).")
+cli.define_config_file("config", None, "Config file (configs/bench.py:<size>).")
 flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's).")
 flags.DEFINE_integer("threads", 0, "Cores for both frameworks (0: all this process may use).")
 flags.DEFINE_string("torch_python", str(REFERENCE_PYTHON), "Python with torch, timm, HF.")

@@ -21,7 +21,6 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 from PIL import Image
 
 from bench.reference_spec import REFERENCE_PYTHON, REPO, run_in_reference_python
@@ -164,7 +163,7 @@ def main(argv: list[str]) -> None:
 
 def define_flags() -> None:
     """Defined only when run as a program: tests import this module beside others' flags."""
-    config_flags.DEFINE_config_file("config", str(REPO / "tests" / "tiny.py"), "The tiny model.")
+    cli.define_config_file("config", str(REPO / "tests" / "tiny.py"), "The tiny model.")
     flags.DEFINE_integer("steps", 2, "Training steps of each tiny model.")
     flags.DEFINE_string("torch_python", str(REFERENCE_PYTHON), "Python with torch, transformers.")
     flags.DEFINE_string("workdir", "", "Scratch folder (default: a temporary one).")

@@ -48,7 +48,6 @@ if __name__ == "__main__":
 
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
 from focusclip_jax import aot, config_checks
 from input_pipeline import cli
@@ -564,7 +563,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py.")
+    cli.define_config_file("config", None, "Config file, e.g. configs/pretrain.py.")
     flags.DEFINE_string("topology", None, "v5e-8, v5p-8, v6e-8, ... (a TPU slice).")
     flags.DEFINE_integer("top", 25, "How many of the largest kernels to list.")
     flags.DEFINE_string("json", "", "Also write the summary to this JSON file.")

@@ -23,16 +23,13 @@ import tempfile
 
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
 from bench.matmul_timing import flops, step_matmuls, time_jax
 from bench.reference_spec import run_in_reference_python, torch_spec
 from bench.threads import pin_threads
 from input_pipeline import cli
 
-config_flags.DEFINE_config_file(
-    "config", "configs/bench.py:small", "Config file (configs/bench.py:<size>)."
-)
+cli.define_config_file("config", "configs/bench.py:small", "Config file (configs/bench.py:<size>).")
 flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's).")
 flags.DEFINE_integer("threads", 0, "Cores for both frameworks (0: all this process may use).")
 flags.DEFINE_float("seconds", 0.6, "Timing per shape and round.")

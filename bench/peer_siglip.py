@@ -68,7 +68,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
 from focusclip_jax import aot, config_checks
 from focusclip_jax import flops as model_flops
@@ -141,7 +140,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("text_len", 64, "Text tokens (the SigLIP B/16 release: 64).")
     flags.DEFINE_integer("vocab", 32_000, "Vocabulary entries of both text towers.")
     flags.DEFINE_enum("remat", "none", list(layers.REMATS), "Our model.remat (peer: none).")
-    config_flags.DEFINE_config_file(
+    cli.define_config_file(
         "config", OURS_CONFIG, "Our config (the bench sets the keys named in its docstring)."
     )
     flags.DEFINE_string("json", "", "Also write the rows to this JSON file.")

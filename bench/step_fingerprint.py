@@ -16,7 +16,6 @@ import re
 import jax
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
 from focusclip_jax import aot, config_checks, train
 from input_pipeline import cli
@@ -40,7 +39,7 @@ def main(argv: list[str]) -> None:
 
 
 def define_flags() -> None:
-    config_flags.DEFINE_config_file("config", None, "Config file (variants after a colon).")
+    cli.define_config_file("config", None, "Config file (variants after a colon).")
     flags.mark_flags_as_required(["config"])
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from configs import pretrain
 from focusclip_jax import train
@@ -41,7 +40,7 @@ def define_flags() -> None:
     """Defined when run as a command only: importing the module (tests) defines none."""
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (initialisation and data order).")
     flags.DEFINE_list("variants", ["clip", "focusclip"], "Which to train, of VARIANTS.")
-    config_flags.DEFINE_config_file(
+    cli.define_config_file(
         "config", cli.project_path("configs/synthpose.py"), "The FocusCLIP run's config."
     )
     flags.DEFINE_string("workdir", "workdirs/synthpose_bench", "Runs go here (replaced).")

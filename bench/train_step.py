@@ -55,7 +55,6 @@ from typing import Any  # noqa: E402
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from bench import peaks  # noqa: E402
 from bench.random_batch import check_random_data, random_batch  # noqa: E402
@@ -256,7 +255,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The CLI's flags, defined only when it runs (bench/compare.py imports this module)."""
-    config_flags.DEFINE_config_file("config", None, "Config file.")
+    cli.define_config_file("config", None, "Config file.")
     flags.DEFINE_integer("devices", 0, "Fake CPU devices (0: the real devices).")
     flags.DEFINE_integer("steps", 20, "Timed steps (the median is reported).")
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")

@@ -35,7 +35,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from focusclip_jax import config_checks, flops, sharding, train
 from focusclip_jax.models import layers
@@ -663,7 +662,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py.")
+    cli.define_config_file("config", None, "Config file, e.g. configs/pretrain.py.")
     flags.DEFINE_string("topology", None, "v4-8, v5e-8, v5e-256, v5p-8, v6e-8, h100-8, a100-8, ...")
     flags.DEFINE_integer("num_slices", 1, "TPU slices joined over the data-centre network.")
     flags.DEFINE_integer("num_hosts", 1, "GPU hosts (each with the GPUs the topology names).")

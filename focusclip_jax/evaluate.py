@@ -20,7 +20,6 @@ from typing import Any
 import jax
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
 from focusclip_jax import evaluators, run_record
 from focusclip_jax.evaluators import confusion, table
@@ -127,7 +126,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defined only when run as a program: importing this module must not claim flag names."""
-    config_flags.DEFINE_config_file(
+    cli.define_config_file(
         "config",
         cli.project_path("configs/eval_zeroshot.py"),
         "The evaluations (config.evals) and their data.",

@@ -36,7 +36,6 @@ import jax
 import ml_collections
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
 from focusclip_jax import run_record, sharding, weights
 from focusclip_jax.setup import TrainedModel, load_trained
@@ -219,7 +218,7 @@ def export(
 
 
 def define_flags() -> None:
-    config_flags.DEFINE_config_file(
+    cli.define_config_file(
         "config", None, "Only for a workdir without config.json: the config of its model."
     )
     flags.DEFINE_string("checkpoint", None, "Training workdir, its checkpoints/ or a step folder.")

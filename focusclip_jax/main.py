@@ -8,14 +8,13 @@ import logging
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
 from focusclip_jax import plot, run_record, train
 from focusclip_jax.evaluators import table
 from input_pipeline import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py[:variant].")
+cli.define_config_file("config", None, "Config file, e.g. configs/pretrain.py[:variant].")
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard events go here.")
 flags.DEFINE_bool(
     "distributed",

@@ -22,7 +22,6 @@ from typing import Any
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from focusclip_jax import run_record
 from focusclip_jax.setup import check_template, load_trained, template_problem
@@ -98,7 +97,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defined only when run as a program: importing `predict` must not clash with main's flags."""
-    config_flags.DEFINE_config_file(
+    cli.define_config_file(
         "config", None, "Only for a workdir without config.json: the config of its model."
     )
     flags.DEFINE_string("checkpoint", None, "Training workdir, its checkpoints/ or a step folder.")

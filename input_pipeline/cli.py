@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path as FilePath
@@ -274,6 +275,44 @@ def _syntax_error(error: SyntaxError, argv: Sequence[str]) -> str:
     return f"{flag}: {error.filename}, line {error.lineno}: {error.msg}"
 
 
+def _missing_key(error: AttributeError | KeyError, argv: Sequence[str]) -> str:
+    """ml_collections' error for an override of a key the config lacks (its text: the key
+    quoted, and a 'Did you mean' line when a key is close) as the flag given and the close key."""
+    text = str(error).replace("\\n", "\n")
+    found = re.search(r"'([^'\\]+)\\?'", text)
+    key = found.group(1) if found else text.strip("'\"")
+    given = [
+        a.split("=")[0]
+        for a in argv
+        if a.startswith("--") and re.search(rf"\.{re.escape(key)}$", a.split("=")[0])
+    ]
+    close = re.search(r'Did you mean "([^"]+)"', text)
+    hint = f" (did you mean {close.group(1)}?)" if close else ""
+    return f"{given[0] if given else key}: no such config key{hint}"
+
+
+def _flag_error(error: Exception, argv: Sequence[str]) -> str | None:
+    """One line for a flag or config-file mistake absl or ml_collections raised, or None."""
+    if isinstance(error, SyntaxError):  # a config file's own: ml_collections lets it through
+        return _syntax_error(error, argv)
+    if isinstance(error, flags.Error):  # a config file's own error comes with its traceback
+        lines = str(error).strip().splitlines()
+        return lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
+    if isinstance(error, AttributeError | KeyError):  # an override of a missing key
+        return _missing_key(error, argv)
+    return None
+
+
+def define_config_file(name: str, default: str | None, help_string: str) -> None:
+    """`config_flags.DEFINE_config_file`. With a default file, ml_collections loads it and applies
+    the command line's overrides (`--<name>.key=value`) as the flag is defined, before any
+    parsing: their mistakes fail here as `parse_flags` fails them, in one line."""
+    try:
+        config_flags.DEFINE_config_file(name, default, help_string)
+    except (SyntaxError, flags.Error, AttributeError, KeyError) as error:
+        fail(_flag_error(error, sys.argv) or str(error))
+
+
 def parse_flags(argv: list[str], flag_values: flags.FlagValues | None = None) -> list[str]:
     """absl's flag parsing (of `flags.FLAGS` unless told), its errors (an unknown flag or config
     key, a bad value, a broken rule of `check_flags`, a config file that does not load) in one
@@ -282,15 +321,8 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues | None = None) ->
     argv = _config_files_from_anywhere(argv)
     try:
         remaining = flag_values(argv)
-    except SyntaxError as error:  # a config file's own: ml_collections lets it through
-        fail(_syntax_error(error, argv))
-    except flags.Error as error:  # a config file's own error comes with its traceback's text
-        lines = str(error).strip().splitlines()
-        fail(lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}")
-    except (AttributeError, KeyError) as error:  # ml_collections: an override of a missing key
-        key = str(error).strip("'\"")
-        given = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
-        fail(f"{given[0] if given else key}: no such config key")
+    except (SyntaxError, flags.Error, AttributeError, KeyError) as error:
+        fail(_flag_error(error, argv) or str(error))
     _check_config_files(flag_values)
     return remaining
 

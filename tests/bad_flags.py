@@ -13,8 +13,10 @@ module whose `__main__` runs `cli.run`): import it, define its flags (`define_fl
 rule the tool declared for it (`Path`, `Number`, `Choices`, `Text`) — with every required flag given
 a good value. Each case runs the tool's real boundary, `cli.run`, with a main that only reads the
 flags' values (a config file loads then), so the rules are checked as they would be before the tool
-does any work. A flag added later gets its cases without a test written for it; a string flag that
-declares no rule must be in `FREE_FLAGS`, saying why any value is fine.
+does any work. A config-file flag also gets overrides of keys its config lacks (one a letter off
+a real key), with the tool defined afresh for each: a default config file reads its overrides
+when its flag is defined. A flag added later gets its cases without a test written for it; a
+string flag that declares no rule must be in `FREE_FLAGS`, saying why any value is fine.
 """
 
 import contextlib
@@ -259,6 +261,43 @@ def _define(tool: str, argv: list[str]) -> Any:
     return module
 
 
+def _near_miss(flag: flags.Flag) -> str:
+    """A key one letter longer than a top-level key of the flag's config (its default file's, or
+    `GOOD_CONFIG`): ml_collections suggests the real key for it."""
+    config = flag.value if flag.value is not None else flag.parser.parse(GOOD_CONFIG)
+    return f"{sorted(config.keys())[0]}x"
+
+
+def config_key_cases(tool: str, name: str, base: list[str], flag: flags.Flag) -> list[Case]:
+    """Overrides of keys the config lacks: one far from any, one a letter off a real key (of
+    `GOOD_CONFIG`, given where the flag has no default file)."""
+    given = [*base, f"--{name}={GOOD_CONFIG}"] if flag.default is None else base
+    return [
+        Case(tool, name, label, value, argv=[tool, *given, f"--{name}.{value}=1"])
+        for label, value in (
+            ("unknown config key", "nope"),
+            ("near-miss config key", _near_miss(flag)),
+        )
+    ]
+
+
+def run_case_defining(case: Case, names: list[str], scratch: Scratch) -> None:
+    """`run_case` with the tool's flags defined afresh under the case's argv first: a config
+    flag with a default file reads its overrides from `sys.argv` as it is defined."""
+    known = set(flags.FLAGS)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            _define(case.tool, case.argv)
+    except SystemExit as done:
+        case.status, case.stderr = done.code, stderr.getvalue()
+    except Exception as error:  # a bug: the definition let it through
+        case.status = f"traceback: {type(error).__name__}: {error}"
+    else:
+        run_case(case, _touch(names), scratch)
+    _forget(known)
+
+
 def _forget(known: set[str]) -> None:
     """Deletes the flags defined since `known`: the next tool may define the same names."""
     for name in set(flags.FLAGS) - known:
@@ -324,6 +363,17 @@ def tool_cases(tool: str, scratch: Scratch) -> list[Case]:
     for name, value in required.items():
         if value is None:
             cases.append(Case(tool, name, "required", None, "no good value known: see GOOD_TEXT"))
+    key_cases = [
+        case
+        for name in names
+        if _kind(flags.FLAGS[name]) == "config"
+        for case in config_key_cases(
+            tool,
+            name,
+            [f"--{n}={v}" for n, v in required.items() if n != name and v is not None],
+            flags.FLAGS[name],
+        )
+    ]
     for name in names:
         flag = flags.FLAGS[name]
         if _kind(flag) == "string" and not _rules(flag) and (tool, name) not in FREE_FLAGS:
@@ -342,7 +392,9 @@ def tool_cases(tool: str, scratch: Scratch) -> list[Case]:
         if case.value is not None:
             run_case(case, _touch(names), scratch)
     _forget(known)
-    return cases
+    for case in key_cases:
+        run_case_defining(case, names, scratch)
+    return cases + key_cases
 
 
 def main() -> None:

@@ -86,6 +86,8 @@ def test_a_bad_flag_is_one_line_naming_it(case: dict[str, Any]) -> None:
     assert last.startswith("error: ") and f"--{case['flag']}" in last, (case["argv"], stderr)
     assert "Traceback" not in stderr
     assert not case["wrote"], case["wrote"]
+    if case["label"] == "near-miss config key":  # names the key meant
+        assert re.search(r"\(did you mean \w+\?\)$", last), last
 
 
 # One generated case of each of these (tool, flag) pairs also runs as a real subprocess: the
