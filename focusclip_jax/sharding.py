@@ -15,6 +15,8 @@ from flax import linen
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from input_pipeline.errors import check_choice
+
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # the axes a batch is split over
 OPTIMIZER_STATE_LAYOUTS = ("auto", "params", "data")  # `config.sharding.optimizer_state`
@@ -145,16 +147,12 @@ def optimizer_state_layout(requested: Any, platform: str) -> str:
 
     'params': sharded as their parameter (whole on every device under data parallelism, so each
     device runs the whole update); 'data': also split over the `data` axis (ZeRO stage 1): each
-    device updates its slice only, and the step reduce-scatters the gradients and all-gathers the
-    new parameters where it would all-reduce the gradients. The update is the same elementwise
-    maths; only the order of the gradient sum may differ. 'auto': 'data' on TPUs and GPUs, where
-    the replicated update is a quarter of the baseline step's HBM traffic (PERFORMANCE.md),
-    'params' on CPUs."""
-    if requested not in OPTIMIZER_STATE_LAYOUTS:
-        raise ValueError(
-            f"config sharding.optimizer_state={requested!r}: expected one of "
-            f"{OPTIMIZER_STATE_LAYOUTS}"
-        )
+    device updates its slice only of the summed gradients, and the new parameters are
+    all-gathered. The update is the same elementwise maths; only the order of the gradient sum
+    may differ (where a compiler makes the sum a reduce-scatter). 'auto': 'data' on TPUs and
+    GPUs, where the replicated update is a quarter of the baseline step's HBM traffic
+    (PERFORMANCE.md), 'params' on CPUs."""
+    check_choice("config sharding.optimizer_state", requested, OPTIMIZER_STATE_LAYOUTS)
     if requested != "auto":
         return requested
     return "data" if platform in ("tpu", "gpu") else "params"

@@ -326,17 +326,16 @@ class Trainer:
             self.optimizer_state = sharding.optimizer_state_layout(
                 config.sharding.get("optimizer_state", "auto"), mesh.devices.flat[0].platform
             )
+        update_shardings = None
         if self.optimizer_state == "data":
             update_shardings = jax.tree.map(
                 lambda leaf: sharding.split_over_data(leaf.sharding, leaf.shape), abstract_pure
             )
-            abstract_update = jax.tree.map(
-                lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-                abstract_pure,
-                update_shardings,
-            )
-        else:
-            update_shardings, abstract_update = None, abstract_pure
+        abstract_update = jax.tree.map(
+            lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+            abstract_pure,
+            update_shardings or self.setup.param_shardings,
+        )
         abstract_opt_state = jax.eval_shape(self.tx.init, abstract_pure)
         everywhere = sharding.replicated(mesh)
         opt_shardings = _state_shardings(abstract_opt_state, abstract_update, everywhere)
