@@ -1,4 +1,4 @@
-"""grain: source → shuffle → repeat → per-process shard → tokenize → batch → global arrays.
+"""grain: indices → shuffle → repeat → shard → batch → read, map, tokenize → global arrays.
 
 Records are dicts of numpy arrays plus a `description` string; batches hold uint8 images, keypoints,
 visibility, person masks and tokens. Heatmaps are *not* rendered here: the training step renders
@@ -69,16 +69,27 @@ def create_tokenizer(
 
 
 @dataclasses.dataclass(frozen=True)
-class Tokenize:
-    """Batches records: stacks the training fields and tokenizes the descriptions to fixed length
-    in one tokenizer call (grain's `batch_fn`: no per-record map, no other fields stacked)."""
+class AssembleBatch(grain.transforms.RandomMap):
+    """Record indices → one batch: reads the records, applies the source's record map to each
+    (one random generator per batch, drawn in turn), stacks the training fields and tokenizes
+    the descriptions to fixed length in one tokenizer call.
 
+    Whole batches rather than records flow through grain: its per-element bookkeeping (a random
+    generator each, statistics) cost about as much as decoding the `squash` crop's JPEG
+    (`bench.input_pipeline --stages`). ArrayRecord's batched read is not used: its thread pools
+    took 2-3x the CPU of one read at a time."""
+
+    source: Any
+    record_map: grain.transforms.RandomMap | None
     tokenizer: Tokenizer
     max_len: int
 
-    def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        tokens, mask = self.tokenizer([r["description"] for r in records], self.max_len)
-        fields = {k: np.stack([r[k] for r in records]) for k in TRAIN_FIELDS}
+    def random_map(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        found = [self.source[index] for index in indices.tolist()]
+        if self.record_map is not None:
+            found = [self.record_map.random_map(entry, rng) for entry in found]
+        tokens, mask = self.tokenizer([r["description"] for r in found], self.max_len)
+        fields = {k: np.stack([r[k] for r in found]) for k in TRAIN_FIELDS}
         return fields | {"tokens": tokens, "mask": mask}
 
 
@@ -98,23 +109,25 @@ def train_iterator(
             f"{process_count} processes"
         )
     source = sources.get(config.data.name)
+    stored = source.train_source(config.data)
+    assemble = AssembleBatch(
+        stored, source.record_map(config.data), tokenizer, config.model.text.max_len
+    )
+    # Indices are shuffled, repeated and sharded; each batch of them is read and assembled at once.
     dataset = (
-        grain.MapDataset.source(source.train_source(config.data))
+        grain.MapDataset.range(len(stored))
         .shuffle(seed=config.seed)
         .repeat()[process_index::process_count]
+        .batch(config.train.batch_size // process_count, drop_remainder=True)
+        .random_map(assemble, seed=config.seed)
     )
-    record_map = source.record_map(config.data)
-    if record_map is not None:
-        dataset = dataset.random_map(record_map, seed=config.seed)
     # With worker processes, each computes its batches in turn: grain's default 16 prefetch threads
-    # per worker (and 500-batch buffer) ran ahead of the consumer and contended for the GIL, about
-    # 2x the CPU per image (bench.input_pipeline).
+    # per worker ran ahead of the consumer and contended for the GIL, about 2x the CPU per image
+    # (bench.input_pipeline). Without, two threads assemble the next batches while the step runs
+    # (grain's default buffer, 500 elements, would hold 500 batches).
     sequential = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-    dataset = dataset.batch(
-        config.train.batch_size // process_count,
-        drop_remainder=True,
-        batch_fn=Tokenize(tokenizer, config.model.text.max_len),
-    ).to_iter_dataset(sequential if config.data.worker_count > 0 else grain.ReadOptions())
+    threads = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+    dataset = dataset.to_iter_dataset(sequential if config.data.worker_count > 0 else threads)
     if config.data.worker_count > 0:
         options = grain.MultiprocessingOptions(num_workers=config.data.worker_count)
         dataset = dataset.mp_prefetch(options)
