@@ -1,7 +1,8 @@
 """Training input throughput from prepared records at 224 px, against the original code's way.
 
     python -m bench.input_pipeline [--workers=0,1,2] [--batches=100] [--crops=squash,person] \\
-        [--vocab=data/bert-base-uncased/vocab.txt] [--compare_to=main] [--rounds=3] [--stages]
+        [--vocab=data/bert-base-uncased/vocab.txt] [--compare_to=main] [--rounds=3] [--stages] \\
+        [--squash_format=raw]
 
 Ours: grain over ArrayRecord shards (input_pipeline.prepare.mpii's defaults) → decode → crop and
 resize to 224 → pick a description → tokenize (512) → batch of 32 uint8 images; heatmaps are
@@ -19,6 +20,8 @@ that code too, on the same records, each setting of both in turn, in fresh proce
 times, medians): the two columns of a row come from the same minutes of a shared machine.
 `--stages` then times each stage of this tree's pipeline alone (read, parse, crop, tokenize,
 batch) and prints them beside the pipeline's CPU per image: the difference is grain's share.
+`--squash_format=raw` stores this tree's squashed copies as raw pixels (`input_pipeline.prepare`'s
+flag); a `--compare_to` tree then reads records prepared with JPEG copies, as it would by default.
 """
 
 import json
@@ -71,6 +74,12 @@ flags.DEFINE_bool(
     False,
     "Also time each stage of this tree's pipeline alone (read, parse, crop, tokenize, batch), "
     "in CPU µs per image beside the pipeline's: the rest is grain's.",
+)
+flags.DEFINE_enum(
+    "squash_format",
+    "jpeg",
+    records.SQUASHED_FORMATS,
+    "How this tree's records store the squashed copy (--compare_to's: jpeg).",
 )
 flags.DEFINE_string(
     "measure", "", "Internal: measure one setting (JSON) with the code imported, print JSON."
@@ -345,14 +354,21 @@ def main(argv: list[str]) -> None:
         if FLAGS.compare_to:
             trees[FLAGS.compare_to] = _checkout(FLAGS.compare_to, root)
         annotations, descriptions = _raw_data(root, FLAGS.copies)
-        prepared = root / "prepared"
-        start = time.perf_counter()
-        meta = mpii.prepare(
-            str(root / "images"), [str(annotations)], str(descriptions), str(prepared)
-        )
-        images = meta["splits"]["train"]["images"]
-        print(f"prepare: {images} images in {time.perf_counter() - start:.1f} s (2 processes)")
-        _replicate(prepared, FLAGS.records)
+        formats = {"this": FLAGS.squash_format} | {name: "jpeg" for name in trees if name != "this"}
+        prepared_as = {}
+        for squash_format in sorted(set(formats.values())):
+            prepared_as[squash_format] = root / f"prepared-{squash_format}"
+            start = time.perf_counter()
+            meta = mpii.prepare(
+                str(root / "images"), [str(annotations)], str(descriptions),
+                str(prepared_as[squash_format]), squash_format=squash_format,
+            )  # fmt: skip
+            images = meta["splits"]["train"]["images"]
+            print(
+                f"prepare ({squash_format} squashed copies): {images} images in "
+                f"{time.perf_counter() - start:.1f} s"
+            )
+            _replicate(prepared_as[squash_format], FLAGS.records)
         tokenizer = _tokenizer(FLAGS.vocab)
         if isinstance(tokenizer, BertWordPieceTokenizer):
             print(f"tokenizer: BERT WordPiece ({FLAGS.vocab})")
@@ -369,7 +385,7 @@ def main(argv: list[str]) -> None:
                     names = list(trees)[:: 1 if round_index % 2 == 0 else -1]
                     for name in names:
                         setting = {
-                            "prepared": str(prepared),
+                            "prepared": str(prepared_as[formats[name]]),
                             "vocab": FLAGS.vocab,
                             "workers": workers,
                             "batches": FLAGS.batches,
@@ -390,7 +406,7 @@ def main(argv: list[str]) -> None:
         if len(trees) == 2:
             print(_table(results, *trees))
         if FLAGS.stages:
-            _print_stages(str(prepared), results)
+            _print_stages(str(prepared_as[formats["this"]]), results)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ SOURCES_SUFFIX = ".sources.json"  # beside each shard: every record's descriptio
 # it in, the finished <name>/<version>/ renamed to <name>/replaced.<version>/ meanwhile.
 STAGING = "incomplete."
 REPLACED = "replaced."
+SQUASHED_FORMATS = ("jpeg", "raw")  # how an entry's squashed copy is stored
 
 
 @dataclasses.dataclass
@@ -67,6 +68,7 @@ class PreparedEntry(NamedTuple):
     header: dict[str, Any]
     jpeg: bytes  # the stored image, longest side <= max_side
     squashed: bytes  # the whole image squashed to header["squashed_side"]², or b"" when none
+    # (JPEG bytes, or uint8 [side, side, 3] pixels when header["squashed_format"] is "raw")
 
 
 def encode_prepared(
@@ -76,9 +78,11 @@ def encode_prepared(
     size: tuple[int, int] | None = None,
     squashed: bytes = b"",
     squashed_side: int = 0,
+    squashed_format: str = "jpeg",
 ) -> bytes:
     """One ArrayRecord entry: a little-endian u32 header length, a JSON header, the JPEG bytes,
-    then those of the optional squashed copy (`size`: the stored image's width and height).
+    then those of the optional squashed copy (`size`: the stored image's width and height;
+    `squashed_format`: "jpeg", or "raw" for its uint8 pixels, row-major RGB).
 
     JSON rather than pickle: readable from any language and safe to load from untrusted files.
     """
@@ -93,12 +97,14 @@ def encode_prepared(
         header["size"] = list(size)
     if squashed:
         header |= {"squashed_side": squashed_side, "squashed_bytes": len(squashed)}
+        if squashed_format != "jpeg":
+            header["squashed_format"] = squashed_format
     blob = json.dumps(header, separators=(",", ":")).encode()
     return struct.pack("<I", len(blob)) + blob + jpeg + squashed
 
 
 def decode_prepared(entry: bytes) -> PreparedEntry:
-    """(header, JPEG bytes, squashed JPEG bytes or b"") of an `encode_prepared` entry."""
+    """(header, JPEG bytes, squashed copy's bytes or b"") of an `encode_prepared` entry."""
     (size,) = struct.unpack_from("<I", entry)
     header = json.loads(entry[4 : 4 + size])
     squashed_start = len(entry) - header.get("squashed_bytes", 0)

@@ -115,6 +115,20 @@ def decode_rgb(data: bytes) -> np.ndarray:
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
+def squashed_pixels(header: Mapping[str, Any], squashed: bytes) -> np.ndarray:
+    """uint8 [S, S, 3] of an entry's squashed copy: decoded from JPEG, or a read-only view of its
+    raw pixels (`records.SQUASHED_FORMATS`)."""
+    if header.get("squashed_format", "jpeg") == "jpeg":
+        return decode_rgb(squashed)
+    side = header["squashed_side"]
+    if header["squashed_format"] != "raw" or len(squashed) != side * side * 3:
+        raise InputDataError(
+            f"{header['image']}: squashed copy of {len(squashed)} bytes in format "
+            f"{header['squashed_format']!r}; expected raw {side}x{side}x3 uint8 pixels"
+        )
+    return np.frombuffer(squashed, np.uint8).reshape(side, side, 3)
+
+
 def decode_and_resize(jpeg: bytes, box_fn, size: int, keypoints: np.ndarray):
     """Decode (at a reduced JPEG scale when the box allows) and resample `box_fn(w, h)` to size².
 
@@ -227,7 +241,7 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
             return (0.0, 0.0, float(w), float(h))
 
         if self.crop == "squash" and squashed and header["squashed_side"] == self.image_size:
-            image = decode_rgb(squashed)
+            image = squashed_pixels(header, squashed)
             width, height = header["size"]
             box = (0.0, 0.0, float(width), float(height))
             keypoints = box_keypoints(keypoints, box, self.image_size, self.image_size)

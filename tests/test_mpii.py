@@ -314,6 +314,29 @@ def test_squash_decodes_the_stored_square_copy_when_its_side_matches() -> None:
     assert out["image"].shape == (32, 32, 3)
 
 
+def test_squash_reads_a_raw_squashed_copy_as_its_pixels() -> None:
+    """A raw copy (`--squash_format=raw`) streams its bytes as the pixels, flipped with the
+    keypoints as a JPEG copy is; a copy of the wrong length names the image."""
+    point = (101.0, 61.0)
+    image = _dot_image(160, 120, point)
+    square = np.asarray(Image.open(io.BytesIO(image)).resize((48, 48), Image.LANCZOS))
+    header = _header(point) | {"size": [160, 120], "squashed_side": 48}
+    raw_header = header | {"squashed_format": "raw", "image": "dot.jpg"}
+    transform = transforms.PreparedRecordTransform(image_size=48, max_people=2, flip=True)
+    flips = 0
+    for seed in range(6):
+        resized = transform.apply(header, image, np.random.default_rng(seed))
+        copied = transform.apply(raw_header, image, np.random.default_rng(seed), square.tobytes())
+        for key in ("keypoints", "visible", "person_mask", "description"):
+            np.testing.assert_array_equal(copied[key], resized[key], err_msg=key)
+        flipped = not np.array_equal(copied["image"], square)
+        flips += flipped
+        np.testing.assert_array_equal(copied["image"], square[:, ::-1] if flipped else square)
+    assert 0 < flips < 6
+    with pytest.raises(InputDataError, match=r"dot\.jpg: squashed copy of 6911 bytes"):
+        transform.apply(raw_header, image, np.random.default_rng(0), square.tobytes()[:-1])
+
+
 def _encoded(pixels: np.ndarray, mode: str = "RGB", **options) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).convert(mode).save(buffer, **{"format": "JPEG"} | options)

@@ -521,3 +521,47 @@ def test_killed_preparation_leaves_no_workers(raw: Path, tmp_path: Path, signal_
     ):
         time.sleep(0.2)
     assert not alive, f"workers {alive} outlived their parent"
+
+
+def test_a_raw_squashed_copy_streams_the_prepared_square_exactly(tmp_path: Path) -> None:
+    """`squash_format="raw"` stores the LANCZOS square itself: the `squash` stream reads those
+    pixels bit for bit, the JPEG copy's within its rounding, every other field the same."""
+    names = [f"{i:09d}.jpg" for i in range(4)]
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for name in names:  # textured, so that a wrong resize or a second JPEG pass shows
+        ramp = np.linspace(0, 200, 160)[None, :, None] + rng.integers(0, 50, (120, 160, 3))
+        Image.fromarray(ramp.astype(np.uint8)).save(tmp_path / "images" / name, quality=95)
+    (tmp_path / "mpii_train.json").write_text(json.dumps(mmpose_rows(names)))
+    write_descriptions(tmp_path / "descriptions", names)
+    streams = {}
+    for squash_format in records.SQUASHED_FORMATS:
+        out = tmp_path / squash_format
+        mpii.prepare(
+            str(tmp_path / "images"), [str(tmp_path / "mpii_train.json")],
+            str(tmp_path / "descriptions"), str(out), max_side=64, squash_side=SQUASH_SIDE,
+            squash_format=squash_format, workers=1,
+        )  # fmt: skip
+        config = mpii_config(out, batch_size=4)
+        config.data.train_records = len(names)
+        streams[squash_format] = next(
+            pipeline.train_iterator(config, pipeline.create_tokenizer(config))
+        )
+    squares = {}
+    for entry in _entries(tmp_path / "raw"):
+        header, _, squashed = records.decode_prepared(entry)
+        assert header["squashed_format"] == "raw"
+        with Image.open(tmp_path / "images" / header["image"]) as image:  # the preparation's way
+            image.draft("RGB", (max(64, SQUASH_SIDE), max(48, SQUASH_SIDE)))
+            square = image.convert("RGB").resize((SQUASH_SIDE, SQUASH_SIDE), Image.LANCZOS)
+        np.testing.assert_array_equal(
+            np.frombuffer(squashed, np.uint8).reshape(SQUASH_SIDE, SQUASH_SIDE, 3),
+            np.asarray(square),
+        )
+        squares[np.asarray(square).tobytes()] = header["image"]
+    raw, jpeg = streams["raw"], streams["jpeg"]
+    assert {image.tobytes() for image in raw["image"]} == set(squares)
+    difference = np.abs(raw["image"].astype(int) - jpeg["image"].astype(int))
+    assert 0 < difference.mean() < 3
+    for key in raw.keys() - {"image"}:
+        np.testing.assert_array_equal(raw[key], jpeg[key], err_msg=key)

@@ -84,11 +84,12 @@ def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
 
 
 def _resize_jpeg(
-    path: Path, max_side: int, quality: int, squash_side: int
+    path: Path, max_side: int, quality: int, squash_side: int, squash_format: str = "jpeg"
 ) -> tuple[bytes, tuple[int, int], bytes, np.ndarray, tuple[int, int]]:
     """The image re-encoded with its longest side <= max_side, its size, the whole image squashed
-    to squash_side² (b"" when 0: the `squash` crop then decodes it as is, no resize at train time),
-    the (x, y) scale applied to the stored image, and the original size."""
+    to squash_side² (b"" when 0: the `squash` crop then reads it as is, no resize at train time;
+    a JPEG, or its uint8 pixels when `squash_format` is "raw": no decoding either), the (x, y)
+    scale applied to the stored image, and the original size."""
     with Image.open(path) as image:
         full = image.size
         scale = min(1.0, max_side / max(full))
@@ -99,7 +100,8 @@ def _resize_jpeg(
     stored = image if image.size == size else image.resize(size, Image.LANCZOS)
     squashed = b""
     if squash_side:
-        squashed = _encode_jpeg(image.resize((squash_side, squash_side), Image.LANCZOS), quality)
+        square = image.resize((squash_side, squash_side), Image.LANCZOS)
+        squashed = square.tobytes() if squash_format == "raw" else _encode_jpeg(square, quality)
     scale_xy = np.array(size, np.float32) / np.array(full, np.float32)
     return _encode_jpeg(stored, quality), size, squashed, scale_xy, full
 
@@ -132,6 +134,7 @@ def _write_shard(
     max_side: int,
     quality: int,
     squash_side: int,
+    squash_format: str,
     fingerprint: str,
     legacy: str,
 ) -> tuple[int, dict[str, list[str]]]:
@@ -154,7 +157,9 @@ def _write_shard(
     for record in rows:
         file = Path(images) / record.image
         try:
-            jpeg, size, squashed, scale, full = _resize_jpeg(file, max_side, quality, squash_side)
+            jpeg, size, squashed, scale, full = _resize_jpeg(
+                file, max_side, quality, squash_side, squash_format
+            )
         except FileNotFoundError:
             skipped["missing image"].append(str(file))
             continue
@@ -169,7 +174,12 @@ def _write_shard(
             person.keypoints = (person.keypoints + 0.5) * scale - 0.5
         entries.append(
             records.encode_prepared(
-                record, jpeg, size=size, squashed=squashed, squashed_side=squash_side
+                record,
+                jpeg,
+                size=size,
+                squashed=squashed,
+                squashed_side=squash_side,
+                squashed_format=squash_format,
             )
         )
         sources.append(sorted(record.descriptions))
@@ -182,11 +192,14 @@ def _write_shard(
 def _write_entries(path: str, entries: list[bytes]) -> None:
     """A shard of `encode_prepared` entries as TFDS records: written under a temporary name,
     renamed when complete; the temporary file is removed when writing fails. array_record reports
-    a full disk as a RuntimeError: it becomes the OSError (ENOSPC) it is."""
+    a full disk as a RuntimeError: it becomes the OSError (ENOSPC) it is.
+
+    Uncompressed: zstd saves nothing on JPEG bytes and costs a decompression per read (3.5x the
+    read of a raw squashed copy; `bench.input_pipeline`)."""
     features = records.tfds_features()
     temporary = path + ".tmp"
     try:
-        writer = array_record_module.ArrayRecordWriter(temporary, "group_size:1")
+        writer = array_record_module.ArrayRecordWriter(temporary, "group_size:1,uncompressed")
         for entry in entries:
             writer.write(features.serialize_example({records.ENTRY: entry}))
         writer.close()
@@ -465,7 +478,7 @@ def _write_shards(
     todo: Mapping[str, _Shard],
     images: str,
     folder: Path,
-    settings: tuple[int, int, int],
+    settings: tuple[int, int, int, str],
     workers: int,
     start: float,
 ) -> dict[str, dict[str, list[str]]]:
@@ -603,6 +616,7 @@ def write_prepared(
     max_side: int = 512,
     quality: int = 90,
     squash_side: int = 224,
+    squash_format: str = "jpeg",
     records_per_shard: int = 512,
     workers: int = 0,
 ) -> dict:
@@ -631,9 +645,12 @@ def write_prepared(
     )
     there = {split: len(rows) - len(missing[split]) for split, rows in by_split.items()}
     _refuse_if_worse(there, annotated, _counts(known), known, finished, overwrite, "at most ")
-    plan = _plan(
-        by_split, images, out_dir, name, f"{max_side},{quality},{squash_side}", records_per_shard
-    )
+    # Only a format other than jpeg enters the fingerprints and meta.json: a dataset with a jpeg
+    # copy is up to date whichever version of this module wrote it.
+    settings_text = f"{max_side},{quality},{squash_side}"
+    if squash_format != "jpeg":
+        settings_text += f",{squash_format}"
+    plan = _plan(by_split, images, out_dir, name, settings_text, records_per_shard)
     splits = {
         split: {"people_per_image": _people_per_image(rows)} for split, rows in by_split.items()
     }
@@ -644,6 +661,8 @@ def write_prepared(
         "splits": splits,
         "corrected": dict(corrected or {}),
     }
+    if squash_format != "jpeg":
+        base["squash_format"] = squash_format
     if _up_to_date(version_dir, plan):
         meta, _ = _collect_meta(version_dir, plan, base, skipped)
         if meta == _read_meta(version_dir):
@@ -658,7 +677,7 @@ def write_prepared(
             "%d shards, %d finished before, %d to write", len(plan), len(plan) - len(todo),
             len(todo),
         )  # fmt: skip
-        settings = (max_side, quality, squash_side)
+        settings = (max_side, quality, squash_side, squash_format)
         workers = workers or os.cpu_count() or 1
         written = _write_shards(todo, images, staging, settings, workers, start)
         meta, skips = _collect_meta(staging, plan, base, skipped)
@@ -852,6 +871,13 @@ def define_writer_flags(name: str) -> None:
         "Side of a stored copy squashed to a square (the `squash` crop at "
         "this data.image_size decodes it without resizing); 0: none.",
     )
+    flags.DEFINE_enum(
+        "squash_format",
+        "jpeg",
+        records.SQUASHED_FORMATS,
+        "How the squashed copy is stored: jpeg (about 17 KB at 224²), or raw uint8 pixels "
+        "(147 KB at 224²): the `squash` crop then decodes nothing, at 9x the storage.",
+    )
     flags.DEFINE_integer("records_per_shard", 512, "Images per ArrayRecord shard.")
     flags.DEFINE_integer("workers", 0, "Parallel shard writers; 0: one per core.")
     flags.DEFINE_bool(
@@ -870,7 +896,15 @@ def define_writer_flags(name: str) -> None:
     )
 
 
-WRITER_FLAGS = ("max_side", "quality", "squash_side", "records_per_shard", "workers", "overwrite")
+WRITER_FLAGS = (
+    "max_side",
+    "quality",
+    "squash_side",
+    "squash_format",
+    "records_per_shard",
+    "workers",
+    "overwrite",
+)
 
 
 def writer_options() -> dict[str, Any]:
