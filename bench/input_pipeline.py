@@ -2,7 +2,7 @@
 
     python -m bench.input_pipeline [--workers=0,1,2] [--batches=100] [--crops=squash,person] \\
         [--vocab=data/bert-base-uncased/vocab.txt] [--compare_to=main] [--rounds=3] [--stages] \\
-        [--squash_format=raw]
+        [--copy_format=raw] [--person_side=224]
 
 Ours: grain over ArrayRecord shards (input_pipeline.prepare.mpii's defaults) → decode → crop and
 resize to 224 → pick a description → tokenize (512) → batch of 32 uint8 images; heatmaps are
@@ -20,8 +20,9 @@ that code too, on the same records, each setting of both in turn, in fresh proce
 times, medians): the two columns of a row come from the same minutes of a shared machine.
 `--stages` then times each stage of this tree's pipeline alone (read, parse, crop, tokenize,
 batch) and prints them beside the pipeline's CPU per image: the difference is grain's share.
-`--squash_format=raw` stores this tree's squashed copies as raw pixels (`input_pipeline.prepare`'s
-flag); a `--compare_to` tree then reads records prepared with JPEG copies, as it would by default.
+`--copy_format=raw` (stored copies as raw pixels) and `--person_side=224` (a stored person copy)
+prepare this tree's records with `input_pipeline.prepare`'s flags of those names; a `--compare_to`
+tree then reads records prepared with the defaults (JPEG copies, no person copy).
 """
 
 import json
@@ -76,12 +77,15 @@ flags.DEFINE_bool(
     "in CPU µs per image beside the pipeline's: the rest is grain's.",
 )
 flags.DEFINE_enum(
-    "squash_format",
+    "copy_format",
     "jpeg",
-    # records.SQUASHED_FORMATS spelled out: this file also runs over a --compare_to tree's
-    # modules, which need not define it.
+    # records.COPY_FORMATS spelled out: this file also runs over a --compare_to tree's modules,
+    # which need not define it.
     ("jpeg", "raw"),
-    "How this tree's records store the squashed copy (--compare_to's: jpeg).",
+    "How this tree's records store their copies (--compare_to's: jpeg).",
+)
+flags.DEFINE_integer(
+    "person_side", 0, "Side of the person copy this tree's records store (--compare_to's: none)."
 )
 flags.DEFINE_string(
     "measure", "", "Internal: measure one setting (JSON) with the code imported, print JSON."
@@ -230,7 +234,7 @@ def _stage_costs(prepared: str, vocab: str, crop: str, images: int = 1024) -> di
 
     entries, read = timed(lambda i: split[int(i)], order)
     parsed, parse = timed(records.decode_prepared, entries)
-    examples, cropped = timed(lambda p: transform.apply(p[0], p[1], rng, p[2]), parsed)
+    examples, cropped = timed(lambda p: transform.apply(p.header, p.jpeg, rng, *p[2:]), parsed)
     batches = [examples[i : i + batch] for i in range(0, images - batch + 1, batch)]
     _, tokenize = timed(lambda b: tokenizer([e["description"] for e in b], max_len), batches)
     stack = lambda b: [np.stack([e[k] for e in b]) for k in pipeline.TRAIN_FIELDS]
@@ -356,21 +360,25 @@ def main(argv: list[str]) -> None:
         if FLAGS.compare_to:
             trees[FLAGS.compare_to] = _checkout(FLAGS.compare_to, root)
         annotations, descriptions = _raw_data(root, FLAGS.copies)
-        formats = {"this": FLAGS.squash_format} | {name: "jpeg" for name in trees if name != "this"}
-        prepared_as = {}
-        for squash_format in sorted(set(formats.values())):
-            prepared_as[squash_format] = root / f"prepared-{squash_format}"
+        options = {"copy_format": FLAGS.copy_format, "person_side": FLAGS.person_side}
+        options = {k: v for k, v in options.items() if v != flags.FLAGS[k].default}
+        prepared_as = {"this": root / "prepared"}
+        prepared_as |= {name: root / "prepared-default" for name in trees if name != "this"}
+        if not options:
+            prepared_as = dict.fromkeys(trees, root / "prepared")
+        for prepared in sorted(set(prepared_as.values())):
             start = time.perf_counter()
+            chosen = options if prepared == prepared_as["this"] else {}
             meta = mpii.prepare(
-                str(root / "images"), [str(annotations)], str(descriptions),
-                str(prepared_as[squash_format]), squash_format=squash_format,
+                str(root / "images"), [str(annotations)], str(descriptions), str(prepared),
+                **chosen,
             )  # fmt: skip
             images = meta["splits"]["train"]["images"]
             print(
-                f"prepare ({squash_format} squashed copies): {images} images in "
+                f"prepare ({chosen or 'defaults'}): {images} images in "
                 f"{time.perf_counter() - start:.1f} s"
             )
-            _replicate(prepared_as[squash_format], FLAGS.records)
+            _replicate(prepared, FLAGS.records)
         tokenizer = _tokenizer(FLAGS.vocab)
         if isinstance(tokenizer, BertWordPieceTokenizer):
             print(f"tokenizer: BERT WordPiece ({FLAGS.vocab})")
@@ -387,7 +395,7 @@ def main(argv: list[str]) -> None:
                     names = list(trees)[:: 1 if round_index % 2 == 0 else -1]
                     for name in names:
                         setting = {
-                            "prepared": str(prepared_as[formats[name]]),
+                            "prepared": str(prepared_as[name]),
                             "vocab": FLAGS.vocab,
                             "workers": workers,
                             "batches": FLAGS.batches,
@@ -408,7 +416,7 @@ def main(argv: list[str]) -> None:
         if len(trees) == 2:
             print(_table(results, *trees))
         if FLAGS.stages:
-            _print_stages(str(prepared_as[formats["this"]]), results)
+            _print_stages(str(prepared_as["this"]), results)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ SOURCES_SUFFIX = ".sources.json"  # beside each shard: every record's descriptio
 # it in, the finished <name>/<version>/ renamed to <name>/replaced.<version>/ meanwhile.
 STAGING = "incomplete."
 REPLACED = "replaced."
-SQUASHED_FORMATS = ("jpeg", "raw")  # how an entry's squashed copy is stored
+COPY_FORMATS = ("jpeg", "raw")  # how an entry's copies are stored
 
 
 @dataclasses.dataclass
@@ -63,12 +63,28 @@ class ImageRecord:
 
 
 class PreparedEntry(NamedTuple):
-    """A decoded `encode_prepared` entry."""
+    """A decoded `encode_prepared` entry: the header, the stored JPEG (longest side <= max_side)
+    and the bytes of each stored copy (b"" when none): the whole image squashed to
+    header["squashed_side"]², and the people's box (`transforms.person_box` with margin
+    header["person_margin"]) resampled to header["person_side"]². A copy is a JPEG, or its uint8
+    [side, side, 3] pixels when header["<copy>_format"] is "raw"."""
 
     header: dict[str, Any]
-    jpeg: bytes  # the stored image, longest side <= max_side
-    squashed: bytes  # the whole image squashed to header["squashed_side"]², or b"" when none
-    # (JPEG bytes, or uint8 [side, side, 3] pixels when header["squashed_format"] is "raw")
+    jpeg: bytes
+    squashed: bytes
+    person: bytes = b""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredCopy:
+    """A square copy stored beside the image (`PreparedEntry`): its bytes, side and format."""
+
+    data: bytes
+    side: int
+    format: str = "jpeg"
+
+
+COPIES = ("squashed", "person")  # stored in this order after the JPEG
 
 
 def encode_prepared(
@@ -76,13 +92,12 @@ def encode_prepared(
     jpeg: bytes,
     *,
     size: tuple[int, int] | None = None,
-    squashed: bytes = b"",
-    squashed_side: int = 0,
-    squashed_format: str = "jpeg",
+    squashed: StoredCopy | None = None,
+    person: StoredCopy | None = None,
+    person_margin: float = 0.0,
 ) -> bytes:
     """One ArrayRecord entry: a little-endian u32 header length, a JSON header, the JPEG bytes,
-    then those of the optional squashed copy (`size`: the stored image's width and height;
-    `squashed_format`: "jpeg", or "raw" for its uint8 pixels, row-major RGB).
+    then those of each copy there is (`size`: the stored image's width and height).
 
     JSON rather than pickle: readable from any language and safe to load from untrusted files.
     """
@@ -95,20 +110,28 @@ def encode_prepared(
     }
     if size is not None:
         header["size"] = list(size)
-    if squashed:
-        header |= {"squashed_side": squashed_side, "squashed_bytes": len(squashed)}
-        if squashed_format != "jpeg":
-            header["squashed_format"] = squashed_format
+    copies = {"squashed": squashed, "person": person}
+    for name, copy in copies.items():
+        if copy is not None and copy.data:
+            header |= {f"{name}_side": copy.side, f"{name}_bytes": len(copy.data)}
+            if copy.format != "jpeg":
+                header[f"{name}_format"] = copy.format
+    if person is not None and person.data:
+        header["person_margin"] = person_margin
     blob = json.dumps(header, separators=(",", ":")).encode()
-    return struct.pack("<I", len(blob)) + blob + jpeg + squashed
+    tail = b"".join(copy.data for copy in copies.values() if copy is not None)
+    return struct.pack("<I", len(blob)) + blob + jpeg + tail
 
 
 def decode_prepared(entry: bytes) -> PreparedEntry:
-    """(header, JPEG bytes, squashed copy's bytes or b"") of an `encode_prepared` entry."""
+    """The header, JPEG and copies (`PreparedEntry`) of an `encode_prepared` entry."""
     (size,) = struct.unpack_from("<I", entry)
     header = json.loads(entry[4 : 4 + size])
-    squashed_start = len(entry) - header.get("squashed_bytes", 0)
-    return PreparedEntry(header, entry[4 + size : squashed_start], entry[squashed_start:])
+    end, copies = len(entry), {}
+    for name in reversed(COPIES):
+        start = end - header.get(f"{name}_bytes", 0)
+        copies[name], end = entry[start:end], start
+    return PreparedEntry(header, entry[4 + size : end], **copies)
 
 
 def tfds_features() -> Any:

@@ -7,7 +7,8 @@ follow with one affine map (pixel centres at integer coordinates, box edges at h
 
 Crop modes: `squash` (the whole image squashed to S×S, as the paper; decoded as is from the
 prepared squashed copy when its side is S: no resize at train time), `person` (a square box
-around the annotated people, grown by `person_margin`, clipped to the image), `random_resized`
+around the annotated people, grown by `person_margin`, clipped to the image; decoded as is from
+the prepared person copy when it is that crop), `random_resized`
 (Inception-style: area fraction and aspect ratio sampled). Flip is off by default (the paper uses no
 augmentation); when on, left/right joints swap and the words "left"/"right" swap in the text, so
 the description stays true of the flipped image.
@@ -115,18 +116,19 @@ def decode_rgb(data: bytes) -> np.ndarray:
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
-def squashed_pixels(header: Mapping[str, Any], squashed: bytes) -> np.ndarray:
-    """uint8 [S, S, 3] of an entry's squashed copy: decoded from JPEG, or a read-only view of its
-    raw pixels (`records.SQUASHED_FORMATS`)."""
-    if header.get("squashed_format", "jpeg") == "jpeg":
-        return decode_rgb(squashed)
-    side = header["squashed_side"]
-    if header["squashed_format"] != "raw" or len(squashed) != side * side * 3:
+def copy_pixels(header: Mapping[str, Any], name: str, data: bytes) -> np.ndarray:
+    """uint8 [S, S, 3] of an entry's stored copy `name` (`records.COPIES`): decoded from JPEG, or
+    a read-only view of its raw pixels (`records.COPY_FORMATS`)."""
+    form = header.get(f"{name}_format", "jpeg")
+    if form == "jpeg":
+        return decode_rgb(data)
+    side = header[f"{name}_side"]
+    if form != "raw" or len(data) != side * side * 3:
         raise InputDataError(
-            f"{header['image']}: squashed copy of {len(squashed)} bytes in format "
-            f"{header['squashed_format']!r}; expected raw {side}x{side}x3 uint8 pixels"
+            f"{header['image']}: {name} copy of {len(data)} bytes in format {form!r}; "
+            f"expected raw {side}x{side}x3 uint8 pixels"
         )
-    return np.frombuffer(squashed, np.uint8).reshape(side, side, 3)
+    return np.frombuffer(data, np.uint8).reshape(side, side, 3)
 
 
 def decode_and_resize(jpeg: bytes, box_fn, size: int, keypoints: np.ndarray):
@@ -206,8 +208,16 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
         )
 
     def random_map(self, entry: bytes, rng: np.random.Generator) -> dict[str, Any]:
-        header, jpeg, squashed = decode_prepared(entry)
-        return self.apply(header, jpeg, rng, squashed)
+        header, jpeg, squashed, person = decode_prepared(entry)
+        return self.apply(header, jpeg, rng, squashed, person)
+
+    def _person_copy_fits(self, header: Mapping[str, Any]) -> bool:
+        """The stored person copy is the crop this transform would resample."""
+        return (
+            header["person_side"] == self.image_size
+            and header["person_margin"] == self.person_margin
+            and len(header["keypoints"]) <= self.max_people
+        )
 
     def apply(
         self,
@@ -215,9 +225,12 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
         jpeg: bytes,
         rng: np.random.Generator,
         squashed: bytes = b"",
+        person: bytes = b"",
     ) -> dict[str, Any]:
-        """`squashed`: the stored copy squashed to `header["squashed_side"]`²; when that is the
-        image size, the `squash` crop decodes it and resizes nothing."""
+        """`squashed`, `person`: the entry's stored copies (`records.PreparedEntry`). The `squash`
+        crop reads the squashed copy when its side is the image size; the `person` crop reads the
+        person copy when its side is the image size, its margin `person_margin`, and its box the
+        same people's (the image has at most `max_people`): neither resizes anything."""
         people = min(len(header["keypoints"]), self.max_people)
         joints = self.skeleton.num_joints
         if people and len(header["keypoints"][0]) != joints:
@@ -240,11 +253,13 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
                 return random_resized_box(rng, w, h, self.crop_scale)
             return (0.0, 0.0, float(w), float(h))
 
-        if self.crop == "squash" and squashed and header["squashed_side"] == self.image_size:
-            image = squashed_pixels(header, squashed)
-            width, height = header["size"]
-            box = (0.0, 0.0, float(width), float(height))
-            keypoints = box_keypoints(keypoints, box, self.image_size, self.image_size)
+        size = self.image_size
+        if self.crop == "squash" and squashed and header["squashed_side"] == size:
+            image = copy_pixels(header, "squashed", squashed)
+            keypoints = box_keypoints(keypoints, box_fn(*header["size"]), size, size)
+        elif self.crop == "person" and person and self._person_copy_fits(header):
+            image = copy_pixels(header, "person", person)
+            keypoints = box_keypoints(keypoints, box_fn(*header["size"]), size, size)
         else:
             image, keypoints = decode_and_resize(jpeg, box_fn, self.image_size, keypoints)
         text = choose_description(header["descriptions"], self.sources, rng)

@@ -315,7 +315,7 @@ def test_squash_decodes_the_stored_square_copy_when_its_side_matches() -> None:
 
 
 def test_squash_reads_a_raw_squashed_copy_as_its_pixels() -> None:
-    """A raw copy (`--squash_format=raw`) streams its bytes as the pixels, flipped with the
+    """A raw copy (`--copy_format=raw`) streams its bytes as the pixels, flipped with the
     keypoints as a JPEG copy is; a copy of the wrong length names the image."""
     point = (101.0, 61.0)
     image = _dot_image(160, 120, point)
@@ -335,6 +335,50 @@ def test_squash_reads_a_raw_squashed_copy_as_its_pixels() -> None:
     assert 0 < flips < 6
     with pytest.raises(InputDataError, match=r"dot\.jpg: squashed copy of 6911 bytes"):
         transform.apply(raw_header, image, np.random.default_rng(0), square.tobytes()[:-1])
+
+
+def test_person_crop_reads_the_stored_person_copy_only_where_it_is_that_crop() -> None:
+    """A person copy (`--person_side`) is read as it is, with the resize path's keypoints, flip
+    and text, when its side, margin and people are the transform's; otherwise the crop is
+    resampled from the stored image as without one. The dot lands on its joint either way."""
+    point = (101.0, 61.0)
+    image = _dot_image(160, 120, point)
+    header = _header(point) | {"size": [160, 120], "image": "dot.jpg"}
+    on_the_fly = transforms.PreparedRecordTransform(image_size=48, max_people=2, crop="person")
+    expected = on_the_fly.apply(header, image, np.random.default_rng(0))
+    marker = expected["image"].copy()
+    marker[0, 0] = (1, 2, 3)  # tells the stored copy's pixels from a fresh resample
+    stored = header | {"person_side": 48, "person_margin": 0.15, "person_format": "raw"}
+    for flip in (False, True):
+        transform = transforms.PreparedRecordTransform(
+            image_size=48, max_people=2, crop="person", flip=flip
+        )
+        for seed in range(4):
+            resized = transform.apply(header, image, np.random.default_rng(seed))
+            copied = transform.apply(
+                stored, image, np.random.default_rng(seed), person=marker.tobytes()
+            )
+            for key in ("keypoints", "visible", "person_mask", "description"):
+                np.testing.assert_array_equal(copied[key], resized[key], err_msg=key)
+            flipped = not np.array_equal(resized["image"], expected["image"])
+            np.testing.assert_array_equal(copied["image"], marker[:, ::-1] if flipped else marker)
+    others = {
+        "another side": (stored | {"person_side": 32}, {}),
+        "another margin": (stored, {"person_margin": 0.3}),
+        "fewer people kept": (stored | {"keypoints": header["keypoints"] * 3,
+                                        "visible": header["visible"] * 3}, {}),
+    }  # fmt: skip
+    for name, (other_header, options) in others.items():
+        transform = transforms.PreparedRecordTransform(
+            **{"image_size": 48, "max_people": 2, "crop": "person"} | options
+        )
+        out = transform.apply(
+            other_header, image, np.random.default_rng(0), person=marker.tobytes()
+        )
+        assert out["image"][0, 0].tolist() != [1, 2, 3], name
+        x, y = out["keypoints"][0, 7]
+        row, col = np.unravel_index(np.argmax(out["image"][..., 0]), (48, 48))
+        assert abs(col - x) <= 1.0 and abs(row - y) <= 1.0, name
 
 
 def _encoded(pixels: np.ndarray, mode: str = "RGB", **options) -> bytes:

@@ -99,7 +99,7 @@ def test_prepare_counts_skips_and_rescales(raw: Path, prepared: Path) -> None:
     assert meta["splits"]["train"]["people_per_image"] == {"1": 6, "2": 6}
     originals = {r.image: r for r in mpii.read_mmpose_json(raw / "mpii_train.json")}
     for entry in _entries(prepared):
-        header, jpeg, squashed = records.decode_prepared(entry)
+        header, jpeg, squashed, _ = records.decode_prepared(entry)
         stored = np.asarray(Image.open(io.BytesIO(jpeg)), np.float32)
         assert stored.shape == (48, 64, 3) and header["size"] == [64, 48]  # 160×120 → 64 max
         square = np.asarray(Image.open(io.BytesIO(squashed)), np.float32)
@@ -184,7 +184,7 @@ def test_prepare_from_the_official_mat(raw: Path, tmp_path: Path) -> None:
         str(tmp_path / "out"), max_side=64, squash_side=0, workers=1,
     )  # fmt: skip
     assert meta["splits"]["train"]["images"] == 3 and meta["skipped"] == {}
-    header, _, squashed = records.decode_prepared(_entries(tmp_path / "out")[0])
+    header, _, squashed, _ = records.decode_prepared(_entries(tmp_path / "out")[0])
     assert header["activity"] == "running"
     assert squashed == b"" and "squashed_side" not in header  # squash_side=0: no stored copy
 
@@ -524,7 +524,7 @@ def test_killed_preparation_leaves_no_workers(raw: Path, tmp_path: Path, signal_
 
 
 def test_a_raw_squashed_copy_streams_the_prepared_square_exactly(tmp_path: Path) -> None:
-    """`squash_format="raw"` stores the LANCZOS square itself: the `squash` stream reads those
+    """`copy_format="raw"` stores the LANCZOS square itself: the `squash` stream reads those
     pixels bit for bit, the JPEG copy's within its rounding, every other field the same."""
     names = [f"{i:09d}.jpg" for i in range(4)]
     (tmp_path / "images").mkdir()
@@ -535,21 +535,21 @@ def test_a_raw_squashed_copy_streams_the_prepared_square_exactly(tmp_path: Path)
     (tmp_path / "mpii_train.json").write_text(json.dumps(mmpose_rows(names)))
     write_descriptions(tmp_path / "descriptions", names)
     streams = {}
-    for squash_format in records.SQUASHED_FORMATS:
-        out = tmp_path / squash_format
+    for copy_format in records.COPY_FORMATS:
+        out = tmp_path / copy_format
         mpii.prepare(
             str(tmp_path / "images"), [str(tmp_path / "mpii_train.json")],
             str(tmp_path / "descriptions"), str(out), max_side=64, squash_side=SQUASH_SIDE,
-            squash_format=squash_format, workers=1,
+            copy_format=copy_format, workers=1,
         )  # fmt: skip
         config = mpii_config(out, batch_size=4)
         config.data.train_records = len(names)
-        streams[squash_format] = next(
+        streams[copy_format] = next(
             pipeline.train_iterator(config, pipeline.create_tokenizer(config))
         )
     squares = {}
     for entry in _entries(tmp_path / "raw"):
-        header, _, squashed = records.decode_prepared(entry)
+        header, _, squashed, _ = records.decode_prepared(entry)
         assert header["squashed_format"] == "raw"
         with Image.open(tmp_path / "images" / header["image"]) as image:  # the preparation's way
             image.draft("RGB", (max(64, SQUASH_SIDE), max(48, SQUASH_SIDE)))
@@ -565,3 +565,50 @@ def test_a_raw_squashed_copy_streams_the_prepared_square_exactly(tmp_path: Path)
     assert 0 < difference.mean() < 3
     for key in raw.keys() - {"image"}:
         np.testing.assert_array_equal(raw[key], jpeg[key], err_msg=key)
+
+
+def test_a_person_copy_streams_the_person_crop_from_the_decoded_image(tmp_path: Path) -> None:
+    """`person_side` stores the `person` crop's box resampled from the decoded image: the stream
+    reads it as it is, with the keypoints of the crop resampled at train time and pixels near
+    its (a smooth image: the two differ by their sources' resolution and filters)."""
+    names = [f"{i:09d}.jpg" for i in range(4)]
+    (tmp_path / "images").mkdir()
+    for k, name in enumerate(names):
+        x, y = np.meshgrid(np.linspace(0, 1, 160), np.linspace(0, 1, 120))
+        smooth = np.stack([200 * x, 200 * y, 100 + 50 * np.sin(3 * x + k)], -1)
+        Image.fromarray(smooth.astype(np.uint8)).save(tmp_path / "images" / name, quality=95)
+    (tmp_path / "mpii_train.json").write_text(json.dumps(mmpose_rows(names)))
+    write_descriptions(tmp_path / "descriptions", names)
+    streams = {}
+    for person_side in (0, SQUASH_SIDE):
+        out = tmp_path / str(person_side)
+        mpii.prepare(
+            str(tmp_path / "images"), [str(tmp_path / "mpii_train.json")],
+            str(tmp_path / "descriptions"), str(out), max_side=64, squash_side=0,
+            person_side=person_side, copy_format="raw", workers=1,
+        )  # fmt: skip
+        config = mpii_config(out, batch_size=4)
+        config.data.crop, config.data.train_records = "person", len(names)
+        streams[person_side] = next(
+            pipeline.train_iterator(config, pipeline.create_tokenizer(config))
+        )
+    copies = set()
+    for entry in _entries(tmp_path / str(SQUASH_SIDE)):
+        header, _, squashed, person = records.decode_prepared(entry)
+        assert squashed == b"" and header["person_margin"] == 0.15
+        keypoints = np.array(header["keypoints"], np.float32)
+        visible = np.array(header["visible"], bool)
+        box = np.array(transforms.person_box(keypoints, visible, 64, 48, 0.15))
+        with Image.open(tmp_path / "images" / header["image"]) as image:  # the preparation's way
+            image.draft("RGB", (64, max(48, SQUASH_SIDE)))
+            image = image.convert("RGB")
+            box = tuple(box * (image.size[0] / 64))
+            square = np.asarray(image.resize((SQUASH_SIDE,) * 2, Image.LANCZOS, box=box))
+        assert person == square.tobytes()
+        copies.add(person)
+    stored, resampled = streams[SQUASH_SIDE], streams[0]
+    assert {image.tobytes() for image in stored["image"]} == copies
+    difference = np.abs(stored["image"].astype(int) - resampled["image"].astype(int))
+    assert 0 < difference.mean() < 2
+    for key in stored.keys() - {"image"}:
+        np.testing.assert_array_equal(stored[key], resampled[key], err_msg=key)

@@ -151,7 +151,7 @@ def _prepared_val_retrieval(
     keep = _image_list(options)
     images, texts, owners = [], [], []
     for i in range(len(source)):
-        header, jpeg, _ = records.decode_prepared(source[i])
+        header, jpeg, *_ = records.decode_prepared(source[i])
         if keep is not None and Path(header["image"]).name not in keep:
             continue
         described = header["descriptions"]

@@ -2,7 +2,7 @@
 
     python -m input_pipeline.prepare.mpii --images=<dir> --annotations=<mpii_train.json> \\
         --annotations=<mpii_val.json> --descriptions=<dir> --out=<dir> [--max_side=512] \\
-        [--squash_side=224] [--overwrite]
+        [--squash_side=224] [--person_side=224] [--copy_format=raw] [--overwrite]
 
 Readers for the official `mpii_human_pose_v1_u12_1.mat`, mmpose's `mpii_{train,val}.json` and the
 "MPII Human Pose Descriptions" JSON all return `records.ImageRecord`s (one per image).
@@ -316,8 +316,8 @@ def prepare(
     **options: Any,
 ) -> dict:
     """Check, read, filter, shard and write (`options`: `shards.write_prepared`'s: overwrite,
-    max_side, quality, squash_side, squash_format, records_per_shard, workers); returns (and
-    writes as meta.json) the counts per split."""
+    max_side, quality, squash_side, copy_format, person_side, person_margin, records_per_shard,
+    workers); returns (and writes as meta.json) the counts per split."""
     _check_inputs(images, annotations, descriptions)
     annotated = [r for a in annotations for r in read_annotations(a)]
     dropped: dict[str, list[str]] = collections.defaultdict(list)

@@ -64,7 +64,7 @@ from array_record.python import array_record_module
 from etils import epath
 from PIL import Image
 
-from input_pipeline import cli, records
+from input_pipeline import cli, records, transforms
 from input_pipeline.errors import InputDataError
 
 SKIP_EXAMPLES = 5  # paths logged per skip reason
@@ -83,27 +83,79 @@ def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+    """How each image is stored (`define_writer_flags` says what each setting does)."""
+
+    max_side: int = 512
+    quality: int = 90
+    squash_side: int = 224
+    copy_format: str = "jpeg"
+    person_side: int = 0
+    person_margin: float = 0.15
+
+    def fingerprint_text(self) -> str:
+        """The settings as shard fingerprints and meta.json see them: a setting left at its
+        default and added after the first three is not in it, so that a dataset written with
+        those defaults stays up to date whichever version of this module wrote it."""
+        text = f"{self.max_side},{self.quality},{self.squash_side}"
+        if self.copy_format != "jpeg":
+            text += f",copies={self.copy_format}"
+        if self.person_side:
+            text += f",person={self.person_side}@{self.person_margin!r}"
+        return text
+
+    def meta(self) -> dict[str, Any]:
+        """meta.json's record of the settings (those `fingerprint_text` leaves out, left out)."""
+        meta = {"max_side": self.max_side, "quality": self.quality, "squash_side": self.squash_side}
+        if self.copy_format != "jpeg":
+            meta["copy_format"] = self.copy_format
+        if self.person_side:
+            meta |= {"person_side": self.person_side, "person_margin": self.person_margin}
+        return meta
+
+    def copy(self, square: Image.Image, side: int) -> records.StoredCopy:
+        data = square.tobytes() if self.copy_format == "raw" else _encode_jpeg(square, self.quality)
+        return records.StoredCopy(data, side, self.copy_format)
+
+
 def _resize_jpeg(
-    path: Path, max_side: int, quality: int, squash_side: int, squash_format: str = "jpeg"
-) -> tuple[bytes, tuple[int, int], bytes, np.ndarray, tuple[int, int]]:
+    path: Path, encoding: Encoding
+) -> tuple[bytes, tuple[int, int], records.StoredCopy | None, np.ndarray, tuple[int, int], Any]:
     """The image re-encoded with its longest side <= max_side, its size, the whole image squashed
-    to squash_side² (b"" when 0: the `squash` crop then reads it as is, no resize at train time;
-    a JPEG, or its uint8 pixels when `squash_format` is "raw": no decoding either), the (x, y)
-    scale applied to the stored image, and the original size."""
+    to squash_side² (None when 0: the `squash` crop then reads it as is, no resize at train
+    time), the (x, y) scale applied to the stored image, the original size, and the image as
+    decoded (the person copy is resampled from it)."""
     with Image.open(path) as image:
         full = image.size
-        scale = min(1.0, max_side / max(full))
+        scale = min(1.0, encoding.max_side / max(full))
         size = (max(1, round(full[0] * scale)), max(1, round(full[1] * scale)))
-        # JPEG: decode at 1/2, 1/4, 1/8 scale, never below `size` nor the squashed side
-        image.draft("RGB", (max(size[0], squash_side), max(size[1], squash_side)))
+        # JPEG: decode at 1/2, 1/4, 1/8 scale, never below `size` nor a copy's side
+        least = max(encoding.squash_side, encoding.person_side)
+        image.draft("RGB", (max(size[0], least), max(size[1], least)))
         image = image.convert("RGB")
     stored = image if image.size == size else image.resize(size, Image.LANCZOS)
-    squashed = b""
-    if squash_side:
-        square = image.resize((squash_side, squash_side), Image.LANCZOS)
-        squashed = square.tobytes() if squash_format == "raw" else _encode_jpeg(square, quality)
+    squashed = None
+    if side := encoding.squash_side:
+        squashed = encoding.copy(image.resize((side, side), Image.LANCZOS), side)
     scale_xy = np.array(size, np.float32) / np.array(full, np.float32)
-    return _encode_jpeg(stored, quality), size, squashed, scale_xy, full
+    return _encode_jpeg(stored, encoding.quality), size, squashed, scale_xy, full, image
+
+
+def _person_copy(
+    image: Image.Image, record: records.ImageRecord, size: tuple[int, int], encoding: Encoding
+) -> records.StoredCopy | None:
+    """The box the `person` crop takes around the record's people (from their keypoints as
+    stored, in the stored image's coordinates), resampled from the decoded image (LANCZOS) to
+    person_side²; None when person_side is 0."""
+    if not (side := encoding.person_side):
+        return None
+    keypoints = np.array([p.keypoints.round(3) for p in record.people], np.float32)
+    visible = np.array([p.visible for p in record.people], bool)
+    x0, y0, x1, y1 = transforms.person_box(keypoints, visible, *size, encoding.person_margin)
+    sx, sy = image.size[0] / size[0], image.size[1] / size[1]
+    box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+    return encoding.copy(image.resize((side, side), Image.LANCZOS, box=box), side)
 
 
 OUTSIDE_JOINTS = "visible joints outside the image (made not visible)"
@@ -131,10 +183,7 @@ def _write_shard(
     rows: list[records.ImageRecord],
     images: str,
     path: str,
-    max_side: int,
-    quality: int,
-    squash_side: int,
-    squash_format: str,
+    encoding: Encoding,
     fingerprint: str,
     legacy: str,
 ) -> tuple[int, dict[str, list[str]]]:
@@ -157,9 +206,7 @@ def _write_shard(
     for record in rows:
         file = Path(images) / record.image
         try:
-            jpeg, size, squashed, scale, full = _resize_jpeg(
-                file, max_side, quality, squash_side, squash_format
-            )
+            jpeg, size, squashed, scale, full, image = _resize_jpeg(file, encoding)
         except FileNotFoundError:
             skipped["missing image"].append(str(file))
             continue
@@ -178,8 +225,8 @@ def _write_shard(
                 jpeg,
                 size=size,
                 squashed=squashed,
-                squashed_side=squash_side,
-                squashed_format=squash_format,
+                person=_person_copy(image, record, size, encoding),
+                person_margin=encoding.person_margin,
             )
         )
         sources.append(sorted(record.descriptions))
@@ -478,7 +525,7 @@ def _write_shards(
     todo: Mapping[str, _Shard],
     images: str,
     folder: Path,
-    settings: tuple[int, int, int, str],
+    encoding: Encoding,
     workers: int,
     start: float,
 ) -> dict[str, dict[str, list[str]]]:
@@ -488,7 +535,7 @@ def _write_shards(
         lambda: collections.defaultdict(list)
     )
     args = [
-        (shard.rows, images, str(folder / name), *settings, shard.fingerprint, shard.legacy)
+        (shard.rows, images, str(folder / name), encoding, shard.fingerprint, shard.legacy)
         for name, shard in todo.items()
     ]
     with contextlib.ExitStack() as stack:
@@ -616,7 +663,9 @@ def write_prepared(
     max_side: int = 512,
     quality: int = 90,
     squash_side: int = 224,
-    squash_format: str = "jpeg",
+    copy_format: str = "jpeg",
+    person_side: int = 0,
+    person_margin: float = 0.15,
     records_per_shard: int = 512,
     workers: int = 0,
 ) -> dict:
@@ -645,24 +694,12 @@ def write_prepared(
     )
     there = {split: len(rows) - len(missing[split]) for split, rows in by_split.items()}
     _refuse_if_worse(there, annotated, _counts(known), known, finished, overwrite, "at most ")
-    # Only a format other than jpeg enters the fingerprints and meta.json: a dataset with a jpeg
-    # copy is up to date whichever version of this module wrote it.
-    settings_text = f"{max_side},{quality},{squash_side}"
-    if squash_format != "jpeg":
-        settings_text += f",{squash_format}"
-    plan = _plan(by_split, images, out_dir, name, settings_text, records_per_shard)
+    encoding = Encoding(max_side, quality, squash_side, copy_format, person_side, person_margin)
+    plan = _plan(by_split, images, out_dir, name, encoding.fingerprint_text(), records_per_shard)
     splits = {
         split: {"people_per_image": _people_per_image(rows)} for split, rows in by_split.items()
     }
-    base = {
-        "max_side": max_side,
-        "quality": quality,
-        "squash_side": squash_side,
-        "splits": splits,
-        "corrected": dict(corrected or {}),
-    }
-    if squash_format != "jpeg":
-        base["squash_format"] = squash_format
+    base = encoding.meta() | {"splits": splits, "corrected": dict(corrected or {})}
     if _up_to_date(version_dir, plan):
         meta, _ = _collect_meta(version_dir, plan, base, skipped)
         if meta == _read_meta(version_dir):
@@ -677,9 +714,8 @@ def write_prepared(
             "%d shards, %d finished before, %d to write", len(plan), len(plan) - len(todo),
             len(todo),
         )  # fmt: skip
-        settings = (max_side, quality, squash_side, squash_format)
         workers = workers or os.cpu_count() or 1
-        written = _write_shards(todo, images, staging, settings, workers, start)
+        written = _write_shards(todo, images, staging, encoding, workers, start)
         meta, skips = _collect_meta(staging, plan, base, skipped)
         images_per_split = {
             split: split_meta["images"] for split, split_meta in meta["splits"].items()
@@ -871,12 +907,21 @@ def define_writer_flags(name: str) -> None:
         "Side of a stored copy squashed to a square (the `squash` crop at "
         "this data.image_size decodes it without resizing); 0: none.",
     )
+    flags.DEFINE_integer(
+        "person_side",
+        0,
+        "Side of a stored copy of the people's box (the `person` crop at this data.image_size "
+        "and --person_margin reads it without resizing); 0: none.",
+    )
+    flags.DEFINE_float(
+        "person_margin", 0.15, "The stored person copy's box margin (data.person_margin's)."
+    )
     flags.DEFINE_enum(
-        "squash_format",
+        "copy_format",
         "jpeg",
-        records.SQUASHED_FORMATS,
-        "How the squashed copy is stored: jpeg (about 17 KB at 224²), or raw uint8 pixels "
-        "(147 KB at 224²): the `squash` crop then decodes nothing, at 9x the storage.",
+        records.COPY_FORMATS,
+        "How the squashed and person copies are stored: jpeg (about 17 KB at 224²), or raw "
+        "uint8 pixels (147 KB at 224²): their crops then decode nothing, at 9x the storage.",
     )
     flags.DEFINE_integer("records_per_shard", 512, "Images per ArrayRecord shard.")
     flags.DEFINE_integer("workers", 0, "Parallel shard writers; 0: one per core.")
@@ -891,6 +936,8 @@ def define_writer_flags(name: str) -> None:
         max_side=cli.Number(integer=True, at_least=1),
         quality=cli.Number(integer=True, at_least=1, at_most=100),
         squash_side=cli.Number(integer=True, at_least=0),
+        person_side=cli.Number(integer=True, at_least=0),
+        person_margin=cli.Number(at_least=0),
         records_per_shard=cli.Number(integer=True, at_least=1),
         workers=cli.Number(integer=True, at_least=0),
     )
@@ -900,7 +947,9 @@ WRITER_FLAGS = (
     "max_side",
     "quality",
     "squash_side",
-    "squash_format",
+    "copy_format",
+    "person_side",
+    "person_margin",
     "records_per_shard",
     "workers",
     "overwrite",
