@@ -1,11 +1,12 @@
-"""The largest batch that fits, by target, dtype, remat and sharding: a grid of AOT compiles.
+"""The largest batch that fits by target, dtype, remat, sharding, layers: a grid of AOT compiles.
 
     .venv-aot/bin/python -m bench.aot_table --targets=v5e-8,v5p-8,v6e-8,h100-8 --jobs=2 \\
-        --out=workdirs/aot_table
+        --out=workdirs/aot_table [--layers=scan,unrolled]
 
 Each cell is `python -m focusclip_jax.aot --config=<config> --topology=<target> --find_max_batch`
 with `model.dtype`, `model.remat` and the mesh overridden (data-parallel: `mesh.data=-1`; FSDP:
-`mesh.data=1 mesh.fsdp=-1`), run as its own process (`--jobs` at a time), its report kept as
+`mesh.data=1 mesh.fsdp=-1`), and `model.scan_layers` where `--layers` says (`config`: the config's
+own; `scan`; `unrolled`), run as its own process (`--jobs` at a time), its report kept as
 `<out>/<cell>.json`; a cell whose report exists is not compiled again, so an interrupted grid
 resumes. A cell already found on another target of the same platform seeds the search's first
 batch (its per-device memory line carried to this target's memory and devices): two or three
@@ -35,6 +36,12 @@ MESHES = {
     "dp": ("--config.mesh.data=-1", "--config.mesh.fsdp=1"),
     "fsdp": ("--config.mesh.data=1", "--config.mesh.fsdp=-1"),
 }
+LAYERS = {  # --layers: the model.scan_layers override
+    "config": (),
+    "scan": ("--config.model.scan_layers=True",),
+    "unrolled": ("--config.model.scan_layers=False",),
+}
+Cell = tuple[str, str, str, str, str]  # target, dtype, remat, mode, layers
 
 
 def define_flags() -> None:
@@ -45,6 +52,9 @@ def define_flags() -> None:
     flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "model.dtype values.")
     flags.DEFINE_list("remats", ["none", "full"], "model.remat values.")
     flags.DEFINE_list("modes", ["dp", "fsdp"], "dp (mesh.data=-1) and/or fsdp (mesh.fsdp=-1).")
+    flags.DEFINE_list(
+        "layers", ["config"], "model.scan_layers: the config's own, scan and/or unrolled."
+    )
     flags.DEFINE_list("overrides", [], "More --config.* overrides for every cell (key=value).")
     flags.DEFINE_integer("jobs", 1, "Cells compiled at the same time.")
     flags.DEFINE_float("batch_tolerance", 1 / 16, "Each search stops within this fraction.")
@@ -56,6 +66,7 @@ def define_flags() -> None:
         dtypes=cli.Choices(("float32", "bfloat16")),
         remats=cli.Choices(layers.REMATS),
         modes=cli.Choices(tuple(MESHES)),
+        layers=cli.Choices(tuple(LAYERS)),
         overrides=cli.Text(lambda item: None if "=" in item else "expected key=value"),
         jobs=cli.Number(integer=True, at_least=1),
         batch_tolerance=cli.Number(above=0, below=1),
@@ -63,17 +74,17 @@ def define_flags() -> None:
     )
 
 
-def cell_name(target: str, dtype: str, remat: str, mode: str) -> str:
-    return f"{target}_{dtype}_{remat}_{mode}"
+def cell_name(target: str, dtype: str, remat: str, mode: str, scan: str = "config") -> str:
+    return f"{target}_{dtype}_{remat}_{mode}" + ("" if scan == "config" else f"_{scan}")
 
 
-def first_batch(target: str, dtype: str, remat: str, mode: str, out: Path) -> int | None:
+def first_batch(target: str, dtype: str, remat: str, mode: str, scan: str, out: Path) -> int | None:
     """Where a cell's search starts: from the same cell found on another target of the same
     platform, its per-device state and code plus temporaries per example (an overestimate, so
     the first try errs towards fitting) carried to this target; None: the config's batch."""
     new = targets.parse(target)
     for other in FLAGS.targets:
-        path = out / f"{cell_name(other, dtype, remat, mode)}.json"
+        path = out / f"{cell_name(other, dtype, remat, mode, scan)}.json"
         if other == target or not path.exists():
             continue
         if targets.parse(other).chip.platform != new.chip.platform:
@@ -90,9 +101,10 @@ def first_batch(target: str, dtype: str, remat: str, mode: str, out: Path) -> in
     return None
 
 
-def run_cell(target: str, dtype: str, remat: str, mode: str, out: Path) -> tuple[str, str]:
+def run_cell(cell: Cell, out: Path) -> tuple[str, str]:
     """Compiles one cell (unless its report exists); returns (cell, status)."""
-    name = cell_name(target, dtype, remat, mode)
+    target, dtype, remat, mode, scan = cell
+    name = cell_name(*cell)
     report = out / f"{name}.json"
     if report.exists():
         return name, "cached"
@@ -108,9 +120,10 @@ def run_cell(target: str, dtype: str, remat: str, mode: str, out: Path) -> tuple
         f"--config.model.dtype={dtype}",
         f"--config.model.remat={remat}",
         *MESHES[mode],
+        *LAYERS[scan],
         *(f"--config.{o}" for o in FLAGS.overrides),
     ]
-    first = first_batch(target, dtype, remat, mode, out)
+    first = first_batch(*cell, out)
     if first:
         command.append(f"--config.train.batch_size={first}")
     start = time.perf_counter()
@@ -120,18 +133,18 @@ def run_cell(target: str, dtype: str, remat: str, mode: str, out: Path) -> tuple
     return name, f"exit {done.returncode} after {minutes:.1f} min"
 
 
-def table(out: Path, cells: list[tuple[str, str, str, str]]) -> str:
+def table(out: Path, cells: list[Cell]) -> str:
     """The Markdown table of the cells' reports: the largest batch, its memory, the bound at the
     chip's peak and the compiler's estimate at that batch (TPUs; blank where there is none)."""
     lines = [
-        "| target | dtype | remat | sharding | largest global batch | per device | GiB per "
-        "device at it | img/s at peak (bound) | estimated ms/step | estimated img/s | "
+        "| target | dtype | remat | sharding | layers | largest global batch | per device | GiB "
+        "per device at it | img/s at peak (bound) | estimated ms/step | estimated img/s | "
         "estimated MFU | GiB accessed per device | compiles |",
-        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for target, dtype, remat, mode in cells:
-        path = out / f"{cell_name(target, dtype, remat, mode)}.json"
-        row = f"| {target} | {dtype} | {remat} | {mode} |"
+    for cell in cells:
+        path = out / f"{cell_name(*cell)}.json"
+        row = "|" + "|".join(f" {value} " for value in cell) + "|"
         if not path.exists():
             lines.append(row + " not run yet |" + " |" * 8)
             continue
@@ -152,14 +165,14 @@ def table(out: Path, cells: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def fastest(out: Path, cells: list[tuple[str, str, str, str]]) -> list[str]:
-    """Per target and dtype, the remat and sharding whose largest batch the TPU compiler
+def fastest(out: Path, cells: list[Cell]) -> list[str]:
+    """Per target and dtype, the remat, sharding and layers whose largest batch the TPU compiler
     estimates fastest in img/s: the setting to train at that batch with, picked by time, not by
     memory alone (TPUs only: XLA's GPU compiler makes no estimate). Programs with while loops
     (FSDP's windowed einsums) are left out: their estimates count each loop's body once."""
     best: dict[tuple[str, str], tuple[float, str]] = {}
-    for target, dtype, remat, mode in cells:
-        path = out / f"{cell_name(target, dtype, remat, mode)}.json"
+    for target, dtype, remat, mode, scan in cells:
+        path = out / f"{cell_name(target, dtype, remat, mode, scan)}.json"
         report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         rate = report.get("estimated_images_per_s")
         if report.get("while_loops"):  # an undercount of its time (focusclip_jax.aot)
@@ -167,7 +180,8 @@ def fastest(out: Path, cells: list[tuple[str, str, str, str]]) -> list[str]:
         if rate and rate > best.get((target, dtype), (0.0, ""))[0]:
             best[target, dtype] = (
                 rate,
-                f"remat={remat}, {mode}, global batch {report['batch']}: estimated "
+                f"remat={remat}, {mode}, layers {scan}, global batch {report['batch']}: "
+                f"estimated "
                 f"{rate:.0f} img/s, {report['estimated_mfu']:.1%} MFU",
             )
     return [f"fastest on {t} in {d}: {line}" for (t, d), (_, line) in best.items()]
@@ -177,12 +191,14 @@ def main(argv: list[str]) -> None:
     del argv
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
-    cells = list(itertools.product(FLAGS.targets, FLAGS.dtypes, FLAGS.remats, FLAGS.modes))
+    cells = list(
+        itertools.product(FLAGS.targets, FLAGS.dtypes, FLAGS.remats, FLAGS.modes, FLAGS.layers)
+    )
     if FLAGS.table_only:
         print("\n".join([table(out, cells), *fastest(out, cells)]))
         return
     with concurrent.futures.ThreadPoolExecutor(FLAGS.jobs) as pool:
-        for name, status in pool.map(lambda c: run_cell(*c, out), cells):
+        for name, status in pool.map(lambda cell: run_cell(cell, out), cells):
             print(f"{name}: {status}", flush=True)
     print("\n".join([table(out, cells), *fastest(out, cells)]))
 

@@ -188,31 +188,46 @@ def test_tpu_check_script_passes_shellcheck_and_refuses_bad_arguments(tmp_path) 
 
 
 def test_aot_table_picks_the_setting_estimated_fastest_per_target_and_dtype(tmp_path) -> None:
-    """The pick compares estimated img/s at each cell's largest batch, not the largest batch."""
+    """The pick compares estimated img/s at each cell's largest batch, not the largest batch,
+    over remats, shardings and scanned or unrolled layers."""
     from bench import aot_table
 
-    reports = {  # (remat, mode): (largest batch, estimated img/s)
-        ("none", "dp"): (120, 900.0),
-        ("full", "dp"): (2904, 700.0),
-        ("full", "fsdp"): (2104, 950.0),
+    reports = {  # (remat, mode, layers): (largest batch, estimated img/s)
+        ("none", "dp", "config"): (120, 900.0),
+        ("full", "dp", "config"): (2904, 700.0),
+        ("full", "fsdp", "config"): (2104, 950.0),
+        ("full", "fsdp", "unrolled"): (1904, 940.0),
+        ("all_but_mlp_activation", "dp", "unrolled"): (608, 1617.0),
+        ("all_but_mlp_activation", "dp", "scan"): (256, 1295.0),
     }
     cells = []
-    for (remat, mode), (batch, rate) in reports.items():
-        cells.append(("v5e-8", "bfloat16", remat, mode))
+    for (remat, mode, scan), (batch, rate) in reports.items():
+        cells.append(("v5e-8", "bfloat16", remat, mode, scan))
         report = {"batch": batch, "estimated_images_per_s": rate, "estimated_mfu": rate / 3147}
-        name = aot_table.cell_name("v5e-8", "bfloat16", remat, mode)
+        name = aot_table.cell_name("v5e-8", "bfloat16", remat, mode, scan)
         (tmp_path / f"{name}.json").write_text(json.dumps(report))
-    cells.append(("v5e-8", "bfloat16", "none", "fsdp"))  # faster, but its loops undercount
+    assert len(set(map(lambda cell: aot_table.cell_name(*cell), cells))) == len(cells)
+    cells.append(("v5e-8", "bfloat16", "none", "fsdp", "config"))  # faster, but loops undercount
     name = aot_table.cell_name("v5e-8", "bfloat16", "none", "fsdp")
     (tmp_path / f"{name}.json").write_text(
         json.dumps({"batch": 128, "estimated_images_per_s": 2000.0, "while_loops": 400})
     )
-    cells.append(("h100-8", "bfloat16", "full", "dp"))  # no report: no estimate, no pick
-    cells.append(("v5e-8", "float32", "none", "dp"))
+    cells.append(("h100-8", "bfloat16", "full", "dp", "config"))  # no report: no estimate
+    cells.append(("v5e-8", "float32", "none", "dp", "config"))
     (tmp_path / f"{aot_table.cell_name('v5e-8', 'float32', 'none', 'dp')}.json").write_text(
         json.dumps({"batch": 96})  # compiled, but no estimate
     )
     assert aot_table.fastest(tmp_path, cells) == [
-        "fastest on v5e-8 in bfloat16: remat=full, fsdp, global batch 2104: estimated 950 img/s, "
-        "30.2% MFU"
+        "fastest on v5e-8 in bfloat16: remat=all_but_mlp_activation, dp, layers unrolled, global "
+        "batch 608: estimated 1617 img/s, 51.4% MFU"
     ]
+    unrolled = ("v5e-8", "bfloat16", "all_but_mlp_activation", "dp", "unrolled")
+    report = json.loads((tmp_path / f"{aot_table.cell_name(*unrolled)}.json").read_text())
+    report |= {"batch_per_device": 76, "memory": {"total": 14.92 * 2**30}}
+    report |= {"roofline_images_per_s": 3147.0, "estimated_step_s": 0.376}
+    (tmp_path / f"{aot_table.cell_name(*unrolled)}.json").write_text(json.dumps(report))
+    table = aot_table.table(tmp_path, [unrolled]).splitlines()
+    assert "| sharding | layers |" in table[0]
+    assert table[2].startswith(
+        "| v5e-8 | bfloat16 | all_but_mlp_activation | dp | unrolled | 608 |"
+    )
