@@ -289,52 +289,44 @@ def test_flip_mirrors_pixels_swaps_joints_and_words() -> None:
     assert 0 < flipped_seen < 8
 
 
-def test_squash_decodes_the_stored_square_copy_when_its_side_matches() -> None:
-    """Prepared squashed copy: the resize path's keypoints, flip and text, its own pixels as they
-    are; at another image size the stored image is resized as before."""
+@pytest.mark.parametrize("copy_format", ["jpeg", "raw"])
+def test_squash_decodes_the_stored_square_copy_when_its_side_matches(copy_format: str) -> None:
+    """Prepared squashed copy (an encoded image, or raw pixels with `--copy_format=raw`): the
+    resize path's keypoints, flip and text, its own pixels as they are; at another image size the
+    stored image is resized as before."""
     point = (101.0, 61.0)
     image = _dot_image(160, 120, point)
     square = np.asarray(Image.open(io.BytesIO(image)).resize((48, 48), Image.LANCZOS))
     buffer = io.BytesIO()
     Image.fromarray(square).save(buffer, format="PNG")
     header = _header(point) | {"size": [160, 120], "squashed_side": 48}
-    transform = transforms.PreparedRecordTransform(image_size=48, max_people=2, flip=True)
-    for seed in range(6):
-        resized = transform.apply(header, image, np.random.default_rng(seed))
-        copied = transform.apply(header, image, np.random.default_rng(seed), buffer.getvalue())
-        for key in ("keypoints", "visible", "person_mask", "description"):
-            np.testing.assert_array_equal(copied[key], resized[key], err_msg=key)
-        flipped = not np.array_equal(copied["image"], square)
-        np.testing.assert_array_equal(copied["image"], square[:, ::-1] if flipped else square)
-        x, y = copied["keypoints"][0, 7]
-        row, col = np.unravel_index(np.argmax(copied["image"][..., 0]), (48, 48))
-        assert abs(col - x) <= 1.0 and abs(row - y) <= 1.0, (seed, x, y)
-    other_size = transforms.PreparedRecordTransform(image_size=32, max_people=2)
-    out = other_size.apply(header, image, np.random.default_rng(0), buffer.getvalue())
-    assert out["image"].shape == (32, 32, 3)
-
-
-def test_squash_reads_a_raw_squashed_copy_as_its_pixels() -> None:
-    """A raw copy (`--copy_format=raw`) streams its bytes as the pixels, flipped with the
-    keypoints as a JPEG copy is; a copy of the wrong length names the image."""
-    point = (101.0, 61.0)
-    image = _dot_image(160, 120, point)
-    square = np.asarray(Image.open(io.BytesIO(image)).resize((48, 48), Image.LANCZOS))
-    header = _header(point) | {"size": [160, 120], "squashed_side": 48}
-    raw_header = header | {"squashed_format": "raw", "image": "dot.jpg"}
+    stored = header | {"squashed_format": copy_format}
+    copy = square.tobytes() if copy_format == "raw" else buffer.getvalue()
     transform = transforms.PreparedRecordTransform(image_size=48, max_people=2, flip=True)
     flips = 0
     for seed in range(6):
         resized = transform.apply(header, image, np.random.default_rng(seed))
-        copied = transform.apply(raw_header, image, np.random.default_rng(seed), square.tobytes())
+        copied = transform.apply(stored, image, np.random.default_rng(seed), copy)
         for key in ("keypoints", "visible", "person_mask", "description"):
             np.testing.assert_array_equal(copied[key], resized[key], err_msg=key)
         flipped = not np.array_equal(copied["image"], square)
         flips += flipped
         np.testing.assert_array_equal(copied["image"], square[:, ::-1] if flipped else square)
+        x, y = copied["keypoints"][0, 7]
+        row, col = np.unravel_index(np.argmax(copied["image"][..., 0]), (48, 48))
+        assert abs(col - x) <= 1.0 and abs(row - y) <= 1.0, (seed, x, y)
     assert 0 < flips < 6
+    other_size = transforms.PreparedRecordTransform(image_size=32, max_people=2)
+    out = other_size.apply(stored, image, np.random.default_rng(0), copy)
+    assert out["image"].shape == (32, 32, 3)
+
+
+def test_a_raw_copy_of_the_wrong_length_names_the_image() -> None:
+    header = _header((101.0, 61.0)) | {"size": [160, 120], "image": "dot.jpg"}
+    header |= {"squashed_side": 48, "squashed_format": "raw"}
+    transform = transforms.PreparedRecordTransform(image_size=48, max_people=2)
     with pytest.raises(InputDataError, match=r"dot\.jpg: squashed copy of 6911 bytes"):
-        transform.apply(raw_header, image, np.random.default_rng(0), square.tobytes()[:-1])
+        transform.apply(header, b"", np.random.default_rng(0), bytes(48 * 48 * 3 - 1))
 
 
 def test_person_crop_reads_the_stored_person_copy_only_where_it_is_that_crop() -> None:
