@@ -67,12 +67,13 @@ class PreparedEntry(NamedTuple):
     and the bytes of each stored copy (b"" when none): the whole image squashed to
     header["squashed_side"]², and the people's box (`transforms.person_box` with margin
     header["person_margin"]) resampled to header["person_side"]². A copy is a JPEG, or its uint8
-    [side, side, 3] pixels when header["<copy>_format"] is "raw"."""
+    [side, side, 3] pixels when header["<copy>_format"] is "raw". The bytes are views of the
+    entry's: a raw copy's pixels are copied once, into the batch."""
 
     header: dict[str, Any]
-    jpeg: bytes
-    squashed: bytes
-    person: bytes = b""
+    jpeg: memoryview
+    squashed: memoryview
+    person: memoryview = memoryview(b"")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,11 +128,12 @@ def decode_prepared(entry: bytes) -> PreparedEntry:
     """The header, JPEG and copies (`PreparedEntry`) of an `encode_prepared` entry."""
     (size,) = struct.unpack_from("<I", entry)
     header = json.loads(entry[4 : 4 + size])
+    view = memoryview(entry)
     end, copies = len(entry), {}
     for name in reversed(COPIES):
         start = end - header.get(f"{name}_bytes", 0)
-        copies[name], end = entry[start:end], start
-    return PreparedEntry(header, entry[4 + size : end], **copies)
+        copies[name], end = view[start:end], start
+    return PreparedEntry(header, view[4 + size : end], **copies)
 
 
 def tfds_features() -> Any:

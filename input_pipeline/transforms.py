@@ -17,7 +17,7 @@ the description stays true of the flipped image.
 import dataclasses
 import io
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Buffer, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -97,7 +97,7 @@ def random_resized_box(
     return (0.0, 0.0, float(width), float(height))
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
+def decode_rgb(data: Buffer) -> np.ndarray:
     """uint8 [H, W, 3] of an encoded image.
 
     A YCbCr or greyscale JPEG is decoded straight into numpy by libjpeg-turbo's TurboJPEG API
@@ -116,7 +116,7 @@ def decode_rgb(data: bytes) -> np.ndarray:
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
-def copy_pixels(header: Mapping[str, Any], name: str, data: bytes) -> np.ndarray:
+def copy_pixels(header: Mapping[str, Any], name: str, data: Buffer) -> np.ndarray:
     """uint8 [S, S, 3] of an entry's stored copy `name` (`records.COPIES`): decoded from JPEG, or
     a read-only view of its raw pixels (`records.COPY_FORMATS`)."""
     form = header.get(f"{name}_format", "jpeg")
@@ -131,7 +131,7 @@ def copy_pixels(header: Mapping[str, Any], name: str, data: bytes) -> np.ndarray
     return np.frombuffer(data, np.uint8).reshape(side, side, 3)
 
 
-def decode_and_resize(jpeg: bytes, box_fn, size: int, keypoints: np.ndarray):
+def decode_and_resize(jpeg: Buffer, box_fn, size: int, keypoints: np.ndarray):
     """Decode (at a reduced JPEG scale when the box allows) and resample `box_fn(w, h)` to size².
 
     `box_fn` gets the full-resolution width and height and returns the box in those coordinates.
@@ -222,10 +222,10 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
     def apply(
         self,
         header: Mapping[str, Any],
-        jpeg: bytes,
+        jpeg: Buffer,
         rng: np.random.Generator,
-        squashed: bytes = b"",
-        person: bytes = b"",
+        squashed: Buffer = b"",
+        person: Buffer = b"",
     ) -> dict[str, Any]:
         """`squashed`, `person`: the entry's stored copies (`records.PreparedEntry`). The `squash`
         crop reads the squashed copy when its side is the image size; the `person` crop reads the

@@ -157,7 +157,7 @@ def _prepared_val_retrieval(
         described = header["descriptions"]
         order = [s for s in data.description_sources if s in described] + sorted(described)
         chosen = sorted(described) if every_caption else order[:1]
-        image = readers.decode(readers.Sample(jpeg, 0), data.image_size)
+        image = readers.decode(readers.Sample(bytes(jpeg), 0), data.image_size)
         if chosen and image is not None:
             texts += [described[s] for s in chosen]
             owners += [len(images)] * len(chosen)
