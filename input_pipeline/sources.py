@@ -139,7 +139,9 @@ class PreparedSource(DataSource):
         split = data.get("split", "train")
         source, shards = records.open_split(data.prepared, split)
         logging.info("%s: %d prepared records in %d shards", self.title, len(source), len(shards))
-        self._warn_of_crowds(data, split)
+        meta = json.loads((records.dataset_dir(data.prepared) / records.META_FILE).read_text())
+        self._warn_of_crowds(data, split, meta)
+        self._warn_of_resampling(data, meta)
         index = records.record_sources(shards)
         keep = records.described_by(index, data.description_sources, f"{data.prepared} ({split})")
         if len(keep) < len(index):
@@ -151,9 +153,10 @@ class PreparedSource(DataSource):
             return records.Subset(source, keep)
         return source
 
-    def _warn_of_crowds(self, data: ml_collections.ConfigDict, split: str) -> None:
+    def _warn_of_crowds(
+        self, data: ml_collections.ConfigDict, split: str, meta: dict[str, Any]
+    ) -> None:
         """The original renders every annotated person; `data.max_people` keeps the first P."""
-        meta = json.loads((records.dataset_dir(data.prepared) / records.META_FILE).read_text())
         counts = meta["splits"][split].get("people_per_image")
         more = sum(n for people, n in (counts or {}).items() if int(people) > data.max_people)
         if more:
@@ -162,6 +165,31 @@ class PreparedSource(DataSource):
                 "%s); only the first %d are in their heatmaps",
                 self.title, more, split, data.max_people, max(counts, key=int), data.max_people,
             )  # fmt: skip
+
+    def _warn_of_resampling(self, data: ml_collections.ConfigDict, meta: dict[str, Any]) -> None:
+        """A `squash` or `person` crop the preparation stores no copy of is resampled from the
+        stored JPEG for every image (3-4x the CPU, PERFORMANCE.md): the flags that store it."""
+        size = data.image_size
+        if data.crop == "squash" and meta.get("squash_side") != size:
+            side = meta.get("squash_side")
+            stored = f"a squashed copy of side {side}" if side else "no squashed copy"
+            flags = f"--squash_side={size}"
+        elif data.crop == "person" and (
+            meta.get("person_side") != size or meta.get("person_margin") != data.person_margin
+        ):
+            stored = (
+                f"a person copy of side {meta['person_side']} and margin {meta['person_margin']}"
+                if meta.get("person_side")
+                else "no person copy"
+            )
+            flags = f"--person_side={size} --person_margin={data.person_margin}"
+        else:
+            return
+        logging.warning(
+            "%s: %s holds %s, so the %s crop at data.image_size=%d resamples every image from "
+            "its stored JPEG; prepare it with %s to read the crop as stored",
+            self.title, data.prepared, stored, data.crop, size, flags,
+        )  # fmt: skip
 
     def record_map(self, data: ml_collections.ConfigDict) -> PreparedRecordTransform:
         """Decode, crop/resize, flip (with this source's skeleton), pick a text."""

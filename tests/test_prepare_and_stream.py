@@ -420,6 +420,32 @@ def test_images_with_more_people_than_kept_are_counted(prepared: Path, caplog) -
     assert "6 train images have more than data.max_people=1 annotated people" in caplog.text
 
 
+def test_a_crop_with_no_stored_copy_names_the_flags_that_store_it(prepared: Path, caplog) -> None:
+    """The fixture stores a squashed copy of the tiny config's size and no person copy."""
+    warned = {}
+    for crop, size in [
+        ("squash", SQUASH_SIDE),
+        ("squash", 2 * SQUASH_SIDE),
+        ("person", SQUASH_SIDE),
+    ]:
+        config = mpii_config(prepared)
+        config.data.crop, config.data.image_size = crop, size
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            sources.get("mpii").train_source(config.data)
+        warned[crop, size] = [
+            r.getMessage() for r in caplog.records if "resamples" in r.getMessage()
+        ]
+    assert warned["squash", SQUASH_SIDE] == []
+    (bigger,) = warned["squash", 2 * SQUASH_SIDE]
+    assert f"a squashed copy of side {SQUASH_SIDE}" in bigger
+    assert f"--squash_side={2 * SQUASH_SIDE}" in bigger
+    (person,) = warned["person", SQUASH_SIDE]
+    assert (
+        "no person copy" in person and f"--person_side={SQUASH_SIDE} --person_margin=0.15" in person
+    )
+
+
 def _one_split(tmp_path: Path, names: list[str], rows: list[dict], **options) -> dict:
     (tmp_path / "mpii_train.json").write_text(json.dumps(rows))
     write_descriptions(tmp_path / "descriptions", names)
