@@ -27,6 +27,7 @@ tree then reads records prepared with the defaults (JPEG copies, no person copy)
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -153,8 +154,9 @@ def _replicate(prepared: Path, count: int, per_shard: int = 512) -> None:
     shards.write_split(prepared, "train", cycled, name=mpii.NAME, records_per_shard=per_shard)
 
 
-def _cpu_seconds() -> np.ndarray:
-    """CPU seconds of this process and of its live descendants (grain's workers), Linux /proc."""
+def _counters() -> np.ndarray:
+    """CPU seconds and minor page faults of this process and of its live descendants (grain's
+    workers), from Linux /proc: [cpu main, cpu workers, faults main, faults workers]."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -164,7 +166,7 @@ def _cpu_seconds() -> np.ndarray:
                 continue
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             children.setdefault(ppid, []).append(int(entry))
-    ticks, todo = 0, list(children.get(os.getpid(), []))
+    ticks, faults, todo = 0, 0, list(children.get(os.getpid(), []))
     while todo:
         pid = todo.pop()
         todo += children.get(pid, [])
@@ -173,7 +175,9 @@ def _cpu_seconds() -> np.ndarray:
         except OSError:
             continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return np.array([time.process_time(), ticks / os.sysconf("SC_CLK_TCK")])
+        faults += int(fields[7])  # minflt
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return np.array([time.process_time(), ticks / os.sysconf("SC_CLK_TCK"), own, faults])
 
 
 def _tokenizer(vocab: str) -> Tokenizer:
@@ -184,23 +188,25 @@ def _tokenizer(vocab: str) -> Tokenizer:
 
 def _ours(prepared: str, vocab: str, workers: int, batches: int, crop: str) -> dict[str, Any]:
     """img/s wall, img per CPU-second of this process and its workers, CPU ms per image of this
-    process and of the workers, and the file the pipeline came from."""
+    process and of the workers, their minor page faults per image, and the file the pipeline
+    came from."""
     config = _config(prepared, workers, crop)
     it = pipeline.train_iterator(config, _tokenizer(vocab), process_index=0, process_count=1)
     for _ in range(FLAGS.warmup):
         next(it)
-    start, cpu = time.perf_counter(), _cpu_seconds()
+    start, counters = time.perf_counter(), _counters()
     for _ in range(batches):
         next(it)
     images = batches * config.train.batch_size
-    cpu = _cpu_seconds() - cpu
+    cpu = _counters() - counters
     rate = images / (time.perf_counter() - start)
     it.close()
     return {
         "img_per_s": rate,
-        "img_per_cpu_s": images / cpu.sum(),
+        "img_per_cpu_s": images / cpu[:2].sum(),
         "cpu_ms_main": cpu[0] / images * 1e3,
         "cpu_ms_workers": cpu[1] / images * 1e3,
+        "faults_per_image": (cpu[2] + cpu[3]) / images,
         "code": pipeline.__file__,
     }
 
@@ -307,12 +313,13 @@ def _row(result: dict[str, Any], original_cpu: float) -> str:
     return (
         f"{result['img_per_s']:6.0f} img/s, {result['img_per_cpu_s']:6.0f} img/CPU-s "
         f"({result['img_per_cpu_s'] / original_cpu:4.1f}x the original's way), CPU ms/img: "
-        f"main {result['cpu_ms_main']:.2f}, workers {result['cpu_ms_workers']:.2f}"
+        f"main {result['cpu_ms_main']:.2f}, workers {result['cpu_ms_workers']:.2f}; "
+        f"{result['faults_per_image']:.1f} page faults per image"
     )
 
 
 def _median(results: list[dict[str, Any]]) -> dict[str, float]:
-    keys = ("img_per_s", "img_per_cpu_s", "cpu_ms_main", "cpu_ms_workers")
+    keys = ("img_per_s", "img_per_cpu_s", "cpu_ms_main", "cpu_ms_workers", "faults_per_image")
     return {k: float(np.median([r[k] for r in results])) for k in keys}
 
 
