@@ -82,10 +82,9 @@ def keep_freed_memory() -> bool:
     False where there is no glibc (the pipeline runs as it is).
 
     By default glibc maps each allocation over 128 KiB afresh (a 224² image is 147 KiB, a batch
-    4.6 MiB) and returns it when freed, so every batch page-faults its memory in again: on the
-    2-core CPU that was 25-71 faults and 230-410 µs of system time an image, against 0-1 faults
-    and 90 µs with these settings (`bench.input_pipeline`). Set once per process, in the first
-    batch a process assembles (grain's workers included)."""
+    4.6 MiB) and returns it when freed, so every batch page-faults its memory in again, at about
+    6 µs a fault on a 2-core VM (`bench.input_pipeline` counts them per image). Set once per
+    process, in the first batch a process assembles (grain's workers included)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return all(libc.mallopt(param, value) == 1 for param, value in _KEEP_FREED)
