@@ -100,6 +100,7 @@ cli.check_flags(
     records=cli.Number(integer=True, at_least=1),
     crops=cli.Choices(transforms.CROP_MODES),
     rounds=cli.Number(integer=True, at_least=1),
+    person_side=cli.Number(integer=True, at_least=0),
 )
 
 REPO = Path(__file__).resolve().parents[1]
