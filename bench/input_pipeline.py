@@ -195,19 +195,19 @@ def _ours(prepared: str, vocab: str, workers: int, batches: int, crop: str) -> d
     it = pipeline.train_iterator(config, _tokenizer(vocab), process_index=0, process_count=1)
     for _ in range(FLAGS.warmup):
         next(it)
-    start, counters = time.perf_counter(), _counters()
+    start, before = time.perf_counter(), _counters()
     for _ in range(batches):
         next(it)
     images = batches * config.train.batch_size
-    cpu = _counters() - counters
+    cpu_main, cpu_workers, faults_main, faults_workers = _counters() - before
     rate = images / (time.perf_counter() - start)
     it.close()
     return {
         "img_per_s": rate,
-        "img_per_cpu_s": images / cpu[:2].sum(),
-        "cpu_ms_main": cpu[0] / images * 1e3,
-        "cpu_ms_workers": cpu[1] / images * 1e3,
-        "faults_per_image": (cpu[2] + cpu[3]) / images,
+        "img_per_cpu_s": images / (cpu_main + cpu_workers),
+        "cpu_ms_main": cpu_main / images * 1e3,
+        "cpu_ms_workers": cpu_workers / images * 1e3,
+        "faults_per_image": (faults_main + faults_workers) / images,
         "code": pipeline.__file__,
     }
 
@@ -370,10 +370,8 @@ def main(argv: list[str]) -> None:
         annotations, descriptions = _raw_data(root, FLAGS.copies)
         options = {"copy_format": FLAGS.copy_format, "person_side": FLAGS.person_side}
         options = {k: v for k, v in options.items() if v != flags.FLAGS[k].default}
-        prepared_as = {"this": root / "prepared"}
-        prepared_as |= {name: root / "prepared-default" for name in trees if name != "this"}
-        if not options:
-            prepared_as = dict.fromkeys(trees, root / "prepared")
+        this, default = root / "prepared", root / ("prepared-default" if options else "prepared")
+        prepared_as = {name: this if name == "this" else default for name in trees}
         for prepared in sorted(set(prepared_as.values())):
             start = time.perf_counter()
             chosen = options if prepared == prepared_as["this"] else {}

@@ -334,7 +334,7 @@ class Trainer:
         abstract_update = jax.tree.map(
             lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
             abstract_pure,
-            update_shardings or self.setup.param_shardings,
+            self.setup.param_shardings if update_shardings is None else update_shardings,
         )
         abstract_opt_state = jax.eval_shape(self.tx.init, abstract_pure)
         everywhere = sharding.replicated(mesh)

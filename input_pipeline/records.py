@@ -146,6 +146,11 @@ def tfds_features() -> Any:
     )
 
 
+def read_meta(prepared: str) -> dict[str, Any]:
+    """The meta.json of a finished preparation (settings, splits, skips, corrections)."""
+    return json.loads((dataset_dir(prepared) / META_FILE).read_text())
+
+
 def finished(prepared: str) -> epath.Path | None:
     """The TFDS version folder of a finished preparation: `prepared` itself when it holds a
     dataset_info.json, else the newest version of the one dataset under it (a TFDS data_dir);

@@ -10,7 +10,6 @@ of its keypoints (their part groups and flips). To add one: a `DataSource` subcl
 
 import abc
 import functools
-import json
 import logging
 import os
 from typing import Any, ClassVar
@@ -120,8 +119,7 @@ class PreparedSource(DataSource):
                 "config data.description_sources=(): name one or more description sources, "
                 "e.g. ('gpt-4',)"
             )
-        meta = json.loads((records.dataset_dir(data.prepared) / records.META_FILE).read_text())
-        splits = meta["splits"]
+        splits = records.read_meta(data.prepared)["splits"]
         if data.split not in splits:
             raise ValueError(
                 f"config data.split={data.split!r}: the preparation at {data.prepared} has the "
@@ -139,7 +137,7 @@ class PreparedSource(DataSource):
         split = data.get("split", "train")
         source, shards = records.open_split(data.prepared, split)
         logging.info("%s: %d prepared records in %d shards", self.title, len(source), len(shards))
-        meta = json.loads((records.dataset_dir(data.prepared) / records.META_FILE).read_text())
+        meta = records.read_meta(data.prepared)
         self._warn_of_crowds(data, split, meta)
         self._warn_of_resampling(data, meta)
         index = records.record_sources(shards)

@@ -254,14 +254,16 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
             return (0.0, 0.0, float(w), float(h))
 
         size = self.image_size
+        stored = None  # the crop as the preparation stored it, where it did
         if self.crop == "squash" and squashed and header["squashed_side"] == size:
-            image = copy_pixels(header, "squashed", squashed)
-            keypoints = box_keypoints(keypoints, box_fn(*header["size"]), size, size)
+            stored = copy_pixels(header, "squashed", squashed)
         elif self.crop == "person" and person and self._person_copy_fits(header):
-            image = copy_pixels(header, "person", person)
+            stored = copy_pixels(header, "person", person)
+        if stored is not None:
+            image = stored
             keypoints = box_keypoints(keypoints, box_fn(*header["size"]), size, size)
         else:
-            image, keypoints = decode_and_resize(jpeg, box_fn, self.image_size, keypoints)
+            image, keypoints = decode_and_resize(jpeg, box_fn, size, keypoints)
         text = choose_description(header["descriptions"], self.sources, rng)
         if self.flip and rng.random() < 0.5:
             image = image[:, ::-1]

@@ -85,7 +85,7 @@ def _shards(prepared: Path) -> list[Path]:
 
 
 def test_prepare_counts_skips_and_rescales(raw: Path, prepared: Path) -> None:
-    meta = json.loads((records.dataset_dir(str(prepared)) / records.META_FILE).read_text())
+    meta = records.read_meta(str(prepared))
     assert meta["splits"]["train"]["images"] == GOOD_TRAIN
     assert meta["splits"]["val"]["images"] == len(VAL_IMAGES)
     assert len(meta["splits"]["train"]["shards"]) == math.ceil(12 / 4)  # 12 pass the filter
