@@ -11,7 +11,7 @@ from absl import app, flags
 
 from focusclip_jax import plot, run_record, train
 from focusclip_jax.evaluators import table
-from input_pipeline import cli
+from input_pipeline import cli, writer_lock
 
 FLAGS = flags.FLAGS
 cli.define_config_file("config", None, "Config file, e.g. configs/pretrain.py[:variant].")
@@ -27,11 +27,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("num_processes", None, "Processes in the run (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
-flags.DEFINE_bool(
-    "takeover_lock",
-    False,
-    "Take the workdir's lock from a training on another host that is no longer running.",
-)
+writer_lock.define_takeover_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 cli.check_flags(
     workdir=cli.Path("new_folder"),

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import pytest
 from input_pipeline.errors import InputDataError
 from input_pipeline.prepare import describe_with_llm as dl
 from input_pipeline.prepare import mpii
+from tests.test_writer_lock import hold_as_another_run
 
 API_KEY = "sk-test-0123456789-secret"
 FAST = {"requests_per_minute": 0, "backoff_seconds": 0.001, "max_backoff_seconds": 0.01}
@@ -218,6 +220,22 @@ def test_resume_skips_described_images(tmp_path):
     assert not set(first_asked) & set(second_asked)
     assert len(server.requests) == 5
     assert len(mpii.read_descriptions(out)) == 5
+
+
+def test_a_second_run_on_the_same_out_is_refused_before_asking(tmp_path):
+    """Two runs on one --out would each rewrite it without the other's descriptions: the second
+    is refused in one line naming the first, before any request, the output untouched."""
+    ann, out = annotations(tmp_path), tmp_path / "descriptions.json"
+    with serving(lambda n, body: None) as server:
+        run(server, ann, out, limit=1)
+        before = out.read_bytes()
+        lock = Path(f"{out}{dl.LOCK_SUFFIX}")
+        assert not lock.exists()
+        hold_as_another_run(lock, pid=os.getpid(), command="describe_with_llm (the first)")
+        with pytest.raises(InputDataError, match=rf"^--out={out}: another description run is "):
+            run(server, ann, out)
+        assert len(server.requests) == 1
+    assert out.read_bytes() == before and lock.exists()
 
 
 def test_interrupted_run_keeps_what_was_done(tmp_path):

@@ -1,7 +1,7 @@
-"""A finished dataset is never lost to a preparation: written aside and swapped in only when
-complete and no worse (--overwrite to accept fewer images, never an empty split); missing or empty
-inputs refused before anything is written; a full disk or an interruption leaves the finished
-dataset as it was; the readers name a deleted shard."""
+"""A finished dataset is never lost to a preparation: one preparation at a time, written aside
+and swapped in only when complete and no worse (--overwrite to accept fewer images, never an
+empty split); missing or empty inputs refused before anything is written; a full disk or an
+interruption leaves the finished dataset as it was; the readers name a deleted shard."""
 
 import json
 import re
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 
-from input_pipeline import pipeline, records, sources
+from input_pipeline import pipeline, records, sources, writer_lock
 from input_pipeline.errors import InputDataError
 from input_pipeline.prepare import coco as prepare_coco
 from input_pipeline.prepare import mpii, shards
@@ -21,6 +21,7 @@ from tests.conftest import REPO
 from tests.test_coco import _split as coco_split
 from tests.test_mpii import mmpose_rows, write_descriptions, write_jpeg
 from tests.test_prepare_and_stream import mpii_config
+from tests.test_writer_lock import hold_as_another_run
 
 TRAIN = [f"{i:03d}.jpg" for i in range(6)]
 VAL = [f"{i:03d}.jpg" for i in range(100, 103)]
@@ -198,6 +199,39 @@ def test_a_full_disk_leaves_the_finished_dataset_as_it_was(
         _prepare(raw, out, max_side=24)  # another size: every shard is written again
     assert _snapshot(out) == before
     assert not _leftovers(out)
+
+
+def test_a_second_preparation_into_the_same_out_stops_in_one_line(
+    raw: Path, tmp_path: Path
+) -> None:
+    """Two preparations into one --out: the second ended in a traceback. It exits 2 naming the
+    first, the dataset and the lock as they were; once the first is gone, a rerun takes its lock
+    over and finds the dataset up to date."""
+    out = tmp_path / "out"
+    _prepare(raw, out)
+    lock = out / mpii.NAME / writer_lock.LOCK_FILE
+    assert not lock.exists()
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        hold_as_another_run(lock, pid=first.pid, command="prepare.mpii (the first)")
+        before = _snapshot(out)
+        done = subprocess.run(
+            [sys.executable, "-m", "input_pipeline.prepare.mpii", f"--images={raw / 'images'}",
+             *[f"--annotations={raw / f'mpii_{split}.json'}" for split in ("train", "val")],
+             f"--descriptions={raw / 'descriptions'}", f"--out={out}", "--max_side=32",
+             "--squash_side=0", "--records_per_shard=2", "--workers=1"],
+            cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    finally:
+        first.kill()
+        first.wait()
+    message = _one_line_error(done)
+    assert message.startswith(f"--out={out}: another preparation is writing it"), message
+    assert f"pid {first.pid}" in message and "(prepare.mpii (the first))" in message
+    assert _snapshot(out) == before
+    meta = _prepare(raw, out)
+    assert meta["splits"]["train"]["images"] == len(TRAIN)
+    assert not lock.exists() and not _leftovers(out)
 
 
 def test_an_interrupted_run_resumes_from_its_staging_folder(

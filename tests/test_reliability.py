@@ -1,14 +1,11 @@
-"""What a user made is never lost: one training per workdir (its lock), one restore path for every
-reader (a damaged newest step falls back to the one before), and a run record that matches the
-checkpoints."""
+"""What a user made is never lost: one training per workdir (its lock, `writer_lock`), one
+restore path for every reader (a damaged newest step falls back to the one before), and a run
+record that matches the checkpoints."""
 
-import json
 import logging
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from focusclip_jax.setup import load_trained
 from input_pipeline import pipeline
 from input_pipeline.errors import ConfigError
 from tests.conftest import FAST_COMPILE_FLAGS, REPO, tiny_config
+from tests.test_writer_lock import hold_as_another_run
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE_FLAGS)
 
@@ -38,20 +36,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workdir
 
 
-def _lock(workdir: Path, **holder) -> None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    found = {"host": socket.gethostname(), "started": time.time(), "command": "main"} | holder
-    (workdir / workdir_lock.LOCK_FILE).write_text(json.dumps(found))
-
-
 def test_a_second_training_on_a_held_workdir_stops_naming_the_holder(tmp_path: Path) -> None:
     """A live training holds the workdir: another exits 2 in one line naming it, and writes
     nothing there (no record, no checkpoints, the lock untouched)."""
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        _lock(tmp_path, pid=holder.pid, command="python -m focusclip_jax.main (the first)")
+        hold_as_another_run(
+            workdir_lock.lock_path(tmp_path), pid=holder.pid,
+            command="python -m focusclip_jax.main (the first)",
+        )  # fmt: skip
         before = sorted(p.name for p in tmp_path.iterdir())
-        lock = (tmp_path / workdir_lock.LOCK_FILE).read_text()
+        lock = (workdir_lock.lock_path(tmp_path)).read_text()
         done = subprocess.run(
             [sys.executable, "-m", "focusclip_jax.main", "--config=tests/tiny.py",
              f"--workdir={tmp_path}", "--config.mesh.data=1"],
@@ -62,52 +57,11 @@ def test_a_second_training_on_a_held_workdir_stops_naming_the_holder(tmp_path: P
         holder.wait()
     assert done.returncode == 2, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: {tmp_path}: another training is writing this workdir")
+    assert last.startswith(f"error: {tmp_path}: another training is writing it")
     assert f"pid {holder.pid}" in last and "(the first)" in last
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
-    assert (tmp_path / workdir_lock.LOCK_FILE).read_text() == lock
-
-
-def test_a_lock_left_by_a_dead_training_is_taken_over(tmp_path: Path, caplog) -> None:
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    _lock(tmp_path, pid=gone.pid)
-    with caplog.at_level(logging.WARNING):
-        holder = workdir_lock.acquire(run_record.workdir_path(tmp_path))
-    assert "taking over the lock of a training that is gone" in caplog.text
-    assert json.loads((tmp_path / workdir_lock.LOCK_FILE).read_text())["pid"] == os.getpid()
-    workdir_lock.release(run_record.workdir_path(tmp_path), holder)
-    assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
-
-
-def test_a_lock_from_another_host_needs_takeover(tmp_path: Path, caplog) -> None:
-    _lock(tmp_path, host="some-other-host", pid=1)
-    root = run_record.workdir_path(tmp_path)
-    with pytest.raises(workdir_lock.WorkdirLockedError, match=r"another host.*--takeover_lock"):
-        workdir_lock.acquire(root)
-    with caplog.at_level(logging.WARNING):
-        holder = workdir_lock.acquire(root, takeover=True)
-    assert "--takeover_lock: taking the lock of host some-other-host" in caplog.text
-    workdir_lock.release(root, holder)
-
-
-def test_two_trainings_started_together_one_trains(tmp_path: Path) -> None:
-    """Of two lock takers racing on one workdir (exclusive create), exactly one wins."""
-    code = (
-        "import sys; from focusclip_jax import workdir_lock, run_record\n"
-        "root = run_record.workdir_path(sys.argv[1])\n"
-        "try:\n    workdir_lock.acquire(root); print('won')\n"
-        "except workdir_lock.WorkdirLockedError: print('refused')\n"
-        "import time; time.sleep(3)\n"
-    )
-    command = [sys.executable, "-c", code, str(tmp_path)]
-    racers = [
-        subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    results = sorted(racer.communicate(timeout=120)[0].strip() for racer in racers)
-    assert results == ["refused", "won"]
+    assert (workdir_lock.lock_path(tmp_path)).read_text() == lock
 
 
 def _damage_newest_metadata(workdir: Path) -> Path:

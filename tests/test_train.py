@@ -235,7 +235,7 @@ def test_a_run_stopped_by_a_nonfinite_loss_closes_what_it_opened(
     with caplog.at_level(logging.INFO), pytest.raises(train.NonFiniteLossError, match="step 0"):
         train.train_and_evaluate(config, tmp_path)
     assert sorted(closed) == ["Checkpointer", "MetricWriter"]
-    assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
+    assert not (workdir_lock.lock_path(tmp_path)).exists()
     setup = ModelSetup.create(config, sharding.create_mesh({"data": 1}), vocab_size=9)
     summary = next(r.getMessage() for r in caplog.records if "parameters in" in r.getMessage())
     table = (tmp_path / "parameters.txt").read_text().splitlines()

@@ -15,7 +15,9 @@ variable and never logged or written.
 The output is the published descriptions JSON (a list of {image, activity, count, people[{id,
 center, scale, kpts, kpts_vis}], description}) that `input_pipeline.prepare.mpii` reads.
 It is rewritten atomically (temporary file + rename) every few seconds and at the end, so an
-interrupted run loses at most those seconds; a rerun skips images already described. Requests run
+interrupted run loses at most those seconds; a rerun skips images already described. One run
+writes an output at a time: `<out>.lock` names it, and a second run exits with one line naming
+the first (two would each rewrite the file without the other's descriptions). Requests run
 in a thread pool under a client-side rate limit; 429, 5xx, timeouts and connection errors are
 retried with exponential backoff and jitter (at least the server's Retry-After); other errors fail
 that image only, which the next run retries. Progress (done/total, rate, ETA) is logged every
@@ -42,12 +44,13 @@ from typing import Any
 
 from absl import app, flags
 
-from input_pipeline import cli, records, sources
+from input_pipeline import cli, records, sources, writer_lock
 from input_pipeline.errors import InputDataError
 from input_pipeline.prepare import mpii
 
 PROGRESS_EVERY = 100  # images between progress lines, at most
 PROGRESS_SECONDS = 10.0  # seconds between progress lines, at most
+LOCK_SUFFIX = ".lock"  # `<out>.lock`: the run writing `<out>` (`writer_lock`)
 
 # The system prompt of the authors' `src/captioning/generate_captions.py` (github anon12620/
 # FocusCLIP), verbatim; the user message is the image's annotation as JSON (`user_prompt`).
@@ -395,9 +398,11 @@ def describe_file(
     max_backoff_seconds: float = 60.0,
     timeout_seconds: float = 120.0,
     flush_seconds: float = 5.0,
+    takeover_lock: bool = False,
 ) -> Summary:
-    """Describes the images of `annotations` into `out` (resuming it); the API key is read from
-    the environment variable `api_key_env`. A user's mistake is an `InputDataError`."""
+    """Describes the images of `annotations` into `out` (resuming it), one run at a time
+    (`<out>.lock`); the API key is read from the environment variable `api_key_env`. A user's
+    mistake is an `InputDataError`."""
     api_key = os.environ.get(api_key_env, "")
     if not api_key:
         raise InputDataError(_key_missing(api_key_env, base_url))
@@ -407,7 +412,6 @@ def describe_file(
             f"{annotations}: annotations not found; get {sources.MMPOSE_ANNOTATIONS}"
         )
     annotated = mpii.read_annotations(annotations)
-    descriptions = DescriptionsFile(Path(out), flush_seconds)
     client = ChatClient(
         base_url=base_url,
         api_key=api_key,
@@ -418,8 +422,14 @@ def describe_file(
         max_backoff_s=max_backoff_seconds,
         timeout_s=timeout_seconds,
     )
-    log.info("%d images in %s; writing %s", len(annotated), annotations, out)
-    summary = describe_all(annotated, descriptions, client, concurrency=concurrency, limit=limit)
+    with writer_lock.hold(
+        f"{out}{LOCK_SUFFIX}", f"--out={out}", writer_lock.DESCRIPTION, takeover=takeover_lock
+    ):
+        descriptions = DescriptionsFile(Path(out), flush_seconds)
+        log.info("%d images in %s; writing %s", len(annotated), annotations, out)
+        summary = describe_all(
+            annotated, descriptions, client, concurrency=concurrency, limit=limit
+        )
     log.info("%s: %s", out, summary.line())
     return summary
 
@@ -462,6 +472,7 @@ def define_flags() -> None:
     flags.DEFINE_float(
         "flush_seconds", 5.0, "Rewrite the output at most this often (and at the end)."
     )
+    writer_lock.define_takeover_flag()
     flags.mark_flags_as_required(["annotations", "out", "model", "base_url"])
     cli.check_flags(
         annotations=cli.Path("file"),
@@ -492,6 +503,7 @@ def main(argv: Sequence[str]) -> int:
             base_url=FLAGS.base_url,
             api_key_env=FLAGS.api_key_env,
             limit=FLAGS.limit,
+            takeover_lock=FLAGS.takeover_lock,
             **{name: FLAGS[name].value for name in NUMBERS},
         )
     except KeyboardInterrupt:

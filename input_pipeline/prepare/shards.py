@@ -9,7 +9,9 @@ DatasetInfo, last: its presence marks a finished preparation.
 opens it without TensorFlow. The shards are written here rather than by a TFDS builder's
 `download_and_prepare`, which writes a dataset in one go: here a rerun resumes.
 
-A finished dataset is never lost to a preparation. A run writes into `incomplete.1.0.0/` beside
+A finished dataset is never lost to a preparation. One preparation writes a dataset at a time:
+it holds `<out>/<name>/lock.json` while it runs (`writer_lock`), and a second one exits with one
+line naming the first. A run writes into `incomplete.1.0.0/` beside
 the version folder and swaps it in only once every shard is written and the dataset opens as TFDS
 opens it (each split's count checked, the last record of each shard read back): the finished
 folder is renamed to `replaced.1.0.0/`, the new one takes its place, then the old one is removed;
@@ -64,7 +66,7 @@ from array_record.python import array_record_module
 from etils import epath
 from PIL import Image
 
-from input_pipeline import cli, records, transforms
+from input_pipeline import cli, records, transforms, writer_lock
 from input_pipeline.errors import InputDataError
 
 SKIP_EXAMPLES = 5  # paths logged per skip reason
@@ -670,16 +672,67 @@ def write_prepared(
     person_margin: float = 0.15,
     records_per_shard: int = 512,
     workers: int = 0,
+    takeover_lock: bool = False,
 ) -> dict:
     """Filter, shard and write records of any skeleton as the TFDS dataset `name` under `out`:
     aside, swapped in when complete and no worse (see the module's docstring; `overwrite` accepts
-    fewer images). `corrected`: corrections made while reading the inputs, counted in meta.json;
-    `expected`: the images per split a complete source has (the log notes a difference). Returns
-    (and writes as meta.json) the counts per split."""
-    start = time.perf_counter()
+    fewer images), by one preparation at a time (`writer_lock`; `takeover_lock` takes it from a
+    run on another host). `corrected`: corrections made while reading the inputs, counted in
+    meta.json; `expected`: the images per split a complete source has (the log notes a
+    difference). Returns (and writes as meta.json) the counts per split."""
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputDataError(f"--out={out}: not a folder")
+    dataset_dir = out_dir / name
+    made = _first_missing(dataset_dir)
+    try:
+        with writer_lock.hold(
+            dataset_dir / writer_lock.LOCK_FILE,
+            f"--out={out}",
+            writer_lock.PREPARATION,
+            takeover=takeover_lock,
+        ):
+            return _write_prepared(
+                rows, images, out, name=name, expected=expected, overwrite=overwrite,
+                corrected=corrected, records_per_shard=records_per_shard, workers=workers,
+                encoding=Encoding(
+                    max_side, quality, squash_side, copy_format, person_side, person_margin
+                ),
+            )  # fmt: skip
+    except Exception:
+        _remove_empty_folders(dataset_dir, made)
+        raise
+
+
+def _remove_empty_folders(folder: Path, made: Path | None) -> None:
+    """The folders from `folder` up to `made` that a failed run created, where they are empty."""
+    if made is None:
+        return
+    for empty in [folder, *folder.parents]:
+        try:
+            empty.rmdir()
+        except OSError:
+            return
+        if empty == made:
+            return
+
+
+def _write_prepared(
+    rows: list[records.ImageRecord],
+    images: str,
+    out: str,
+    *,
+    name: str,
+    expected: Mapping[str, int] | None,
+    overwrite: bool,
+    corrected: Mapping[str, int] | None,
+    records_per_shard: int,
+    workers: int,
+    encoding: Encoding,
+) -> dict:
+    """`write_prepared`'s work, under the dataset's lock."""
+    start = time.perf_counter()
+    out_dir = Path(out)
     version_dir = out_dir / name / VERSION
     _recover(version_dir)
     finished = _finished_counts(version_dir, out_dir)
@@ -696,7 +749,6 @@ def write_prepared(
     )
     there = {split: len(rows) - len(missing[split]) for split, rows in by_split.items()}
     _refuse_if_worse(there, annotated, _counts(known), known, finished, overwrite, "at most ")
-    encoding = Encoding(max_side, quality, squash_side, copy_format, person_side, person_margin)
     plan = _plan(by_split, images, out_dir, name, encoding.fingerprint_text(), records_per_shard)
     splits = {
         split: {"people_per_image": _people_per_image(rows)} for split, rows in by_split.items()
@@ -933,6 +985,7 @@ def define_writer_flags(name: str) -> None:
         "Replace a finished dataset even where this run has fewer images in a split, or lacks "
         "one of its splits (a split without images is never written).",
     )
+    writer_lock.define_takeover_flag()
     cli.check_flags(
         out=cli.Path("new_folder"),
         max_side=cli.Number(integer=True, at_least=1),
@@ -955,6 +1008,7 @@ WRITER_FLAGS = (
     "records_per_shard",
     "workers",
     "overwrite",
+    "takeover_lock",
 )
 
 
