@@ -19,8 +19,9 @@ tower and alpha are training's. Everything is numpy and safetensors: no torch.
 The output is written beside `--out` (`<out>.partial`) and renamed into place when complete; an
 existing export is replaced only with `--overwrite` (the old one is `<out>.replaced` until the
 new one is in place: a run cut short between the two renames is undone by the next). Anything at
-`--out` that is not an export of the same kind (a folder without `config.json`, a file that is
-not `.safetensors`, a file where a folder goes) is never replaced. The model comes from the
+`--out` that is not an export of the same kind (a folder holding anything but an export's files,
+a file that is not `.safetensors`, a file where a folder goes) is never replaced, nor is the
+`--checkpoint` workdir or a folder holding it. The model comes from the
 workdir's record (`run_record`); `--config` describes it only for workdirs trained before runs
 were recorded.
 """
@@ -47,6 +48,19 @@ FORMATS = ("tower", "hf", "open_clip")
 # The tokenizer each whole-model format ships (config.tokenizer.kind).
 TOKENIZERS = {"hf": "bert_wordpiece", "open_clip": "clip_bpe"}
 FLAGS = flags.FLAGS
+
+
+# Every file a folder export writes (BERT tower: hf_bert.save; whole model: hf_dual_encoder.save).
+EXPORT_FOLDER_FILES = frozenset(
+    {
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "preprocessor_config.json",
+    }
+)
 
 
 def _writes_folder(fmt: str, tower: str | None) -> bool:
@@ -92,16 +106,26 @@ def check_out(out: Path, *, folder: bool, overwrite: bool) -> None:
         raise errors.InputDataError(
             f"--out={out}: already exists; rerun with --overwrite to replace it"
         )
-    if folder and not (out / "config.json").is_file():
+    if folder and not _is_export_folder(out):
         raise errors.InputDataError(
-            f"--out={out}: a folder without config.json, not an export: not replaced, even with "
-            "--overwrite"
+            f"--out={out}: not an export folder (it holds more than an export's files "
+            f"{', '.join(sorted(EXPORT_FOLDER_FILES))}, or no config.json): not replaced, even "
+            "with --overwrite"
         )
     if not folder and not _is_safetensors(out):
         raise errors.InputDataError(
             f"--out={out}: not a .safetensors file, not an export: not replaced, even with "
             "--overwrite"
         )
+
+
+def _is_export_folder(path: Path) -> bool:
+    """Whether `path` holds an export's files and nothing else (a training workdir, a user's
+    model folder with other files, is not one)."""
+    entries = list(path.iterdir())
+    return (path / "config.json").is_file() and all(
+        entry.is_file() and entry.name in EXPORT_FOLDER_FILES for entry in entries
+    )
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -202,6 +226,7 @@ def export(
     if fmt == "open_clip" and not out.endswith(".safetensors"):
         raise errors.InputDataError(f"--out={out}: open_clip reads a .safetensors file by its name")
     out_path = Path(out)
+    cli.refuse_inputs_as_output("--out", out, {"--checkpoint": run_record.workdir_of(checkpoint)})
     _finish_interrupted_swap(out_path)
     check_out(out_path, folder=_writes_folder(fmt, tower), overwrite=overwrite)
     mesh = sharding.create_mesh({"data": 1}, devices=jax.devices()[:1])

@@ -12,6 +12,7 @@ the NT-Xent temperature.
 """
 
 import csv
+import io
 import json
 import logging
 import sys
@@ -76,20 +77,45 @@ def predict(
     return rows
 
 
+CSV_HEADER = ("image", "rank", "label", "probability")
+
+
 def write(rows: list[dict[str, Any]], out: Path) -> None:
     """JSON (a list of rows) or CSV (image, rank, label, probability), by the file's suffix;
     written aside and renamed, so an earlier file is replaced only by a whole one."""
-    aside = out.with_name(out.name + ".tmp")
     if out.suffix == ".json":
-        aside.write_text(json.dumps(rows, indent=1))
-    else:
-        with aside.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image", "rank", "label", "probability"])
-            for row in rows:
-                for rank, (label, prob) in enumerate(row["top"], 1):
-                    writer.writerow([row["image"], rank, label, f"{prob:.6f}"])
-    aside.replace(out)
+        cli.write_whole(out, json.dumps(rows, indent=1))
+        return
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(CSV_HEADER)
+    for row in rows:
+        for rank, (label, prob) in enumerate(row["top"], 1):
+            writer.writerow([row["image"], rank, label, f"{prob:.6f}"])
+    cli.write_whole(out, text.getvalue())
+
+
+def is_predictions_file(path: Path) -> bool:
+    """Whether `path` is what `write` writes: the CSV's header, or the JSON's list of rows."""
+    try:
+        if path.suffix == ".csv":
+            with path.open(newline="") as f:
+                return tuple(next(csv.reader(f), ())) == CSV_HEADER
+        rows = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(rows, list) and all(
+        isinstance(row, dict) and set(row) == {"image", "top"} for row in rows
+    )
+
+
+def check_out(out: str, inputs: dict[str, Any]) -> None:
+    """Refuses, before any work, an --out that would replace an input or a user's file."""
+    cli.refuse_inputs_as_output("--out", out, inputs)
+    cli.refuse_foreign(
+        "--out", out, is_predictions_file, "a predictions file this command wrote (its CSV "
+        "header image,rank,label,probability, or its JSON list of rows)",
+    )  # fmt: skip
 
 
 FLAGS = flags.FLAGS
@@ -137,6 +163,9 @@ def main(argv: list[str]) -> None:
         labels, given = [label.strip() for label in FLAGS.labels or [] if label.strip()], "--labels"
     if not labels:
         raise app.UsageError(f"{given}: no labels; give --labels=a,b,c or --labels_file")
+    if FLAGS.out:
+        inputs = {"--labels_file": FLAGS.labels_file, "--images": FLAGS.images}
+        check_out(FLAGS.out, inputs)
     rows = predict(
         FLAGS.config,
         FLAGS.checkpoint,

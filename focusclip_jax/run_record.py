@@ -57,6 +57,7 @@ def write(workdir: str, config: ml_collections.ConfigDict, tokenizer: tokenizers
     landed, checked (every process) against the config, a contradiction an error naming the
     key. The tokenizer's file (a fitted one: kept first) is copied beside it."""
     root = workdir_path(workdir)
+    _refuse_a_foreign_config_file(root, workdir)
     if jax.process_index() == 0:
         tokenizers.kind_of(config.tokenizer).save(tokenizer, config.tokenizer, str(workdir))
     sources = tokenizer_files(config, str(workdir))
@@ -74,6 +75,20 @@ def write(workdir: str, config: ml_collections.ConfigDict, tokenizer: tokenizers
         cli.write_whole(copy, epath.Path(source).read_bytes())
         record.tokenizer[key] = f"{TOKENIZER_DIR}/{copy.name}"
     cli.write_whole(root / CONFIG_FILE, record.to_json(indent=1).encode())
+
+
+def _refuse_a_foreign_config_file(root: epath.Path, workdir: str) -> None:
+    """A config.json that is not a run record (an exported model's, a user's) is never
+    replaced: the workdir is someone else's folder."""
+    if not (root / CONFIG_FILE).exists():
+        return
+    try:
+        load(str(root))
+    except ConfigError as error:
+        raise ConfigError(
+            f"--workdir={workdir}: holds a {CONFIG_FILE} that is not this project's run record "
+            f"({error}); not replaced: give another --workdir"
+        ) from None
 
 
 def _check_matches(

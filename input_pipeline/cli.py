@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path as FilePath
 from typing import Any, NoReturn
 
@@ -64,6 +64,38 @@ def fail(message: str) -> NoReturn:
     """A user's mistake: one line on stderr (a list of missing files: a line each), exit 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(USER_ERROR_STATUS)
+
+
+def refuse_inputs_as_output(
+    out_flag: str, out: str | os.PathLike, inputs: Mapping[str, Sequence[Any] | Any]
+) -> None:
+    """An output that is one of the run's inputs, or a folder holding one, is refused in one
+    line: writing it would replace what the run reads. `inputs`: flag → its path or paths."""
+    target = FilePath(out).resolve()
+    for flag, paths in inputs.items():
+        for path in paths if isinstance(paths, list | tuple) else [paths]:
+            if path is None or str(path) == "":
+                continue
+            source = FilePath(path).resolve()
+            if source == target or target in source.parents:
+                held = "is" if source == target else "holds"
+                raise InputDataError(
+                    f"{out_flag}={out}: {held} {flag}={path}, which this run reads; writing "
+                    f"there would replace it: give another {out_flag}"
+                )
+
+
+def refuse_foreign(
+    out_flag: str, out: str | os.PathLike, made_here: Callable[[FilePath], bool], what: str
+) -> None:
+    """An output replaces only what an earlier run of its tool made: anything else at `out` is
+    refused in one line, naming what an output there must be (`what`)."""
+    path = FilePath(out)
+    if path.exists() and not made_here(path):
+        raise InputDataError(
+            f"{out_flag}={out}: exists and is not {what}: not replaced; move it, or give another "
+            f"{out_flag}"
+        )
 
 
 def _one_line(error: BaseException) -> str | None:

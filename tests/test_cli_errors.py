@@ -26,6 +26,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     captions = {"annotations": [{"id": 1, "image_id": 1, "caption": "A person runs."}]}
     (root / "captions_train2017.json").write_text(json.dumps(captions))
     (root / "empty.safetensors").write_bytes(b"")
+    (root / "labels.csv").write_text("running\ncooking\n")
+    (root / "results.csv").write_text("subject,score\n1,0.5\n")
     (root / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json")
     return root
 
@@ -61,6 +63,10 @@ CASES = [
      "flag --batch_size=0: must be an integer >= 1"),
     ("focusclip_jax.predict", ["--checkpoint={r}/none", "--images={r}", "--labels=a"],
      "flag --checkpoint={r}/none: no such folder"),
+    ("focusclip_jax.predict", [*PREDICT, "--labels_file={r}/labels.csv", "--out={r}/labels.csv"],
+     "--out={r}/labels.csv: is --labels_file={r}/labels.csv, which this run reads"),
+    ("focusclip_jax.predict", [*PREDICT, "--labels=a", "--out={r}/results.csv"],
+     "--out={r}/results.csv: exists and is not a predictions file"),
     ("input_pipeline.prepare.mpii",
      ["--images={r}", "--annotations={r}/bad.json", "--descriptions={r}", "--out={r}/o"],
      "{r}/bad.json: not readable JSON"),

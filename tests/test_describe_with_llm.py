@@ -238,6 +238,22 @@ def test_a_second_run_on_the_same_out_is_refused_before_asking(tmp_path):
     assert out.read_bytes() == before and lock.exists()
 
 
+def test_the_annotations_or_another_format_are_never_rewritten(tmp_path):
+    """`--out` set to the annotations (or to any mmpose file) rewrote it as a mix of formats, and
+    a preparation from it then lost most images."""
+    ann = annotations(tmp_path)
+    mmpose = tmp_path / "mpii_val.json"
+    mmpose.write_text(json.dumps([{"image": "a.jpg", "joints": [[1, 2]] * 16, "scale": 1.0}]))
+    before = {path: path.read_bytes() for path in (ann, mmpose)}
+    with serving(lambda n, body: None) as server:
+        with pytest.raises(InputDataError, match=rf"^--out={ann}: is --annotations={ann}"):
+            run(server, ann, ann)
+        with pytest.raises(InputDataError, match=r"\[item 0\]: not a descriptions record"):
+            run(server, ann, mmpose)
+        assert not server.requests
+    assert {path: path.read_bytes() for path in (ann, mmpose)} == before
+
+
 def test_interrupted_run_keeps_what_was_done(tmp_path):
     """Ctrl-C mid-run: what was described is written (even with a long flush interval), and the
     rerun asks only for the rest."""

@@ -186,9 +186,19 @@ def test_output_is_written_aside_and_replaced_only_with_overwrite(
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("not an export")
-    with pytest.raises(InputDataError, match=r"folder without config.json, not an export"):
+    with pytest.raises(InputDataError, match=r"not an export folder"):
         export.export(None, str(workdir), None, str(tmp_path / "mine"), fmt="hf", overwrite=True)
     assert (tmp_path / "mine" / "notes.txt").is_file()
+    # A model folder of the user's: config.json beside files no export writes.
+    (tmp_path / "mine" / "config.json").write_text("{}")
+    with pytest.raises(InputDataError, match=r"not an export folder \(it holds more than"):
+        export.export(None, str(workdir), "text_tower", str(tmp_path / "mine"), overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["config.json", "notes.txt"]
+    # The training workdir itself, or a folder holding it: its checkpoints were deleted.
+    for folder in (workdir, workdir.parent):
+        with pytest.raises(InputDataError, match=r"(is|holds) --checkpoint=.*which this run reads"):
+            export.export(None, str(workdir), "text_tower", str(folder), overwrite=True)
+    assert (workdir / "checkpoints").is_dir() and (workdir / "config.json").is_file()
     (tmp_path / "thesis.safetensors").write_text("not an export")
     with pytest.raises(InputDataError, match=r"not a .safetensors file, not an export"):
         export.export(

@@ -502,3 +502,26 @@ def test_visualize_writes_panels_and_the_description(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["x.png"]  # y.jpg is missing: skipped with a warning
     image = Image.open(paths[0])
     assert image.width == 3 * 96 and image.height > 72  # three panels, text below
+
+
+def test_visualize_replaces_its_own_panels_and_nothing_else(tmp_path: Path) -> None:
+    """`--out` set to the images folder overwrote the user's PNG images with panels."""
+    from input_pipeline.prepare import visualize
+
+    annotations = tmp_path / "mpii_train.json"
+    annotations.write_text(json.dumps(mmpose_rows(["x.png", "y.jpg"])))
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(tmp_path / "x.png")
+    write_jpeg(tmp_path / "y.jpg", 1)
+    source = (tmp_path / "x.png").read_bytes()
+    run = lambda out: visualize.visualize(str(annotations), str(tmp_path), str(out), size=64)
+    with pytest.raises(InputDataError, match=rf"^--out={tmp_path}: is --images={tmp_path}"):
+        run(tmp_path)
+    out = tmp_path / "out"
+    assert [p.name for p in run(out)] == ["x.png", "y.png"]
+    drawn = (out / "y.png").read_bytes()
+    assert [p.name for p in run(out)] == ["x.png", "y.png"]  # a rerun replaces its panels
+    (out / "y.png").write_bytes(source)  # a file of a panel's name it did not draw
+    with pytest.raises(InputDataError, match=r"y.png: exists and is not a panel"):
+        run(out)
+    assert (out / "y.png").read_bytes() == source and (tmp_path / "x.png").read_bytes() == source
+    assert drawn != source

@@ -129,6 +129,23 @@ def test_predict_top_k_with_probabilities(trained, tmp_path: Path) -> None:
     assert lines[0] == "image,rank,label,probability" and len(lines) == 1 + 3 * 2
     predict.write(rows, tmp_path / "p.json")
     assert json.loads((tmp_path / "p.json").read_text())[0]["image"] == str(images[0])
+    assert all(predict.is_predictions_file(tmp_path / name) for name in ("p.csv", "p.json"))
+    predict.check_out(str(tmp_path / "p.csv"), {})  # an earlier predictions file: replaced
+
+
+def test_predict_never_replaces_its_inputs_or_a_users_file(tmp_path: Path) -> None:
+    """`--out` was replaced whatever it held: the labels file just read, a user's CSV."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("riding a bike\ncooking\n")
+    with pytest.raises(InputDataError, match=r"^--out=.*labels.csv: is --labels_file=.*reads"):
+        predict.check_out(str(labels), {"--labels_file": str(labels), "--images": None})
+    mine = {"results.csv": "subject,score\n1,0.5\n", "results.json": '{"accuracy": 0.9}'}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputDataError, match=r"exists and is not a predictions file"):
+            predict.check_out(str(tmp_path / name), {})
+        assert (tmp_path / name).read_text() == text
+    assert labels.read_text() == "riding a bike\ncooking\n"
 
 
 def test_the_evaluate_program_writes_where_asked(trained, tmp_path: Path, capsys) -> None:

@@ -2,6 +2,7 @@
 restore path for every reader (a damaged newest step falls back to the one before), and a run
 record that matches the checkpoints."""
 
+import json
 import logging
 import os
 import subprocess
@@ -98,3 +99,14 @@ def test_a_rerun_before_the_first_checkpoint_records_the_new_model(tmp_path: Pat
     contradicting.model.embed_dim = 8
     with pytest.raises(ConfigError, match=r"--config\.model\.embed_dim=8: the checkpoints"):
         train.train_and_evaluate(contradicting, tmp_path)
+
+
+def test_a_workdir_with_another_tools_config_json_is_refused(tmp_path: Path) -> None:
+    """Training into an exported BERT folder replaced its config.json with the run's record."""
+    config = _config(2)
+    theirs = json.dumps({"architectures": ["BertModel"], "hidden_size": 768})
+    (tmp_path / run_record.CONFIG_FILE).write_text(theirs)
+    with pytest.raises(ConfigError, match=r"^--workdir=.*: holds a config.json that is not"):
+        run_record.write(str(tmp_path), config, pipeline.create_tokenizer(config))
+    assert (tmp_path / run_record.CONFIG_FILE).read_text() == theirs
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run_record.CONFIG_FILE]

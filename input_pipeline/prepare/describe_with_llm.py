@@ -270,6 +270,12 @@ class DescriptionsFile:
             for k, item in enumerate(items):
                 if not isinstance(item, dict) or not isinstance(item.get("image"), str):
                     raise InputDataError(f"{path} [item {k}]: expected a dict with 'image'")
+                if not isinstance(item.get("people"), list):
+                    raise InputDataError(
+                        f"{path} [item {k}]: not a descriptions record (no 'people' list; "
+                        "annotations in another format?): --out must be a descriptions JSON "
+                        "this tool wrote; not replaced"
+                    )
                 self.items[item["image"]] = item
 
     def described(self) -> set[str]:
@@ -411,6 +417,7 @@ def describe_file(
         raise InputDataError(
             f"{annotations}: annotations not found; get {sources.MMPOSE_ANNOTATIONS}"
         )
+    cli.refuse_inputs_as_output("--out", out, {"--annotations": annotations})
     annotated = mpii.read_annotations(annotations)
     client = ChatClient(
         base_url=base_url,

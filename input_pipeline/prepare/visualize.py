@@ -4,17 +4,20 @@
         --annotations=<mmpose json | .mat | descriptions json> \\
         --images=<dir> --out=<dir> [--num=8] [--descriptions=<dir>] [--heatmap_mode=joints]
 
-One PNG per image; the description (wrapped) below when there is one. The heatmap is the paper's
+One PNG per image; the description (wrapped) below when there is one. A rerun replaces the panels
+it drew before (each carries a PNG text mark) and nothing else: `--out` may not be the images
+folder, nor hold a file of a panel's name that this command did not draw. The heatmap is the paper's
 (`input_pipeline.heatmaps`), so it must cover the annotated people and nobody else.
 """
 
+import io
 import logging
 import textwrap
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
 from input_pipeline import cli, heatmaps, records
 from input_pipeline.errors import InputDataError
@@ -37,6 +40,8 @@ def _colour(*joints: int) -> tuple[int, int, int]:
 
 
 TITLE_HEIGHT = 16  # pixels above the panels for their titles
+# A PNG text chunk on every panel: a rerun replaces its own panels and nothing else.
+PANEL_MARK = ("Software", "focusclip_jax visualize")
 
 
 def render(
@@ -110,8 +115,13 @@ def visualize(
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputDataError(f"--out={out}: not a folder")
+    cli.refuse_inputs_as_output("--out", out, {"--images": images, "--annotations": annotations})
+    chosen = annotated[:num]
+    panels = [out_dir / f"{Path(record.image).stem}.png" for record in chosen]
+    for panel in panels:  # all checked before the first is written
+        cli.refuse_foreign("--out", panel, _is_panel, "a panel this command drew")
     written = []
-    for record in annotated[:num]:
+    for record, path in zip(chosen, panels, strict=True):
         try:
             image = Image.open(Path(images) / record.image)
             image.load()
@@ -119,10 +129,22 @@ def visualize(
             logging.warning("skipping %s: %s", record.image, e)
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{Path(record.image).stem}.png"
-        render(record, image, size, alpha, settings).save(path)
+        encoded = io.BytesIO()
+        marked = PngImagePlugin.PngInfo()
+        marked.add_text(*PANEL_MARK)
+        render(record, image, size, alpha, settings).save(encoded, "PNG", pnginfo=marked)
+        cli.write_whole(path, encoded.getvalue())
         written.append(path)
     return written
+
+
+def _is_panel(path: Path) -> bool:
+    """Whether `path` is a PNG `visualize` drew (it carries `PANEL_MARK`)."""
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get(PANEL_MARK[0]) == PANEL_MARK[1]
+    except OSError:
+        return False
 
 
 def main(argv: list[str]) -> None:
