@@ -443,6 +443,35 @@ def test_squash_pixels_are_pillows_decode_of_the_stored_jpeg() -> None:
     assert 0 < flips < 6
 
 
+def test_a_crop_decodes_at_pillows_draft_scale_and_gives_its_pixels(monkeypatch) -> None:
+    """A crop that needs fewer pixels than the image has decodes at the DCT scale Pillow's draft
+    mode picks (1/2, 1/4, 1/8), through simplejpeg: the pixels of Pillow's draft decode
+    resampled, bit for bit, and the box's keypoints."""
+    y, x = np.mgrid[0:288, 0:512].astype(np.float32)
+    smooth = np.stack([x / 2, y / 1.2, 128 + 100 * np.sin(x / 40) * np.cos(y / 30)], -1)
+    jpeg = _encoded(smooth.clip(0, 255).astype(np.uint8))
+    widths = []
+    decode = transforms.simplejpeg.decode_jpeg
+    monkeypatch.setattr(
+        transforms.simplejpeg, "decode_jpeg",
+        lambda *a, **k: widths.append((out := decode(*a, **k)).shape[1]) or out,
+    )  # fmt: skip
+    keypoints = np.array([[[100.0, 50.0], [300.0, 200.0]]], np.float32)
+    cases = [((40.0, 20.0, 440.0, 280.0), 224, 512), ((0, 0, 512, 288), 96, 256),
+             ((3.5, 7.0, 500.0, 280.5), 64, 128), ((0, 0, 510, 288), 32, 64)]  # fmt: skip
+    for box, size, width in cases:
+        pixels, moved = transforms.decode_and_resize(jpeg, lambda w, h, b=box: b, size, keypoints)
+        assert widths[-1] == width, box
+        draft = Image.open(io.BytesIO(jpeg))
+        draft.draft("RGB", (int(np.ceil(size * 512 / (box[2] - box[0]))),
+                            int(np.ceil(size * 288 / (box[3] - box[1])))))  # fmt: skip
+        assert draft.size[0] == width
+        small = tuple(v * width / 512 for v in box)
+        reference = np.asarray(draft.convert("RGB").resize((size, size), Image.BILINEAR, box=small))
+        np.testing.assert_array_equal(pixels, reference)
+        np.testing.assert_array_equal(moved, transforms.box_keypoints(keypoints, box, size, size))
+
+
 def test_box_keypoints_pixel_centres() -> None:
     box = (10.0, 20.0, 30.0, 60.0)  # 20×40 px → 10×10: x halves, y quarters
     out = transforms.box_keypoints(np.array([[10.0 - 0.5, 20.0 - 0.5], [29.5, 59.5]]), box, 10, 10)
