@@ -138,3 +138,21 @@ def test_help_keeps_each_usage_line() -> None:
     )  # fmt: skip
     usage = [line for line in done.stdout.splitlines() if "--labels=" in line]
     assert usage and usage[0].rstrip().endswith("\\"), done.stdout[:2000]
+
+
+def test_a_failed_whole_write_names_the_destination_and_leaves_nothing(tmp_path: Path) -> None:
+    """The error names the file the user gave, not the hidden temporary beside it; a temporary
+    written before the rename failed is removed."""
+    from input_pipeline import cli
+
+    missing = tmp_path / "no_such_folder" / "p.csv"
+    with pytest.raises(FileNotFoundError) as error:
+        cli.write_whole(missing, "a,b\n")
+    assert cli._one_line(error.value) == f"{missing}: No such file or directory"
+    folder = tmp_path / "p.csv"  # a folder where the file should go: the rename fails
+    (folder / "kept").mkdir(parents=True)
+    with pytest.raises(OSError) as error:
+        cli.write_whole(folder, b"a,b\n")
+    assert error.value.filename == str(folder) and ".tmp" not in cli._one_line(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]  # no .p.csv.tmp
+    assert [p.name for p in folder.iterdir()] == ["kept"]
