@@ -26,6 +26,12 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     captions = {"annotations": [{"id": 1, "image_id": 1, "caption": "A person runs."}]}
     (root / "captions_train2017.json").write_text(json.dumps(captions))
     (root / "empty.safetensors").write_bytes(b"")
+    joints = {"joints": [[1, 1]] * 16, "joints_vis": [1] * 16}
+    (root / "mpii_train.json").write_text(json.dumps([{"image": 123, **joints}]))
+    (root / "described.json").write_text(json.dumps([{"image": "x.jpg", "description": "A."}]))
+    images = [{"id": 7, "file_name": None}]
+    keypoints = {"images": images, "annotations": [{"id": 1, "image_id": 7, "keypoints": []}]}
+    (root / "person_keypoints_train2017.json").write_text(json.dumps(keypoints))
     (root / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json")
     return root
 
@@ -67,6 +73,14 @@ CASES = [
     ("input_pipeline.prepare.mpii",
      ["--images={r}/a_file", "--annotations={r}/bad.json", "--descriptions={r}", "--out={r}/o"],
      "flag --images={r}/a_file: is a file, expected a folder"),
+    ("input_pipeline.prepare.mpii",
+     ["--images={r}", "--annotations={r}/mpii_train.json", "--descriptions={r}/described.json",
+      "--out={r}/o"],
+     "{r}/mpii_train.json [record 0]: 'image' must be a file name, got 123"),
+    ("input_pipeline.prepare.coco",
+     ["--images={r}", "--annotations={r}/person_keypoints_train2017.json",
+      "--captions={r}/captions_train2017.json", "--out={r}/o"],
+     "{r}/person_keypoints_train2017.json: images[0] (id 7).file_name=None: expected a file name"),
     ("input_pipeline.prepare.coco",
      ["--images={r}", "--annotations={r}/captions_train2017.json",
       "--captions={r}/captions_train2017.json", "--out={r}/o"],
