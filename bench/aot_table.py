@@ -13,12 +13,15 @@ batch (its per-device memory line carried to this target's memory and devices): 
 compiles instead of four to six; a config with `model.scan_layers` compiles one more, the
 largest fit's unrolled twin, for the TPU compiler's estimate of its step (`focusclip_jax.aot`).
 Prints the Markdown table of PERFORMANCE.md, then per TPU target and dtype the remat and
-sharding the compiler estimates fastest at their largest batches.
+sharding the compiler estimates fastest at their largest batches. A report that does not read as
+one (cut short, emptied, edited) is named in a warning and its cell counts as not run: compiled
+again, or shown as not run with `--table_only`.
 """
 
 import concurrent.futures
 import itertools
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -74,6 +77,54 @@ def define_flags() -> None:
     )
 
 
+# The numbers a report must hold (dotted: inside a dict) for the table, and to seed a search.
+TABLE_NEEDS = ("batch", "batch_per_device", "memory.total", "roofline_images_per_s")
+SEED_NEEDS = ("batch", "batch_per_device", "memory.total", "memory.temporary")
+ESTIMATE = ("estimated_images_per_s", "estimated_mfu")  # where there is an estimated_step_s
+_warned: set[str] = set()  # each unreadable report named once per run
+
+
+def _number(report: dict[str, Any], key: str) -> float | None:
+    value: Any = report
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _problem(report: Any, needs: tuple[str, ...]) -> str | None:
+    """What keeps `report` from being a cell's report (None: nothing)."""
+    if not isinstance(report, dict):
+        return "not a JSON object"
+    lacking = [key for key in needs if _number(report, key) is None]
+    if report.get("estimated_step_s"):
+        lacking += [key for key in ("estimated_step_s", *ESTIMATE) if _number(report, key) is None]
+    if report.get("bytes_accessed") and _number(report, "bytes_accessed") is None:
+        lacking.append("bytes_accessed")
+    if not isinstance(report.get("find_max_batch", []), list):
+        lacking.append("find_max_batch")
+    return f"no number {lacking[0]!r}" if lacking else None
+
+
+def read_report(path: Path, needs: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """A cell's report, or None where there is none, or where it does not read as JSON or lacks
+    one of the numbers in `needs` (named in a warning, once: the cell counts as not run)."""
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = f"unreadable ({error})"
+    else:
+        problem = _problem(report, needs)
+    if problem is None:
+        return report
+    warning = f"{path}: {problem}; its cell counts as not run"
+    if warning not in _warned:
+        _warned.add(warning)
+        logging.warning("%s", warning)
+    return None
+
+
 def cell_name(target: str, dtype: str, remat: str, mode: str, scan: str = "config") -> str:
     return f"{target}_{dtype}_{remat}_{mode}" + ("" if scan == "config" else f"_{scan}")
 
@@ -85,12 +136,10 @@ def first_batch(target: str, dtype: str, remat: str, mode: str, scan: str, out: 
     new = targets.parse(target)
     for other in FLAGS.targets:
         path = out / f"{cell_name(other, dtype, remat, mode, scan)}.json"
-        if other == target or not path.exists():
+        if other == target or targets.parse(other).chip.platform != new.chip.platform:
             continue
-        if targets.parse(other).chip.platform != new.chip.platform:
-            continue
-        found: dict[str, Any] = json.loads(path.read_text())
-        if not found["batch"]:
+        found = read_report(path, SEED_NEEDS)
+        if found is None or not found["batch"] or found["batch_per_device"] <= 0:
             continue
         memory = found["memory"]
         fixed = memory["total"] - memory["temporary"]
@@ -102,11 +151,11 @@ def first_batch(target: str, dtype: str, remat: str, mode: str, scan: str, out: 
 
 
 def run_cell(cell: Cell, out: Path) -> tuple[str, str]:
-    """Compiles one cell (unless its report exists); returns (cell, status)."""
+    """Compiles one cell (unless its report exists and reads); returns (cell, status)."""
     target, dtype, remat, mode, scan = cell
     name = cell_name(*cell)
     report = out / f"{name}.json"
-    if report.exists():
+    if read_report(report, TABLE_NEEDS + SEED_NEEDS) is not None:
         return name, "cached"
     command = [
         sys.executable,
@@ -145,10 +194,10 @@ def table(out: Path, cells: list[Cell]) -> str:
     for cell in cells:
         path = out / f"{cell_name(*cell)}.json"
         row = "|" + "|".join(f" {value} " for value in cell) + "|"
-        if not path.exists():
-            lines.append(row + " not run yet |" + " |" * 8)
+        r = read_report(path, TABLE_NEEDS)
+        if r is None:
+            lines.append(row + (" not run yet |" if not path.exists() else " not run |") + " |" * 8)
             continue
-        r: dict[str, Any] = json.loads(path.read_text())
         estimate, accessed = r.get("estimated_step_s"), r.get("bytes_accessed")
         lines.append(
             row + f" {r['batch']} | {r['batch_per_device']:g} | "
@@ -173,16 +222,15 @@ def fastest(out: Path, cells: list[Cell]) -> list[str]:
     best: dict[tuple[str, str], tuple[float, str]] = {}
     for target, dtype, remat, mode, scan in cells:
         path = out / f"{cell_name(target, dtype, remat, mode, scan)}.json"
-        report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        rate = report.get("estimated_images_per_s")
+        report = read_report(path, ("batch",)) or {}
+        rate, mfu = _number(report, ESTIMATE[0]), _number(report, ESTIMATE[1])
         if report.get("while_loops"):  # an undercount of its time (focusclip_jax.aot)
             continue
         if rate and rate > best.get((target, dtype), (0.0, ""))[0]:
             best[target, dtype] = (
                 rate,
                 f"remat={remat}, {mode}, layers {scan}, global batch {report['batch']}: "
-                f"estimated "
-                f"{rate:.0f} img/s, {report['estimated_mfu']:.1%} MFU",
+                f"estimated {rate:.0f} img/s" + ("" if mfu is None else f", {mfu:.1%} MFU"),
             )
     return [f"fastest on {t} in {d}: {line}" for (t, d), (_, line) in best.items()]
 

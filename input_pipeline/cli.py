@@ -12,6 +12,7 @@ reads them back from absl's registry to make its cases.
 """
 
 import ast
+import contextlib
 import dataclasses
 import logging
 import os
@@ -34,10 +35,18 @@ PROJECT = FilePath(__file__).resolve().parents[1]  # the checkout (or site-packa
 
 def write_whole(path: Any, content: bytes | str) -> None:
     """Whole or not at all: written beside `path` and renamed over it, so that a reader, or a
-    kill halfway, never leaves half a file (a `pathlib` or `etils.epath` path)."""
+    kill halfway, never leaves half a file (a `pathlib` or `etils.epath` path). A write that
+    fails (permission denied, a full disk) leaves no temporary and raises the OSError naming
+    `path`, the file the user asked for."""
     temporary = path.parent / f".{path.name}.tmp"
-    temporary.write_bytes(content.encode() if isinstance(content, str) else content)
-    temporary.replace(path)
+    try:
+        temporary.write_bytes(content.encode() if isinstance(content, str) else content)
+        temporary.replace(path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        # OSError(errno, ...) is the errno's subclass again (PermissionError, ...)
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
 
 
 def project_path(path: str) -> str:

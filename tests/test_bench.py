@@ -231,3 +231,42 @@ def test_aot_table_picks_the_setting_estimated_fastest_per_target_and_dtype(tmp_
     assert table[2].startswith(
         "| v5e-8 | bfloat16 | all_but_mlp_activation | dp | unrolled | 608 |"
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [('{"batch": 8', "unreadable"), ("{}", "no number 'batch'"), ("[1]", "not a JSON object")],
+)
+def test_aot_table_takes_an_unreadable_cell_report_as_not_run(
+    tmp_path, monkeypatch, caplog, content, problem
+) -> None:
+    """Named in a warning; the table shows the cell not run, a grid compiles it again, and no
+    other cell's search is seeded from it."""
+    import types
+
+    from bench import aot_table
+
+    h100, v5e = ("h100-8", "float32", "none", "dp", "config"), ("v5e-8", *("float32", "none"))
+    v5e, v5p = (*v5e, "dp", "config"), ("v5p-8", "float32", "none", "dp", "config")
+    bad = tmp_path / f"{aot_table.cell_name(*v5e)}.json"
+    bad.write_text(content)
+    table = aot_table.table(tmp_path, [v5e, h100]).splitlines()
+    assert table[2].startswith("| v5e-8 | float32 | none | dp | config | not run |")
+    assert table[3].startswith("| h100-8 | float32 | none | dp | config | not run yet |")
+    assert aot_table.fastest(tmp_path, [v5e]) == []
+    flags = types.SimpleNamespace(
+        targets=["v5e-8", "v5p-8"], config="configs/pretrain.py", batch_tolerance=0.5, overrides=[]
+    )
+    monkeypatch.setattr(aot_table, "FLAGS", flags)
+    assert aot_table.first_batch(*v5p, tmp_path) is None  # the broken report seeds nothing
+    compiled = []
+    monkeypatch.setattr(
+        aot_table.subprocess,
+        "run",
+        lambda command, **_: compiled.append(command) or subprocess.CompletedProcess(command, 0),
+    )
+    _, status = aot_table.run_cell(v5e, tmp_path)
+    assert status.startswith("exit 0") and f"--json={bad}" in compiled[0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings and all(w.startswith(f"{bad}: {problem}") for w in warnings)
+    assert len(warnings) == len(set(warnings))  # each named once

@@ -342,3 +342,125 @@ def test_missing_folder_names_what_was_expected(tmp_path: Path) -> None:
     (tmp_path / "fer2013").mkdir()
     with pytest.raises(DatasetNotFoundError, match=r"fer2013\.csv"):
         _read("fer2013", _options(tmp_path))
+
+
+FER_HEADER = ["emotion", "pixels", "Usage"]
+
+
+def _fer(tmp_path: Path, header: list[str], rows: list[list]) -> ml_collections.ConfigDict:
+    _csv(tmp_path / "fer2013" / "fer2013.csv", header, rows)
+    return _options(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "message"),
+    [
+        (["emotion", "pixel", "Usage"], [0, "7", "PrivateTest"],
+         r"fer2013\.csv: no column 'pixels' .*it has emotion, pixel, Usage\)$"),
+        (FER_HEADER, [0, " ".join(["7"] * 2000), "PrivateTest"],
+         r"fer2013\.csv, line 3, pixels: expected 2304 grey values .*, got 2000$"),
+        (FER_HEADER, [0, " ".join(["7"] * 2303 + ["256"]), "PrivateTest"],
+         r"fer2013\.csv, line 3, pixels: .*got '256'$"),
+        (FER_HEADER, ["x", " ".join(["7"] * 2304), "PrivateTest"],
+         r"fer2013\.csv, line 3, emotion='x': expected an integer from 0 to 6$"),
+        (FER_HEADER, [9, " ".join(["7"] * 2304), "PrivateTest"],
+         r"fer2013\.csv, line 3, emotion='9': expected an integer from 0 to 6$"),
+        (FER_HEADER, [0, " ".join(["7"] * 2304), "PrivateTest", "extra"],
+         r"fer2013\.csv, line 3: 4 fields, the header has 3$"),
+    ],
+)  # fmt: skip
+def test_fer2013_malformed_file_named_with_line_and_field(
+    tmp_path: Path, header: list[str], row: list, message: str
+) -> None:
+    """The second data row (line 3) is the bad one; a bad column is named before any row."""
+    options = _fer(tmp_path, header, [*_fer_rows([1], ["PrivateTest"]), row])
+    with pytest.raises(InputDataError, match=message) as error:
+        _read("fer2013", options)
+    assert not isinstance(error.value, DatasetNotFoundError)  # not skipped as absent: refused
+    assert "\n" not in str(error.value)
+
+
+def test_fer2013_rows_of_other_splits_are_not_read(tmp_path: Path) -> None:
+    rows = [*_fer_rows([1], ["PrivateTest"]), ["x", "cut short", "Training"]]
+    assert _read("fer2013", _fer(tmp_path, FER_HEADER, rows)).labels.tolist() == [1]
+
+
+def test_ferplus_bad_vote_and_missing_column_named(tmp_path: Path) -> None:
+    _csv(tmp_path / "fer2013" / "fer2013.csv", FER_HEADER, _fer_rows([0], ["PrivateTest"]))
+    header = ["Usage", "Image name", *readers.FERPLUS_CLASSES, "unknown", "NF"]
+    votes = ["PrivateTest", "fer0000000.png", 0, 10, 0, 0, 0, 0, 0, "many", 0, 0]
+    _csv(tmp_path / "ferplus" / "fer2013new.csv", header, [votes])
+    with pytest.raises(InputDataError, match=r"fer2013new\.csv, line 2, contempt='many': expect"):
+        _read("ferplus", _options(tmp_path))
+    _csv(tmp_path / "ferplus" / "fer2013new.csv", header[:-1], [votes[:-1]])
+    with pytest.raises(InputDataError, match=r"fer2013new\.csv: no column 'NF'"):
+        _read("ferplus", _options(tmp_path))
+
+
+def test_lagenda_bad_box_and_missing_column_named(tmp_path: Path) -> None:
+    root = tmp_path / "lagenda"
+    header = ["img_name"] + [
+        f"{k}_{c}" for k in ("face", "person") for c in ("x0", "y0", "x1", "y1")
+    ]
+    rows = [["images/a.jpg", 0, 0, 4, 4, 0, 0, "eight", 8, "M", 12]]
+    _csv(root / "annotations.csv", [*header, "gender", "age"], rows)
+    _jpg(root / "images" / "a.jpg")
+    assert _read("lagenda_face", _options(tmp_path)).labels.tolist() == [0]
+    with pytest.raises(InputDataError, match=r"annotations\.csv, line 2, person_x1='eight'"):
+        _read("lagenda_body", _options(tmp_path))
+    _csv(root / "annotations.csv", [*header, "gender"], [row[:-1] for row in rows])
+    with pytest.raises(InputDataError, match=r"annotations\.csv: no column 'age'"):
+        _read("lagenda_face", _options(tmp_path))
+
+
+def test_fairface_unknown_class_named(tmp_path: Path) -> None:
+    root = tmp_path / "fairface"
+    rows = [["val/1.jpg", "3-9", "Male", "East asian", True]]
+    _csv(root / "fairface_label_val.csv", ["file", "age", "gender", "race", "service_test"], rows)
+    _jpg(root / "val" / "1.jpg")
+    assert _read("fairface_age", _options(tmp_path)).labels.tolist() == [1]
+    with pytest.raises(InputDataError, match=r"label_val\.csv, line 2, race='East asian': exp"):
+        _read("fairface_race", _options(tmp_path))
+
+
+def test_kinetics_bad_time_named(tmp_path: Path) -> None:
+    root = tmp_path / "kinetics400"
+    header = ["label", "youtube_id", "time_start", "time_end", "split"]
+    _csv(root / "test.csv", header, [["abseiling", "xyz", "0", "ten", "test"]])
+    (root / "frames").mkdir()
+    with pytest.raises(InputDataError, match=r"test\.csv, line 2, time_end='ten': expected an int"):
+        _read("kinetics400", _options(tmp_path))
+
+
+def test_cub_malformed_tables_named(tmp_path: Path) -> None:
+    root = tmp_path / "cub200"
+    root.mkdir()
+    (root / "classes.txt").write_text("1 001.Albatross\n")
+    (root / "images.txt").write_text("1 001.Albatross/a.jpg\n2 001.Albatross/b.jpg\n")
+    (root / "image_class_labels.txt").write_text("1 1\n2 7\n")
+    (root / "train_test_split.txt").write_text("1 0\n2 0\n")
+    with pytest.raises(InputDataError, match=r"image_class_labels\.txt: image 2: '7', expected a"):
+        _read("cub200", _options(tmp_path))
+    (root / "image_class_labels.txt").write_text("1 1\n2\n")
+    with pytest.raises(InputDataError, match=r"image_class_labels\.txt, line 2: expected '<id> "):
+        _read("cub200", _options(tmp_path))
+    (root / "image_class_labels.txt").write_text("1 1\n2 1\n")
+    (root / "train_test_split.txt").write_text("1 0\n")
+    with pytest.raises(InputDataError, match=r"train_test_split\.txt: image 2: no line, expected"):
+        _read("cub200", _options(tmp_path))
+
+
+def test_emotic_malformed_annotations_named(tmp_path: Path) -> None:
+    _emotic_mat(tmp_path / "emotic")
+    with pytest.raises(InputDataError, match=r"Annotations\.mat: no struct 'val' \(it has test"):
+        _read("emotic_age", _options(tmp_path, split="val"))
+    (tmp_path / "emotic" / "Annotations" / "Annotations.mat").write_bytes(b"not a mat file" * 9)
+    with pytest.raises(InputDataError, match=r"Annotations\.mat: not a MATLAB file"):
+        _read("emotic_age", _options(tmp_path))
+
+
+def test_csv_not_text_named(tmp_path: Path) -> None:
+    (tmp_path / "fer2013").mkdir()
+    (tmp_path / "fer2013" / "fer2013.csv").write_bytes(b"emotion,pixels,Usage\n\xff\xfe\x00\n")
+    with pytest.raises(InputDataError, match=r"fer2013\.csv: not a readable CSV file"):
+        _read("fer2013", _options(tmp_path))

@@ -28,6 +28,12 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "empty.safetensors").write_bytes(b"")
     (root / "labels.csv").write_text("running\ncooking\n")
     (root / "results.csv").write_text("subject,score\n1,0.5\n")
+    joints = {"joints": [[1, 1]] * 16, "joints_vis": [1] * 16}
+    (root / "mpii_train.json").write_text(json.dumps([{"image": 123, **joints}]))
+    (root / "described.json").write_text(json.dumps([{"image": "x.jpg", "description": "A."}]))
+    images = [{"id": 7, "file_name": None}]
+    keypoints = {"images": images, "annotations": [{"id": 1, "image_id": 7, "keypoints": []}]}
+    (root / "person_keypoints_train2017.json").write_text(json.dumps(keypoints))
     (root / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json")
     return root
 
@@ -73,6 +79,14 @@ CASES = [
     ("input_pipeline.prepare.mpii",
      ["--images={r}/a_file", "--annotations={r}/bad.json", "--descriptions={r}", "--out={r}/o"],
      "flag --images={r}/a_file: is a file, expected a folder"),
+    ("input_pipeline.prepare.mpii",
+     ["--images={r}", "--annotations={r}/mpii_train.json", "--descriptions={r}/described.json",
+      "--out={r}/o"],
+     "{r}/mpii_train.json [record 0]: 'image' must be a file name, got 123"),
+    ("input_pipeline.prepare.coco",
+     ["--images={r}", "--annotations={r}/person_keypoints_train2017.json",
+      "--captions={r}/captions_train2017.json", "--out={r}/o"],
+     "{r}/person_keypoints_train2017.json: images[0] (id 7).file_name=None: expected a file name"),
     ("input_pipeline.prepare.coco",
      ["--images={r}", "--annotations={r}/captions_train2017.json",
       "--captions={r}/captions_train2017.json", "--out={r}/o"],
@@ -144,3 +158,21 @@ def test_help_keeps_each_usage_line() -> None:
     )  # fmt: skip
     usage = [line for line in done.stdout.splitlines() if "--labels=" in line]
     assert usage and usage[0].rstrip().endswith("\\"), done.stdout[:2000]
+
+
+def test_a_failed_whole_write_names_the_destination_and_leaves_nothing(tmp_path: Path) -> None:
+    """The error names the file the user gave, not the hidden temporary beside it; a temporary
+    written before the rename failed is removed."""
+    from input_pipeline import cli
+
+    missing = tmp_path / "no_such_folder" / "p.csv"
+    with pytest.raises(FileNotFoundError) as error:
+        cli.write_whole(missing, "a,b\n")
+    assert cli._one_line(error.value) == f"{missing}: No such file or directory"
+    folder = tmp_path / "p.csv"  # a folder where the file should go: the rename fails
+    (folder / "kept").mkdir(parents=True)
+    with pytest.raises(OSError) as error:
+        cli.write_whole(folder, b"a,b\n")
+    assert error.value.filename == str(folder) and ".tmp" not in cli._one_line(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]  # no .p.csv.tmp
+    assert [p.name for p in folder.iterdir()] == ["kept"]

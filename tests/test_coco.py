@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from input_pipeline import records
+from input_pipeline.errors import InputDataError
 from input_pipeline.prepare import coco
 from tests.conftest import REPO
 
@@ -112,3 +113,34 @@ def test_pretrain_tiny_coco_trains_and_retrieves_val_captions(prepared, tmp_path
         for metric in ("R@1", "R@5", "R@10", "median_rank")
     }
     assert config.data.description_sources == coco.CAPTION_SOURCES
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (
+            {"id": 101, "file_name": None},
+            r"images\[1\] \(id 101\)\.file_name=None: expected a file",
+        ),
+        ({"id": 101, "file_name": ""}, r"images\[1\] \(id 101\)\.file_name='': expected a file"),
+        ({"file_name": "x.jpg"}, r"images\[1\]: expected a dict with an integer 'id'"),
+        ("x.jpg", r"images\[1\]: expected a dict with an integer 'id'"),
+    ],
+)
+def test_a_bad_image_entry_names_the_file_and_image(tmp_path, image, message) -> None:
+    _, keypoints_file, captions_file = _split(tmp_path, "train", 100, np.random.default_rng(0))
+    content = json.loads(keypoints_file.read_text())
+    content["images"][1] = image
+    keypoints_file.write_text(json.dumps(content))
+    with pytest.raises(InputDataError, match=r"person_keypoints_train2017\.json: " + message):
+        coco.read_coco(str(keypoints_file), str(captions_file))
+
+
+def test_an_annotation_of_an_unhashable_image_id_is_left_out_as_unlisted(tmp_path) -> None:
+    _, keypoints_file, captions_file = _split(tmp_path, "train", 100, np.random.default_rng(0))
+    content = json.loads(keypoints_file.read_text())
+    content["annotations"][0]["image_id"] = [100]
+    keypoints_file.write_text(json.dumps(content))
+    found, left_out = coco.read_coco(str(keypoints_file), str(captions_file))
+    assert [r.image for r in found] == ["000000000101.jpg"]
+    assert left_out[f"people {coco.UNLISTED}"] == 1

@@ -231,6 +231,45 @@ def test_bad_files_name_the_file_and_what_was_expected(tmp_path: Path) -> None:
         mpii.read_official_mat(mat)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("scale", "big", r"\[record 1\]: expected 'center' \[x, y\] and 'scale' as finite numbers, "
+         r"got center \[48.0, 36.0\] and scale 'big'$"),
+        ("scale", [1, 2], r"\[record 1\]: expected 'center' .* and scale \[1, 2\]$"),
+        ("center", [1], r"\[record 1\]: expected 'center' \[x, y\] .*got center \[1\] and"),
+        ("center", "middle", r"\[record 1\]: expected 'center' .*got center 'middle'"),
+        ("image", 123, r"\[record 1\]: 'image' must be a file name, got 123$"),
+        ("image", "", r"\[record 1\]: 'image' must be a file name, got ''$"),
+    ],
+)  # fmt: skip
+def test_mmpose_bad_center_scale_or_image_named(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    rows = mmpose_rows(["x.jpg", "y.jpg"])
+    rows[1][field] = value
+    path = tmp_path / "mpii_train.json"
+    path.write_text(json.dumps(rows))
+    with pytest.raises(InputDataError, match=r"mpii_train\.json " + message) as error:
+        mpii.read_annotations(path)
+    assert "\n" not in str(error.value)
+
+
+def test_description_bad_image_or_people_named(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([description_item("x.jpg", "A."), description_item(7, "B.")]))
+    with pytest.raises(InputDataError, match=r"d\.json \[item 1\]: 'image' must be a file name"):
+        mpii.read_descriptions(path)
+    item = description_item("y.jpg", "C.") | {"people": ["not a person"]}
+    path.write_text(json.dumps([item]))
+    with pytest.raises(InputDataError, match=r"\[item 0\]: 'people' must be a list of dicts"):
+        mpii.read_descriptions(path)
+    item["people"] = [description_item("y.jpg", "C.")["people"][0] | {"scale": None, "center": [1]}]
+    path.write_text(json.dumps([item]))
+    with pytest.raises(InputDataError, match=r"\[item 0\] people\[0\]: expected 'center'"):
+        mpii.read_descriptions(path)
+
+
 def _dot_image(w: int, h: int, xy: tuple[float, float]) -> bytes:
     """A black JPEG-free PNG-like image with one bright 3×3 dot: where a keypoint must land."""
     pixels = np.zeros((h, w, 3), np.uint8)

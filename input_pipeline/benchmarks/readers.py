@@ -47,7 +47,9 @@ Splits: `split` ("test" by default; "val" picks a validation split where one exi
 overridden per dataset family by `splits` (the `paper` variant of
 configs/eval_zeroshot.py sets EMOTIC and FER2013 to "train", as the paper evaluated them).
 Unreadable images are dropped and counted (`unreadable`); a missing folder or file raises
-`DatasetNotFoundError` naming what was expected, so the other datasets still evaluate.
+`DatasetNotFoundError` naming what was expected, so the other datasets still evaluate. A malformed
+annotation file (a missing column, a field that does not parse, a label outside the classes) is an
+`InputDataError` naming the file, its line and the field: the run stops, in one line.
 """
 
 import contextlib
@@ -56,7 +58,7 @@ import io
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,9 +191,89 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return [{k.strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(f)]
+@dataclass(frozen=True)
+class Row:
+    """One row of a benchmark's CSV file, its fields read by column: a malformed field is an
+    `InputDataError` naming the file, the line and the column (the header was checked to hold
+    the columns the reader asked for)."""
+
+    path: Path
+    line: int
+    fields: dict[str, str]
+
+    def __getitem__(self, column: str) -> str:
+        return self.fields[column]
+
+    def error(self, column: str, problem: str, *, quote: bool = True) -> InputDataError:
+        """`<file>, line <n>, <column>=<value>: <problem>` (the value left out unless `quote`)."""
+        value = f"={self.fields.get(column, '')!r}" if quote else ""
+        return InputDataError(f"{self.path}, line {self.line}, {column}{value}: {problem}")
+
+    def number(self, column: str, *, at_least: float | None = None) -> float:
+        """A finite number (`at_least` or more)."""
+        try:
+            value = float(self.fields[column])
+        except ValueError:
+            value = float("nan")
+        if not np.isfinite(value) or (at_least is not None and value < at_least):
+            bound = "" if at_least is None else f" >= {at_least:g}"
+            raise self.error(column, f"expected a number{bound}")
+        return value
+
+    def integer(self, column: str, *, at_least: int = 0, below: int | None = None) -> int:
+        """An integer in [at_least, below) (a class index: below = the number of classes)."""
+        text = self.fields[column]
+        if (
+            not re.fullmatch(r"[+-]?\d+", text)
+            or int(text) < at_least
+            or (below is not None and int(text) >= below)
+        ):
+            bound = f">= {at_least}" if below is None else f"from {at_least} to {below - 1}"
+            raise self.error(column, f"expected an integer {bound}")
+        return int(text)
+
+    def pixels(self, column: str, side: int = 48) -> np.ndarray:
+        """A square grey image written as `side`² space-separated values 0..255 (FER's)."""
+        values = self.fields[column].split()
+        expected = f"expected {side * side} grey values 0..255 separated by spaces"
+        if len(values) != side * side:
+            raise self.error(column, f"{expected}, got {len(values)}", quote=False)
+        try:
+            grey = np.asarray(values, np.int64)
+        except (ValueError, OverflowError):
+            grey = None
+        if grey is None or grey.min() < 0 or grey.max() > 255:
+            bad = next(v for v in values if not (v.isascii() and v.isdigit() and int(v) < 256))
+            raise self.error(column, f"{expected}, got {bad!r}", quote=False)
+        return grey.astype(np.uint8).reshape(side, side)
+
+
+def _read_csv(path: Path, columns: Sequence[str]) -> list[Row]:
+    """A benchmark's CSV file (a header line, then a row per line) as rows whose fields are
+    stripped; InputDataError naming the file when it lacks one of `columns` (with the columns it
+    has), is not text, or a row has more fields than the header."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [name.strip() for name in reader.fieldnames or []]
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise InputDataError(
+                    f"{path}: no column {missing[0]!r} in its header (expected "
+                    f"{', '.join(columns)}; it has {', '.join(header) or 'no header'})"
+                )
+            rows = []
+            for fields in reader:
+                if None in fields:  # DictReader's key for the fields beyond the header's
+                    raise InputDataError(
+                        f"{path}, line {reader.line_num}: {len(header) + len(fields[None])} "
+                        f"fields, the header has {len(header)}"
+                    )
+                values = {k.strip(): (v or "").strip() for k, v in fields.items()}
+                rows.append(Row(path, reader.line_num, values))
+            return rows
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InputDataError(f"{path}: not a readable CSV file ({error})") from None
 
 
 SPLITS = ("train", "val", "test")  # what `split` and `splits` may name
@@ -327,13 +409,15 @@ def kinetics400(data: ml_collections.ConfigDict) -> dict[str, Any]:
     split = _split(data, "kinetics", {"train": "train", "val": "validate", "test": "test"})
     candidates = [root / f"{split}.csv", root / "annotations" / f"{split}.csv"]
     csv_path = next((p for p in candidates if p.exists()), candidates[0])
-    rows = _read_csv(_require(csv_path, "the Kinetics-400 label CSV"))
+    columns = ("label", "youtube_id", "time_start", "time_end")
+    rows = _read_csv(_require(csv_path, "the Kinetics-400 label CSV"), columns)
     frames = _require(root / "frames", "frames/ (one folder of extracted frames per clip)")
     labels = sorted({row["label"] for row in rows})
     index = {label: i for i, label in enumerate(labels)}
     samples, missing = [], 0
     for row in rows:
-        clip = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}"
+        start, end = row.integer("time_start"), row.integer("time_end")
+        clip = f"{row['youtube_id']}_{start:06d}_{end:06d}"
         frame = _kinetics_frame(frames, row["label"], clip)
         if frame is None:
             # Kept as a sample that can't be read: counted in `unreadable` like a corrupt frame.
@@ -379,30 +463,49 @@ def _emotic_age(person: Any) -> str | None:
 def _emotic_people(data: ml_collections.ConfigDict) -> list[tuple[Path, Box, list[str], str]]:
     """(image, body box, categories, age group) per annotated person of the configured split."""
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     root = _root(data, "emotic")
     split = _split(data, "emotic", {"train": "train", "val": "val", "test": "test"})
     candidates = [root / "Annotations" / "Annotations.mat", root / "Annotations.mat"]
     mat_path = next((p for p in candidates if p.exists()), candidates[0])
     _require(mat_path, "EMOTIC's Annotations.mat")
-    mat = loadmat(mat_path, squeeze_me=True, struct_as_record=False)
+    try:
+        mat = loadmat(mat_path, squeeze_me=True, struct_as_record=False)
+    except (MatReadError, ValueError, IndexError, TypeError) as error:
+        raise InputDataError(f"{mat_path}: not a MATLAB file scipy reads ({error})") from None
+    if split not in mat:
+        names = ", ".join(k for k in mat if not k.startswith("__")) or "none"
+        raise InputDataError(f"{mat_path}: no struct {split!r} (it has {names})")
     images_root = root / "emotic" if (root / "emotic").is_dir() else root
     people = []
-    for entry in _records(mat[split]):
-        path = images_root / str(entry.folder) / str(entry.filename)
-        for person in _records(entry.person):
-            if hasattr(person, "combined_categories"):
-                categories = _strings(person.combined_categories)
-            else:
-                categories = [
-                    c
-                    for a in _records(person.annotations_categories)
-                    for c in _strings(a.categories)
-                ]
-                categories = list(dict.fromkeys(categories))
-            age = _emotic_age(person)
-            box = tuple(float(v) for v in np.atleast_1d(person.body_bbox))
-            people.append((path, box, categories, age))
+    for number, entry in enumerate(_records(mat[split])):
+        try:
+            people.extend(_emotic_entry(entry, images_root))
+        except (AttributeError, TypeError, ValueError) as error:
+            raise InputDataError(
+                f"{mat_path}: {split} entry {number + 1} is not in EMOTIC's layout ({error})"
+            ) from None
+    return people
+
+
+def _emotic_entry(entry: Any, images_root: Path) -> list[tuple[Path, Box, list[str], str]]:
+    """The people of one image's entry of Annotations.mat."""
+    path = images_root / str(entry.folder) / str(entry.filename)
+    people = []
+    for person in _records(entry.person):
+        if hasattr(person, "combined_categories"):
+            categories = _strings(person.combined_categories)
+        else:
+            categories = [
+                c for a in _records(person.annotations_categories) for c in _strings(a.categories)
+            ]
+            categories = list(dict.fromkeys(categories))
+        age = _emotic_age(person)
+        box = tuple(float(v) for v in np.atleast_1d(person.body_bbox))
+        if len(box) != 4:
+            raise ValueError(f"body_bbox {list(box)}: expected 4 numbers, x1 y1 x2 y2")
+        people.append((path, box, categories, age))
     return people
 
 
@@ -464,13 +567,17 @@ def emotic_age(data: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _lagenda(data: ml_collections.ConfigDict, crop: str) -> dict[str, Any]:
     root = _root(data, "lagenda")
-    rows = _read_csv(_require(root / "annotations.csv", "LAGENDA's annotations.csv"))
+    box_columns = [f"{crop}_{k}" for k in ("x0", "y0", "x1", "y1")]
+    rows = _read_csv(
+        _require(root / "annotations.csv", "LAGENDA's annotations.csv"),
+        ("img_name", *box_columns, "age"),
+    )
     samples = []
     for row in rows:
-        box = tuple(float(row[f"{crop}_{k}"]) for k in ("x0", "y0", "x1", "y1"))
-        if not row.get("age") or float(row["age"]) < 0 or min(box) < 0:
+        box = tuple(row.number(column) for column in box_columns)
+        age = row.number("age") if row["age"] else -1.0
+        if age < 0 or min(box) < 0:
             continue  # no age, or no box of this kind (-1)
-        age = float(row["age"])
         label = 0 if age <= 12 else 1 if age <= 19 else 2
         path = root / row["img_name"]
         if not path.exists():
@@ -512,19 +619,20 @@ def utkface(data: ml_collections.ConfigDict) -> dict[str, Any]:
 # ---------------------------------------------------------------- faces: emotion, race
 
 
-def _fer_pixels(pixels: str) -> np.ndarray:
-    return np.asarray(pixels.split(), np.uint8).reshape(48, 48)
-
-
 FER_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 
 
 def fer2013(data: ml_collections.ConfigDict) -> dict[str, Any]:
     root = _root(data, "fer2013")
     usage = _split(data, "fer2013", FER_USAGE)
-    rows = _read_csv(_require(root / "fer2013.csv", "fer2013.csv (emotion,pixels,Usage)"))
+    rows = _read_csv(
+        _require(root / "fer2013.csv", "fer2013.csv (emotion,pixels,Usage)"),
+        ("emotion", "pixels", "Usage"),
+    )
     samples = [
-        Sample(_fer_pixels(r["pixels"]), int(r["emotion"])) for r in rows if r["Usage"] == usage
+        Sample(r.pixels("pixels"), r.integer("emotion", below=len(FER2013_CLASSES)))
+        for r in rows
+        if r["Usage"] == usage
     ]
     phrases = [with_article(a) for a in FER2013_ADJECTIVES]
     return _build("fer2013", data, samples, FER2013_CLASSES, phrases, "face_emotion", (1, 3))
@@ -545,43 +653,53 @@ def ferplus_label(votes: Sequence[float]) -> int | None:
 def ferplus(data: ml_collections.ConfigDict) -> dict[str, Any]:
     root = _root(data, "ferplus")
     usage = _split(data, "ferplus", FER_USAGE)
-    new = _read_csv(_require(root / "fer2013new.csv", "FERPlus's fer2013new.csv"))
+    columns = [*FERPLUS_CLASSES, "unknown", "NF"]
+    new = _read_csv(
+        _require(root / "fer2013new.csv", "FERPlus's fer2013new.csv"), ["Usage", *columns]
+    )
     fer_csv = root / "fer2013.csv"
     if not fer_csv.exists():
         with contextlib.suppress(DatasetNotFoundError):  # else named below, beside fer2013new
             fer_csv = _root(data, "fer2013") / "fer2013.csv"
-    old = _read_csv(_require(fer_csv, "fer2013.csv (FER+ relabels its images)"))
+    old = _read_csv(_require(fer_csv, "fer2013.csv (FER+ relabels its images)"), ["pixels"])
     if len(old) != len(new):
-        raise InputDataError(f"ferplus: {len(new)} rows in fer2013new.csv, {len(old)} in fer2013")
-    columns = [*FERPLUS_CLASSES, "unknown", "NF"]
+        raise InputDataError(
+            f"ferplus: {len(new)} rows in {new[0].path if new else 'fer2013new.csv'}, "
+            f"{len(old)} in {fer_csv}"
+        )
     samples = []
     for old_row, row in zip(old, new, strict=True):
         if row["Usage"] != usage:
             continue
-        label = ferplus_label([float(row[c] or 0) for c in columns])
+        label = ferplus_label([row.number(c, at_least=0) if row[c] else 0.0 for c in columns])
         if label is not None:
-            samples.append(Sample(_fer_pixels(old_row["pixels"]), label))
+            samples.append(Sample(old_row.pixels("pixels"), label))
     phrases = [with_article(a) for a in FERPLUS_ADJECTIVES]
     return _build("ferplus", data, samples, FERPLUS_CLASSES, phrases, "face_emotion", (1, 3))
 
 
-def _fairface(data: ml_collections.ConfigDict, column: str) -> list[tuple[Path, str]]:
+def _fairface(data: ml_collections.ConfigDict, column: str, classes: Sequence[str]) -> list[Sample]:
+    """A sample per row of the split's label CSV, labelled by `column`, one of `classes`."""
     root = _root(data, "fairface")
     split = _split(data, "fairface", {"train": "train", "val": "val", "test": "val"})
-    rows = _read_csv(_require(root / f"fairface_label_{split}.csv", "FairFace's label CSV"))
-    return [(root / r["file"], r[column]) for r in rows]
+    path = _require(root / f"fairface_label_{split}.csv", "FairFace's label CSV")
+    index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for row in _read_csv(path, ("file", column)):
+        if row[column] not in index:
+            raise row.error(column, f"expected one of {', '.join(classes)}")
+        samples.append(Sample(root / row["file"], index[row[column]]))
+    return samples
 
 
 def fairface_race(data: ml_collections.ConfigDict) -> dict[str, Any]:
-    index = {c: i for i, c in enumerate(FAIRFACE_RACES)}
-    samples = [Sample(p, index[v]) for p, v in _fairface(data, "race") if v in index]
+    samples = _fairface(data, "race", FAIRFACE_RACES)
     phrases = [with_article(c.replace("_", " or ").lower()) for c in FAIRFACE_RACES]
     return _build("fairface_race", data, samples, FAIRFACE_RACES, phrases, "race", (1,))
 
 
 def fairface_age(data: ml_collections.ConfigDict) -> dict[str, Any]:
-    index = {c: i for i, c in enumerate(FAIRFACE_AGES)}
-    samples = [Sample(p, index[v]) for p, v in _fairface(data, "age") if v in index]
+    samples = _fairface(data, "age", FAIRFACE_AGES)
     return _build("fairface_age", data, samples, FAIRFACE_AGES, FAIRFACE_AGES, "fairface_age", (1,))
 
 
@@ -589,9 +707,32 @@ def fairface_age(data: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _table(path: Path) -> dict[int, str]:
-    """CUB's `<id> <value>` files."""
-    pairs = (line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip())
-    return {int(k): v.strip() for k, v in pairs}
+    """CUB's `<id> <value>` files; InputDataError naming the file and line of a line that is not
+    an integer id and a value."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise InputDataError(f"{path}: not a text file ({error})") from None
+    table = {}
+    for number, line in enumerate(lines, 1):
+        parts = line.split(maxsplit=1)
+        if not parts:
+            continue
+        if len(parts) != 2 or not re.fullmatch(r"\d+", parts[0]):
+            raise InputDataError(f"{path}, line {number}: expected '<id> <value>', got {line!r}")
+        table[int(parts[0])] = parts[1].strip()
+    return table
+
+
+def _entry(
+    table: dict[int, str], path: Path, image_id: int, allowed: Collection[str], expected: str
+) -> str:
+    """CUB's value for `image_id` in `table` (read from `path`), one of `allowed`."""
+    value = table.get(image_id)
+    if value not in allowed:
+        found = "no line" if value is None else f"{value!r}"
+        raise InputDataError(f"{path}: image {image_id}: {found}, expected {expected}")
+    return value
 
 
 def _cub200_tfds(version_dir: Path, split: str, data: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -653,14 +794,19 @@ def cub200(data: ml_collections.ConfigDict) -> dict[str, Any]:
     }
     classes = _table(files["classes.txt"])
     class_ids = sorted(classes)
-    names = [classes[i].split(".", 1)[1] for i in class_ids]
-    index = {class_id: i for i, class_id in enumerate(class_ids)}
+    names = [classes[i].split(".", 1)[-1] for i in class_ids]  # 001.Black_footed_Albatross
+    index = {str(class_id): i for i, class_id in enumerate(class_ids)}
     paths, labels = _table(files["images.txt"]), _table(files["image_class_labels.txt"])
+    labels = {k: str(int(v)) if re.fullmatch(r"\d+", v) else v for k, v in labels.items()}
     is_train = _table(files["train_test_split.txt"])
+    labels_file, split_file = files["image_class_labels.txt"], files["train_test_split.txt"]
     samples = [
-        Sample(root / "images" / paths[i], index[int(labels[i])])
+        Sample(
+            root / "images" / paths[i],
+            index[_entry(labels, labels_file, i, index, "a class id of classes.txt")],
+        )
         for i in sorted(paths)
-        if is_train[i] == split
+        if _entry(is_train, split_file, i, ("0", "1"), "1 (train) or 0 (test)") == split
     ]
     phrases = [n.replace("_", " ") for n in names]
     return _build("cub200", data, samples, names, phrases, "bird", (1,))

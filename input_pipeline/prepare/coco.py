@@ -99,6 +99,33 @@ def split_of(path: str) -> str:
 UNLISTED = "of images not in the keypoints file's 'images'"
 
 
+def _image_names(content: dict[str, Any], path: str) -> dict[int | str, str]:
+    """The keypoints file's `images` as {id: file_name}; InputDataError naming the file and the
+    image (its index and id) whose id or file_name is missing or of the wrong kind."""
+    images = content.get("images", [])
+    if not isinstance(images, list):
+        raise InputDataError(f"{path}: 'images': expected a list of {{'id', 'file_name'}}")
+    names = {}
+    for i, image in enumerate(images):
+        image_id = image.get("id") if isinstance(image, dict) else None
+        if not isinstance(image_id, int | str) or isinstance(image_id, bool):
+            raise InputDataError(
+                f"{path}: images[{i}]: expected a dict with an integer 'id' and a 'file_name'"
+            )
+        name = image.get("file_name")
+        if not isinstance(name, str) or not name.strip():
+            raise InputDataError(
+                f"{path}: images[{i}] (id {image_id}).file_name={name!r}: expected a file name"
+            )
+        names[image_id] = name
+    return names
+
+
+def _listed(image_id: Any, names: dict[int | str, str]) -> bool:
+    """Whether an annotation's `image_id` is one of the images' (a list or null one is not)."""
+    return isinstance(image_id, int | str) and image_id in names
+
+
 def read_coco(
     annotations: str, captions: str
 ) -> tuple[list[records.ImageRecord], collections.Counter]:
@@ -106,7 +133,7 @@ def read_coco(
     split left without an image is refused, naming the file and the counts."""
     keypoints_file, captions_file = _load(annotations, KEYPOINTS), _load(captions, CAPTIONS)
     split = split_of(annotations)
-    names = {image["id"]: image["file_name"] for image in keypoints_file.get("images", [])}
+    names = _image_names(keypoints_file, annotations)
     people: dict[int, list[records.Person]] = collections.defaultdict(list)
     left_out: collections.Counter = collections.Counter()
     for i, annotation in enumerate(keypoints_file["annotations"]):
@@ -116,7 +143,7 @@ def read_coco(
         if not annotation.get("num_keypoints", 0):
             left_out["people without keypoints"] += 1
             continue
-        if annotation.get("image_id") not in names:
+        if not _listed(annotation.get("image_id"), names):
             left_out[f"people {UNLISTED}"] += 1
             continue
         try:
@@ -133,7 +160,7 @@ def read_coco(
         caption = annotation.get("caption")
         if not isinstance(caption, str) or not caption.strip():
             left_out["captions empty or not text"] += 1
-        elif annotation.get("image_id") not in names:
+        elif not _listed(annotation.get("image_id"), names):
             left_out[f"captions {UNLISTED}"] += 1
         else:
             texts[annotation["image_id"]].append(caption.strip())

@@ -62,12 +62,37 @@ def _person(joints: Any, vis: Any, where: str, center: Any = None, scale: Any = 
     finite = np.all(np.isfinite(kp), axis=1)
     visible &= finite & np.any(kp != -1, axis=1)
     kp = np.where(finite[:, None], kp - 1.0, 0.0).astype(np.float32)
+    try:
+        xy = None if center is None else np.asarray(center, np.float64).reshape(2)
+        size = None if scale is None else float(np.asarray(scale, np.float64).reshape(()))
+    except (TypeError, ValueError):
+        xy, size = np.full(2, np.nan), np.nan
+    if (xy is not None and not np.all(np.isfinite(xy))) or (
+        size is not None and not np.isfinite(size)
+    ):
+        raise InputDataError(
+            f"{where}: expected 'center' [x, y] and 'scale' as finite numbers, got center "
+            f"{_short(center)} and scale {_short(scale)}"
+        )
     return Person(
         keypoints=kp,
         visible=visible,
-        center=None if center is None else (float(center[0]) - 1, float(center[1]) - 1),
-        scale=None if scale is None else float(scale),
+        center=None if xy is None else (float(xy[0]) - 1, float(xy[1]) - 1),
+        scale=size,
     )
+
+
+def _short(value: Any) -> str:
+    """A value as a message shows it: on one line, at most 60 characters."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _image_name(value: Any, where: str) -> str:
+    """An annotation's `image`: a file name (a non-empty string)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputDataError(f"{where}: 'image' must be a file name, got {_short(value)}")
+    return value
 
 
 def _load_json(path: Path) -> Any:
@@ -93,9 +118,10 @@ def read_mmpose_json(path: str | Path) -> list[ImageRecord]:
         where = f"{path} [record {i}]"
         if not isinstance(row, dict) or not {"image", "joints", "joints_vis"} <= row.keys():
             raise InputDataError(f"{where}: expected keys 'image', 'joints', 'joints_vis'")
+        image = _image_name(row["image"], where)
         joints, vis = row["joints"], row["joints_vis"]
         person = _person(joints, vis, where, row.get("center"), row.get("scale"))
-        record = by_image.setdefault(row["image"], ImageRecord(row["image"], [], split=split))
+        record = by_image.setdefault(image, ImageRecord(image, [], split=split))
         record.people.append(person)
     return list(by_image.values())
 
@@ -233,12 +259,15 @@ def read_descriptions(
             where = f"{file} [item {k}]"
             if not isinstance(item, dict) or "image" not in item:
                 raise InputDataError(f"{where}: expected a dict with 'image' and 'description'")
-            record = records.get(item["image"])
+            record = records.get(_image_name(item["image"], where))
             if record is None:
+                listed = item.get("people") or []
+                if not isinstance(listed, list) or not all(isinstance(p, dict) for p in listed):
+                    raise InputDataError(f"{where}: 'people' must be a list of dicts")
                 people = [
                     _person(p.get("kpts"), p.get("kpts_vis"), f"{where} people[{j}]",
                             p.get("center"), p.get("scale"))
-                    for j, p in enumerate(item.get("people") or [])
+                    for j, p in enumerate(listed)
                 ]  # fmt: skip
                 record = ImageRecord(item["image"], people, str(item.get("activity") or ""))
                 records[item["image"]] = record
