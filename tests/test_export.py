@@ -27,15 +27,6 @@ from focusclip_jax.weights import common, hf_dual_encoder, open_clip
 from input_pipeline.errors import InputDataError
 from tests.conftest import FAST_COMPILE_FLAGS, REPO, tiny_config
 
-HF_FILES = {
-    "config.json",
-    "model.safetensors",
-    "vocab.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "preprocessor_config.json",
-}
-
 
 @pytest.fixture(scope="module")
 def hf_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ml_collections.ConfigDict, Path]:
@@ -82,7 +73,8 @@ def test_hf_export_files_names_shapes_and_projection_maths(hf_run, tmp_path: Pat
     config, workdir = hf_run
     out = tmp_path / "hf"
     assert export.export(None, str(workdir), None, str(out), fmt="hf") == 2
-    assert {p.name for p in out.iterdir()} == HF_FILES
+    # Exactly the files a rerun's --overwrite takes for an export's (and no more).
+    assert {p.name for p in out.iterdir()} == export.EXPORT_FOLDER_FILES
     state = common.read_tensors(out / "model.safetensors")
     assert set(state) == _hf_expected_keys(depth=1)
 
