@@ -83,9 +83,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if "data_root" in config:
         root = config.data_root
         if not isinstance(root, str) or not root or not Path(root).is_dir():
+            is_file = bool(root) and Path(str(root)).is_file()
+            problem = "a file, not a folder" if is_file else "no such folder"
             raise ConfigError(
-                f"--config.data_root={root!r}: no such folder; point it at the evaluation "
-                "datasets (docs/evaluation.md)"
+                f"--config.data_root={root!r}: {problem}; point it at the folder of the "
+                "evaluation datasets (docs/evaluation.md)"
             )
     with config_errors():
         evaluators.check_types(config)

@@ -225,6 +225,11 @@ def export(
     _check_flags(fmt, tower)
     if fmt == "open_clip" and not out.endswith(".safetensors"):
         raise errors.InputDataError(f"--out={out}: open_clip reads a .safetensors file by its name")
+    if _writes_folder(fmt, tower) and out.endswith(".safetensors"):
+        raise errors.InputDataError(
+            f"--out={out}: this export is a folder (Hugging Face's layout), not a .safetensors "
+            "file: name a folder"
+        )
     out_path = Path(out)
     cli.refuse_inputs_as_output("--out", out, {"--checkpoint": run_record.workdir_of(checkpoint)})
     _finish_interrupted_swap(out_path)

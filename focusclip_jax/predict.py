@@ -163,6 +163,9 @@ def main(argv: list[str]) -> None:
         labels, given = [label.strip() for label in FLAGS.labels or [] if label.strip()], "--labels"
     if not labels:
         raise app.UsageError(f"{given}: no labels; give --labels=a,b,c or --labels_file")
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise app.UsageError(f"{given}: {', '.join(map(repr, repeated))} given more than once")
     if FLAGS.out:
         inputs = {"--labels_file": FLAGS.labels_file, "--images": FLAGS.images}
         check_out(FLAGS.out, inputs)

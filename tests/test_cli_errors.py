@@ -110,6 +110,11 @@ CASES = [
     ("bench.train_step", ["--config=configs/bench.py:tiny", "--nope=1"],
      "Unknown command line flag 'nope'"),
     ("focusclip_jax.plot", ["--workdir={r}/none"], "--workdir={r}/none: no such folder"),
+    ("focusclip_jax.evaluate", ["--checkpoint={r}", "--config.data_root={r}/a_file"],
+     "--config.data_root='{r}/a_file': a file, not a folder"),
+    ("focusclip_jax.predict", [*PREDICT, "--labels=a,b,a"], "--labels: 'a' given more than once"),
+    ("focusclip_jax.export", ["--checkpoint={r}", "--tower=text_tower", "--out={r}/t.safetensors"],
+     "--out={r}/t.safetensors: this export is a folder"),
     ("focusclip_jax.plot", ["--workdir={r}"], "{r}/metrics.jsonl: not found"),
 ]  # fmt: skip
 
