@@ -180,8 +180,9 @@ def test_retries_failures_output_and_round_trip(tmp_path, caplog):
         assert body["max_tokens"] == 512 and body["messages"][0]["content"] == dl.SYSTEM_PROMPT
     assert sorted(set(server.activities())) == [f"sports, activity {i}" for i in range(4)]
     assert server.activities().count("sports, activity 2") == 1
-    assert "described 3, skipped 0, failed 1" in caplog.text
-    assert "000000002.jpg: HTTP 400" in caplog.text
+    assert "described 3, skipped 0, failed 1 (the first: 000000002.jpg: HTTP 400" in caplog.text
+    assert summary.line().startswith("described 3, skipped 0, failed 1 (the first: 000000002.jpg")
+    assert API_KEY not in summary.line()
     # The key never reaches logs, output or the file, even when a server echoes it back.
     assert API_KEY not in caplog.text and API_KEY not in out.read_text()
     assert "<api key>" in caplog.text

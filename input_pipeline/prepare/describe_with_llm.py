@@ -313,9 +313,11 @@ class Summary:
     described: int = 0
     skipped: int = 0
     failed: int = 0
+    first_failure: str = ""  # the reason of the first image that failed, for the last line
 
     def line(self) -> str:
-        return f"described {self.described}, skipped {self.skipped}, failed {self.failed}"
+        line = f"described {self.described}, skipped {self.skipped}, failed {self.failed}"
+        return f"{line} (the first: {self.first_failure})" if self.first_failure else line
 
 
 class Progress:
@@ -380,6 +382,7 @@ def describe_all(
                 summary.described += 1
             except RequestFailed as e:
                 summary.failed += 1
+                summary.first_failure = summary.first_failure or str(e)
                 log.error("failed: %s", e)
             progress.step()
     finally:
