@@ -57,12 +57,12 @@ def write(workdir: str, config: ml_collections.ConfigDict, tokenizer: tokenizers
     landed, checked (every process) against the config, a contradiction an error naming the
     key. The tokenizer's file (a fitted one: kept first) is copied beside it."""
     root = workdir_path(workdir)
-    _refuse_a_foreign_config_file(root, workdir)
+    recorded = _recorded(root, workdir)
     if jax.process_index() == 0:
         tokenizers.kind_of(config.tokenizer).save(tokenizer, config.tokenizer, str(workdir))
     sources = tokenizer_files(config, str(workdir))
-    if has_checkpoints(root) and (root / CONFIG_FILE).exists():
-        _check_matches(load(str(root)), config, tokenizer.vocab_size, sources, root)
+    if has_checkpoints(root) and recorded is not None:
+        _check_matches(recorded, config, tokenizer.vocab_size, sources, root)
         return
     if jax.process_index() != 0:
         return
@@ -77,13 +77,13 @@ def write(workdir: str, config: ml_collections.ConfigDict, tokenizer: tokenizers
     cli.write_whole(root / CONFIG_FILE, record.to_json(indent=1).encode())
 
 
-def _refuse_a_foreign_config_file(root: epath.Path, workdir: str) -> None:
-    """A config.json that is not a run record (an exported model's, a user's) is never
-    replaced: the workdir is someone else's folder."""
+def _recorded(root: epath.Path, workdir: str) -> ml_collections.ConfigDict | None:
+    """The workdir's run record, None where there is none. A config.json that is not one (an
+    exported model's, a user's) is refused, never replaced: the workdir is someone else's."""
     if not (root / CONFIG_FILE).exists():
-        return
+        return None
     try:
-        load(str(root))
+        return load(str(root))
     except ConfigError as error:
         raise ConfigError(
             f"--workdir={workdir}: holds a {CONFIG_FILE} that is not this project's run record "
