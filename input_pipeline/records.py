@@ -73,7 +73,7 @@ class PreparedEntry(NamedTuple):
     header: dict[str, Any]
     jpeg: memoryview
     squashed: memoryview
-    person: memoryview = memoryview(b"")
+    person: memoryview
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +86,12 @@ class StoredCopy:
 
 
 COPIES = ("squashed", "person")  # stored in this order after the JPEG
+
+
+def stored_keypoints(record: ImageRecord) -> list[np.ndarray]:
+    """Each person's keypoints as an entry stores them (3 decimals): what training reads, and
+    what a stored person copy's box is computed from."""
+    return [p.keypoints.round(3) for p in record.people]
 
 
 def encode_prepared(
@@ -106,7 +112,7 @@ def encode_prepared(
         "image": record.image,
         "activity": record.activity,
         "descriptions": record.descriptions,
-        "keypoints": [p.keypoints.round(3).tolist() for p in record.people],
+        "keypoints": [k.tolist() for k in stored_keypoints(record)],
         "visible": [p.visible.astype(int).tolist() for p in record.people],
     }
     if size is not None:

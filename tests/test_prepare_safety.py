@@ -408,3 +408,13 @@ def test_coco_names_swapped_files_nulls_and_people_of_unlisted_images(
     assert "None" not in texts and len(texts) == 9  # 2 images, 10 captions, one of them null
     assert left_out["captions empty or not text"] == 1
     assert left_out["people of images not in the keypoints file's 'images'"] == 1
+
+
+def test_default_settings_keep_the_fingerprint_and_meta_of_datasets_already_written() -> None:
+    """Settings added later enter a shard's fingerprint and meta.json only when not at their
+    default: a dataset prepared before them stays up to date, nothing is re-encoded."""
+    assert shards.Encoding().fingerprint_text() == "512,90,224"
+    assert shards.Encoding().meta() == {"max_side": 512, "quality": 90, "squash_side": 224}
+    changed = shards.Encoding(copy_format="raw", person_side=224)
+    assert changed.fingerprint_text() == "512,90,224,copies=raw,person=224@0.15"
+    assert changed.meta()["copy_format"] == "raw" and changed.meta()["person_margin"] == 0.15

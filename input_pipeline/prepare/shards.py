@@ -116,9 +116,9 @@ class Encoding:
             meta |= {"person_side": self.person_side, "person_margin": self.person_margin}
         return meta
 
-    def copy(self, square: Image.Image, side: int) -> records.StoredCopy:
+    def copy(self, square: Image.Image) -> records.StoredCopy:
         data = square.tobytes() if self.copy_format == "raw" else _encode_jpeg(square, self.quality)
-        return records.StoredCopy(data, side, self.copy_format)
+        return records.StoredCopy(data, square.width, self.copy_format)
 
 
 def _resize_jpeg(
@@ -141,7 +141,7 @@ def _resize_jpeg(
     stored = image if image.size == size else image.resize(size, Image.LANCZOS)
     squashed = None
     if side := encoding.squash_side:
-        squashed = encoding.copy(image.resize((side, side), Image.LANCZOS), side)
+        squashed = encoding.copy(image.resize((side, side), Image.LANCZOS))
     scale_xy = np.array(size, np.float32) / np.array(full, np.float32)
     return _encode_jpeg(stored, encoding.quality), size, squashed, scale_xy, full, image
 
@@ -150,16 +150,16 @@ def _person_copy(
     image: Image.Image, record: records.ImageRecord, size: tuple[int, int], encoding: Encoding
 ) -> records.StoredCopy | None:
     """The box the `person` crop takes around the record's people (from their keypoints as
-    stored, in the stored image's coordinates), resampled from the decoded image (LANCZOS) to
-    person_side²; None when person_side is 0."""
+    stored, `records.stored_keypoints`, so that it is the train-time box), resampled from the
+    decoded image (LANCZOS) to person_side²; None when person_side is 0."""
     if not (side := encoding.person_side):
         return None
-    keypoints = np.array([p.keypoints.round(3) for p in record.people], np.float32)
+    keypoints = np.array(records.stored_keypoints(record), np.float32)
     visible = np.array([p.visible for p in record.people], bool)
     x0, y0, x1, y1 = transforms.person_box(keypoints, visible, *size, encoding.person_margin)
     sx, sy = image.size[0] / size[0], image.size[1] / size[1]
     box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-    return encoding.copy(image.resize((side, side), Image.LANCZOS, box=box), side)
+    return encoding.copy(image.resize((side, side), Image.LANCZOS, box=box))
 
 
 OUTSIDE_JOINTS = "visible joints outside the image (made not visible)"
