@@ -133,23 +133,30 @@ class PreparedSource(DataSource):
             )
 
     def train_source(self, data: ml_collections.ConfigDict) -> Any:
-        require_files(self.required_files(data))
+        """The described records of `data.split`, with what training should know logged once:
+        their count, those left out, crowds, and crops resampled for want of a stored copy."""
         split = data.get("split", "train")
-        source, shards = records.open_split(data.prepared, split)
-        logging.info("%s: %d prepared records in %d shards", self.title, len(source), len(shards))
+        stream, total = self._described(data)
+        logging.info("%s: %d prepared %s records", self.title, total, split)
+        if len(stream) < total:
+            logging.warning(
+                "%s: %d of %d %s images have no description from %s: left out of training",
+                self.title, total - len(stream), total, split, tuple(data.description_sources),
+            )  # fmt: skip
         meta = records.read_meta(data.prepared)
         self._warn_of_crowds(data, split, meta)
         self._warn_of_resampling(data, meta)
+        return stream
+
+    def _described(self, data: ml_collections.ConfigDict) -> tuple[Any, int]:
+        """The records of `data.split` described by one of `data.description_sources`, and how
+        many records the split has."""
+        require_files(self.required_files(data))
+        split = data.get("split", "train")
+        source, shards = records.open_split(data.prepared, split)
         index = records.record_sources(shards)
         keep = records.described_by(index, data.description_sources, f"{data.prepared} ({split})")
-        if len(keep) < len(index):
-            logging.warning(
-                "%s: %d of %d %s images have no description from %s: left out of training",
-                self.title, len(index) - len(keep), len(index), split,
-                tuple(data.description_sources),
-            )  # fmt: skip
-            return records.Subset(source, keep)
-        return source
+        return (records.Subset(source, keep) if len(keep) < len(index) else source), len(index)
 
     def _warn_of_crowds(
         self, data: ml_collections.ConfigDict, split: str, meta: dict[str, Any]
@@ -167,13 +174,13 @@ class PreparedSource(DataSource):
     def _warn_of_resampling(self, data: ml_collections.ConfigDict, meta: dict[str, Any]) -> None:
         """A `squash` or `person` crop the preparation stores no copy of is resampled from the
         stored JPEG for every image (3-4x the CPU, PERFORMANCE.md): the flags that store it."""
-        size = data.image_size
-        if data.crop == "squash" and meta.get("squash_side") != size:
+        size, transform = data.image_size, self.record_map(data)
+        if data.crop == "squash" and not transform.stored_crop("squashed", meta.get("squash_side")):
             side = meta.get("squash_side")
             stored = f"a squashed copy of side {side}" if side else "no squashed copy"
             flags = f"--squash_side={size}"
-        elif data.crop == "person" and (
-            meta.get("person_side") != size or meta.get("person_margin") != data.person_margin
+        elif data.crop == "person" and not transform.stored_crop(
+            "person", meta.get("person_side"), meta.get("person_margin")
         ):
             stored = (
                 f"a person copy of side {meta['person_side']} and margin {meta['person_margin']}"
@@ -196,7 +203,7 @@ class PreparedSource(DataSource):
     def corpus(self, data: ml_collections.ConfigDict) -> list[str]:
         """Every text of the chosen sources (`transforms.choose_description`) in the stream."""
         chosen = tuple(data.description_sources)
-        stream = self.train_source(data)
+        stream, _ = self._described(data)
         texts: list[str] = []
         for i in range(len(stream)):
             described = records.decode_prepared(stream[i]).header["descriptions"]

@@ -241,13 +241,13 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
         header, jpeg, squashed, person = decode_prepared(entry)
         return self.apply(header, jpeg, rng, squashed, person)
 
-    def _person_copy_fits(self, header: Mapping[str, Any]) -> bool:
-        """The stored person copy is the crop this transform would resample."""
-        return (
-            header["person_side"] == self.image_size
-            and header["person_margin"] == self.person_margin
-            and len(header["keypoints"]) <= self.max_people
-        )
+    def stored_crop(self, copy: str, side: int | None, margin: float | None = None) -> bool:
+        """Whether a stored copy (`records.COPIES`) of `side` (the person copy's: and `margin`)
+        is the crop this transform takes, read as it is: what a record's header says, and what
+        `sources` warns of from a preparation's meta.json."""
+        if copy == "squashed":
+            return self.crop == "squash" and side == self.image_size
+        return self.crop == "person" and side == self.image_size and margin == self.person_margin
 
     def apply(
         self,
@@ -285,9 +285,13 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
 
         size = self.image_size
         stored = None  # the crop as the preparation stored it, where it did
-        if self.crop == "squash" and squashed and header["squashed_side"] == size:
+        if squashed and self.stored_crop("squashed", header["squashed_side"]):
             stored = copy_pixels(header, "squashed", squashed)
-        elif self.crop == "person" and person and self._person_copy_fits(header):
+        elif (
+            person
+            and self.stored_crop("person", header["person_side"], header["person_margin"])
+            and len(header["keypoints"]) <= self.max_people  # the box is all the people's
+        ):
             stored = copy_pixels(header, "person", person)
         if stored is not None:
             image = stored

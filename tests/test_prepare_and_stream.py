@@ -444,6 +444,10 @@ def test_a_crop_with_no_stored_copy_names_the_flags_that_store_it(prepared: Path
     assert (
         "no person copy" in person and f"--person_side={SQUASH_SIDE} --person_margin=0.15" in person
     )
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a tokenizer fitted on the corpus: training warns, once
+        assert sources.get("mpii").corpus(config.data)
+    assert not caplog.records
 
 
 def _one_split(tmp_path: Path, names: list[str], rows: list[dict], **options) -> dict:
