@@ -7,7 +7,6 @@ them on the device from the keypoints (input_pipeline.heatmaps holds both render
 
 import ctypes
 import dataclasses
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,15 +75,14 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _KEEP_FREED = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 512 << 20))
 
 
-@functools.cache
 def keep_freed_memory() -> bool:
     """Has this process's allocator (glibc) keep the memory a batch frees for the next one;
     False where there is no glibc (the pipeline runs as it is).
 
     By default glibc maps each allocation over 128 KiB afresh (a 224² image is 147 KiB, a batch
     4.6 MiB) and returns it when freed, so every batch page-faults its memory in again, at about
-    6 µs a fault on a 2-core VM (`bench.input_pipeline` counts them per image). Set once per
-    process, in the first batch a process assembles (grain's workers included)."""
+    6 µs a fault on a 2-core VM (`bench.input_pipeline` counts them per image). Set by
+    `train_iterator` in the training process and in each of grain's workers as it starts."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return all(libc.mallopt(param, value) == 1 for param, value in _KEEP_FREED)
@@ -109,7 +107,6 @@ class AssembleBatch(grain.transforms.RandomMap):
     max_len: int
 
     def random_map(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        keep_freed_memory()
         found = [self.source[index] for index in indices.tolist()]
         if self.record_map is not None:
             found = [self.record_map.random_map(entry, rng) for entry in found]
@@ -126,6 +123,7 @@ def train_iterator(
     process_count: int | None = None,
 ) -> grain.DatasetIterator:
     """An endless, checkpointable iterator of this process's share of each global batch."""
+    keep_freed_memory()
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if config.train.batch_size % process_count:
@@ -155,8 +153,13 @@ def train_iterator(
     dataset = dataset.to_iter_dataset(sequential if config.data.worker_count > 0 else threads)
     if config.data.worker_count > 0:
         options = grain.MultiprocessingOptions(num_workers=config.data.worker_count)
-        dataset = dataset.mp_prefetch(options)
+        dataset = dataset.mp_prefetch(options, worker_init_fn=_start_worker)
     return iter(dataset)
+
+
+def _start_worker(worker_index: int, worker_count: int) -> None:
+    """What each of grain's worker processes sets as it starts."""
+    keep_freed_memory()
 
 
 def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -661,6 +662,25 @@ for _ in range(20):
     held = [held[1], batch()]  # the consumer holds the last batch while the next is made
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 """
+
+
+def test_the_training_process_and_each_worker_keep_freed_memory(
+    prepared: Path, monkeypatch
+) -> None:
+    """`train_iterator` sets `keep_freed_memory` in its own process and has grain run it in each
+    worker as it starts."""
+    calls, prefetched = [], {}
+    monkeypatch.setattr(pipeline, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(
+        grain.IterDataset, "mp_prefetch",
+        lambda self, options, **kwargs: prefetched.update(kwargs) or self,
+    )  # fmt: skip
+    config = mpii_config(prepared)
+    config.data.worker_count = 2
+    pipeline.train_iterator(config, pipeline.create_tokenizer(config))
+    assert calls == [1]
+    prefetched["worker_init_fn"](0, 2)
+    assert calls == [1, 1]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
