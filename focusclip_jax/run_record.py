@@ -117,7 +117,7 @@ def _check_matches(
 
 def _contradiction(key: str, given: object, recorded: object, root: epath.Path) -> None:
     raise ConfigError(
-        f"--config.{key}={given!r}: the checkpoints in {root} were trained with {recorded!r} "
+        f"config {key}={given!r}: the checkpoints in {root} were trained with {recorded!r} "
         f"({root / CONFIG_FILE}); resume with the same model, or give another --workdir"
     )
 
@@ -202,6 +202,7 @@ def with_model_of(
                 f"--config.{key}={given!r} contradicts the checkpoint's {recorded!r} "
                 f"({where}/{CONFIG_FILE}); drop it: the model comes from the checkpoint"
             )
+    _warn_of_replaced(record, config, where)
     merged = config.copy_and_resolve_references()
     with merged.unlocked():
         for section in RECORDED:
@@ -213,6 +214,31 @@ def with_model_of(
             merged.data.image_size = record.model.image_size  # read at the model's size
     logging.info("Model, tokenizer, loss and data from %s/%s", where, CONFIG_FILE)
     return merged
+
+
+def _warn_of_replaced(
+    record: ml_collections.ConfigDict, config: ml_collections.ConfigDict, where: str
+) -> None:
+    """The config file's model, loss and heatmap keys that differ from the record are replaced by
+    it: said once, so a user who gave the config of another model knows it was not used
+    (tokenizer paths and the fitted vocabulary size differ by design)."""
+    replaced = [
+        f"{key}={value!r} (recorded {recorded.get(key, '<no such key>')!r})"
+        for section in RECORDED
+        if section != "tokenizer" and section in config and section in record
+        for recorded in [_flat(_plain(record[section]), section)]
+        for key, value in _flat(_plain(config[section]), section).items()
+        if key != "model.text.vocab_size" and recorded.get(key, _ABSENT) != value
+    ]
+    if replaced:
+        logging.warning(
+            "--config: %d key(s) differ from the checkpoint's record and are not used, e.g. %s; "
+            "the model comes from %s/%s",
+            len(replaced),
+            ", ".join(replaced[:3]),
+            where,
+            CONFIG_FILE,
+        )
 
 
 def config_for(

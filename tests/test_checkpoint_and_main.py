@@ -235,8 +235,30 @@ def test_the_run_record_matches_the_checkpoints(tmp_path: Path) -> None:
     assert run_record.load(str(workdir)).model.embed_dim == 8
     (workdir / "checkpoints" / "2").mkdir(parents=True)
     run_record.write(str(workdir), other, SimpleNamespace(vocab_size=169))  # a resume: agrees
-    with pytest.raises(ConfigError, match=r"--config\.model\.text\.vocab_size=5: the checkp"):
+    with pytest.raises(ConfigError, match=r"^config model\.text\.vocab_size=5: the checkp"):
         run_record.write(str(workdir), other, SimpleNamespace(vocab_size=5))
-    with pytest.raises(ConfigError, match=r"--config\.model\.embed_dim=16: .* trained with 8"):
+    with pytest.raises(ConfigError, match=r"^config model\.embed_dim=16: .* trained with 8"):
         run_record.write(str(workdir), tiny_config(), SimpleNamespace(vocab_size=169))
     assert run_record.load(str(workdir)).model.embed_dim == 8
+
+
+def test_a_config_file_of_another_model_is_named_when_the_record_replaces_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """predict and evaluate take the model from the record; a --config file that says otherwise
+    is not used, and the log says so (a user's mistake is not silently accepted)."""
+    from types import SimpleNamespace
+
+    from focusclip_jax import run_record
+
+    trained = tiny_config()
+    trained.model.embed_dim = 8
+    run_record.write(str(tmp_path), trained, SimpleNamespace(vocab_size=169))
+    with caplog.at_level("WARNING"):
+        same = run_record.config_for(str(tmp_path), trained)
+    assert "differ from the checkpoint's record" not in caplog.text
+    with caplog.at_level("WARNING"):
+        merged = run_record.config_for(str(tmp_path), tiny_config())
+    assert merged.model.embed_dim == same.model.embed_dim == 8
+    assert "1 key(s) differ from the checkpoint's record" in caplog.text
+    assert "model.embed_dim=16 (recorded 8)" in caplog.text
