@@ -244,8 +244,8 @@ def _stage_costs(prepared: str, vocab: str, crop: str, images: int = 1024) -> di
     examples, cropped = timed(lambda p: transform.apply(p.header, p.jpeg, rng, *p[2:]), parsed)
     batches = [examples[i : i + batch] for i in range(0, images - batch + 1, batch)]
     _, tokenize = timed(lambda b: tokenizer([e["description"] for e in b], max_len), batches)
-    stack = lambda b: [np.stack([e[k] for e in b]) for k in pipeline.TRAIN_FIELDS]
-    _, stacked = timed(stack, batches)
+    canvas = config.data.canvas_side if transform.on_device else 0
+    _, stacked = timed(lambda b: pipeline.stack_records(b, canvas), batches)
     costs = {"read": read, "parse": parse, "crop": cropped, "tokenize": tokenize, "batch": stacked}
     return costs | {"sum": sum(costs.values())}
 

@@ -182,6 +182,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.crop = "squash"  # the paper; or "person", "random_resized"
     config.data.crop_scale = (0.5, 1.0)  # area fraction range of "random_resized"
     config.data.person_margin = 0.15  # "person": box grown by this fraction of its side
+    # Where the crop is resampled: "host" (Pillow, in the input pipeline), "device" (the training
+    # step, from the stored image sent whole on a canvas_side² canvas; at least the preparation's
+    # --max_side), or "auto": the device for "random_resized", whose resample cost the host as
+    # much CPU as its decode, the host otherwise (squash and person crops may be stored ready).
+    config.data.crop_on = "auto"
+    config.data.canvas_side = 512
     config.data.flip = False  # the paper uses no augmentation; True also swaps left/right words
     # One sampled per step among those an image has (gpt-4, gpt-3.5-turbo, gpt-3.5-turbo-legacy,
     # llama-2: the folder names of the published descriptions).

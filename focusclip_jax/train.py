@@ -44,7 +44,7 @@ from focusclip_jax.checkpoint import Checkpointer
 from focusclip_jax.logs import MetricWriter
 from focusclip_jax.models import layers
 from focusclip_jax.setup import ModelSetup
-from input_pipeline import heatmaps, pipeline, sources
+from input_pipeline import device_crop, heatmaps, pipeline, sources
 from input_pipeline.errors import InputDataError, config_errors
 from input_pipeline.tokenizers import Tokenizer
 
@@ -202,6 +202,7 @@ def train_step(
     loss_config: ml_collections.ConfigDict,
     bounds: Mapping[tuple[str, ...], tuple[float, float]],
     heatmap: heatmaps.HeatmapSettings,
+    image_size: int = 0,
     seed: int = 0,
     accumulate_steps: int = 1,
     frozen: tuple[str, ...] = (),
@@ -215,7 +216,9 @@ def train_step(
     out of the logged norm and the finiteness check (and so never computed). `update_shardings`
     (per parameter, those of its optimiser state; with `param_shardings`, the parameters' own) is
     where the gradients, the update and the new parameters are computed before the parameters
-    return to their own shardings."""
+    return to their own shardings. A batch of stored images (`device_crop`) is cropped to
+    `image_size` first."""
+    batch = device_crop.crop_batch(batch, image_size)
     options = dict(
         graphdef=graphdef,
         loss_config=loss_config,
@@ -359,6 +362,7 @@ class Trainer:
             loss_config=config.loss,
             bounds=self.setup.bounds,
             heatmap=heatmap,
+            image_size=config.model.image_size,
             seed=config.seed,
             accumulate_steps=config.train.accumulate_steps,
             frozen=frozen,

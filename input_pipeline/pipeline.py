@@ -2,7 +2,8 @@
 
 Records are dicts of numpy arrays plus a `description` string; batches hold uint8 images, keypoints,
 visibility, person masks and tokens. Heatmaps are *not* rendered here: the training step renders
-them on the device from the keypoints (input_pipeline.heatmaps holds both renderers).
+them on the device from the keypoints (input_pipeline.heatmaps holds both renderers); with
+`config.data.crop_on` at "device" it takes the crop there too (input_pipeline.device_crop).
 """
 
 import ctypes
@@ -94,7 +95,9 @@ def keep_freed_memory() -> bool:
 class AssembleBatch(grain.transforms.RandomMap):
     """Record indices → one batch: reads the records, applies the source's record map to each
     (one random generator per batch, drawn in turn), stacks the training fields and tokenizes
-    the descriptions to fixed length in one tokenizer call.
+    the descriptions to fixed length in one tokenizer call. With `canvas_side` (the device
+    crops: `device_crop`), each stored image goes top-left on a zeroed canvas of that side, its
+    extent beside it.
 
     Whole batches rather than records flow through grain: its per-element bookkeeping (a random
     generator each, statistics) cost about as much as decoding the `squash` crop's JPEG
@@ -105,14 +108,35 @@ class AssembleBatch(grain.transforms.RandomMap):
     record_map: grain.transforms.RandomMap | None
     tokenizer: Tokenizer
     max_len: int
+    canvas_side: int = 0
 
     def random_map(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         found = [self.source[index] for index in indices.tolist()]
         if self.record_map is not None:
             found = [self.record_map.random_map(entry, rng) for entry in found]
         tokens, mask = self.tokenizer([r["description"] for r in found], self.max_len)
-        fields = {k: np.stack([r[k] for r in found]) for k in TRAIN_FIELDS}
-        return fields | {"tokens": tokens, "mask": mask}
+        return stack_records(found, self.canvas_side) | {"tokens": tokens, "mask": mask}
+
+
+def stack_records(
+    found: Sequence[Mapping[str, Any]], canvas_side: int = 0
+) -> dict[str, np.ndarray]:
+    """The records' training fields as batch arrays; with `canvas_side`, their stored images
+    top-left on zeroed canvases of that side (only the margins are zeroed) and the crop fields
+    (`device_crop.CROP_FIELDS`)."""
+    if not canvas_side:
+        return {k: np.stack([r[k] for r in found]) for k in TRAIN_FIELDS}
+    fields = {k: np.stack([r[k] for r in found]) for k in (*TRAIN_FIELDS[1:], "crop_box")}
+    canvas = np.empty((len(found), canvas_side, canvas_side, 3), np.uint8)
+    extent = np.empty((len(found), 2), np.int32)
+    for i, record in enumerate(found):
+        height, width = record["image"].shape[:2]
+        canvas[i, :height, :width] = record["image"]
+        canvas[i, :height, width:] = 0
+        canvas[i, height:] = 0
+        extent[i] = (width, height)
+    flip = np.array([r["crop_flip"] for r in found], bool)
+    return fields | {"image": canvas, "crop_extent": extent, "crop_flip": flip}
 
 
 def train_iterator(
@@ -133,8 +157,9 @@ def train_iterator(
         )
     source = sources.get(config.data.name)
     stored = source.train_source(config.data)
+    canvas = config.data.canvas_side if source.crops_on_device(config.data) else 0
     assemble = AssembleBatch(
-        stored, source.record_map(config.data), tokenizer, config.model.text.max_len
+        stored, source.record_map(config.data), tokenizer, config.model.text.max_len, canvas
     )
     # Indices are shuffled, repeated and sharded; each batch of them is read and assembled at once.
     dataset = (
@@ -164,18 +189,28 @@ def _start_worker(worker_index: int, worker_count: int) -> None:
 
 def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes and dtypes of one global training batch (what `train_iterator` yields, all
-    processes together): for compiling the step before any data exists."""
+    processes together): for compiling the step before any data exists. A batch the device
+    crops holds canvases and `device_crop.CROP_FIELDS`."""
     batch, size = config.train.batch_size, config.data.image_size
     people, max_len = config.data.max_people, config.model.text.max_len
     joints = sources.skeleton_of(config.data.name).num_joints
     spec = lambda shape, dtype: jax.ShapeDtypeStruct((batch, *shape), np.dtype(dtype))
-    return {
+    fields = {
         "image": spec((size, size, 3), np.uint8),
         "keypoints": spec((people, joints, 2), np.float32),
         "visible": spec((people, joints), bool),
         "person_mask": spec((people,), bool),
         "tokens": spec((max_len,), np.int32),
         "mask": spec((max_len,), bool),
+    }
+    if not sources.crops_on_device(config.data):
+        return fields
+    side = config.data.canvas_side
+    return fields | {
+        "image": spec((side, side, 3), np.uint8),
+        "crop_box": spec((4,), np.float32),
+        "crop_extent": spec((2,), np.int32),
+        "crop_flip": spec((), bool),
     }
 
 

@@ -61,6 +61,12 @@ class DataSource(abc.ABC):
         Built before any work: a wrong option is a ValueError naming its key."""
         return None
 
+    def crops_on_device(self, data: ml_collections.ConfigDict) -> bool:
+        """Whether its batches carry stored images on canvases for the training step to crop
+        (`input_pipeline.device_crop`) rather than the crops themselves."""
+        del data
+        return False
+
     @abc.abstractmethod
     def corpus(self, data: ml_collections.ConfigDict) -> list[str]:
         """Every text the training stream can pick (a fitted tokenizer is fitted on them)."""
@@ -111,7 +117,8 @@ class PreparedSource(DataSource):
         return [RequiredFile("data.prepared", where if data.prepared else "", self.prepare)]
 
     def check_options(self, data: ml_collections.ConfigDict) -> None:
-        """`data.split` and `data.description_sources` against what the preparation holds."""
+        """`data.split`, `data.description_sources` and `data.canvas_side` against what the
+        preparation holds."""
         check_text("config data.split", data.split)
         sources = tuple(data.description_sources)
         if not sources:
@@ -119,7 +126,9 @@ class PreparedSource(DataSource):
                 "config data.description_sources=(): name one or more description sources, "
                 "e.g. ('gpt-4',)"
             )
-        splits = records.read_meta(data.prepared)["splits"]
+        meta = records.read_meta(data.prepared)
+        self._check_canvas(data, meta)
+        splits = meta["splits"]
         if data.split not in splits:
             raise ValueError(
                 f"config data.split={data.split!r}: the preparation at {data.prepared} has the "
@@ -148,6 +157,15 @@ class PreparedSource(DataSource):
         self._warn_of_resampling(data, meta)
         return stream
 
+    def _check_canvas(self, data: ml_collections.ConfigDict, meta: dict[str, Any]) -> None:
+        """The device's canvas holds every stored image."""
+        stored = meta.get("max_side")
+        if self.crops_on_device(data) and stored and stored > data.canvas_side:
+            raise ValueError(
+                f"config data.canvas_side={data.canvas_side}: {data.prepared} stores images up to "
+                f"{stored} px a side (prepared with --max_side={stored}); set it to {stored}"
+            )
+
     def _described(self, data: ml_collections.ConfigDict) -> tuple[Any, int]:
         """The records of `data.split` described by one of `data.description_sources`, and how
         many records the split has."""
@@ -175,6 +193,8 @@ class PreparedSource(DataSource):
         """A `squash` or `person` crop the preparation stores no copy of is resampled from the
         stored JPEG for every image (3-4x the CPU, PERFORMANCE.md): the flags that store it."""
         size, transform = data.image_size, self.record_map(data)
+        if transform.on_device:  # reads no stored copy: the host only decodes
+            return
         if data.crop == "squash" and not transform.stored_crop("squashed", meta.get("squash_side")):
             side = meta.get("squash_side")
             stored = f"a squashed copy of side {side}" if side else "no squashed copy"
@@ -199,6 +219,9 @@ class PreparedSource(DataSource):
     def record_map(self, data: ml_collections.ConfigDict) -> PreparedRecordTransform:
         """Decode, crop/resize, flip (with this source's skeleton), pick a text."""
         return PreparedRecordTransform.from_config(data, self.skeleton)
+
+    def crops_on_device(self, data: ml_collections.ConfigDict) -> bool:
+        return self.record_map(data).on_device
 
     def corpus(self, data: ml_collections.ConfigDict) -> list[str]:
         """Every text of the chosen sources (`transforms.choose_description`) in the stream."""
@@ -247,6 +270,13 @@ def skeleton_of(name: str) -> Skeleton:
     benchmarks' random batches: `configs/bench.py`)."""
     source = DATA_SOURCES.get(name)
     return source.skeleton if source else skeleton.MPII
+
+
+def crops_on_device(data: ml_collections.ConfigDict) -> bool:
+    """Whether `data`'s batches are cropped by the training step (`DataSource.crops_on_device`);
+    no where no source is registered (the benchmarks' random batches)."""
+    source = DATA_SOURCES.get(data.name)
+    return bool(source and source.crops_on_device(data))
 
 
 def get(name: str) -> DataSource:

@@ -12,6 +12,10 @@ the prepared person copy when it is that crop), `random_resized`
 (Inception-style: area fraction and aspect ratio sampled). Flip is off by default (the paper uses no
 augmentation); when on, left/right joints swap and the words "left"/"right" swap in the text, so
 the description stays true of the flipped image.
+
+Where the crop is taken on the device (`config.data.crop_on`, `device_crop`), the transform
+decodes the stored image and draws the box, keypoints, flip and text exactly as above (the same
+random draws, in the same order), and the training step resamples the pixels.
 """
 
 import dataclasses
@@ -26,6 +30,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from input_pipeline import device_crop
 from input_pipeline import skeleton as skeletons
 from input_pipeline.errors import InputDataError, check_choice, check_number
 from input_pipeline.records import decode_prepared
@@ -186,7 +191,8 @@ def decode_and_resize(jpeg: Buffer, box_fn, size: int, keypoints: np.ndarray):
 class PreparedRecordTransform(grain.transforms.RandomMap):
     """A prepared entry (`records`) → image uint8 [S, S, 3], keypoints [P, J, 2], visible [P, J]
     (J: the source skeleton's joints, MPII's 16 or COCO's 17), person_mask [P], and one
-    description (sampled among `sources`)."""
+    description (sampled among `sources`). Cropped on the device (`on_device`): the image is the
+    decoded stored one, [H, W, 3], with `crop_box` and `crop_flip` (`device_crop`)."""
 
     image_size: int
     max_people: int
@@ -196,11 +202,15 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
     person_margin: float = 0.15
     crop_scale: tuple[float, float] = (0.5, 1.0)
     skeleton: Skeleton = skeletons.MPII
+    crop_on: str = "host"
+    canvas_side: int = 512
 
     def __post_init__(self):
         """Every option of `config.data` it reads, whichever crop uses it: ValueError naming the
         key."""
         check_choice("config data.crop", self.crop, CROP_MODES)
+        check_choice("config data.crop_on", self.crop_on, device_crop.CROP_ON)
+        check_number("config data.canvas_side", self.canvas_side, integer=True, at_least=1)
         check_number("config data.image_size", self.image_size, integer=True, at_least=1)
         check_number("config data.max_people", self.max_people, integer=True, at_least=1)
         if not isinstance(self.flip, bool):
@@ -235,7 +245,15 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
             person_margin=data.person_margin,
             crop_scale=tuple(data.crop_scale),
             skeleton=skeleton,
+            crop_on=data.crop_on,
+            canvas_side=data.canvas_side,
         )
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the training step takes the crop (`device_crop`): records then carry the
+        decoded stored image and `device_crop.CROP_FIELDS`."""
+        return device_crop.crops_on_device(self.crop_on, self.crop)
 
     def random_map(self, entry: bytes, rng: np.random.Generator) -> dict[str, Any]:
         header, jpeg, squashed, person = decode_prepared(entry)
@@ -244,7 +262,9 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
     def stored_crop(self, copy: str, side: int | None, margin: float | None = None) -> bool:
         """Whether a stored copy (`records.COPIES`) of `side` (the person copy's: and `margin`)
         is the crop this transform takes, read as it is: what a record's header says, and what
-        `sources` warns of from a preparation's meta.json."""
+        `sources` warns of from a preparation's meta.json. None is, where the device crops."""
+        if self.on_device:
+            return False
         if copy == "squashed":
             return self.crop == "squash" and side == self.image_size
         return self.crop == "person" and side == self.image_size and margin == self.person_margin
@@ -293,23 +313,44 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
             and len(header["keypoints"]) <= self.max_people  # the box is all the people's
         ):
             stored = copy_pixels(header, "person", person)
-        if stored is not None:
+        crop = {}
+        if self.on_device:
+            image = self._decode_for_canvas(header, jpeg)
+            box = box_fn(image.shape[1], image.shape[0])
+            keypoints = box_keypoints(keypoints, box, size, size)
+            crop["crop_box"] = np.asarray(box, np.float32)
+        elif stored is not None:
             image = stored
             keypoints = box_keypoints(keypoints, box_fn(*header["size"]), size, size)
         else:
             image, keypoints = decode_and_resize(jpeg, box_fn, size, keypoints)
         text = choose_description(header["descriptions"], self.sources, rng)
-        if self.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
+        flipped = self.flip and rng.random() < 0.5
+        if flipped:
             keypoints, visible = flip_keypoints(keypoints, visible, self.image_size, self.skeleton)
             text = swap_left_right(text)
-        return {
-            "image": np.ascontiguousarray(image),
+        if self.on_device:
+            crop["crop_flip"] = np.bool_(flipped)  # the step mirrors the resampled crop
+        elif flipped:
+            image = image[:, ::-1]
+        return crop | {
+            "image": image if self.on_device else np.ascontiguousarray(image),
             "keypoints": keypoints,
             "visible": visible,
             "person_mask": person_mask,
             "description": text,
         }
+
+    def _decode_for_canvas(self, header: Mapping[str, Any], jpeg: Buffer) -> np.ndarray:
+        """The stored image, whole, for the device's crop: it must fit the canvas."""
+        image = decode_rgb(jpeg)
+        if max(image.shape[:2]) > self.canvas_side:
+            raise InputDataError(
+                f"{header['image']}: a stored image of {image.shape[1]}x{image.shape[0]} does not "
+                f"fit config data.canvas_side={self.canvas_side}; set it to the preparation's "
+                "--max_side"
+            )
+        return image
 
 
 def choose_description(

@@ -15,6 +15,7 @@ PACKAGES = ("input_pipeline", "synthpose", "focusclip_jax", "configs", "bench")
 LAYERS = (
     ("input_pipeline.errors", "input_pipeline.skeleton"),
     ("input_pipeline.cli", "input_pipeline.records", "input_pipeline.heatmaps"),
+    ("input_pipeline.device_crop",),
     ("input_pipeline.writer_lock",),
     ("input_pipeline.tokenizers", "input_pipeline.transforms", "input_pipeline.benchmarks.readers"),
     ("synthpose.describe",),

@@ -199,6 +199,7 @@ def mpii_config(prepared: Path, batch_size: int = 4) -> ml_collections.ConfigDic
         "prepared": str(prepared), "split": "train", "train_records": GOOD_TRAIN,
         "image_size": config.model.image_size, "max_people": 4, "worker_count": 0,
         "crop": "squash", "crop_scale": (0.5, 1.0), "person_margin": 0.15, "flip": False,
+        "crop_on": "auto", "canvas_side": 512,
         "description_sources": ("gpt-4", "llama-2"),
     })  # fmt: skip
     config.train.batch_size = batch_size

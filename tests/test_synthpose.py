@@ -193,6 +193,7 @@ def test_export_prepares_and_streams_through_the_mpii_path(tmp_path: Path) -> No
         "prepared": str(tmp_path / "prepared"), "split": "train", "train_records": 6,
         "image_size": SIZE, "max_people": 4, "worker_count": 0, "crop": "squash",
         "crop_scale": (0.5, 1.0), "person_margin": 0.15, "flip": False,
+        "crop_on": "auto", "canvas_side": 512,
         "description_sources": (synthpose.EXPORT_SOURCE,),
     })  # fmt: skip
     config.model.image_size = SIZE
