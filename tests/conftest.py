@@ -1,6 +1,8 @@
 """Test setup: 8 fake CPU devices, parsed absl flags (grain workers need them), tiny configs."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,10 +30,19 @@ from absl import flags  # noqa: E402
 
 from tests.tiny import tiny_config  # noqa: E402
 
+
+def scratch_folder(prefix: str) -> str:
+    """A temporary folder for the rest of this test process, removed when it exits (pytest's
+    tmp_path is per test; these outlive one)."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 flags.FLAGS.mark_as_parsed()
 
 # Identical computations (the same tiny step built by several trainers) compile once per session.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="focusclip_jax_cache_"))
+jax.config.update("jax_compilation_cache_dir", scratch_folder("focusclip_jax_cache_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tests.conftest import FAST_COMPILE_FLAGS, REPO
+from tests.conftest import FAST_COMPILE_FLAGS, REPO, scratch_folder
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE_FLAGS)
 
@@ -52,7 +51,7 @@ def command_line_tools() -> list[str]:
 def flag_results() -> tuple[dict[str, Any], ...]:
     """Every generated flag case of every tool, run once (tests/bad_flags.py), each with the
     scratch folder its paths point into."""
-    scratch = tempfile.mkdtemp(prefix="bad_flags_")
+    scratch = scratch_folder("bad_flags_")
     done = subprocess.run(
         [sys.executable, "-m", "tests.bad_flags", scratch, *command_line_tools()],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, check=False,

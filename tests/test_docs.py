@@ -14,11 +14,10 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, scratch_folder
 from tests.test_bad_inputs import ENV
 
 PAGES = sorted([REPO / "README.md", REPO / "PERFORMANCE.md", *(REPO / "docs").glob("*.md")])
@@ -71,7 +70,7 @@ def _parsed() -> dict[tuple[str, int], dict]:
         given = [arg for arg in args if "<" not in arg and arg.startswith("-")]
         cases.append([module, given])
         where.append((page, line))
-    scratch = tempfile.mkdtemp(prefix="docs_")
+    scratch = scratch_folder("docs_")
     done = subprocess.run(
         [sys.executable, "-m", "tests.bad_flags", scratch, "--documented", json.dumps(cases)],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, check=False,
