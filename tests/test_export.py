@@ -206,6 +206,23 @@ def test_output_is_written_aside_and_replaced_only_with_overwrite(
     ]  # fmt: skip
 
 
+def test_exports_take_the_users_file_permissions(hf_run, tmp_path: Path) -> None:
+    """Shared as the user's umask says (safetensors' own writer makes its files 0600)."""
+    _, workdir = hf_run
+    old = os.umask(0o022)
+    try:
+        export.export(None, str(workdir), None, str(tmp_path / "hf"), fmt="hf")
+        export.export(None, str(workdir), "text_tower", str(tmp_path / "bert"))
+        export.export(None, str(workdir), "image_tower", str(tmp_path / "vit.safetensors"))
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"model.safetensors", "vit.safetensors"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {
+        p.name: "0o644" for p in files
+    }
+
+
 @pytest.mark.parametrize(
     ("fmt", "tower", "out", "message"),
     [

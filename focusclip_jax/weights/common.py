@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import ml_dtypes
 import numpy as np
+import safetensors.numpy
 
 from input_pipeline.errors import InputDataError
 
@@ -26,6 +27,14 @@ Mapped = dict[ParamPath, tuple[str, np.ndarray]]
 class WeightImportError(InputDataError, ValueError):
     """A checkpoint does not fit the configured model (missing tensor, wrong shape): a user's
     mistake, printed in one line by every command-line tool."""
+
+
+def write_tensors(
+    tensors: Mapping[str, np.ndarray], path: str | Path, metadata: Mapping[str, str]
+) -> None:
+    """A `.safetensors` file with the user's file permissions: `safetensors.numpy.save_file`
+    creates its files readable by their owner alone (0600), whatever the umask."""
+    Path(path).write_bytes(safetensors.numpy.save(dict(tensors), metadata=dict(metadata)))
 
 
 def read_tensors(path: str | Path) -> dict[str, np.ndarray]:

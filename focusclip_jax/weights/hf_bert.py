@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
 
 from focusclip_jax.weights import common
 from focusclip_jax.weights.common import Mapped, ParamPath
@@ -140,7 +139,7 @@ def save(params: Mapping[ParamPath, np.ndarray], directory: str | Path, eps: flo
         "vocab_size": vocab,
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    common.write_tensors(tensors, directory / "model.safetensors", {"format": "pt"})
 
 
 def read_config(directory: str | Path) -> dict:

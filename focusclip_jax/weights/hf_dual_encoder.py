@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 from flax.traverse_util import flatten_dict
-from safetensors.numpy import save_file
 
 from focusclip_jax.models import text, vit
 from focusclip_jax.weights import common, hf_bert, timm_vit
@@ -258,7 +257,7 @@ def save(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "focusclip_step": str(step), "text_pooler_exponent": str(k)}
-    save_file(state, str(directory / "model.safetensors"), metadata=metadata)
+    common.write_tensors(state, directory / "model.safetensors", metadata)
     special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]"}
     special |= {"cls_token": "[CLS]"} | ({"mask_token": "[MASK]"} if "[MASK]" in vocab else {})
     pad_token_id = list(vocab).index("[PAD]")

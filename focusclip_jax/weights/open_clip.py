@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 from flax.traverse_util import flatten_dict
-from safetensors.numpy import save_file
 
 from focusclip_jax.models import text, vit
 from focusclip_jax.weights import common
@@ -273,5 +272,5 @@ def save(
         "open_clip_model_config": json.dumps(config),
         "open_clip_model": name or "",
     }
-    save_file(state, str(path), metadata=metadata)
+    common.write_tensors(state, path, metadata)
     return name

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from safetensors.numpy import save_file
 
 from focusclip_jax.weights import common
 from focusclip_jax.weights.common import Mapped, ParamPath
@@ -188,7 +187,7 @@ def from_params(params: Mapping[ParamPath, np.ndarray]) -> dict[str, np.ndarray]
 
 def save(params: Mapping[ParamPath, np.ndarray], path: str | Path) -> None:
     """Writes a timm-loadable `.safetensors` (`timm.create_model(..., num_classes=0)`)."""
-    save_file(from_params(params), str(path), metadata={"format": "pt"})
+    common.write_tensors(from_params(params), path, {"format": "pt"})
 
 
 def big_vision_to_params(
