@@ -274,7 +274,7 @@ def skeleton_of(name: str) -> Skeleton:
 
 def crops_on_device(data: ml_collections.ConfigDict) -> bool:
     """Whether `data`'s batches are cropped by the training step (`DataSource.crops_on_device`);
-    no where no source is registered (the benchmarks' random batches)."""
+    False where no source is registered (the benchmarks' random batches)."""
     source = DATA_SOURCES.get(data.name)
     return bool(source and source.crops_on_device(data))
 

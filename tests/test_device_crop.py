@@ -17,7 +17,7 @@ from PIL import Image
 
 from focusclip_jax import train
 from input_pipeline import device_crop, pipeline, transforms
-from input_pipeline.errors import ConfigError
+from input_pipeline.errors import ConfigError, InputDataError
 from tests.conftest import MPII_SAMPLE, tiny_config
 from tests.test_prepare_and_stream import mpii_config, prepared, raw  # noqa: F401 (fixtures)
 
@@ -119,6 +119,15 @@ def test_a_record_cropped_on_the_device_draws_what_the_host_draws(crop: str) -> 
         expected = _pillow(decoded, tuple(b["crop_box"].tolist()), bool(b["crop_flip"]))
         difference = np.abs(np.asarray(got[0], np.int32) - expected)
         assert difference.mean() < 0.1 and difference.max() <= 2, (seed, difference.max())
+
+
+def test_a_stored_image_larger_than_the_canvas_is_named() -> None:
+    transform = transforms.PreparedRecordTransform(
+        image_size=SIZE, max_people=2, crop="random_resized", crop_on="device", canvas_side=64
+    )
+    jpeg = _jpeg(_textured(120, 100, 5))
+    with pytest.raises(InputDataError, match=r"textured\.jpg: .* 120x100 .*data\.canvas_side=64"):
+        transform.apply(_header(), jpeg, np.random.default_rng(0))
 
 
 def test_auto_crops_random_resized_boxes_on_the_device_only() -> None:
