@@ -52,7 +52,7 @@ def test_a_checkpoint_of_another_layout_is_named_not_restored(tmp_path: Path) ->
     config.model.scan_layers = False
     train.train_and_evaluate(config, tmp_path)
     config.model.scan_layers = True
-    with pytest.raises(ConfigError, match=r"--config\.model\.scan_layers=True: the checkpoints"):
+    with pytest.raises(ConfigError, match=r"^config model\.scan_layers=True: the checkpoints"):
         train.train_and_evaluate(config, tmp_path)
     (tmp_path / "config.json").unlink()
     with pytest.raises(weights.WeightImportError, match=r"--config\.model\.scan_layers=False"):

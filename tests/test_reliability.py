@@ -97,7 +97,7 @@ def test_a_rerun_before_the_first_checkpoint_records_the_new_model(tmp_path: Pat
     assert load_trained(tmp_path).step == 2
     contradicting = _config(4)
     contradicting.model.embed_dim = 8
-    with pytest.raises(ConfigError, match=r"--config\.model\.embed_dim=8: the checkpoints"):
+    with pytest.raises(ConfigError, match=r"^config model\.embed_dim=8: the checkpoints"):
         train.train_and_evaluate(contradicting, tmp_path)
 
 
