@@ -118,8 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
     # variant sets it), "bfloat16" everywhere.
     config.model.dtype = "auto"
     # attention: the kernel. "auto" = in bf16/fp16, cuDNN flash attention on NVIDIA GPUs (head
-    # dim <= 128) and Pallas splash attention on TPUs; else XLA's einsum-softmax-einsum; "xla",
-    # "cudnn", "splash" (TPUs; interpreted on CPUs), or None (JAX decides). BERT's attention
+    # dim <= 128) and Pallas splash attention on TPUs for sequences of 128 tokens or more; else
+    # XLA's einsum-softmax-einsum; "xla", "cudnn", "splash" (TPUs; interpreted on CPUs), or
+    # None (JAX decides). BERT's attention
     # dropout (model.text.dropout, the paper's 0.1) runs in training on Pallas kernels that drop
     # probabilities where splash is chosen (up to 512 tokens), else on the written-out attention.
     config.model.attention = "auto"

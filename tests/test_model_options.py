@@ -105,6 +105,10 @@ def test_attention_implementation_choice() -> None:
     for mesh, by_dtype in expected.items():
         with jax.sharding.use_abstract_mesh(mesh):
             assert {dtype: choice("auto", dtype, 64) for dtype in by_dtype} == by_dtype
+    with jax.sharding.use_abstract_mesh(TPU_MESH):  # splash pads to 128 tokens: not below it
+        lengths = {length: choice("auto", jnp.bfloat16, 64, length) for length in (64, 127, 128)}
+        assert lengths == {64: "xla", 127: "xla", 128: "splash"}
+        assert choice("splash", jnp.bfloat16, 64, 64) == "splash"  # asked for: as asked
     with (
         jax.sharding.use_abstract_mesh(H100_MESH),
         pytest.raises(ValueError, match=r"model\.attention='splash' runs on TPUs"),

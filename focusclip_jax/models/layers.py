@@ -123,14 +123,15 @@ def compute_dtype(requested: str | jnp.dtype, platform: str | None = None) -> jn
 
 
 def attention_implementation(
-    requested: AttentionImpl, dtype: jnp.dtype, head_dim: int
+    requested: AttentionImpl, dtype: jnp.dtype, head_dim: int, length: int | None = None
 ) -> Literal["xla", "cudnn", "splash"] | None:
     """The attention kernel, decided while tracing.
 
     'auto' takes a fused kernel for bfloat16/float16 inputs: cuDNN's flash attention on NVIDIA
     GPUs (head dim a multiple of 8 up to 128), Pallas's splash attention on TPUs (only under a
     mesh, `sharding.traced_on`, which it needs to split the batch over: XLA does not partition
-    Mosaic kernels); XLA's einsum-softmax-einsum elsewhere (CPUs, float32, TPUs outside a mesh).
+    Mosaic kernels) for sequences of `SPLASH_MIN_LENGTH` tokens or more; XLA's
+    einsum-softmax-einsum elsewhere (CPUs, float32, TPUs outside a mesh, shorter sequences).
     In float32 the TPU compiler estimates splash slower than XLA's attention (the paper's step,
     v5e-8: 69.3 against 64.3 ms), in bfloat16 faster (33.3 against 38.9 ms without dropout).
     The devices are those of the mesh being compiled for, so a step compiled ahead of time for
@@ -160,7 +161,8 @@ def attention_implementation(
     if head_dim % 8 == 0 and head_dim <= 128 and compiling_for_nvidia_gpu():
         return "cudnn"
     on_mesh = not jax.sharding.get_abstract_mesh().empty
-    return "splash" if on_mesh and device.platform == "tpu" else "xla"
+    long_enough = length is None or length >= SPLASH_MIN_LENGTH
+    return "splash" if on_mesh and device.platform == "tpu" and long_enough else "xla"
 
 
 def compiling_for_nvidia_gpu() -> bool:
@@ -272,6 +274,13 @@ def _cudnn_attention(
 # v5e, forward and backward: 0.29 ms with 512-token blocks, 0.33 ms with 128).
 SPLASH_LENGTH_MULTIPLE = 128
 SPLASH_MAX_BLOCK = 512
+# 'auto' leaves shorter sequences to XLA's attention: padded to one 128-token block, a 64-token
+# text would compute 4x its attention's area. The TPU compiler's estimate of the CLIP/SigLIP
+# baseline at big_vision's sizes (64-token text, v5e-8, batch 256, bf16, libtpu 0.0.50.1,
+# 2026-12-07): 62.0 ms with the text's attention written out by XLA against 64.7 ms with
+# splash (a 77-token text: 65.7 against 67.5 ms); the ViT's 197 tokens stay on splash (70.1 ms
+# with XLA's attention in both towers).
+SPLASH_MIN_LENGTH = SPLASH_LENGTH_MULTIPLE
 
 
 @functools.lru_cache(maxsize=64)
@@ -381,7 +390,9 @@ class MultiHeadAttention(nnx.Module):
         drop attention probabilities (training): `dropout_attention`'s kernels where splash is
         chosen and the length fits them, the written-out attention elsewhere."""
         dropout = rng is not None and self.dropout_rate > 0
-        implementation = attention_implementation(self.attention, self.dtype, self.head_dim)
+        implementation = attention_implementation(
+            self.attention, self.dtype, self.head_dim, x.shape[1]
+        )
         if implementation == "splash" and not dropout:
             return self._splash(x, mask, is_causal)
         q, k, v = self.query(x), self.key(x), self.value(x)
