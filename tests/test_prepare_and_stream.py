@@ -250,8 +250,10 @@ def test_iterator_state_restores_the_next_batch_with_workers(prepared: Path) -> 
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
-def test_train_a_few_steps_on_prepared_mpii(prepared: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("crop", ["squash", "random_resized"])  # the latter cropped on the device
+def test_train_a_few_steps_on_prepared_mpii(prepared: Path, tmp_path: Path, crop: str) -> None:
     config = mpii_config(prepared, batch_size=4)
+    config.data.update({"crop": crop, "canvas_side": 64})
     config.mesh.data = 1
     config.evals.zero_shot.datasets = ()
     config.train.num_steps = 2
