@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from focusclip_jax import train
+from focusclip_jax import config_checks, train
 from input_pipeline import device_crop, pipeline, transforms
 from input_pipeline.errors import ConfigError, InputDataError
 from tests.conftest import MPII_SAMPLE, tiny_config
@@ -175,9 +175,11 @@ def test_a_canvas_smaller_than_the_stored_images_is_refused(prepared: Path) -> N
 
 
 def test_the_training_step_crops_a_canvas_batch_to_the_model_size() -> None:
-    """The jitted step on a canvas batch is the step on that batch cropped first."""
+    """The jitted step on a canvas batch, split over the test's 8 devices, is the step on that
+    batch cropped first."""
     config = tiny_config()
-    mesh = jax.make_mesh((1,), ("data",))
+    mesh = config_checks.validated_mesh(config)
+    assert mesh.devices.size == 8
     trainer = train.Trainer(config, mesh, vocab_size=64)
     state = trainer.init_state()
     size, rows = config.model.image_size, config.train.batch_size
