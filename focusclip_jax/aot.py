@@ -38,7 +38,7 @@ from absl import app, flags
 
 from focusclip_jax import config_checks, flops, sharding, train
 from focusclip_jax.models import layers
-from input_pipeline import cli, pipeline
+from input_pipeline import cli, pipeline, sources
 from input_pipeline.errors import ConfigError
 
 GiB = targets.GiB
@@ -377,6 +377,8 @@ def report(
         "remat": str(config.model.get("remat", "none")),
         "optimizer_state": trainer.optimizer_state,
         "attention": attention_kernels(hlo),
+        # The side of the canvases the step crops (`data.crop_on`), 0 where the host crops.
+        "crop_canvas": config.data.canvas_side if sources.crops_on_device(config.data) else 0,
         "vocab_size": vocab,
         "vocab_source": vocab_source,
         "compile_s": compile_s,
@@ -591,7 +593,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"({report['batch_per_device']:g} per device) | {report['dtype']} | "
         f"scan_layers={report['scan_layers']} remat={report['remat']} | "
         f"optimizer state as {report['optimizer_state']} | "
-        f"attention {report['attention']} | vocab {report['vocab_size']} "
+        + (
+            f"crop on the device from {report['crop_canvas']}² canvases | "
+            if report.get("crop_canvas")
+            else ""
+        )
+        + f"attention {report['attention']} | vocab {report['vocab_size']} "
         f"({report['vocab_source']})",
         f"compiled in {report['compile_s']:.1f} s; {report['parameters'] / 1e6:.2f} M parameters",
         "memory per device (XLA's estimate):",

@@ -40,10 +40,20 @@ HAVE_GPU = installed("jax_plugins.xla_cuda12")
 needs_tpu = pytest.mark.skipif(not HAVE_TPU, reason="no libtpu: make aot-venv")
 needs_gpu = pytest.mark.skipif(not HAVE_GPU, reason="no CUDA compile plugin: make aot-venv")
 MARKS = {"v5e-8": needs_tpu, "h100-8": needs_gpu}
-CONFIGS = {"tiny": tiny_config, "demo": demo.get_config}
+
+
+def tiny_splash_config():
+    """The tiny config with splash attention asked for: its towers' 17 and 40 tokens are under
+    the 128 from which `attention="auto"` takes splash on TPUs."""
+    config = tiny_config()
+    config.model.attention = "splash"
+    return config
+
+
+CONFIGS = {"tiny": tiny_config, "tiny_splash": tiny_splash_config, "demo": demo.get_config}
 # Global batches unlike any dimension of these configs' weights (widths 32 and 64, contexts 40
 # and 64, ...), so that a gathered weight is never mistaken for a gathered batch.
-BATCHES = {"tiny": 24, "demo": 40}
+BATCHES = {"tiny": 24, "tiny_splash": 24, "demo": 40}
 MESHES = {"dp": {"data": -1, "fsdp": 1}, "fsdp": {"data": 1, "fsdp": -1}}
 
 # ----------------------------------------------------------------------------- names
@@ -206,6 +216,10 @@ def test_report_of_the_tiny_step(target_name) -> None:
     assert report["roofline_images_per_s"] == pytest.approx(BATCHES["tiny"] / roofline)
     text = aot.format_report(report)
     assert target.name in text
+    assert report["crop_canvas"] == 0 and "crop on the device" not in text  # SynthPose's crops
+    assert "| crop on the device from 512² canvases |" in aot.format_report(
+        report | {"crop_canvas": 512}
+    )
     estimate = report["estimated_step_s"]
     if target.chip.platform == "gpu":  # XLA's GPU compiler has no cost analysis
         assert estimate is None and report["xla_flops"] is None
@@ -228,13 +242,14 @@ def test_report_of_the_tiny_step(target_name) -> None:
 
 @needs_tpu
 def test_tpu_step_computes_in_bfloat16_with_float32_state_loss_and_splash_attention() -> None:
-    """The tiny config's defaults (`model.dtype="auto"`, `attention="auto"`) compiled for v5e-8
-    from this CPU: parameters and optimiser state float32; every tower matmul in bfloat16 while
-    the loss's similarity matrix is computed from float32 embeddings into float32 (with its
-    softmax) and the loss is float32; splash attention's Mosaic kernels in the compiled program,
-    forward and backward, for each tower's block (the towers' lengths, 17 and 40 tokens, padded
-    to 128)."""
-    config, _, trainer, program, report = compiled_step("tiny", "v5e-8", "dp")
+    """The tiny config (`model.dtype="auto"`) with splash attention compiled for v5e-8 from this
+    CPU: parameters and optimiser state float32; every tower matmul in bfloat16 while the loss's
+    similarity matrix is computed from float32 embeddings into float32 (with its softmax) and
+    the loss is float32; splash attention's Mosaic kernels in the compiled program, forward and
+    backward, for each tower's block (the towers' lengths, 17 and 40 tokens, padded to 128).
+    `attention="auto"` leaves those lengths to XLA's attention."""
+    assert compiled_step("tiny", "v5e-8", "dp")[4]["attention"] == "xla"
+    config, _, trainer, program, report = compiled_step("tiny_splash", "v5e-8", "dp")
     assert report["dtype"] == "bfloat16"
     assert report["attention"] == "splash (2 forward, 2 backward Mosaic kernels)"
     assert program.as_text().count('custom_call_target="tpu_custom_call"') == 4
@@ -423,10 +438,13 @@ def run_aot(*args: str) -> subprocess.CompletedProcess:
 
 @needs_tpu
 def test_out_of_memory_exits_3_with_the_compilers_message() -> None:
+    """With splash attention the TPU compiler finds this batch too big in seconds; with XLA's
+    attention (what `auto` takes at the tiny config's lengths) it ran past 10 minutes first."""
     done = run_aot(
         "--config=configs/bench.py:tiny",
         "--topology=v5e-1",
         "--config.train.batch_size=262144",
+        "--config.model.attention=splash",
         "--xla_flops=none",
     )
     assert done.returncode == 3, done.stderr[-2000:]
