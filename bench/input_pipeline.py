@@ -244,7 +244,7 @@ def _stage_costs(prepared: str, vocab: str, crop: str, images: int = 1024) -> di
     examples, cropped = timed(lambda p: transform.apply(p.header, p.jpeg, rng, *p[2:]), parsed)
     batches = [examples[i : i + batch] for i in range(0, images - batch + 1, batch)]
     _, tokenize = timed(lambda b: tokenizer([e["description"] for e in b], max_len), batches)
-    canvas = config.data.canvas_side if transform.on_device else 0
+    canvas = sources.canvas_side(config.data)
     # Each batch is dropped once stacked, as the pipeline's are: kept, every canvas would be
     # fresh memory and its page faults counted here.
     _, stacked = timed(lambda b: len(pipeline.stack_records(b, canvas)), batches)

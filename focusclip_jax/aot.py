@@ -378,7 +378,7 @@ def report(
         "optimizer_state": trainer.optimizer_state,
         "attention": attention_kernels(hlo),
         # The side of the canvases the step crops (`data.crop_on`), 0 where the host crops.
-        "crop_canvas": config.data.canvas_side if sources.crops_on_device(config.data) else 0,
+        "crop_canvas": sources.canvas_side(config.data),
         "vocab_size": vocab,
         "vocab_source": vocab_source,
         "compile_s": compile_s,

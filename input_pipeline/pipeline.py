@@ -157,9 +157,12 @@ def train_iterator(
         )
     source = sources.get(config.data.name)
     stored = source.train_source(config.data)
-    canvas = config.data.canvas_side if source.crops_on_device(config.data) else 0
     assemble = AssembleBatch(
-        stored, source.record_map(config.data), tokenizer, config.model.text.max_len, canvas
+        stored,
+        source.record_map(config.data),
+        tokenizer,
+        config.model.text.max_len,
+        sources.canvas_side(config.data),
     )
     # Indices are shuffled, repeated and sharded; each batch of them is read and assembled at once.
     dataset = (
@@ -203,9 +206,9 @@ def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStr
         "tokens": spec((max_len,), np.int32),
         "mask": spec((max_len,), bool),
     }
-    if not sources.crops_on_device(config.data):
+    side = sources.canvas_side(config.data)
+    if not side:
         return fields
-    side = config.data.canvas_side
     return fields | {
         "image": spec((side, side, 3), np.uint8),
         "crop_box": spec((4,), np.float32),

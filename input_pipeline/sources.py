@@ -272,11 +272,12 @@ def skeleton_of(name: str) -> Skeleton:
     return source.skeleton if source else skeleton.MPII
 
 
-def crops_on_device(data: ml_collections.ConfigDict) -> bool:
-    """Whether `data`'s batches are cropped by the training step (`DataSource.crops_on_device`);
-    False where no source is registered (the benchmarks' random batches)."""
+def canvas_side(data: ml_collections.ConfigDict) -> int:
+    """The side of the canvases `data`'s batches hold for the training step to crop
+    (`DataSource.crops_on_device`); 0 where the host crops, and where no source is registered
+    (the benchmarks' random batches)."""
     source = DATA_SOURCES.get(data.name)
-    return bool(source and source.crops_on_device(data))
+    return data.canvas_side if source and source.crops_on_device(data) else 0
 
 
 def get(name: str) -> DataSource:

@@ -334,7 +334,7 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
         elif flipped:
             image = image[:, ::-1]
         return crop | {
-            "image": image if self.on_device else np.ascontiguousarray(image),
+            "image": np.ascontiguousarray(image),  # a flipped crop's view is copied here
             "keypoints": keypoints,
             "visible": visible,
             "person_mask": person_mask,
