@@ -627,7 +627,15 @@ def _train_loop(
     batch_rows = sharding.batch_sharding(mesh)
     step = int(state.step)
     total = config.train.num_steps
-    logging.info("Training steps %d → %d on %s", step, total, dict(mesh.shape))
+    if step > total:  # a rerun with fewer steps than the workdir's run took: not silently
+        logging.warning(
+            "The workdir's checkpoint is at step %d, past config train.num_steps=%d: nothing "
+            "to train; the restored model is evaluated as it is",
+            step,
+            total,
+        )
+    else:
+        logging.info("Training steps %d → %d on %s", step, total, dict(mesh.shape))
     window = MetricWindow()
     window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
     results: dict[str, float] = {}

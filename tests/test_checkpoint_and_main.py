@@ -30,7 +30,9 @@ def _resume_config(num_steps: int):
     return config
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:
+def test_resume_continues_exactly_like_an_uninterrupted_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     train.train_and_evaluate(_resume_config(6), tmp_path / "straight")
     train.train_and_evaluate(_resume_config(3), tmp_path / "resumed")  # stops after step 3
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["3"]
@@ -43,6 +45,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> N
     assert list(resumed) == [1, 2, 3, 4, 5, 6]
     for step in (4, 5, 6):  # same parameters, optimiser state and next batches after the restart
         assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
+    with caplog.at_level("WARNING"):  # a rerun asking for fewer steps than were taken
+        train.train_and_evaluate(_resume_config(3), tmp_path / "resumed")
+    assert "checkpoint is at step 6, past config train.num_steps=3: nothing to train" in caplog.text
+    assert list(_losses(tmp_path / "resumed")) == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_checkpoint_of_another_layout_is_named_not_restored(tmp_path: Path) -> None:
