@@ -2,7 +2,7 @@
 
     python -m bench.input_pipeline [--workers=0,1,2] [--batches=100] [--crops=squash,person] \\
         [--vocab=data/bert-base-uncased/vocab.txt] [--compare_to=main] [--rounds=3] [--stages] \\
-        [--copy_format=raw] [--person_side=224]
+        [--copy_format=raw] [--person_side=224] [--image_format=raw]
 
 Ours: grain over ArrayRecord shards (input_pipeline.prepare.mpii's defaults) → decode → crop and
 resize to 224 → pick a description → tokenize (512) → batch of 32 uint8 images; heatmaps are
@@ -20,8 +20,9 @@ that code too, on the same records, each setting of both in turn, in fresh proce
 times, medians): the two columns of a row come from the same minutes of a shared machine.
 `--stages` then times each stage of this tree's pipeline alone (read, parse, crop, tokenize,
 batch) and prints them beside the pipeline's CPU per image: the difference is grain's share.
-`--copy_format=raw` (stored copies as raw pixels) and `--person_side=224` (a stored person copy)
-prepare this tree's records with `input_pipeline.prepare`'s flags of those names; a `--compare_to`
+`--copy_format=raw` (stored copies as raw pixels), `--person_side=224` (a stored person copy) and
+`--image_format=raw` (the stored image as raw pixels) prepare this tree's records with
+`input_pipeline.prepare`'s flags of those names; a `--compare_to`
 tree then reads records prepared with the defaults (JPEG copies, no person copy).
 """
 
@@ -84,6 +85,12 @@ flags.DEFINE_enum(
     # which need not define it.
     ("jpeg", "raw"),
     "How this tree's records store their copies (--compare_to's: jpeg).",
+)
+flags.DEFINE_enum(
+    "image_format",
+    "jpeg",
+    ("jpeg", "raw"),
+    "How this tree's records store the image itself (--compare_to's: jpeg).",
 )
 flags.DEFINE_integer(
     "person_side", 0, "Side of the person copy this tree's records store (--compare_to's: none)."
@@ -241,7 +248,7 @@ def _stage_costs(prepared: str, vocab: str, crop: str, images: int = 1024) -> di
 
     entries, read = timed(lambda i: split[int(i)], order)
     parsed, parse = timed(records.decode_prepared, entries)
-    examples, cropped = timed(lambda p: transform.apply(p.header, p.jpeg, rng, *p[2:]), parsed)
+    examples, cropped = timed(lambda p: transform.apply(p.header, p.image, rng, *p[2:]), parsed)
     batches = [examples[i : i + batch] for i in range(0, images - batch + 1, batch)]
     _, tokenize = timed(lambda b: tokenizer([e["description"] for e in b], max_len), batches)
     canvas = sources.canvas_side(config.data)
@@ -370,7 +377,9 @@ def main(argv: list[str]) -> None:
         if FLAGS.compare_to:
             trees[FLAGS.compare_to] = _checkout(FLAGS.compare_to, root)
         annotations, descriptions = _raw_data(root, FLAGS.copies)
-        options = {"copy_format": FLAGS.copy_format, "person_side": FLAGS.person_side}
+        options = {
+            name: FLAGS[name].value for name in ("copy_format", "person_side", "image_format")
+        }
         options = {k: v for k, v in options.items() if v != flags.FLAGS[k].default}
         this, default = root / "prepared", root / ("prepared-default" if options else "prepared")
         prepared_as = {name: this if name == "this" else default for name in trees}

@@ -1,8 +1,9 @@
 """The prepared-record format every preparation writes and the training stream reads.
 
 A preparation (`input_pipeline.prepare`: MPII's, COCO's) is a TFDS dataset of ArrayRecord shards
-whose one feature (`entry`) holds an image's resized JPEG bytes (and a copy squashed to the
-training size) plus its people's keypoints and its descriptions, encoded by `encode_prepared`.
+whose one feature (`entry`) holds an image resized, as a JPEG or its raw pixels (and a copy
+squashed to the training size) plus its people's keypoints and its descriptions, encoded by
+`encode_prepared`.
 It is opened with `tfds.builder_from_directory(...).as_data_source()` (no TensorFlow) through
 `etils.epath`, so `data.prepared` may be a gs:// bucket. A shard or index missing from it is named
 in one line when the split is opened, not met mid-stream. Coordinates are 0-based pixels with
@@ -35,7 +36,7 @@ SOURCES_SUFFIX = ".sources.json"  # beside each shard: every record's descriptio
 # it in, the finished <name>/<version>/ renamed to <name>/replaced.<version>/ meanwhile.
 STAGING = "incomplete."
 REPLACED = "replaced."
-COPY_FORMATS = ("jpeg", "raw")  # how an entry's copies are stored
+COPY_FORMATS = ("jpeg", "raw")  # how an entry's image and copies are stored
 
 
 @dataclasses.dataclass
@@ -63,15 +64,17 @@ class ImageRecord:
 
 
 class PreparedEntry(NamedTuple):
-    """A decoded `encode_prepared` entry: the header, the stored JPEG (longest side <= max_side)
+    """A decoded `encode_prepared` entry: the header, the stored image (longest side <= max_side)
     and the bytes of each stored copy (b"" when none): the whole image squashed to
     header["squashed_side"]², and the people's box (`transforms.person_box` with margin
-    header["person_margin"]) resampled to header["person_side"]². A copy is a JPEG, or its uint8
-    [side, side, 3] pixels when header["<copy>_format"] is "raw". The bytes are views of the
-    entry's: a raw copy's pixels are copied once, into the batch."""
+    header["person_margin"]) resampled to header["person_side"]². The image is a JPEG, or its
+    uint8 [height, width, 3] pixels (header["size"] is [width, height]) when
+    header["image_format"] is "raw"; a copy is a JPEG, or its uint8 [side, side, 3] pixels when
+    header["<copy>_format"] is "raw". The bytes are views of the entry's: raw pixels are copied
+    once, into the batch."""
 
     header: dict[str, Any]
-    jpeg: memoryview
+    image: memoryview
     squashed: memoryview
     person: memoryview
 
@@ -96,15 +99,17 @@ def stored_keypoints(record: ImageRecord) -> list[np.ndarray]:
 
 def encode_prepared(
     record: ImageRecord,
-    jpeg: bytes,
+    image: bytes,
     *,
     size: tuple[int, int] | None = None,
+    image_format: str = "jpeg",
     squashed: StoredCopy | None = None,
     person: StoredCopy | None = None,
     person_margin: float = 0.0,
 ) -> bytes:
-    """One ArrayRecord entry: a little-endian u32 header length, a JSON header, the JPEG bytes,
-    then those of each copy there is (`size`: the stored image's width and height).
+    """One ArrayRecord entry: a little-endian u32 header length, a JSON header, the image's bytes
+    (a JPEG, or with `image_format="raw"` its pixels), then those of each copy there is (`size`:
+    the stored image's width and height, which raw pixels need).
 
     JSON rather than pickle: readable from any language and safe to load from untrusted files.
     """
@@ -117,6 +122,10 @@ def encode_prepared(
     }
     if size is not None:
         header["size"] = list(size)
+    if image_format != "jpeg":
+        if size is None:
+            raise ValueError(f"image_format={image_format!r} needs the image's size")
+        header["image_format"] = image_format
     copies = {"squashed": squashed, "person": person}
     for name, copy in copies.items():
         if copy is not None and copy.data:
@@ -127,11 +136,11 @@ def encode_prepared(
         header["person_margin"] = person_margin
     blob = json.dumps(header, separators=(",", ":")).encode()
     tail = b"".join(copy.data for copy in copies.values() if copy is not None)
-    return struct.pack("<I", len(blob)) + blob + jpeg + tail
+    return struct.pack("<I", len(blob)) + blob + image + tail
 
 
 def decode_prepared(entry: bytes) -> PreparedEntry:
-    """The header, JPEG and copies (`PreparedEntry`) of an `encode_prepared` entry."""
+    """The header, image and copies (`PreparedEntry`) of an `encode_prepared` entry."""
     (size,) = struct.unpack_from("<I", entry)
     header = json.loads(entry[4 : 4 + size])
     view = memoryview(entry)

@@ -191,7 +191,7 @@ class PreparedSource(DataSource):
 
     def _warn_of_resampling(self, data: ml_collections.ConfigDict, meta: dict[str, Any]) -> None:
         """A `squash` or `person` crop the preparation stores no copy of is resampled from the
-        stored JPEG for every image (3-4x the CPU, PERFORMANCE.md): the flags that store it."""
+        stored image for every image (3-4x the CPU, PERFORMANCE.md): the flags that store it."""
         size, transform = data.image_size, self.record_map(data)
         if transform.on_device:  # reads no stored copy: the host only decodes
             return
@@ -212,7 +212,7 @@ class PreparedSource(DataSource):
             return
         logging.warning(
             "%s: %s holds %s, so the %s crop at data.image_size=%d resamples every image from "
-            "its stored JPEG; prepare it with %s to read the crop as stored",
+            "its stored image; prepare it with %s to read the crop as stored",
             self.title, data.prepared, stored, data.crop, size, flags,
         )  # fmt: skip
 

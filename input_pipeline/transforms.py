@@ -141,16 +141,37 @@ def _decode_jpeg(data: Buffer, need: tuple[int, int] = (0, 0)) -> np.ndarray | N
 def copy_pixels(header: Mapping[str, Any], name: str, data: Buffer) -> np.ndarray:
     """uint8 [S, S, 3] of an entry's stored copy `name` (`records.COPIES`): decoded from JPEG, or
     a read-only view of its raw pixels (`records.COPY_FORMATS`)."""
-    form = header.get(f"{name}_format", "jpeg")
+    side = header[f"{name}_side"]
+    return _pixels(header, f"{name} copy", data, header.get(f"{name}_format", "jpeg"), side, side)
+
+
+def stored_pixels(header: Mapping[str, Any], data: Buffer) -> np.ndarray:
+    """uint8 [H, W, 3] of an entry's stored image: decoded from JPEG, or a read-only view of its
+    raw pixels (header["image_format"], `records.COPY_FORMATS`)."""
+    form = header.get("image_format", "jpeg")
+    width, height = header["size"] if form != "jpeg" else (0, 0)
+    return _pixels(header, "image", data, form, width, height)
+
+
+def _pixels(
+    header: Mapping[str, Any], what: str, data: Buffer, form: str, width: int, height: int
+) -> np.ndarray:
     if form == "jpeg":
         return decode_rgb(data)
-    side = header[f"{name}_side"]
-    if form != "raw" or len(data) != side * side * 3:
+    if form != "raw" or len(data) != width * height * 3:
         raise InputDataError(
-            f"{header['image']}: {name} copy of {len(data)} bytes in format {form!r}; "
-            f"expected raw {side}x{side}x3 uint8 pixels"
+            f"{header['image']}: {what} of {len(data)} bytes in format {form!r}; "
+            f"expected raw {width}x{height}x3 uint8 pixels"
         )
-    return np.frombuffer(data, np.uint8).reshape(side, side, 3)
+    return np.frombuffer(data, np.uint8).reshape(height, width, 3)
+
+
+def resize_box(pixels: np.ndarray, box_fn, size: int, keypoints: np.ndarray):
+    """Resample `box_fn(w, h)` of decoded pixels to size² (`decode_and_resize` without decoding:
+    an image stored as raw pixels)."""
+    box = box_fn(pixels.shape[1], pixels.shape[0])
+    resized = Image.fromarray(pixels).resize((size, size), Image.BILINEAR, box=box)
+    return np.asarray(resized), box_keypoints(keypoints, box, size, size)
 
 
 def decode_and_resize(jpeg: Buffer, box_fn, size: int, keypoints: np.ndarray):
@@ -256,8 +277,8 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
         return device_crop.crops_on_device(self.crop_on, self.crop)
 
     def random_map(self, entry: bytes, rng: np.random.Generator) -> dict[str, Any]:
-        header, jpeg, squashed, person = decode_prepared(entry)
-        return self.apply(header, jpeg, rng, squashed, person)
+        header, image, squashed, person = decode_prepared(entry)
+        return self.apply(header, image, rng, squashed, person)
 
     def stored_crop(self, copy: str, side: int | None, margin: float | None = None) -> bool:
         """Whether a stored copy (`records.COPIES`) of `side` (the person copy's: and `margin`)
@@ -272,12 +293,13 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
     def apply(
         self,
         header: Mapping[str, Any],
-        jpeg: Buffer,
+        stored_image: Buffer,
         rng: np.random.Generator,
         squashed: Buffer = b"",
         person: Buffer = b"",
     ) -> dict[str, Any]:
-        """`squashed`, `person`: the entry's stored copies (`records.PreparedEntry`). The `squash`
+        """`stored_image`, `squashed`, `person`: the entry's image and stored copies
+        (`records.PreparedEntry`). The `squash`
         crop reads the squashed copy when its side is the image size; the `person` crop reads the
         person copy when its side is the image size, its margin `person_margin`, and its box the
         same people's (the image has at most `max_people`): neither resizes anything."""
@@ -315,15 +337,18 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
             stored = copy_pixels(header, "person", person)
         crop = {}
         if self.on_device:
-            image = self._decode_for_canvas(header, jpeg)
+            image = self._decode_for_canvas(header, stored_image)
             box = box_fn(image.shape[1], image.shape[0])
             keypoints = box_keypoints(keypoints, box, size, size)
             crop["crop_box"] = np.asarray(box, np.float32)
         elif stored is not None:
             image = stored
             keypoints = box_keypoints(keypoints, box_fn(*header["size"]), size, size)
+        elif header.get("image_format", "jpeg") != "jpeg":
+            pixels = stored_pixels(header, stored_image)
+            image, keypoints = resize_box(pixels, box_fn, size, keypoints)
         else:
-            image, keypoints = decode_and_resize(jpeg, box_fn, size, keypoints)
+            image, keypoints = decode_and_resize(stored_image, box_fn, size, keypoints)
         text = choose_description(header["descriptions"], self.sources, rng)
         flipped = self.flip and rng.random() < 0.5
         if flipped:
@@ -341,9 +366,9 @@ class PreparedRecordTransform(grain.transforms.RandomMap):
             "description": text,
         }
 
-    def _decode_for_canvas(self, header: Mapping[str, Any], jpeg: Buffer) -> np.ndarray:
+    def _decode_for_canvas(self, header: Mapping[str, Any], data: Buffer) -> np.ndarray:
         """The stored image, whole, for the device's crop: it must fit the canvas."""
-        image = decode_rgb(jpeg)
+        image = stored_pixels(header, data)
         if max(image.shape[:2]) > self.canvas_side:
             raise InputDataError(
                 f"{header['image']}: a stored image of {image.shape[1]}x{image.shape[0]} does not "

@@ -374,7 +374,7 @@ def test_a_plain_layout_preparation_is_refused_in_one_line_then_converted(
     def no_encoding(*args):
         raise AssertionError("an image was re-encoded")
 
-    monkeypatch.setattr(shards, "_resize_jpeg", no_encoding)
+    monkeypatch.setattr(shards, "_resize_image", no_encoding)
     converted = _prepare(raw, out, workers=1)
     assert converted["splits"]["train"]["images"] == GOOD_TRAIN
     assert converted["skipped"] == meta["skipped"]
@@ -699,3 +699,57 @@ def test_keeping_freed_memory_spares_each_batch_its_page_faults() -> None:
         )  # fmt: skip
         faults[mode] = float(done.stdout)
     assert faults["keep"] * 4 < faults["default"], faults
+
+
+def test_a_raw_image_streams_every_crop_from_its_stored_pixels(tmp_path: Path) -> None:
+    """`image_format="raw"` stores the resized image's pixels: the device's canvases hold them bit
+    for bit (zeroed around, from grain's workers as from the training process), and every crop
+    streams what the JPEG preparation streams but for the JPEG's rounding, every other field
+    (boxes, keypoints, text) the same."""
+    names = [f"{i:09d}.jpg" for i in range(4)]
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for name in names:  # textured, so that the JPEG's rounding shows
+        ramp = np.linspace(0, 200, 160)[None, :, None] + rng.integers(0, 50, (120, 160, 3))
+        Image.fromarray(ramp.astype(np.uint8)).save(tmp_path / "images" / name, quality=95)
+    (tmp_path / "mpii_train.json").write_text(json.dumps(mmpose_rows(names)))
+    write_descriptions(tmp_path / "descriptions", names)
+    for image_format in records.COPY_FORMATS:
+        mpii.prepare(
+            str(tmp_path / "images"), [str(tmp_path / "mpii_train.json")],
+            str(tmp_path / "descriptions"), str(tmp_path / image_format), max_side=64,
+            squash_side=0, image_format=image_format, workers=1,
+        )  # fmt: skip
+    stored = {}
+    for entry in _entries(tmp_path / "raw"):
+        header, image, _, _ = records.decode_prepared(entry)
+        assert header["image_format"] == "raw" and header["size"] == [64, 48]
+        with Image.open(tmp_path / "images" / header["image"]) as source:  # the preparation's way
+            source.draft("RGB", (64, 48))
+            expected = np.asarray(source.convert("RGB").resize((64, 48), Image.LANCZOS))
+        np.testing.assert_array_equal(transforms.stored_pixels(header, image), expected)
+        stored[expected.tobytes()] = header["image"]
+
+    def first_batch(image_format: str, crop: str, crop_on: str, workers: int = 0) -> dict:
+        config = mpii_config(tmp_path / image_format)
+        config.data.update({"crop": crop, "crop_on": crop_on, "canvas_side": 80})
+        config.data.train_records = len(names)
+        config.data.worker_count = workers
+        it = pipeline.train_iterator(config, pipeline.create_tokenizer(config))
+        batch = next(it)
+        it.close()
+        return batch
+
+    for crop, crop_on in (("squash", "host"), ("random_resized", "host"), ("person", "device")):
+        batches = {f: first_batch(f, crop, crop_on) for f in records.COPY_FORMATS}
+        difference = np.abs(batches["raw"]["image"].astype(int) - batches["jpeg"]["image"])
+        assert 0 < difference.mean() < 3, (crop, crop_on)
+        for key in batches["raw"].keys() - {"image"}:
+            np.testing.assert_array_equal(batches["raw"][key], batches["jpeg"][key], err_msg=key)
+    canvases = batches["raw"]
+    for canvas in canvases["image"]:
+        assert canvas[:48, :64].tobytes() in stored
+        assert not canvas[48:].any() and not canvas[:, 64:].any()
+    from_workers = first_batch("raw", "person", "device", workers=2)
+    for key, value in canvases.items():
+        np.testing.assert_array_equal(from_workers[key], value, err_msg=key)

@@ -252,9 +252,9 @@ def test_an_interrupted_run_resumes_from_its_staging_folder(
     with pytest.raises(InputDataError, match="no finished preparation"):
         records.open_split(str(out), "train")
     encoded = []
-    resize = shards._resize_jpeg
+    resize = shards._resize_image
     monkeypatch.setattr(
-        shards, "_resize_jpeg", lambda path, *a: encoded.append(path) or resize(path, *a)
+        shards, "_resize_image", lambda path, *a: encoded.append(path) or resize(path, *a)
     )
     meta = _prepare(raw, out)
     assert len(encoded) == len(TRAIN + VAL) - 4  # the two finished shards: 4 images
@@ -415,6 +415,7 @@ def test_default_settings_keep_the_fingerprint_and_meta_of_datasets_already_writ
     default: a dataset prepared before them stays up to date, nothing is re-encoded."""
     assert shards.Encoding().fingerprint_text() == "512,90,224"
     assert shards.Encoding().meta() == {"max_side": 512, "quality": 90, "squash_side": 224}
-    changed = shards.Encoding(copy_format="raw", person_side=224)
-    assert changed.fingerprint_text() == "512,90,224,copies=raw,person=224@0.15"
+    changed = shards.Encoding(copy_format="raw", person_side=224, image_format="raw")
+    assert changed.fingerprint_text() == "512,90,224,copies=raw,person=224@0.15,image=raw"
     assert changed.meta()["copy_format"] == "raw" and changed.meta()["person_margin"] == 0.15
+    assert changed.meta()["image_format"] == "raw"

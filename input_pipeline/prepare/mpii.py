@@ -345,8 +345,8 @@ def prepare(
     **options: Any,
 ) -> dict:
     """Check, read, filter, shard and write (`options`: `shards.write_prepared`'s: overwrite,
-    max_side, quality, squash_side, copy_format, person_side, person_margin, records_per_shard,
-    workers); returns (and writes as meta.json) the counts per split."""
+    max_side, quality, squash_side, copy_format, person_side, person_margin, image_format,
+    records_per_shard, workers); returns (and writes as meta.json) the counts per split."""
     _check_inputs(images, annotations, descriptions)
     annotated = [r for a in annotations for r in read_annotations(a)]
     dropped: dict[str, list[str]] = collections.defaultdict(list)

@@ -73,7 +73,7 @@ SKIP_EXAMPLES = 5  # paths logged per skip reason
 VERSION = "1.0.0"
 DESCRIPTION = (
     "FocusCLIP's prepared images with keypoints and descriptions (input_pipeline.prepare.mpii or "
-    "prepare_coco): per image one `entry` feature holding the resized JPEG, its squashed copy, "
+    "prepare_coco): per image one `entry` feature holding the resized image, its squashed copy, "
     "keypoints and descriptions, decoded by input_pipeline.records.decode_prepared."
 )
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as array_record reports it
@@ -95,6 +95,7 @@ class Encoding:
     copy_format: str = "jpeg"
     person_side: int = 0
     person_margin: float = 0.15
+    image_format: str = "jpeg"
 
     def fingerprint_text(self) -> str:
         """The settings as shard fingerprints and meta.json see them: a setting left at its
@@ -105,6 +106,8 @@ class Encoding:
             text += f",copies={self.copy_format}"
         if self.person_side:
             text += f",person={self.person_side}@{self.person_margin!r}"
+        if self.image_format != "jpeg":
+            text += f",image={self.image_format}"
         return text
 
     def meta(self) -> dict[str, Any]:
@@ -114,22 +117,30 @@ class Encoding:
             meta["copy_format"] = self.copy_format
         if self.person_side:
             meta |= {"person_side": self.person_side, "person_margin": self.person_margin}
+        if self.image_format != "jpeg":
+            meta["image_format"] = self.image_format
         return meta
+
+    def image(self, stored: Image.Image) -> bytes:
+        """The stored image's bytes: a JPEG, or its raw pixels."""
+        if self.image_format == "raw":
+            return stored.tobytes()
+        return _encode_jpeg(stored, self.quality)
 
     def copy(self, square: Image.Image) -> records.StoredCopy:
         data = square.tobytes() if self.copy_format == "raw" else _encode_jpeg(square, self.quality)
         return records.StoredCopy(data, square.width, self.copy_format)
 
 
-def _resize_jpeg(
+def _resize_image(
     path: Path, encoding: Encoding
 ) -> tuple[
     bytes, tuple[int, int], records.StoredCopy | None, np.ndarray, tuple[int, int], Image.Image
 ]:
-    """The image re-encoded with its longest side <= max_side, its size, the whole image squashed
-    to squash_side² (None when 0: the `squash` crop then reads it as is, no resize at train
-    time), the (x, y) scale applied to the stored image, the original size, and the image as
-    decoded (the person copy is resampled from it)."""
+    """The image's stored bytes (`Encoding.image`) at its longest side <= max_side, its size, the
+    whole image squashed to squash_side² (None when 0: the `squash` crop then reads it as is, no
+    resize at train time), the (x, y) scale applied to the stored image, the original size, and
+    the image as decoded (the person copy is resampled from it)."""
     with Image.open(path) as image:
         full = image.size
         scale = min(1.0, encoding.max_side / max(full))
@@ -143,7 +154,7 @@ def _resize_jpeg(
     if side := encoding.squash_side:
         squashed = encoding.copy(image.resize((side, side), Image.LANCZOS))
     scale_xy = np.array(size, np.float32) / np.array(full, np.float32)
-    return _encode_jpeg(stored, encoding.quality), size, squashed, scale_xy, full, image
+    return encoding.image(stored), size, squashed, scale_xy, full, image
 
 
 def _person_copy(
@@ -210,7 +221,7 @@ def _write_shard(
     for record in rows:
         file = Path(images) / record.image
         try:
-            jpeg, size, squashed, scale, full, image = _resize_jpeg(file, encoding)
+            stored, size, squashed, scale, full, image = _resize_image(file, encoding)
         except FileNotFoundError:
             skipped["missing image"].append(str(file))
             continue
@@ -226,8 +237,9 @@ def _write_shard(
         entries.append(
             records.encode_prepared(
                 record,
-                jpeg,
+                stored,
                 size=size,
+                image_format=encoding.image_format,
                 squashed=squashed,
                 person=_person_copy(image, record, size, encoding),
                 person_margin=encoding.person_margin,
@@ -670,6 +682,7 @@ def write_prepared(
     copy_format: str = "jpeg",
     person_side: int = 0,
     person_margin: float = 0.15,
+    image_format: str = "jpeg",
     records_per_shard: int = 512,
     workers: int = 0,
     takeover_lock: bool = False,
@@ -696,7 +709,8 @@ def write_prepared(
                 rows, images, out, name=name, expected=expected, overwrite=overwrite,
                 corrected=corrected, records_per_shard=records_per_shard, workers=workers,
                 encoding=Encoding(
-                    max_side, quality, squash_side, copy_format, person_side, person_margin
+                    max_side, quality, squash_side, copy_format, person_side, person_margin,
+                    image_format,
                 ),
             )  # fmt: skip
     except Exception:
@@ -953,7 +967,7 @@ def _report(
 def define_writer_flags(name: str) -> None:
     """The flags every preparation shares: where and how its shards are written."""
     flags.DEFINE_string("out", None, f"Output TFDS data_dir (the dataset: <out>/{name}/).")
-    flags.DEFINE_integer("max_side", 512, "Longest side of the re-encoded JPEGs, pixels.")
+    flags.DEFINE_integer("max_side", 512, "Longest side of the stored images, pixels.")
     flags.DEFINE_integer("quality", 90, "JPEG quality of the re-encoded images.")
     flags.DEFINE_integer(
         "squash_side",
@@ -976,6 +990,14 @@ def define_writer_flags(name: str) -> None:
         records.COPY_FORMATS,
         "How the squashed and person copies are stored: jpeg (about 17 KB at 224²), or raw "
         "uint8 pixels (147 KB at 224²): their crops then decode nothing, at 9x the storage.",
+    )
+    flags.DEFINE_enum(
+        "image_format",
+        "jpeg",
+        records.COPY_FORMATS,
+        "How the image itself (longest side --max_side) is stored: jpeg (about 40 KB at 512x288), "
+        "or raw uint8 pixels (442 KB at 512x288): crops taken from it, `random_resized`'s and "
+        "those without a stored copy, then decode nothing, at about 11x the storage.",
     )
     flags.DEFINE_integer("records_per_shard", 512, "Images per ArrayRecord shard.")
     flags.DEFINE_integer("workers", 0, "Parallel shard writers; 0: one per core.")
@@ -1005,6 +1027,7 @@ WRITER_FLAGS = (
     "copy_format",
     "person_side",
     "person_margin",
+    "image_format",
     "records_per_shard",
     "workers",
     "overwrite",
