@@ -19,7 +19,9 @@
 #               bfloat16 with XLA's attention (`xla`: what the kernels are measured against,
 #               since the estimate leaves their hashing out), in bfloat16 with the optimiser
 #               state replicated (`replicated`: `sharding.optimizer_state=params`, what its split
-#               over the chips is measured against), and in float32. For each, first
+#               over the chips is measured against), with blocks scanned (`scanned`:
+#               `model.scan_layers=True` with the remat for scans, what the config's unrolled
+#               blocks were picked over by the estimate), and in float32. For each, first
 #               the TPU compiler's estimate (focusclip_jax.aot, compile-only, in a process of
 #               its own that holds no TPU), then the step measured on the chips by
 #               bench.train_step (--steps timed steps after 2 warm-up ones)
@@ -71,16 +73,18 @@ cd "$REPO_ROOT"
 log() { printf '\n== %s ==\n' "$*"; }
 # Stage 2's runs: the config's dtype and kernels, bfloat16 with XLA's attention, bfloat16 with
 # the optimiser state replicated, float32.
-RUNS=(auto xla replicated float32)
+RUNS=(auto xla replicated scanned float32)
 run_flags() {
   case $1 in
     xla) echo --config.model.dtype=auto --config.model.attention=xla ;;
     replicated) echo --config.model.dtype=auto --config.sharding.optimizer_state=params ;;
+    scanned) echo --config.model.dtype=auto --config.model.scan_layers=True \
+      --config.model.remat=dots_with_no_batch_dims_saveable ;;
     *) echo --config.model.dtype="$1" ;;
   esac
 }
 # This run's results only: a stage that fails leaves no older file behind for the summary.
-rm -f "$out"/{aot,bench}_{auto,xla,replicated,float32}.json "$out"/checks.json "$out"/aot_checks_{splash,xla}.json
+rm -f "$out"/{aot,bench}_{auto,xla,replicated,scanned,float32}.json "$out"/checks.json "$out"/aot_checks_{splash,xla}.json
 
 # The TPU compiler's report on a step for the target: compile-only devices, no TPU held.
 aot() {
@@ -116,7 +120,7 @@ missing = []
 print("| run | dtype | attention | step ms | estimate ms | measured / estimate | img/s "
       "| estimate img/s | MFU | estimate MFU | peak GiB | compiler's GiB |")
 print("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-for run in ("auto", "xla", "replicated", "float32"):
+for run in ("auto", "xla", "replicated", "scanned", "float32"):
     measured, estimate = load(f"bench_{run}.json"), load(f"aot_{run}.json")
     step, estimated_step = measured.get("step_s"), estimate.get("estimated_step_s")
     ratio = step / estimated_step if step and estimated_step else None

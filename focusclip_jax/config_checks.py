@@ -11,9 +11,11 @@ from collections.abc import Sequence
 
 import jax
 import ml_collections
+from absl import logging
 from jax.sharding import Mesh
 
 from focusclip_jax import sharding
+from focusclip_jax.models import layers
 from input_pipeline.errors import ConfigError
 
 POSITIVE = (
@@ -72,6 +74,7 @@ def validate(
             raise ConfigError(f"config {key}={value!r}: must be {rule}")
     if not training:
         return
+    _warn_of_scan_heavy_remat(config.model)
     batch = config.train.batch_size
     shards = sharding.data_parallel_size(mesh)
     if batch % shards:
@@ -89,3 +92,16 @@ def validate(
             f"config train.batch_size={batch}: must be a multiple of train.accumulate_steps "
             f"({chunks}) x the {shards} batch shards (each chunk splits over the devices)"
         )
+
+
+def _warn_of_scan_heavy_remat(model: ml_collections.ConfigDict) -> None:
+    """Scanned blocks under a remat that keeps every residual store them all, stacked (~3x the
+    temporaries of unrolled blocks): legal, and what a run that flips only `scan_layers` gets."""
+    remat = model.get("remat", "none")
+    if model.get("scan_layers", False) and remat in layers.SCAN_HEAVY_REMATS:
+        logging.warning(
+            "config model.scan_layers=True with model.remat=%r: the scan stores every residual "
+            "its blocks keep, about 3x the temporaries of unrolled blocks; "
+            "--config.model.remat=%s keeps the weight matmuls' outputs only",
+            remat, layers.SCAN_REMAT,
+        )  # fmt: skip

@@ -119,6 +119,30 @@ def test_the_shipped_configs_pass_the_checks() -> None:
         train.Trainer(config, mesh, vocab_size=100)
 
 
+def test_a_scan_storing_every_residual_is_warned_of_with_the_remat_to_use(caplog) -> None:
+    """`model.scan_layers=True` under the default remat (which keeps all but the MLP's
+    activation: right for unrolled blocks) stores every residual stacked: a warning names the
+    remat for scans; the shipped configs and a scan with that remat get none."""
+    import jax
+
+    from focusclip_jax import config_checks
+    from focusclip_jax.models import layers
+
+    config = _parse(f"--config={REPO}/configs/pretrain.py")
+    default, warnings = config.model.remat, {}
+    for scan, remat in ((False, default), (True, default), (True, layers.SCAN_REMAT)):
+        caplog.clear()
+        config.model.scan_layers, config.model.remat = scan, remat
+        config_checks.validated_mesh(config, jax.devices()[:1])
+        warnings[scan, remat] = [r.getMessage() for r in caplog.records if "scan" in r.getMessage()]
+    assert warnings.pop((True, default)) == [
+        "config model.scan_layers=True with model.remat='all_but_mlp_activation': the scan "
+        "stores every residual its blocks keep, about 3x the temporaries of unrolled blocks; "
+        f"--config.model.remat={layers.SCAN_REMAT} keeps the weight matmuls' outputs only"
+    ]
+    assert all(found == [] for found in warnings.values()), warnings
+
+
 def test_configs_are_locked_after_their_variants_in_any_order() -> None:
     """A key that does not exist is an error from the variants on (a typo in a derived config
     or a variant would otherwise add a key nothing reads), and variants commute."""

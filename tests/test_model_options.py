@@ -541,16 +541,17 @@ def all_eqns(jaxpr: jax.extend.core.Jaxpr) -> list:
 
 
 def test_config_defaults_build_the_paper_model_abstractly() -> None:
-    """pretrain.py's defaults reach the towers (ViT-B/16 + BERT-base, scanned, keeping only the
-    weight matmuls' outputs for the backward pass)."""
+    """pretrain.py's defaults reach the towers (ViT-B/16 + BERT-base, blocks unrolled, keeping
+    all but the MLP's activation for the backward pass)."""
     config = pretrain.get_config().model
     speed = (config.attention, config.scan_layers, config.remat)
-    assert speed == ("auto", True, "dots_with_no_batch_dims_saveable")
+    assert speed == ("auto", False, "all_but_mlp_activation")
     config.text.vocab_size = 30522
     model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
     shapes = flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    assert shapes[("image_tower", "blocks", "mlp", "fc1", "kernel")].shape == (12, 768, 3072)
-    assert shapes[("text_tower", "blocks", "attn", "out", "kernel")].shape == (12, 12, 64, 768)
+    assert shapes[("image_tower", "blocks", 11, "mlp", "fc1", "kernel")].shape == (768, 3072)
+    assert shapes[("text_tower", "blocks", 11, "attn", "out", "kernel")].shape == (12, 64, 768)
+    assert ("text_tower", "blocks", 12, "attn", "out", "kernel") not in shapes
 
 
 # ----------------------------------------------------------------------------- dropout

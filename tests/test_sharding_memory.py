@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bench.random_batch import random_batch
 from configs import bench
 from focusclip_jax import aot, sharding, train
+from focusclip_jax.models import layers
 from input_pipeline import pipeline
 
 # mode → (mesh, config.sharding.optimizer_state)
@@ -153,22 +154,30 @@ def test_optimizer_state_layout_auto_splits_on_accelerators_only() -> None:
 
 
 def test_scanned_blocks_keep_no_more_temporaries_than_unrolled() -> None:
-    """The default `remat` of configs/pretrain.py under `scan_layers` (keep the weight matmuls'
-    outputs, recompute the rest) against unrolled blocks keeping everything, one CPU device:
-    scanned blocks must store each residual they keep, where unrolled ones let XLA recompute
-    elementwise work. At the paper's size on TPU v5e, scan with remat=none took 3x the
-    temporaries of unrolled (PERFORMANCE.md)."""
+    """The remat for scanned blocks (`layers.SCAN_REMAT`: keep the weight matmuls' outputs,
+    recompute the rest) and the default (configs/pretrain.py: unrolled, all kept but the MLP's
+    activation) against unrolled blocks keeping everything, one CPU device: scanned blocks must
+    store each residual they keep, where unrolled ones let XLA recompute elementwise work. At
+    the paper's size on TPU v5e, scan with remat=none took 3x the temporaries of unrolled
+    (PERFORMANCE.md)."""
     from configs import pretrain
 
+    default = pretrain.get_config().model
     mesh = sharding.create_mesh({"data": 1})
     temporaries = {}
-    for scan, remat in ((False, "none"), (True, pretrain.get_config().model.remat)):
+    for scan, remat in (
+        (False, "none"),
+        (True, layers.SCAN_REMAT),
+        (default.scan_layers, default.remat),
+    ):
         config = bench.get_config("tiny")
-        layers = {"width": 128, "depth": 4, "num_heads": 2, "mlp_dim": 512}
-        config.model.image.update({**layers, "patch_size": 8})
-        config.model.text.update(layers)
+        width = {"width": 128, "depth": 4, "num_heads": 2, "mlp_dim": 512}
+        config.model.image.update({**width, "patch_size": 8})
+        config.model.text.update(width)
         config.model.text.max_len = 32
         config.model.scan_layers, config.model.remat = scan, remat
         _, compiled, _ = aot.compile_step(config, mesh, config.model.text.vocab_size)
-        temporaries[scan] = aot.memory(compiled)["temporary"]
-    assert temporaries[True] <= temporaries[False]
+        temporaries[scan, remat] = aot.memory(compiled)["temporary"]
+    unrolled = temporaries[False, "none"]
+    assert temporaries[True, layers.SCAN_REMAT] <= unrolled
+    assert temporaries[default.scan_layers, default.remat] <= unrolled, temporaries

@@ -55,6 +55,12 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 # in the backward pass (an elementwise function: one [B, T, mlp_dim] activation per block less to
 # write and read; "all_but_mlp_activation"); or a policy of the whole block.
 REMATS = ("none", "all_but_mlp_activation", *REMAT_POLICIES)
+# Scanned blocks store every residual they keep as a stacked buffer, where unrolled ones let XLA
+# recompute elementwise work: under a scan, a block keeping all ("none", "all_but_mlp_activation")
+# took ~3x the temporaries of unrolled blocks (TPU v5e); keeping the weight matmuls' outputs only,
+# 1.3x (PERFORMANCE.md, "Scanned layers and remat").
+SCAN_REMAT = "dots_with_no_batch_dims_saveable"
+SCAN_HEAVY_REMATS = ("none", "all_but_mlp_activation")
 LAYER_AXIS = "layers"  # logical name of the stacked-blocks axis (no sharding rule: replicated)
 
 # timm ViT and HF BERT initialise weights with N(0, 0.02); truncation keeps outliers away.
