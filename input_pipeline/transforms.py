@@ -148,14 +148,15 @@ def copy_pixels(header: Mapping[str, Any], name: str, data: Buffer) -> np.ndarra
 def stored_pixels(header: Mapping[str, Any], data: Buffer) -> np.ndarray:
     """uint8 [H, W, 3] of an entry's stored image: decoded from JPEG, or a read-only view of its
     raw pixels (header["image_format"], `records.COPY_FORMATS`)."""
-    form = header.get("image_format", "jpeg")
-    width, height = header["size"] if form != "jpeg" else (0, 0)
-    return _pixels(header, "image", data, form, width, height)
+    width, height = header.get("size") or (0, 0)
+    return _pixels(header, "image", data, header.get("image_format", "jpeg"), width, height)
 
 
 def _pixels(
     header: Mapping[str, Any], what: str, data: Buffer, form: str, width: int, height: int
 ) -> np.ndarray:
+    """`data` as `form` says: a decoded JPEG, or a view of raw pixels checked against their
+    size (an InputDataError naming the image, not a reshape's traceback)."""
     if form == "jpeg":
         return decode_rgb(data)
     if form != "raw" or len(data) != width * height * 3:

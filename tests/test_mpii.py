@@ -368,6 +368,26 @@ def test_a_raw_copy_of_the_wrong_length_names_the_image() -> None:
         transform.apply(header, b"", np.random.default_rng(0), bytes(48 * 48 * 3 - 1))
 
 
+@pytest.mark.parametrize("crop_on", ["host", "device"])
+def test_a_raw_image_of_the_wrong_length_or_format_names_the_image(crop_on: str) -> None:
+    header = _header((101.0, 61.0)) | {"size": [160, 120], "image": "dot.jpg"}
+    transform = transforms.PreparedRecordTransform(
+        image_size=48, max_people=2, crop="random_resized", crop_on=crop_on
+    )
+    for form, size, message in (
+        ("raw", 160 * 120 * 3 - 1, r"dot\.jpg: image of 57599 bytes in format 'raw'; expected "
+         r"raw 160x120x3"),
+        ("png", 160 * 120 * 3, r"dot\.jpg: image of 57600 bytes in format 'png'"),
+    ):  # fmt: skip
+        with pytest.raises(InputDataError, match=message):
+            transform.apply(header | {"image_format": form}, bytes(size), np.random.default_rng(0))
+    pixels = np.arange(160 * 120 * 3, dtype=np.uint8).reshape(120, 160, 3)
+    raw = header | {"image_format": "raw"}
+    out = transform.apply(raw, pixels.tobytes(), np.random.default_rng(0))
+    if crop_on == "device":
+        np.testing.assert_array_equal(out["image"], pixels)
+
+
 def test_person_crop_reads_the_stored_person_copy_only_where_it_is_that_crop() -> None:
     """A person copy (`--person_side`) is read as it is, with the resize path's keypoints, flip
     and text, when its side, margin and people are the transform's; otherwise the crop is
