@@ -570,21 +570,11 @@ def define_flags() -> None:
     flags.DEFINE_string("save_hlo", "", "Also write the compiled program's HLO text here.")
     flags.mark_flags_as_required(["config", "topology"])
     cli.check_flags(
-        topology=cli.Text(_tpu_problem),
+        topology=cli.Text(targets.tpu_name_problem),
         top=cli.Number(integer=True, at_least=1),
         json=cli.Path("new_file"),
         save_hlo=cli.Path("new_file"),
     )
-
-
-def _tpu_problem(name: str) -> str | None:
-    """What is wrong with a topology name for this tool (a TPU slice), or None."""
-    problem = targets.name_problem(name)
-    if problem:
-        return problem
-    if targets.parse(name).chip.platform != "tpu":
-        return "not a TPU slice: the tool reads the TPU compiler's program (e.g. v5e-8)"
-    return None
 
 
 def main(argv: list[str]) -> None:

@@ -147,7 +147,7 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["big_vision"])
     cli.check_flags(
         big_vision=cli.Path("folder"),
-        topology=cli.Text(_tpu_problem),
+        topology=cli.Text(targets.tpu_name_problem),
         batch=cli.Number(integer=True, at_least=1),
         dtype=cli.Choices(("float32", "bfloat16")),
         image_variant=cli.Text(_image_variant_problem),
@@ -157,13 +157,6 @@ def define_flags() -> None:
         vocab=cli.Number(integer=True, at_least=2),
         json=cli.Path("new_file"),
     )
-
-
-def _tpu_problem(name: str) -> str | None:
-    problem = targets.name_problem(name)
-    if problem is None and targets.parse(name).chip.platform != "tpu":
-        problem = "a TPU slice is needed (only the TPU compiler estimates a step's time)"
-    return problem
 
 
 def _image_variant_problem(variant: str) -> str | None:

@@ -231,6 +231,15 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def tpu_name_problem(name: str) -> str | None:
+    """`name_problem` for tools that read the TPU compiler's program or estimate: a GPU or CPU
+    target is a problem too."""
+    problem = name_problem(name)
+    if problem is None and parse(name).chip.platform != "tpu":
+        problem = "a TPU slice is needed (only the TPU compiler estimates a program's time)"
+    return problem
+
+
 def _tpu_target(name: str, chip: Chip, count: int, num_slices: int) -> Target:
     """libtpu's layout of a cloud slice (as MaxText's accelerator map and Cloud TPU docs)."""
     if chip.megacore:
