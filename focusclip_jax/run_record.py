@@ -106,18 +106,28 @@ def _check_matches(
     for key, source in sources.items():
         copy = epath.Path(record.tokenizer.get(key) or root / TOKENIZER_DIR / "<none>")
         if not copy.exists() or copy.read_bytes() != epath.Path(source).read_bytes():
-            _contradiction(f"tokenizer.{key}", source, str(copy), root)
+            _contradiction([(f"tokenizer.{key}", source, str(copy))], root)
+    differences = []
     for section in RECORDED:
         recorded = _flat(_plain(record[section]), section)
         for key, value in _flat(_plain(given[section]), section).items():
             is_file = key.removeprefix("tokenizer.") in sources
             if not is_file and recorded.get(key, _ABSENT) != value:
-                _contradiction(key, value, recorded.get(key, "<no such key>"), root)
+                differences.append((key, value, recorded.get(key, "<no such key>")))
+    if differences:
+        _contradiction(differences, root)
 
 
-def _contradiction(key: str, given: object, recorded: object, root: epath.Path) -> None:
+def _contradiction(differences: list[tuple[str, object, object]], root: epath.Path) -> None:
+    """Every (key, given, recorded) the config contradicts the record in, in one line: a rerun
+    with another default learns them all at once."""
+    given = ", ".join(f"{key}={value!r}" for key, value, _ in differences)
+    if len(differences) == 1:
+        recorded = repr(differences[0][2])
+    else:
+        recorded = ", ".join(f"{key}={value!r}" for key, _, value in differences)
     raise ConfigError(
-        f"config {key}={given!r}: the checkpoints in {root} were trained with {recorded!r} "
+        f"config {given}: the checkpoints in {root} were trained with {recorded} "
         f"({root / CONFIG_FILE}); resume with the same model, or give another --workdir"
     )
 

@@ -245,6 +245,15 @@ def test_the_run_record_matches_the_checkpoints(tmp_path: Path) -> None:
         run_record.write(str(workdir), other, SimpleNamespace(vocab_size=5))
     with pytest.raises(ConfigError, match=r"^config model\.embed_dim=16: .* trained with 8"):
         run_record.write(str(workdir), tiny_config(), SimpleNamespace(vocab_size=169))
+    two = tiny_config()  # every contradiction at once, as a changed default brings them
+    two.model.scan_layers = not other.model.scan_layers
+    scan = other.model.scan_layers
+    with pytest.raises(ConfigError) as raised:
+        run_record.write(str(workdir), two, SimpleNamespace(vocab_size=169))
+    assert str(raised.value).startswith(
+        f"config model.embed_dim=16, model.scan_layers={not scan}: the checkpoints in {workdir} "
+        f"were trained with model.embed_dim=8, model.scan_layers={scan} ("
+    )
     assert run_record.load(str(workdir)).model.embed_dim == 8
 
 
