@@ -9,6 +9,7 @@ them on the device from the keypoints (input_pipeline.heatmaps holds both render
 import ctypes
 import dataclasses
 import functools
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -161,7 +162,10 @@ def _shared_canvases(shape: tuple[int, ...]) -> np.ndarray:
 
 @functools.cache
 def _madvise() -> Callable[[int, int, int], int] | None:
-    """The C library's madvise; None where there is none."""
+    """The C library's madvise on Linux (whose advice numbers `_MADV_POPULATE_WRITE` is one of);
+    None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         madvise = ctypes.CDLL(None).madvise
     except (OSError, AttributeError):
