@@ -107,15 +107,26 @@ def _check_matches(
         copy = epath.Path(record.tokenizer.get(key) or root / TOKENIZER_DIR / "<none>")
         if not copy.exists() or copy.read_bytes() != epath.Path(source).read_bytes():
             _contradiction([(f"tokenizer.{key}", source, str(copy))], root)
-    differences = []
-    for section in RECORDED:
-        recorded = _flat(_plain(record[section]), section)
-        for key, value in _flat(_plain(given[section]), section).items():
-            is_file = key.removeprefix("tokenizer.") in sources
-            if not is_file and recorded.get(key, _ABSENT) != value:
-                differences.append((key, value, recorded.get(key, "<no such key>")))
+    files = {f"tokenizer.{key}" for key in sources}
+    differences = [d for d in _differences(record, given, RECORDED) if d[0] not in files]
     if differences:
         _contradiction(differences, root)
+
+
+def _differences(
+    record: ml_collections.ConfigDict, config: ml_collections.ConfigDict, sections: Sequence[str]
+) -> list[tuple[str, object, object]]:
+    """(key, the config's value, the record's) for every key of `sections` (where both have
+    them) whose values differ."""
+    found = []
+    for section in sections:
+        if section not in config or section not in record:
+            continue
+        recorded = _flat(_plain(record[section]), section)
+        for key, value in _flat(_plain(config[section]), section).items():
+            if recorded.get(key, _ABSENT) != value:
+                found.append((key, value, recorded.get(key, "<no such key>")))
+    return found
 
 
 def _contradiction(differences: list[tuple[str, object, object]], root: epath.Path) -> None:
@@ -232,13 +243,11 @@ def _warn_of_replaced(
     """The config file's model, loss and heatmap keys that differ from the record are replaced by
     it: said once, so a user who gave the config of another model knows it was not used
     (tokenizer paths and the fitted vocabulary size differ by design)."""
+    sections = [section for section in RECORDED if section != "tokenizer"]
     replaced = [
-        f"{key}={value!r} (recorded {recorded.get(key, '<no such key>')!r})"
-        for section in RECORDED
-        if section != "tokenizer" and section in config and section in record
-        for recorded in [_flat(_plain(record[section]), section)]
-        for key, value in _flat(_plain(config[section]), section).items()
-        if key != "model.text.vocab_size" and recorded.get(key, _ABSENT) != value
+        f"{key}={value!r} (recorded {recorded!r})"
+        for key, value, recorded in _differences(record, config, sections)
+        if key != "model.text.vocab_size"
     ]
     if replaced:
         logging.warning(
