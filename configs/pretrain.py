@@ -118,11 +118,11 @@ def base_config() -> ml_collections.ConfigDict:
     # variant sets it), "bfloat16" everywhere.
     config.model.dtype = "auto"
     # attention: the kernel. "auto" = in bf16/fp16, cuDNN flash attention on NVIDIA GPUs (head
-    # dim <= 128) and Pallas splash attention on TPUs for sequences of 128 tokens or more; else
-    # XLA's einsum-softmax-einsum; "xla", "cudnn", "splash" (TPUs; interpreted on CPUs), or
-    # None (JAX decides). BERT's attention
-    # dropout (model.text.dropout, the paper's 0.1) runs in training on Pallas kernels that drop
-    # probabilities where splash is chosen (up to 512 tokens), else on the written-out attention.
+    # dim <= 128); on TPUs Pallas kernels holding a whole sequence in VMEM, unpadded, up to 512
+    # tokens ("vmem"), splash attention beyond; else XLA's einsum-softmax-einsum; "xla",
+    # "cudnn", "splash", "vmem" (TPUs; interpreted on CPUs), or None (JAX decides). BERT's
+    # attention dropout (model.text.dropout, the paper's 0.1) runs in training on the vmem
+    # kernels where splash or vmem is chosen (up to 512 tokens), else written out.
     config.model.attention = "auto"
     # scan_layers: blocks stacked on a leading "layers" parameter axis and run by one scan, so
     # compile time does not grow with depth (~3x faster to compile); unrolled, XLA schedules and

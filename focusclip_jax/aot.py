@@ -435,20 +435,20 @@ def cost_fields(
 
 
 _MOSAIC_ATTENTION_CALL = re.compile(
-    r"^\s*%((?:splash|dropout)_mha_\w+?)(?:\.\d+)? = .*tpu_custom_call", re.MULTILINE
+    r"^\s*%((?:splash|vmem)_mha_\w+?)(?:\.\d+)? = .*tpu_custom_call", re.MULTILINE
 )
 
 
 def attention_kernels(hlo: str) -> str:
     """Which attention the compiled program runs: cuDNN's and the TPU kernels show as custom
-    calls (Mosaic `tpu_custom_call`s: splash attention's, and `models.dropout_attention`'s where
-    attention drops probabilities, BERT in training; counted forward and backward, a scanned
+    calls (Mosaic `tpu_custom_call`s: splash attention's, and `models.vmem_attention`'s
+    whole-sequence kernels, with or without dropout; counted forward and backward, a scanned
     loop's body once). Attention that drops probabilities outside those kernels is XLA's."""
     if "__cudnn$fmha" in hlo:
         return "cudnn"
     calls = _MOSAIC_ATTENTION_CALL.findall(hlo)
     found = []
-    for kind in ("splash", "dropout"):
+    for kind in ("splash", "vmem"):
         names = [name for name in calls if name.startswith(kind)]
         if names:
             forward = sum("_fwd" in name for name in names)

@@ -247,8 +247,9 @@ def test_tpu_step_computes_in_bfloat16_with_float32_state_loss_and_splash_attent
     similarity matrix is computed from float32 embeddings into float32 (with its softmax) and
     the loss is float32; splash attention's Mosaic kernels in the compiled program, forward and
     backward, for each tower's block (the towers' lengths, 17 and 40 tokens, padded to 128).
-    `attention="auto"` leaves those lengths to XLA's attention."""
-    assert compiled_step("tiny", "v5e-8", "dp")[4]["attention"] == "xla"
+    `attention="auto"` gives those lengths the whole-sequence kernels, compiled unpadded."""
+    auto = compiled_step("tiny", "v5e-8", "dp")[4]["attention"]
+    assert auto == "vmem (2 forward, 2 backward Mosaic kernels)"
     config, _, trainer, program, report = compiled_step("tiny_splash", "v5e-8", "dp")
     assert report["dtype"] == "bfloat16"
     assert report["attention"] == "splash (2 forward, 2 backward Mosaic kernels)"
@@ -580,19 +581,18 @@ def test_collectives_are_read_from_hlo_text() -> None:
 
 
 def test_attention_kernels_are_read_from_hlo_text() -> None:
-    """Splash attention's Mosaic kernels and the dropout attention's (BERT in training) are
+    """Splash attention's Mosaic kernels and the whole-sequence ones (`vmem_attention`) are
     counted apart, forward and backward; neither: XLA's attention."""
     call = (
         '  %{} = bf16[4,12,512,64]{{3,2,1,0}} custom-call(%q), custom_call_target="tpu_custom_call"'
     )
     names = ["splash_mha_fwd_no_residuals.2", "splash_mha_dkv_segmented_no_residuals"]
-    names += ["dropout_mha_fwd", "dropout_mha_fwd.1", "dropout_mha_bwd.3"]
+    names += ["vmem_mha_fwd", "vmem_mha_fwd.1", "vmem_mha_bwd.3"]
     hlo = "\n".join(call.format(name) for name in names)
     assert aot.attention_kernels(hlo) == (
-        "splash (1 forward, 1 backward Mosaic kernels), "
-        "dropout (2 forward, 1 backward Mosaic kernels)"
+        "splash (1 forward, 1 backward Mosaic kernels), vmem (2 forward, 1 backward Mosaic kernels)"
     )
-    assert aot.attention_kernels(call.format("dropout_mha_bwd")) == (
-        "dropout (0 forward, 1 backward Mosaic kernels)"
+    assert aot.attention_kernels(call.format("vmem_mha_bwd")) == (
+        "vmem (0 forward, 1 backward Mosaic kernels)"
     )
     assert aot.attention_kernels("  %dot.1 = f32[4,4]{1,0} dot(%a, %b)") == "xla"

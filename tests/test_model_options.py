@@ -85,8 +85,9 @@ CPU_MESH = mesh_of("cpu", "cpu")
 
 def test_attention_implementation_choice() -> None:
     """'auto' from the devices of the mesh traced for (in half precision, cuDNN on NVIDIA GPUs
-    and splash on TPUs; XLA elsewhere and in float32); outside a mesh from JAX's default device
-    (this CPU), and never splash there: a Mosaic kernel needs the mesh to split the batch."""
+    and on TPUs the whole-sequence kernels up to 512 tokens, splash beyond; XLA elsewhere and in
+    float32); outside a mesh from JAX's default device (this CPU), and never a Pallas kernel
+    there: a Mosaic kernel needs the mesh to split the batch."""
     choice = layers.attention_implementation
     on_cuda = layers.compiling_for_nvidia_gpu()
     assert choice("auto", jnp.float32, 64) == "xla"
@@ -96,24 +97,28 @@ def test_attention_implementation_choice() -> None:
     assert choice("auto", "bfloat16", 64) == want
     assert choice("cudnn", jnp.float32, 64) == "cudnn"
     assert choice("splash", jnp.float32, 64) == "splash"  # interpreted on this CPU
+    assert choice("vmem", jnp.float32, 64, 512) == "vmem"
     assert choice(None, jnp.float32, 64) is None
     expected = {
-        TPU_MESH: {jnp.float32: "xla", jnp.bfloat16: "splash"},
+        TPU_MESH: {jnp.float32: "xla", jnp.bfloat16: "vmem"},
         H100_MESH: {jnp.float32: "xla", jnp.bfloat16: "cudnn"},
         CPU_MESH: {jnp.float32: "xla", jnp.bfloat16: "xla"},
     }
     for mesh, by_dtype in expected.items():
         with jax.sharding.use_abstract_mesh(mesh):
-            assert {dtype: choice("auto", dtype, 64) for dtype in by_dtype} == by_dtype
-    with jax.sharding.use_abstract_mesh(TPU_MESH):  # splash pads to 128 tokens: not below it
-        lengths = {length: choice("auto", jnp.bfloat16, 64, length) for length in (64, 127, 128)}
-        assert lengths == {64: "xla", 127: "xla", 128: "splash"}
+            assert {dtype: choice("auto", dtype, 64, 197) for dtype in by_dtype} == by_dtype
+    with jax.sharding.use_abstract_mesh(TPU_MESH):  # whole sequences up to 512 tokens in VMEM
+        lengths = {length: choice("auto", jnp.bfloat16, 64, length) for length in (64, 512, 513)}
+        assert lengths == {64: "vmem", 512: "vmem", 513: "splash"}
         assert choice("splash", jnp.bfloat16, 64, 64) == "splash"  # asked for: as asked
-    with (
-        jax.sharding.use_abstract_mesh(H100_MESH),
-        pytest.raises(ValueError, match=r"model\.attention='splash' runs on TPUs"),
-    ):
-        choice("splash", jnp.bfloat16, 64)
+        with pytest.raises(ValueError, match=r"model\.attention='vmem': 513 tokens: .* up to 512"):
+            choice("vmem", jnp.bfloat16, 64, 513)
+    for kernel in ("splash", "vmem"):
+        with (
+            jax.sharding.use_abstract_mesh(H100_MESH),
+            pytest.raises(ValueError, match=rf"model\.attention='{kernel}' runs on TPUs"),
+        ):
+            choice(kernel, jnp.bfloat16, 64)
     with pytest.raises(ValueError, match=r"model\.attention='flash'"):
         choice("flash", jnp.float32, 64)
     with pytest.raises(ValueError, match=r"remat='some': expected one of"):
@@ -223,10 +228,11 @@ def test_splash_attention_matches_xla_forward_and_backward(length: int, masking:
     assert_trees_close(grads, want_grads, rtol=1e-5)
 
 
-def test_splash_attention_with_dropout_takes_the_dropout_kernels() -> None:
-    """With a dropout key (BERT training) the splash choice runs `dropout_attention`'s kernels
-    (their equivalence: tests/test_dropout_attention.py), on lengths they hold; longer ones, and
-    the XLA choice, write the attention out; without a key splash attention's kernel runs."""
+def test_splash_and_vmem_attention_with_dropout_take_the_vmem_kernels() -> None:
+    """With a dropout key (BERT training) the splash and vmem choices run `vmem_attention`'s
+    kernels (their equivalence: tests/test_vmem_attention.py), on lengths they hold; longer
+    ones, and the XLA choice, write the attention out; without a key splash attention's kernel
+    runs where splash is chosen, the vmem kernels where vmem is."""
     attn = layers.MultiHeadAttention(16, 2, attention="splash", dropout_rate=0.1, rngs=nnx.Rngs(0))
 
     def kernels(rng: jax.Array | None, length: int = 5, implementation: str = "splash") -> list:
@@ -236,9 +242,11 @@ def test_splash_attention_with_dropout_takes_the_dropout_kernels() -> None:
         return [e.params["name"] for e in all_eqns(jaxpr) if e.primitive.name == "pallas_call"]
 
     assert kernels(None) == ["splash_mha_fwd_segmented_no_residuals"]  # 5 tokens padded
-    assert kernels(jax.random.key(0)) == ["dropout_mha_fwd"]
+    assert kernels(jax.random.key(0)) == ["vmem_mha_fwd"]
     assert kernels(jax.random.key(0), length=513) == []
     assert kernels(jax.random.key(0), implementation="xla") == []
+    assert kernels(None, implementation="vmem") == ["vmem_mha_fwd"]
+    assert kernels(jax.random.key(0), implementation="vmem") == ["vmem_mha_fwd"]
 
 
 # ----------------------------------------------------------------------------- whole model
@@ -370,14 +378,27 @@ def test_scan_and_remat_keep_loss_and_gradients(
     assert_trees_close(unstacked(grads) if scan_layers else grads, want_grads, rtol=1e-5)
 
 
-def test_splash_attention_on_a_mesh_keeps_loss_and_gradients(batch: dict, reference: tuple) -> None:
-    """The whole model with splash attention in both towers (BERT's padding masks, the ViT's
-    padded length), its batch split over 4 devices as a training step splits it: each device's
-    rows go to its own kernel (`split_over_batch`), and the loss and gradients are those of XLA's
-    attention on one device. Scanned blocks, rematerialised as the paper's config does."""
+# Per tower: the forward kernel, run again where remat recomputes the block, and the fused
+# backward one.
+MESH_KERNELS = {
+    "splash": ["splash_mha_dkv_segmented_no_residuals"] * 2
+    + ["splash_mha_fwd_segmented_residuals"] * 4,
+    "vmem": ["vmem_mha_bwd"] * 2 + ["vmem_mha_fwd"] * 4,
+}
+
+
+@pytest.mark.parametrize("attention", MESH_KERNELS)
+def test_tpu_kernels_on_a_mesh_keep_loss_and_gradients(
+    attention: str, batch: dict, reference: tuple
+) -> None:
+    """The whole model with splash or the whole-sequence attention in both towers (BERT's
+    padding masks, the ViT's length: padded for splash, as it is for vmem), its batch split over
+    4 devices as a training step splits it: each device's rows go to its own kernel
+    (`split_over_batch`), and the loss and gradients are those of XLA's attention on one device.
+    Scanned blocks, rematerialised as the paper's config does."""
     params, want_loss, want_grads = reference
     model = tiny_model(
-        attention="splash", scan_layers=True, remat="dots_with_no_batch_dims_saveable"
+        attention=attention, scan_layers=True, remat="dots_with_no_batch_dims_saveable"
     )
     mesh = sharding.create_mesh({"data": 4})
 
@@ -388,13 +409,7 @@ def test_splash_attention_on_a_mesh_keeps_loss_and_gradients(batch: dict, refere
     jaxpr = jax.make_jaxpr(grad_fn)(stacked(params), batch).jaxpr
     eqns = all_eqns(jaxpr)
     kernels = [e.params["name"] for e in eqns if e.primitive.name == "pallas_call"]
-    # Per tower: the forward kernel, run again where remat recomputes the block, and the fused
-    # backward one; each inside a shard_map.
-    assert (
-        sorted(kernels)
-        == ["splash_mha_dkv_segmented_no_residuals"] * 2
-        + ["splash_mha_fwd_segmented_residuals"] * 4
-    )
+    assert sorted(kernels) == MESH_KERNELS[attention]  # each inside a shard_map:
     assert sum(e.primitive.name == "shard_map" for e in eqns) >= len(kernels)
     compiled = jax.jit(
         grad_fn,
@@ -626,7 +641,7 @@ def test_bert_dropout_acts_in_training_only(batch: dict) -> None:
 
 
 def test_bert_dropout_on_splash_keeps_loss_and_gradients_on_a_mesh(batch: dict) -> None:
-    """BERT's training dropout where splash attention is chosen (`dropout_attention`'s kernels,
+    """BERT's training dropout where splash attention is chosen (`vmem_attention`'s kernels,
     the batch split over 4 devices, one sequence each, scanned and rematerialised blocks as the
     paper's config runs them): the loss and gradients of the written-out attention on one device
     with the same key, so every shard drew its rows of the same masks."""
@@ -646,7 +661,7 @@ def test_bert_dropout_on_splash_keeps_loss_and_gradients_on_a_mesh(batch: dict) 
     grad_fn = sharding.traced_on(mesh, jax.value_and_grad(clip_loss_with_key(model, batch, key)))
     eqns = all_eqns(jax.make_jaxpr(grad_fn)(stacked(params)).jaxpr)
     kernels = {e.params["name"] for e in eqns if e.primitive.name == "pallas_call"}
-    assert {"dropout_mha_fwd", "dropout_mha_bwd"} <= kernels
+    assert {"vmem_mha_fwd", "vmem_mha_bwd"} <= kernels
     compiled = jax.jit(grad_fn, in_shardings=(sharding.replicated(mesh),))
     loss, grads = jax.device_get(compiled(stacked(params)))
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)

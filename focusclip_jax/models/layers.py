@@ -8,7 +8,8 @@ PyTorch `[out, in]` weight is a transpose and a reshape.
 Speed options shared by the towers (`config.model`): `dtype` is the compute dtype ('auto':
 bfloat16 on TPUs and GPUs, float32 on CPUs; parameters stay float32: `compute_dtype`);
 `attention` picks the attention kernel (`attention_implementation`: XLA's, cuDNN's flash
-attention on NVIDIA GPUs, Pallas's splash attention on TPUs); `scan_layers` stacks the blocks'
+attention on NVIDIA GPUs, Pallas kernels on TPUs: `vmem_attention`'s whole-sequence kernels up to
+512 tokens, splash attention beyond); `scan_layers` stacks the blocks'
 parameters on a leading 'layers' axis (never sharded) and runs them with one `jax.lax.scan`, so
 compile time does not grow with depth; `remat` recomputes each block's activations in the
 backward pass (`jax.checkpoint` with the named policy) to trade compute for memory.
@@ -17,7 +18,7 @@ Dropout (BERT's, as Hugging Face trains it: hidden states and attention probabil
 a key passed at call time (`rng`), never from state in the module: the model stays a pure
 function of its parameters, and no key means no dropout (evaluation). Every attention path draws
 the same keep-mask from the same key (`jax.random.bernoulli`'s, hashed in the TPU kernels of
-`dropout_attention`).
+`vmem_attention`).
 """
 
 import dataclasses
@@ -32,18 +33,18 @@ from flax import nnx
 from jax.experimental.pallas.ops.tpu import splash_attention
 from jax.sharding import PartitionSpec
 
-from focusclip_jax.models import dropout_attention
+from focusclip_jax.models import vmem_attention
 from focusclip_jax.sharding import BATCH_AXES, constrain_batch
 from input_pipeline.errors import check_choice, check_number
 
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
-AttentionImpl = Literal["xla", "cudnn", "splash", "auto"] | None
+AttentionImpl = Literal["xla", "cudnn", "splash", "vmem", "auto"] | None
 Remat = Literal[
     "none", "all_but_mlp_activation", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"
 ]
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
-ATTENTION_IMPLS = ("xla", "cudnn", "splash", "auto", None)
+ATTENTION_IMPLS = ("xla", "cudnn", "splash", "vmem", "auto", None)
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Which intermediates a rematerialised block keeps for the backward pass (the rest is recomputed).
 REMAT_POLICIES: dict[str, Callable | None] = {
@@ -130,35 +131,41 @@ def compute_dtype(requested: str | jnp.dtype, platform: str | None = None) -> jn
 
 def attention_implementation(
     requested: AttentionImpl, dtype: jnp.dtype, head_dim: int, length: int | None = None
-) -> Literal["xla", "cudnn", "splash"] | None:
+) -> Literal["xla", "cudnn", "splash", "vmem"] | None:
     """The attention kernel, decided while tracing.
 
     'auto' takes a fused kernel for bfloat16/float16 inputs: cuDNN's flash attention on NVIDIA
-    GPUs (head dim a multiple of 8 up to 128), Pallas's splash attention on TPUs (only under a
-    mesh, `sharding.traced_on`, which it needs to split the batch over: XLA does not partition
-    Mosaic kernels) for sequences of `SPLASH_MIN_LENGTH` tokens or more; XLA's
-    einsum-softmax-einsum elsewhere (CPUs, float32, TPUs outside a mesh, shorter sequences).
+    GPUs (head dim a multiple of 8 up to 128); on TPUs (only under a mesh,
+    `sharding.traced_on`, which the Pallas kernels need to split the batch over: XLA does not
+    partition Mosaic kernels) `vmem_attention`'s whole-sequence kernels for sequences up to
+    `vmem_attention.MAX_LENGTH` tokens, splash attention for longer ones; XLA's
+    einsum-softmax-einsum elsewhere (CPUs, float32, TPUs outside a mesh).
     In float32 the TPU compiler estimates splash slower than XLA's attention (the paper's step,
-    v5e-8: 69.3 against 64.3 ms), in bfloat16 faster (33.3 against 38.9 ms without dropout).
+    v5e-8: 69.3 against 64.3 ms), in bfloat16 faster (33.3 against 38.9 ms without dropout);
+    the whole-sequence kernels, which need no padding, faster still (PERFORMANCE.md).
     The devices are those of the mesh being compiled for, so a step compiled ahead of time for
     an H100 or a TPU from a CPU host gets their kernel; outside a mesh, JAX's default device
     decides. None leaves the choice to JAX (XLA in jax 0.12).
-    'cudnn' where it cannot run fails at compile time with cuDNN's own message; 'splash' runs
-    the Mosaic kernel on TPUs, Pallas's interpreter on CPUs (slow: for tests), and fails here on
-    other devices. Attention that drops probabilities (BERT in training) takes
-    `dropout_attention`'s Pallas kernels where splash is chosen and the sequence fits them (up to
-    512 tokens), the written-out attention elsewhere: neither cuDNN's nor splash's kernel drops
-    probabilities.
+    'cudnn' where it cannot run fails at compile time with cuDNN's own message; 'splash' and
+    'vmem' run the Mosaic kernels on TPUs, Pallas's interpreter on CPUs (slow: for tests), and
+    fail here on other devices ('vmem' also on sequences longer than it holds). Attention that
+    drops probabilities (BERT in training) takes `vmem_attention`'s kernels where splash or
+    vmem is chosen and the sequence fits them, the written-out attention elsewhere: neither
+    cuDNN's nor splash's kernel drops probabilities.
     """
     if requested not in ATTENTION_IMPLS:
         raise ValueError(
-            f"model.attention={requested!r}: expected xla, cudnn, splash, auto or None"
+            f"model.attention={requested!r}: expected xla, cudnn, splash, vmem, auto or None"
         )
     device = traced_device()
-    if requested == "splash" and device.platform not in ("tpu", "cpu"):
+    if requested in ("splash", "vmem") and device.platform not in ("tpu", "cpu"):
         raise ValueError(
-            f"model.attention='splash' runs on TPUs (and interpreted on CPUs), not on "
+            f"model.attention={requested!r} runs on TPUs (and interpreted on CPUs), not on "
             f"{device.platform} devices: use auto, xla or cudnn"
+        )
+    if requested == "vmem" and length is not None and vmem_attention.too_long(length):
+        raise ValueError(
+            f"model.attention='vmem': {vmem_attention.too_long(length)}; use auto or splash"
         )
     if requested != "auto":
         return requested
@@ -166,9 +173,9 @@ def attention_implementation(
         return "xla"
     if head_dim % 8 == 0 and head_dim <= 128 and compiling_for_nvidia_gpu():
         return "cudnn"
-    on_mesh = not jax.sharding.get_abstract_mesh().empty
-    long_enough = length is None or length >= SPLASH_MIN_LENGTH
-    return "splash" if on_mesh and device.platform == "tpu" and long_enough else "xla"
+    if jax.sharding.get_abstract_mesh().empty or device.platform != "tpu":
+        return "xla"
+    return "vmem" if length is not None and not vmem_attention.too_long(length) else "splash"
 
 
 def compiling_for_nvidia_gpu() -> bool:
@@ -196,8 +203,8 @@ def _attention_with_dropout(
     rng: jax.Array,
 ) -> jax.Array:
     """softmax(q·kᵀ/√d + mask), dropped out, times v: written out, since no fused kernel of
-    `jax.nn.dot_product_attention` drops attention probabilities (on TPUs the splash choice
-    takes `_fused_attention_with_dropout`: the same mask, float32 scores in VMEM). The scores
+    `jax.nn.dot_product_attention` drops attention probabilities (on TPUs the splash and vmem
+    choices take `_vmem_attention`: the same mask, float32 scores in VMEM). The scores
     keep q's dtype and the softmax runs in float32 on them: in bfloat16 the [B, heads, L, L]
     arrays the step writes (forward, recomputed and backward) are half the size of float32's."""
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1])  # weak: keeps q.dtype
@@ -213,37 +220,34 @@ def _attention_with_dropout(
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
-def _fused_attention_with_dropout(
+def _vmem_attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
     mask: jax.Array | None,
     is_causal: bool,
-    rate: float,
-    rng: jax.Array,
+    rate: float = 0.0,
+    rng: jax.Array | None = None,
 ) -> jax.Array:
-    """`_attention_with_dropout` as Pallas TPU kernels (`dropout_attention`: the [B, H, T, T]
-    logits, probabilities and keep-mask stay in VMEM), run on each batch shard
-    (`split_over_batch`). The same key drops the same probabilities: each sequence hashes its
-    global index (`row_seeds`, split with the batch). q, k and v are padded to a multiple of
-    128 tokens, the padding masked out as keys; Pallas's interpreter runs them on CPUs."""
+    """The attention (`jax.nn.dot_product_attention`'s, or `_attention_with_dropout`'s with a
+    key and a rate) as `vmem_attention`'s Pallas TPU kernels: the [B, H, T, T] logits,
+    probabilities and keep-mask stay in VMEM, and the sequence is not padded. Run on each batch
+    shard (`split_over_batch`). The same key drops the same probabilities: each sequence hashes
+    its global index (`row_seeds`, split with the batch). Pallas's interpreter runs them on
+    CPUs."""
     batch, length, num_heads, _ = q.shape
-    padded = dropout_attention.padded_length(length)
-    extra = ((0, 0), (0, 0), (0, padded - length), (0, 0))
-    # [B, T, H, D] -> [B, H, T', D], the kernels' layout.
-    kernel_layout = lambda t: jnp.pad(jnp.swapaxes(t, 1, 2), extra)
+    # [B, T, H, D] -> [B, H, T, D], the kernels' layout (the projections write it directly).
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
     keys = jnp.ones((batch, length), bool) if mask is None else mask
-    key_mask = jnp.pad(keys, ((0, 0), (0, padded - length))).astype(jnp.int32)[:, None, :]
-    attend = functools.partial(
-        dropout_attention.attend,
-        rate=rate,
-        is_causal=is_causal,
-        length=length,
-        interpret=traced_device().platform == "cpu",
-    )
-    seeds = dropout_attention.row_seeds(rng, batch, num_heads, length)
-    y = split_over_batch(attend, *map(kernel_layout, (q, k, v)), key_mask, seeds)
-    return jnp.swapaxes(y, 1, 2)[:, :length]
+    key_mask = keys.astype(jnp.int32)[:, None, :]
+    options = dict(is_causal=is_causal, interpret=traced_device().platform == "cpu")
+    if rng is None or rate == 0.0:
+        y = split_over_batch(functools.partial(vmem_attention.attend, **options), q, k, v, key_mask)
+    else:
+        attend = functools.partial(vmem_attention.attend, rate=rate, **options)
+        seeds = vmem_attention.row_seeds(rng, batch, num_heads, length)
+        y = split_over_batch(attend, q, k, v, key_mask, seeds)
+    return jnp.swapaxes(y, 1, 2)
 
 
 # jax 0.12's cuDNN attention differentiates only even sequence lengths (its backward treats a
@@ -280,13 +284,6 @@ def _cudnn_attention(
 # v5e, forward and backward: 0.29 ms with 512-token blocks, 0.33 ms with 128).
 SPLASH_LENGTH_MULTIPLE = 128
 SPLASH_MAX_BLOCK = 512
-# 'auto' leaves shorter sequences to XLA's attention: padded to one 128-token block, a 64-token
-# text would compute 4x its attention's area. The TPU compiler's estimate of the CLIP/SigLIP
-# baseline at big_vision's sizes (64-token text, v5e-8, batch 256, bf16, libtpu 0.0.50.1,
-# 2026-12-07): 62.0 ms with the text's attention written out by XLA against 64.7 ms with
-# splash (a 77-token text: 65.7 against 67.5 ms); the ViT's 197 tokens stay on splash (70.1 ms
-# with XLA's attention in both towers).
-SPLASH_MIN_LENGTH = SPLASH_LENGTH_MULTIPLE
 
 
 @functools.lru_cache(maxsize=64)
@@ -393,8 +390,8 @@ class MultiHeadAttention(nnx.Module):
         rng: jax.Array | None = None,
     ) -> jax.Array:
         """x: [B, L, width]; mask: bool [B, L], True for real tokens (keys), or None; `rng`:
-        drop attention probabilities (training): `dropout_attention`'s kernels where splash is
-        chosen and the length fits them, the written-out attention elsewhere."""
+        drop attention probabilities (training): `vmem_attention`'s kernels where splash or vmem
+        is chosen and the length fits them, the written-out attention elsewhere."""
         dropout = rng is not None and self.dropout_rate > 0
         implementation = attention_implementation(
             self.attention, self.dtype, self.head_dim, x.shape[1]
@@ -402,12 +399,14 @@ class MultiHeadAttention(nnx.Module):
         if implementation == "splash" and not dropout:
             return self._splash(x, mask, is_causal)
         q, k, v = self.query(x), self.key(x), self.value(x)
+        if implementation == "vmem" and not dropout:
+            return self.out(_vmem_attention(q, k, v, mask, is_causal))
         if dropout:
             attend = _attention_with_dropout
-            if implementation == "splash" and not dropout_attention.unsupported(
+            if implementation in ("splash", "vmem") and not vmem_attention.unsupported(
                 x.shape[1], q.shape[2], self.dropout_rate, rng
             ):
-                attend = _fused_attention_with_dropout
+                attend = _vmem_attention
             return self.out(attend(q, k, v, mask, is_causal, self.dropout_rate, rng))
         if implementation == "cudnn":
             return self.out(_cudnn_attention(q, k, v, mask, is_causal))

@@ -1,15 +1,18 @@
-"""Attention with dropout on its probabilities as Pallas TPU kernels (BERT's text tower in
-training, as Hugging Face BERT trains it).
+"""Attention over whole sequences in VMEM as Pallas TPU kernels (`model.attention="vmem"`,
+'auto''s choice on TPUs for sequences up to `MAX_LENGTH` tokens), with or without dropout on its
+probabilities (BERT's text tower in training, as Hugging Face BERT trains it).
 
-XLA's written-out attention with dropout moves [B, H, T, T] arrays (probabilities, their
-gradients) through HBM; these kernels keep them in VMEM. One grid step attends one sequence and
-one head: the whole [T, T] logits fit in VMEM for T up to `MAX_LENGTH` tokens, so the softmax
-needs no online rescaling, and the backward kernel recomputes the logits, the softmax (its row
-maximum and sum included) and the keep-mask from q, k and the key: it reads q, k, v and the
-output's gradient, nothing [T, T] and no statistics saved by the forward kernel.
+XLA's written-out attention moves [B, H, T, T] arrays (logits, probabilities, their gradients)
+through HBM; splash attention needs sequences padded to a multiple of 128 tokens (ViT-B/16's 197
+to 256: the padding copies q, k and v, and a quarter of its work is on padding). These kernels
+take the sequence as it is: one grid step attends one sequence and one head, the whole [T, T]
+logits in VMEM (a block as long as the sequence needs no multiple of 128), so the softmax needs
+no online rescaling, and the backward kernel recomputes the logits, the softmax (its row maximum
+and sum included) and the keep-mask from q, k and the key: it reads q, k, v and the output's
+gradient, nothing [T, T] and no statistics saved by the forward kernel.
 
-The keep-mask is the one `jax.random.bernoulli(key, 1 - rate, (B, H, T, T))` draws with
-partitionable threefry (jax's default): element (b, h, q, k), flat index
+With dropout, the keep-mask is the one `jax.random.bernoulli(key, 1 - rate, (B, H, T, T))`
+draws with partitionable threefry (jax's default): element (b, h, q, k), flat index
 n = ((b·H + h)·T + q)·T + k, is kept where the 32-bit word o1 ^ o2 of
 threefry2x32(key, (n >> 32, n mod 2**32)) is below `keep_threshold(rate)`. The kernels hash the
 same counts, so they are a drop-in for the written-out attention with the same randomness
@@ -31,15 +34,9 @@ from jax.extend.random import threefry2x32_p  # the hash, which Pallas lowers on
 # words, gradients): 1 MiB each at 512 tokens. libtpu compiles both kernels at 512 tokens and
 # 64-wide heads within its default scoped VMEM limit (v5e, 2026-12-07).
 MAX_LENGTH = 512
-LENGTH_MULTIPLE = 128  # TPU lanes: q, k and v are padded to a multiple (masked keys)
-FORWARD_NAME, BACKWARD_NAME = "dropout_mha_fwd", "dropout_mha_bwd"  # the kernels in HLO
+FORWARD_NAME, BACKWARD_NAME = "vmem_mha_fwd", "vmem_mha_bwd"  # the kernels in HLO
 SEED_WORDS = 4  # per sequence: the key's two words, then the high and low words of its first index
 MASKED = float(jnp.finfo(jnp.float32).min)  # the logit of a masked key, as the XLA path uses
-
-
-def padded_length(length: int) -> int:
-    """The kernels' sequence length: `length` rounded up to a multiple of 128."""
-    return -(-length // LENGTH_MULTIPLE) * LENGTH_MULTIPLE
 
 
 def keep_threshold(rate: float) -> int:
@@ -53,10 +50,18 @@ def keep_threshold(rate: float) -> int:
     return math.ceil(float(keep) * 2**23) * 2**9
 
 
-def unsupported(length: int, num_heads: int, rate: float, rng: jax.Array) -> str | None:
-    """Why the kernels cannot take this attention (the caller then writes it out), or None."""
-    if padded_length(length) > MAX_LENGTH:
+def too_long(length: int) -> str | None:
+    """Why a sequence of `length` tokens does not fit the kernels, or None."""
+    if length > MAX_LENGTH:
         return f"{length} tokens: the kernels hold a whole sequence's logits, up to {MAX_LENGTH}"
+    return None
+
+
+def unsupported(length: int, num_heads: int, rate: float, rng: jax.Array) -> str | None:
+    """Why the kernels cannot drop this attention's probabilities (the caller then writes it
+    out), or None."""
+    if too_long(length):
+        return too_long(length)
     if num_heads * length * length >= 2**31:
         return "one sequence's probabilities exceed 2**31 elements"
     if not 0.0 < rate < 1.0 or not 0 < keep_threshold(rate) < 2**32:
@@ -99,14 +104,13 @@ def row_seeds(rng: jax.Array, batch: int, num_heads: int, length: int) -> jax.Ar
     return jnp.stack([*jnp.broadcast_to(key, (batch, 2)).T, high, low], axis=1)
 
 
-def _keep_mask(
-    seeds_ref: jax.Array, shape: tuple[int, int], length: int, threshold: int
-) -> jax.Array:
-    """The grid step's keep-mask [Tp, Tp]: sequence `program_id(0)`, head `program_id(1)`."""
+def _keep_mask(seeds_ref: jax.Array, length: int, threshold: int) -> jax.Array:
+    """The grid step's keep-mask [T, T]: sequence `program_id(0)`, head `program_id(1)`."""
     row, head = pl.program_id(0), pl.program_id(1)
     words = [seeds_ref[row * SEED_WORDS + i] for i in range(SEED_WORDS)]
     key_1, key_2, first_high, first_low = (jnp.reshape(w, (1, 1)) for w in words)
     head_start = (head * (length * length)).astype(jnp.uint32)
+    shape = (length, length)
     query = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
     key = jax.lax.broadcasted_iota(jnp.uint32, shape, 1)
     offset = head_start + query * jnp.uint32(length) + key  # < H·T·T < 2**31
@@ -117,11 +121,11 @@ def _keep_mask(
 
 
 def _probabilities(q: jax.Array, k: jax.Array, key_mask: jax.Array, is_causal: bool) -> jax.Array:
-    """softmax(q·kᵀ/√d) over the allowed keys, float32 [Tp, Tp], as the XLA path computes it."""
+    """softmax(q·kᵀ/√d) over the allowed keys, float32 [T, T], as the XLA path computes it."""
     logits = jax.lax.dot_general(
         q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
     ) / jnp.float32(math.sqrt(q.shape[-1]))
-    allowed = key_mask != 0  # [1, Tp]
+    allowed = key_mask != 0  # [1, T]
     if is_causal:
         shape = logits.shape
         allowed = allowed & (
@@ -133,59 +137,46 @@ def _probabilities(q: jax.Array, k: jax.Array, key_mask: jax.Array, is_causal: b
     return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
 
 
-def _forward_kernel(
-    seeds_ref: jax.Array,
-    q_ref: jax.Array,
-    k_ref: jax.Array,
-    v_ref: jax.Array,
-    mask_ref: jax.Array,
-    o_ref: jax.Array,
-    *,
-    rate: float,
-    is_causal: bool,
-    length: int,
-) -> None:
-    """o = (p∘keep / (1 - rate))·v for one sequence and head (Pallas refs in VMEM, seeds in
-    SMEM)."""
+def _seeds_and_refs(refs: tuple, rate: float) -> tuple[jax.Array | None, tuple]:
+    """A kernel's seeds (in SMEM, given only with dropout) and its other refs."""
+    return (refs[0], refs[1:]) if rate else (None, refs)
+
+
+def _forward_kernel(*refs: jax.Array, rate: float, is_causal: bool) -> None:
+    """o = (p∘keep / (1 - rate))·v, or p·v without dropout, for one sequence and head (Pallas
+    refs in VMEM: [seeds], q, k, v, key mask, o)."""
+    seeds_ref, (q_ref, k_ref, v_ref, mask_ref, o_ref) = _seeds_and_refs(refs, rate)
     probs = _probabilities(q_ref[...], k_ref[...], mask_ref[...], is_causal)
-    keep = _keep_mask(seeds_ref, probs.shape, length, keep_threshold(rate))
-    dropped = jnp.where(keep, probs / jnp.float32(1.0 - rate), 0.0)
+    if rate:
+        keep = _keep_mask(seeds_ref, probs.shape[0], keep_threshold(rate))
+        probs = jnp.where(keep, probs / jnp.float32(1.0 - rate), 0.0)
     v = v_ref[...]
-    o_ref[...] = jnp.dot(dropped.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(
+    o_ref[...] = jnp.dot(probs.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(
         o_ref.dtype
     )
 
 
-def _backward_kernel(
-    seeds_ref: jax.Array,
-    q_ref: jax.Array,
-    k_ref: jax.Array,
-    v_ref: jax.Array,
-    mask_ref: jax.Array,
-    do_ref: jax.Array,
-    dq_ref: jax.Array,
-    dk_ref: jax.Array,
-    dv_ref: jax.Array,
-    *,
-    rate: float,
-    is_causal: bool,
-    length: int,
-) -> None:
-    """y = p∘z (z: keep / (1 - rate)), o = y·v: dv = yᵀ·do, dp = (do·vᵀ)∘z,
-    ds = p∘(dp − rowsum(dp∘p)), dq = ds·k/√d, dk = dsᵀ·q/√d, in the XLA path's dtypes."""
+def _backward_kernel(*refs: jax.Array, rate: float, is_causal: bool) -> None:
+    """y = p∘z (z: keep / (1 - rate); 1 without dropout), o = y·v: dv = yᵀ·do,
+    dp = (do·vᵀ)∘z, ds = p∘(dp − rowsum(dp∘p)), dq = ds·k/√d, dk = dsᵀ·q/√d, in the XLA path's
+    dtypes (refs: [seeds], q, k, v, key mask, do, dq, dk, dv)."""
+    seeds_ref, refs = _seeds_and_refs(refs, rate)
+    q_ref, k_ref, v_ref, mask_ref, do_ref, dq_ref, dk_ref, dv_ref = refs
     q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
     probs = _probabilities(q, k, mask_ref[...], is_causal)
-    keep = _keep_mask(seeds_ref, probs.shape, length, keep_threshold(rate))
-    kept = jnp.float32(1.0 - rate)
-    dropped = jnp.where(keep, probs / kept, 0.0).astype(v.dtype)
+    dropped = probs
+    if rate:
+        keep = _keep_mask(seeds_ref, probs.shape[0], keep_threshold(rate))
+        dropped = jnp.where(keep, probs / jnp.float32(1.0 - rate), 0.0)
     transposed_lhs = (((0,), (0,)), ((), ()))
     dv_ref[...] = jax.lax.dot_general(
-        dropped, do, transposed_lhs, preferred_element_type=jnp.float32
+        dropped.astype(v.dtype), do, transposed_lhs, preferred_element_type=jnp.float32
     ).astype(dv_ref.dtype)
-    d_dropped = jax.lax.dot_general(
+    d_probs = jax.lax.dot_general(
         do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
     )
-    d_probs = jnp.where(keep, d_dropped / kept, 0.0)
+    if rate:
+        d_probs = jnp.where(keep, d_probs / jnp.float32(1.0 - rate), 0.0)
     d_logits = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True))
     d_logits = (d_logits / jnp.float32(math.sqrt(q.shape[-1]))).astype(q.dtype)
     dq_ref[...] = jnp.dot(d_logits, k, preferred_element_type=jnp.float32).astype(dq_ref.dtype)
@@ -196,11 +187,11 @@ def _backward_kernel(
 
 def _cost(inputs: tuple, outputs: tuple, matmuls: int) -> pl.CostEstimate:
     """What the kernel does, for XLA's cost model (libtpu prices a Mosaic kernel without one as
-    free: only the operands' traffic around it counts): `matmuls` [Tp, Tp]×[Tp, D] products and
+    free: only the operands' traffic around it counts): `matmuls` [T, T]×[T, D] products and
     one exp per probability per sequence and head, each operand read or written once. The
     threefry hashing (vector integer ops) is not counted, as libtpu does not count it in XLA's
     fusions either."""
-    batch, num_heads, length, head_dim = inputs[1].shape
+    batch, num_heads, length, head_dim = inputs[0].shape
     steps = batch * num_heads
     return pl.CostEstimate(
         flops=steps * matmuls * 2 * length * length * head_dim,
@@ -210,21 +201,29 @@ def _cost(inputs: tuple, outputs: tuple, matmuls: int) -> pl.CostEstimate:
 
 
 def _call(
-    kernel: Callable, name: str, inputs: tuple, outputs: tuple, matmuls: int, static: dict
+    kernel: Callable,
+    name: str,
+    inputs: tuple,
+    outputs: tuple,
+    matmuls: int,
+    seeds: jax.Array | None,
+    static: dict,
 ) -> tuple:
-    """Runs `kernel` over a (sequence, head) grid: seeds whole in SMEM, the key mask
-    [B, 1, Tp] per sequence, every [B, H, Tp, D] array per sequence and head."""
-    seeds, q, k, v, mask, *rest = inputs
+    """Runs `kernel` over a (sequence, head) grid: the seeds (with dropout) whole in SMEM, the
+    key mask [B, 1, T] per sequence, every [B, H, T, D] array per sequence and head. The blocks
+    span whole sequences, so no length needs to be a multiple of the TPU's tiles."""
+    q, k, v, mask, *rest = inputs
     batch, num_heads, length, head_dim = q.shape
     interpret = static.pop("interpret")
     head_block = pl.BlockSpec((None, None, length, head_dim), lambda b, h: (b, h, 0, 0))
     mask_block = pl.BlockSpec((None, 1, length), lambda b, h: (b, 0, 0))
+    seeds_given = () if seeds is None else (seeds.reshape(-1),)
     return pl.pallas_call(
         functools.partial(kernel, **static),
         out_shape=[jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outputs],
         grid=(batch, num_heads),
         in_specs=[
-            pl.BlockSpec(memory_space=pltpu.SMEM),
+            *[pl.BlockSpec(memory_space=pltpu.SMEM)] * len(seeds_given),
             head_block,
             head_block,
             head_block,
@@ -236,40 +235,40 @@ def _call(
         interpret=interpret,
         name=name,
         cost_estimate=_cost(inputs, outputs, matmuls),
-    )(seeds.reshape(-1), q, k, v, mask, *rest)
+    )(*seeds_given, q, k, v, mask, *rest)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _attend(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
     mask: jax.Array,
-    seeds: jax.Array,
+    seeds: jax.Array | None,
     rate: float,
     is_causal: bool,
-    length: int,
     interpret: bool,
 ) -> jax.Array:
-    static = dict(rate=rate, is_causal=is_causal, length=length, interpret=interpret)
-    (o,) = _call(_forward_kernel, FORWARD_NAME, (seeds, q, k, v, mask), (v,), 2, static)
+    static = dict(rate=rate, is_causal=is_causal, interpret=interpret)
+    (o,) = _call(_forward_kernel, FORWARD_NAME, (q, k, v, mask), (v,), 2, seeds, static)
     return o
 
 
-def _attend_forward(*args: jax.Array | float | bool | int) -> tuple[jax.Array, tuple]:
+def _attend_forward(*args: jax.Array | float | bool | None) -> tuple[jax.Array, tuple]:
     """The output, and what the backward kernel recomputes everything else from."""
     q, k, v, mask, seeds = args[:5]
     return _attend(*args), (q, k, v, mask, seeds)
 
 
 def _attend_backward(
-    rate: float, is_causal: bool, length: int, interpret: bool, residuals: tuple, do: jax.Array
+    rate: float, is_causal: bool, interpret: bool, residuals: tuple, do: jax.Array
 ) -> tuple[jax.Array | None, ...]:
     q, k, v, mask, seeds = residuals
-    static = dict(rate=rate, is_causal=is_causal, length=length, interpret=interpret)
-    inputs = (seeds, q, k, v, mask, do)
+    static = dict(rate=rate, is_causal=is_causal, interpret=interpret)
     # q·kᵀ again, then dv, do·vᵀ, dq and dk.
-    dq, dk, dv = _call(_backward_kernel, BACKWARD_NAME, inputs, (q, k, v), 5, static)
+    dq, dk, dv = _call(
+        _backward_kernel, BACKWARD_NAME, (q, k, v, mask, do), (q, k, v), 5, seeds, static
+    )
     return dq, dk, dv, None, None
 
 
@@ -281,17 +280,19 @@ def attend(
     k: jax.Array,
     v: jax.Array,
     key_mask: jax.Array,
-    seeds: jax.Array,
+    seeds: jax.Array | None = None,
     *,
-    rate: float,
+    rate: float = 0.0,
     is_causal: bool,
-    length: int,
     interpret: bool = False,
 ) -> jax.Array:
-    """softmax(q·kᵀ/√d, masked) with dropout, times v, for the rows given (a shard of the batch).
+    """softmax(q·kᵀ/√d, masked), with dropout at `rate` > 0, times v, for the rows given (a
+    shard of the batch).
 
-    q, k, v: [B, H, Tp, D], Tp a multiple of 128 up to 512; key_mask: int32 [B, 1, Tp], nonzero
-    for the keys attended (padding beyond the real `length` must be 0); seeds: `row_seeds` of
-    these rows. Returns [B, H, Tp, D] in v's dtype; rows of padded queries are meaningless.
-    Differentiable in q, k and v (custom VJP; the backward kernel redraws the same mask)."""
-    return _attend(q, k, v, key_mask, seeds, rate, is_causal, length, interpret)
+    q, k, v: [B, H, T, D], T up to `MAX_LENGTH`; key_mask: int32 [B, 1, T], nonzero for the keys
+    attended; seeds: `row_seeds` of these rows, with dropout only. Returns [B, H, T, D] in v's
+    dtype. Differentiable in q, k and v (custom VJP; the backward kernel redraws the same
+    mask)."""
+    if (seeds is None) != (rate == 0):
+        raise ValueError(f"dropout rate {rate} needs seeds (row_seeds), and no rate none")
+    return _attend(q, k, v, key_mask, seeds, rate, is_causal, interpret)
