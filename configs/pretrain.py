@@ -117,9 +117,10 @@ def base_config() -> ml_collections.ConfigDict:
     # mesh's devices), float32 on CPUs; "float32" is the paper's precision (the `original`
     # variant sets it), "bfloat16" everywhere.
     config.model.dtype = "auto"
-    # attention: the kernel. "auto" = in bf16/fp16, cuDNN flash attention on NVIDIA GPUs (head
-    # dim <= 128); on TPUs Pallas kernels holding a whole sequence in VMEM, unpadded, up to 512
-    # tokens ("vmem"), splash attention beyond; else XLA's einsum-softmax-einsum; "xla",
+    # attention: the kernel. "auto" = on TPUs Pallas kernels holding a whole sequence in VMEM,
+    # unpadded, up to 512 tokens ("vmem", any dtype); in bf16/fp16 splash attention on TPUs for
+    # longer ones and cuDNN flash attention on NVIDIA GPUs (head dim <= 128); else XLA's
+    # einsum-softmax-einsum; "xla",
     # "cudnn", "splash", "vmem" (TPUs; interpreted on CPUs), or None (JAX decides). BERT's
     # attention dropout (model.text.dropout, the paper's 0.1) runs in training on the vmem
     # kernels where splash or vmem is chosen (up to 512 tokens), else written out.

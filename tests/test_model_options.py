@@ -84,10 +84,11 @@ CPU_MESH = mesh_of("cpu", "cpu")
 
 
 def test_attention_implementation_choice() -> None:
-    """'auto' from the devices of the mesh traced for (in half precision, cuDNN on NVIDIA GPUs
-    and on TPUs the whole-sequence kernels up to 512 tokens, splash beyond; XLA elsewhere and in
-    float32); outside a mesh from JAX's default device (this CPU), and never a Pallas kernel
-    there: a Mosaic kernel needs the mesh to split the batch."""
+    """'auto' from the devices of the mesh traced for (on TPUs the whole-sequence kernels up to
+    512 tokens in any dtype; beyond, and on other devices, in half precision, splash on TPUs and
+    cuDNN on NVIDIA GPUs; XLA elsewhere and in float32); outside a mesh from JAX's default
+    device (this CPU), and never a Pallas kernel there: a Mosaic kernel needs the mesh to split
+    the batch."""
     choice = layers.attention_implementation
     on_cuda = layers.compiling_for_nvidia_gpu()
     assert choice("auto", jnp.float32, 64) == "xla"
@@ -100,7 +101,7 @@ def test_attention_implementation_choice() -> None:
     assert choice("vmem", jnp.float32, 64, 512) == "vmem"
     assert choice(None, jnp.float32, 64) is None
     expected = {
-        TPU_MESH: {jnp.float32: "xla", jnp.bfloat16: "vmem"},
+        TPU_MESH: {jnp.float32: "vmem", jnp.bfloat16: "vmem"},
         H100_MESH: {jnp.float32: "xla", jnp.bfloat16: "cudnn"},
         CPU_MESH: {jnp.float32: "xla", jnp.bfloat16: "xla"},
     }
@@ -110,6 +111,7 @@ def test_attention_implementation_choice() -> None:
     with jax.sharding.use_abstract_mesh(TPU_MESH):  # whole sequences up to 512 tokens in VMEM
         lengths = {length: choice("auto", jnp.bfloat16, 64, length) for length in (64, 512, 513)}
         assert lengths == {64: "vmem", 512: "vmem", 513: "splash"}
+        assert choice("auto", jnp.float32, 64, 513) == "xla"  # splash: slower in float32
         assert choice("splash", jnp.bfloat16, 64, 64) == "splash"  # asked for: as asked
         with pytest.raises(ValueError, match=r"model\.attention='vmem': 513 tokens: .* up to 512"):
             choice("vmem", jnp.bfloat16, 64, 513)

@@ -134,15 +134,15 @@ def attention_implementation(
 ) -> Literal["xla", "cudnn", "splash", "vmem"] | None:
     """The attention kernel, decided while tracing.
 
-    'auto' takes a fused kernel for bfloat16/float16 inputs: cuDNN's flash attention on NVIDIA
-    GPUs (head dim a multiple of 8 up to 128); on TPUs (only under a mesh,
-    `sharding.traced_on`, which the Pallas kernels need to split the batch over: XLA does not
-    partition Mosaic kernels) `vmem_attention`'s whole-sequence kernels for sequences up to
-    `vmem_attention.MAX_LENGTH` tokens, splash attention for longer ones; XLA's
-    einsum-softmax-einsum elsewhere (CPUs, float32, TPUs outside a mesh).
-    In float32 the TPU compiler estimates splash slower than XLA's attention (the paper's step,
-    v5e-8: 69.3 against 64.3 ms), in bfloat16 faster (33.3 against 38.9 ms without dropout);
-    the whole-sequence kernels, which need no padding, faster still (PERFORMANCE.md).
+    'auto' on TPUs (only under a mesh, `sharding.traced_on`, which the Pallas kernels need to
+    split the batch over: XLA does not partition Mosaic kernels) takes `vmem_attention`'s
+    whole-sequence kernels for sequences up to `vmem_attention.MAX_LENGTH` tokens, in any dtype;
+    for longer ones, as elsewhere, a fused kernel for bfloat16/float16 inputs: splash attention
+    on TPUs, cuDNN's flash attention on NVIDIA GPUs (head dim a multiple of 8 up to 128); XLA's
+    einsum-softmax-einsum otherwise (CPUs, float32, TPUs outside a mesh). The TPU compiler
+    estimates splash slower than XLA's attention in float32 (the paper's step, v5e-8: 69.3
+    against 64.3 ms), faster in bfloat16 (33.3 against 38.9 ms without dropout); the
+    whole-sequence kernels, which pad nothing, faster than both (PERFORMANCE.md).
     The devices are those of the mesh being compiled for, so a step compiled ahead of time for
     an H100 or a TPU from a CPU host gets their kernel; outside a mesh, JAX's default device
     decides. None leaves the choice to JAX (XLA in jax 0.12).
@@ -169,13 +169,14 @@ def attention_implementation(
         )
     if requested != "auto":
         return requested
+    on_tpu_mesh = device.platform == "tpu" and not jax.sharding.get_abstract_mesh().empty
+    if on_tpu_mesh and length is not None and not vmem_attention.too_long(length):
+        return "vmem"
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return "xla"
     if head_dim % 8 == 0 and head_dim <= 128 and compiling_for_nvidia_gpu():
         return "cudnn"
-    if jax.sharding.get_abstract_mesh().empty or device.platform != "tpu":
-        return "xla"
-    return "vmem" if length is not None and not vmem_attention.too_long(length) else "splash"
+    return "splash" if on_tpu_mesh else "xla"
 
 
 def compiling_for_nvidia_gpu() -> bool:
