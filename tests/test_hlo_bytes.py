@@ -155,3 +155,27 @@ def test_summary_groups_identical_kernels_and_adds_up() -> None:
         + summary["other_categories"]["bytes"]
         == total
     )
+
+
+def test_estimated_cycles_are_read_summed_and_ordered() -> None:
+    """The compiler's per-kernel `estimated_cycles` (in a fusion's backend config) are read, 0
+    without one, summed per group and category, and `order="cycles"` lists by them: the
+    fusion that moves the least bytes comes first when it has the most cycles."""
+    config = ', backend_config={{"window_config":{{"estimated_cycles":"{}"}}}}'
+    hlo = HLO.replace(
+        "kind=kLoop, calls=%fused_computation,",
+        "kind=kLoop, calls=%fused_computation" + config.format(1000) + ",",
+    ).replace(
+        "%multiply.2 = f32[16]{0} multiply(%copy-done.1, %copy-done.1),",
+        "%multiply.2 = f32[16]{0} multiply(%copy-done.1, %copy-done.1)" + config.format(3000) + ",",
+    )
+    cycles = {k.name: k.cycles for k in hlo_bytes.kernels(hlo)}
+    assert cycles["fusion.1"] == 1000 and cycles["multiply.2"] == 3000
+    assert cycles["kernel.6"] == 0  # Mosaic: none
+    by_cycles = hlo_bytes.summarise(hlo, top=2, order="cycles")
+    assert by_cycles["cycles"] == 4000
+    assert [row["first"] for row in by_cycles["top"]] == ["multiply.2", "fusion.1"]
+    assert hlo_bytes.summarise(hlo, top=1)["top"][0]["first"] != "multiply.2"  # by bytes
+    report = hlo_bytes.format_summary(by_cycles, aot.Cost(of="x"), "header")
+    assert "the per-kernel cycle estimates sum to 4,000 cycles" in report
+    assert "  75.0 " in report  # multiply.2's share of the cycles
