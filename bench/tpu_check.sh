@@ -15,7 +15,8 @@
 #   2. bench    the paper's step (configs/pretrain.py's towers, recipe and batch layout, on random
 #               batches: configs/bench.py:b16_512 with 8 people per image), batch --batch (32, the
 #               paper's), data parallel over every chip, in the config's dtype (auto: bfloat16
-#               with splash attention and BERT's dropped attention on the dropout kernels), in
+#               with the whole-sequence `vmem` attention kernels in both towers, BERT's dropped
+#               attention included), in
 #               bfloat16 with XLA's attention (`xla`: what the kernels are measured against,
 #               since the estimate leaves their hashing out), in bfloat16 with the optimiser
 #               state replicated (`replicated`: `sharding.optimizer_state=params`, what its split
@@ -26,15 +27,17 @@
 #               its own that holds no TPU), then the step measured on the chips by
 #               bench.train_step (--steps timed steps after 2 warm-up ones)
 #   3. checks   bench-small (ViT-Ti/16 + BERT-mini, batch 16): the first step's loss and gradient
-#               norm from the same weights and batch in float32/XLA, bfloat16/XLA and
-#               bfloat16/splash attention agree, and the splash program holds splash's kernels
+#               norm from the same weights and batch in float32/XLA, bfloat16/XLA,
+#               bfloat16/splash, bfloat16/vmem and float32/vmem attention agree, and the splash
+#               and vmem programs hold their kernels; then the vmem kernels against XLA's
+#               attention directly, outputs and gradients at ViT-B/16's unpadded 197 tokens
 # and prints a summary: measured step time, img/s, MFU and peak memory beside the compiler's
 # estimate of each. Results (JSON, logs) go to --out (default: $OUT if set, else /tmp/tpu_check).
 # Exit status 0 when every stage passed, 1 otherwise, 2 for a bad argument.
 #
 # --compile_only runs stage 2's and 3's compiles on a host without a TPU, in the Python of
 # .venv-aot (`make aot-venv`; or $PYTHON), for the target (default v5e-8): the estimates, and
-# splash attention's kernels found in the bfloat16 programs.
+# the splash and vmem attention kernels found in the programs that ask for them.
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR
@@ -84,7 +87,7 @@ run_flags() {
   esac
 }
 # This run's results only: a stage that fails leaves no older file behind for the summary.
-rm -f "$out"/{aot,bench}_{auto,xla,replicated,scanned,float32}.json "$out"/checks.json "$out"/aot_checks_{splash,xla}.json
+rm -f "$out"/{aot,bench}_{auto,xla,replicated,scanned,float32}.json "$out"/checks.json "$out"/aot_checks_{splash,vmem,xla}.json
 
 # The TPU compiler's report on a step for the target: compile-only devices, no TPU held.
 aot() {
@@ -152,7 +155,7 @@ if checks:
         print(f"checks {name:16s} loss {run['loss']:.5f} grad_norm {run['grad_norm']:.4f} "
               f"attention {run['attention']}")
     print("checks:", "passed" if checks["ok"] else "FAILED")
-for kernel in ("splash", "xla"):
+for kernel in ("splash", "vmem", "xla"):
     compiled = load(f"aot_checks_{kernel}.json")
     if compiled:
         print(f"checks' step with model.attention={kernel}: attention {compiled['attention']}")
@@ -182,9 +185,9 @@ if [[ -n $compile_only ]]; then
     aot "$run" "${STEP_CONFIG[@]}" --config.train.batch_size="$batch" $(run_flags "$run") ||
       status=$?
   done
-  expect_attention "$out/aot_auto.json" splash
-  log "3. checks' step (bench-small, bfloat16, batch $CHECKS_BATCH), splash and XLA attention"
-  for kernel in splash xla; do
+  expect_attention "$out/aot_auto.json" vmem
+  log "3. checks' step (bench-small, bfloat16, batch $CHECKS_BATCH), splash, vmem and XLA attention"
+  for kernel in splash vmem xla; do
     aot "checks_$kernel" --config=configs/bench.py:small --config.model.dtype=bfloat16 \
       --config.model.attention="$kernel" --config.train.batch_size="$CHECKS_BATCH" \
       --xla_flops=none || status=$?
@@ -246,19 +249,23 @@ for run in "${RUNS[@]}"; do
     grep -v '^[IW][0-9]' || status=$?
 done
 
-log "3. checks: splash vs XLA attention, bf16 vs fp32 (bench-small)"
+log "3. checks: splash and vmem vs XLA attention, bf16 vs fp32 (bench-small); vmem vs XLA directly"
 timeout 900 "$python" - "$out/checks.json" "$CHECKS_BATCH" <<'EOF' 2>&1 | tee "$out/checks.log" || status=$?
 """Same weights, same batch: the loss and gradient norm agree across dtypes and attention kernels,
-and the splash program runs splash's kernels (in the ViT; BERT's attention, which drops
-probabilities in training, runs the dropout attention kernels beside them)."""
+and the splash and vmem programs run their kernels (with splash, BERT's attention, which drops
+probabilities in training, runs the vmem kernels beside them). Then the vmem kernels against
+XLA's attention directly: outputs and gradients at 197 tokens, a length no tile divides."""
 import json
 import sys
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from bench.random_batch import random_batch
 from configs import bench
 from focusclip_jax import aot, sharding, train
+from focusclip_jax.models import layers
 from input_pipeline import pipeline
 
 on_tpu = jax.default_backend() == "tpu"
@@ -279,16 +286,52 @@ def first_step(dtype: str, attention: str) -> dict:
     return run | {"attention": aot.attention_kernels(step.as_text())}
 
 
+def vmem_against_xla() -> float:
+    """The largest difference of the vmem kernels' output and q, k, v gradients from XLA's
+    attention (float32, 8 sequences of 197 tokens, 3 heads of 64, the second half of the keys
+    of every other sequence masked), relative to the largest value of each."""
+    rng = np.random.default_rng(0)
+    q, k, v, direction = (jnp.asarray(rng.normal(size=(8, 197, 3, 64)), jnp.float32)
+                          for _ in range(4))
+    mask = jnp.asarray(np.arange(197)[None, :] < np.where(np.arange(8) % 2, 98, 197)[:, None])
+    mesh = sharding.create_mesh({"data": -1})
+
+    def vmem(q, k, v):
+        return layers._vmem_attention(q, k, v, mask, False)
+
+    def xla(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
+
+    def outputs(attention, q, k, v):
+        objective = lambda q, k, v: jnp.sum(attention(q, k, v) * direction)
+        grads = jax.grad(objective, argnums=(0, 1, 2))(q, k, v)
+        return [attention(q, k, v), *grads]
+
+    on_mesh = sharding.traced_on(mesh, lambda q, k, v: outputs(vmem, q, k, v))
+    got = jax.jit(on_mesh, in_shardings=sharding.replicated(mesh))(q, k, v)
+    want = jax.jit(lambda q, k, v: outputs(xla, q, k, v))(q, k, v)
+    got, want = jax.device_get((got, want))
+    return max(float(np.max(np.abs(g - w)) / np.max(np.abs(w))) for g, w in zip(got, want))
+
+
 runs = {
     "float32/xla": first_step("float32", "xla"),
     "bfloat16/xla": first_step("bfloat16", "xla"),
     "bfloat16/splash": first_step("bfloat16", "splash"),
+    "bfloat16/vmem": first_step("bfloat16", "vmem"),
+    "float32/vmem": first_step("float32", "vmem"),
 }
 pairs = [("bfloat16/xla", "float32/xla"), ("bfloat16/splash", "float32/xla"),
-         ("bfloat16/splash", "bfloat16/xla")]
+         ("bfloat16/splash", "bfloat16/xla"), ("bfloat16/vmem", "bfloat16/xla"),
+         ("float32/vmem", "float32/xla")]
 ok = not on_tpu or runs["bfloat16/splash"]["attention"].startswith("splash")
+ok &= not on_tpu or runs["bfloat16/vmem"]["attention"].startswith("vmem")
 ok &= runs["bfloat16/xla"]["attention"] == "xla"
 results = {"steps": runs}
+vmem_error = vmem_against_xla()
+results["vmem vs xla, largest relative difference"] = vmem_error
+ok &= vmem_error < 2e-2
+print(f"vmem vs XLA attention (float32, 197 tokens): largest relative difference {vmem_error:.2e}")
 for name, base in pairs:
     rel = {k: abs(runs[name][k] - runs[base][k]) / abs(runs[base][k]) for k in ("loss", "grad_norm")}
     results[f"{name} vs {base}"] = rel
@@ -300,7 +343,8 @@ for name, run in runs.items():
           f"attention {run['attention']}")
 results["ok"] = bool(ok)
 json.dump(results, open(sys.argv[1], "w"), indent=1)
-print("checks", "PASSED" if ok else "FAILED (loss within 1%, grad norm 5%, splash's kernels run)")
+print("checks", "PASSED" if ok else "FAILED (loss within 1%, grad norm 5%, the kernels run, "
+      "vmem within 2% of XLA's attention)")
 sys.exit(0 if ok else 1)
 EOF
 
