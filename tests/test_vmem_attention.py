@@ -20,16 +20,19 @@ HEADS = 2
 
 def kernel_keep_mask(seeds: jax.Array, length: int) -> np.ndarray:
     """The forward kernel's keep-mask [rows, H, T, T], read through its output: with q = k = 0
-    every real key has probability 1/length, and v = the identity returns the dropped
-    probabilities themselves, 0 where dropped."""
-    shape = (seeds.shape[0], HEADS, length, length)
+    every real key has probability 1/length, and v = the identity (heads `length` wide) returns
+    the dropped probabilities themselves, 0 where dropped. At 100 tokens both heads share a
+    block (`block_width`), at 128 each has its own."""
+    rows = seeds.shape[0]
+    shape = (rows, length, HEADS * length)
     zeros = jnp.zeros(shape, jnp.float32)
-    identity = jnp.broadcast_to(jnp.eye(length, dtype=jnp.float32), shape)
-    key_mask = jnp.ones((seeds.shape[0], 1, length), jnp.int32)
+    identity = jnp.broadcast_to(jnp.tile(jnp.eye(length, dtype=jnp.float32), HEADS), shape)
+    key_mask = jnp.ones((rows, 1, length), jnp.int32)
     out = vmem_attention.attend(
-        zeros, zeros, identity, key_mask, seeds, rate=RATE, is_causal=False, interpret=True
-    )
-    out = np.asarray(out)
+        zeros, zeros, identity, key_mask, seeds,
+        head_dim=length, rate=RATE, is_causal=False, interpret=True,
+    )  # fmt: skip
+    out = np.asarray(out).reshape(rows, length, HEADS, length).transpose(0, 2, 1, 3)
     np.testing.assert_allclose(out[out != 0], 1 / length / np.float32(1 - RATE), rtol=1e-6)
     return out != 0
 
@@ -79,16 +82,23 @@ def test_flat_indices_past_two_to_the_32_carry_into_the_high_word() -> None:
     np.testing.assert_array_equal(kernel_keep_mask(seeds, length), hashed_keep_mask(rows, length))
 
 
-def inputs(length: int, dtype: jnp.dtype) -> tuple:
-    """q, k, v [2, T, 2, 64] at a scale where the softmax is far from uniform, a padding mask
-    (the second sequence has 60 real tokens), and a random output direction."""
+def inputs(length: int, dtype: jnp.dtype, heads: int = HEADS) -> tuple:
+    """q, k, v [2, T, heads, 64] at a scale where the softmax is far from uniform, a padding
+    mask (the second sequence has 60 real tokens), and a random output direction."""
     rng = np.random.default_rng(length)
     q, k, v, direction = (
-        jnp.asarray(rng.normal(size=(2, length, HEADS, 64)) * scale, dtype)
+        jnp.asarray(rng.normal(size=(2, length, heads, 64)) * scale, dtype)
         for scale in (1.5, 1.5, 1.0, 1.0)
     )
     mask = jnp.asarray(np.arange(length)[None, :] < np.array([length, 60])[:, None])
     return q, k, v, mask, direction
+
+
+def vmem(q: jax.Array, k: jax.Array, v: jax.Array, *args: object) -> jax.Array:
+    """`layers._vmem_attention` on [B, T, H, D] arrays, its heads side by side."""
+    merged = lambda t: t.reshape(*t.shape[:2], -1)
+    y = layers._vmem_attention(*map(merged, (q, k, v)), *args, head_dim=q.shape[-1])
+    return y.reshape(q.shape)
 
 
 def gradients(attention: object, q: jax.Array, k: jax.Array, v: jax.Array, *args: object) -> list:
@@ -131,7 +141,7 @@ def test_outputs_and_gradients_match_the_written_out_attention(
     """The kernels against `layers._attention_with_dropout` with the same key: outputs and
     gradients with respect to q, k and v, under a padding mask."""
     q, k, v, mask, direction = inputs(length, dtype)
-    got = gradients(layers._vmem_attention, q, k, v, mask, causal, direction)
+    got = gradients(vmem, q, k, v, mask, causal, direction)
     exact = [t.astype(jnp.float32) for t in (q, k, v)]
     want = gradients(layers._attention_with_dropout, *exact, mask, causal, direction)
     errors = relative_errors(got, want)
@@ -154,7 +164,7 @@ def test_on_a_mesh_each_shard_draws_its_rows_of_the_global_mask() -> None:
     mesh = sharding.create_mesh({"data": 4})
 
     def fused(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-        return layers._vmem_attention(q, k, v, mask, False, RATE, KEY)
+        return vmem(q, k, v, mask, False, RATE, KEY)
 
     batch = NamedSharding(mesh, PartitionSpec("data"))
     got = jax.jit(sharding.traced_on(mesh, fused), in_shardings=batch)(q, k, v, mask)
@@ -192,27 +202,29 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *args: object) -> ja
 
 def vmem_without_dropout(q: jax.Array, k: jax.Array, v: jax.Array, *args: object) -> jax.Array:
     mask, causal = args[:2]
-    return layers._vmem_attention(q, k, v, mask, causal)
+    return vmem(q, k, v, mask, causal)
 
 
 @pytest.mark.parametrize(
-    ("length", "dtype", "causal", "tolerance"),
+    ("length", "dtype", "causal", "tolerance", "heads"),
     [
-        # ViT-B/16's 197 tokens and a causal 64-token text, as they are: no padding.
-        (197, jnp.float32, False, 1e-5),
-        (64, jnp.float32, True, 1e-5),
+        # ViT-B/16's 197 tokens and a causal 64-token text, as they are: no padding; two heads
+        # of 64 share a 128-lane block, three (ViT-Ti's 192 wide) take one block of them all.
+        (197, jnp.float32, False, 1e-5, 2),
+        (64, jnp.float32, True, 1e-5, 2),
+        (64, jnp.float32, True, 1e-5, 3),
         # bfloat16 against the float32 attention of the same values: measured 2.9e-3 to
         # 4.2e-3 of the largest value, XLA's bfloat16 attention 2.7e-3 to 4.2e-3.
-        (197, jnp.bfloat16, False, 6e-3),
-        (64, jnp.bfloat16, True, 6e-3),
+        (197, jnp.bfloat16, False, 6e-3, 2),
+        (64, jnp.bfloat16, True, 6e-3, 2),
     ],
 )
 def test_without_dropout_outputs_and_gradients_match_xla_attention(
-    length: int, dtype: jnp.dtype, causal: bool, tolerance: float
+    length: int, dtype: jnp.dtype, causal: bool, tolerance: float, heads: int
 ) -> None:
     """No key: the kernels compute `jax.nn.dot_product_attention`, outputs and gradients with
     respect to q, k and v, under a padding mask, at lengths that are no multiple of 128."""
-    q, k, v, mask, direction = inputs(length, dtype)
+    q, k, v, mask, direction = inputs(length, dtype, heads)
     got = gradients(vmem_without_dropout, q, k, v, mask, causal, direction)
     exact = [t.astype(jnp.float32) for t in (q, k, v)]
     want = gradients(xla_attention, *exact, mask, causal, direction)
@@ -225,10 +237,23 @@ def test_without_dropout_outputs_and_gradients_match_xla_attention(
 
 
 def test_dropout_needs_seeds_and_seeds_need_dropout() -> None:
-    q = jnp.zeros((1, 1, 8, 64))
+    q = jnp.zeros((1, 8, 64))
     mask = jnp.ones((1, 1, 8), jnp.int32)
     seeds = vmem_attention.row_seeds(KEY, 1, 1, 8)
+    options = dict(head_dim=64, is_causal=False, interpret=True)
     with pytest.raises(ValueError, match="needs seeds"):
-        vmem_attention.attend(q, q, q, mask, rate=RATE, is_causal=False, interpret=True)
+        vmem_attention.attend(q, q, q, mask, rate=RATE, **options)
     with pytest.raises(ValueError, match="needs seeds"):
-        vmem_attention.attend(q, q, q, mask, seeds, is_causal=False, interpret=True)
+        vmem_attention.attend(q, q, q, mask, seeds, **options)
+    with pytest.raises(ValueError, match="width 64 is not a whole number of 48-wide heads"):
+        vmem_attention.attend(q, q, q, mask, **options | {"head_dim": 48})
+
+
+def test_block_width_is_whole_heads_in_128_lanes_or_all_of_them() -> None:
+    width = vmem_attention.block_width
+    assert width(768, 64) == 128  # ViT-B, BERT-base: two heads a block
+    assert width(512, 32) == 128  # four heads a block
+    assert width(1024, 128) == 128  # one head a block
+    assert width(1024, 256) == 256
+    assert width(192, 64) == 192  # ViT-Ti: 192 lanes are no multiple of 128: one block
+    assert width(768, 96) == 768  # 96 does not divide 128: one block

@@ -142,7 +142,7 @@ def attention_implementation(
     einsum-softmax-einsum otherwise (CPUs, float32, TPUs outside a mesh). The TPU compiler
     estimates splash slower than XLA's attention in float32 (the paper's step, v5e-8: 69.3
     against 64.3 ms), faster in bfloat16 (33.3 against 38.9 ms without dropout); the
-    whole-sequence kernels, which pad nothing, faster than both (PERFORMANCE.md).
+    whole-sequence kernels, which pad and transpose nothing, faster than both (PERFORMANCE.md).
     The devices are those of the mesh being compiled for, so a step compiled ahead of time for
     an H100 or a TPU from a CPU host gets their kernel; outside a mesh, JAX's default device
     decides. None leaves the choice to JAX (XLA in jax 0.12).
@@ -229,26 +229,48 @@ def _vmem_attention(
     is_causal: bool,
     rate: float = 0.0,
     rng: jax.Array | None = None,
+    *,
+    head_dim: int,
 ) -> jax.Array:
     """The attention (`jax.nn.dot_product_attention`'s, or `_attention_with_dropout`'s with a
-    key and a rate) as `vmem_attention`'s Pallas TPU kernels: the [B, H, T, T] logits,
-    probabilities and keep-mask stay in VMEM, and the sequence is not padded. Run on each batch
-    shard (`split_over_batch`). The same key drops the same probabilities: each sequence hashes
-    its global index (`row_seeds`, split with the batch). Pallas's interpreter runs them on
-    CPUs."""
-    batch, length, num_heads, _ = q.shape
-    # [B, T, H, D] -> [B, H, T, D], the kernels' layout (the projections write it directly).
-    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+    key and a rate) as `vmem_attention`'s Pallas TPU kernels on q, k and v with the heads side
+    by side ([B, T, H·D], as `heads_side_by_side` writes them; so is the output): the
+    [B, H, T, T] logits, probabilities and keep-mask stay in VMEM, and the sequence is not
+    padded. Run on each batch shard (`split_over_batch`). The same key drops the same
+    probabilities: each sequence hashes its global index (`row_seeds`, split with the batch).
+    Pallas's interpreter runs them on CPUs."""
+    batch, length, width = q.shape
     keys = jnp.ones((batch, length), bool) if mask is None else mask
     key_mask = keys.astype(jnp.int32)[:, None, :]
-    options = dict(is_causal=is_causal, interpret=traced_device().platform == "cpu")
+    options = dict(
+        head_dim=head_dim, is_causal=is_causal, interpret=traced_device().platform == "cpu"
+    )
     if rng is None or rate == 0.0:
-        y = split_over_batch(functools.partial(vmem_attention.attend, **options), q, k, v, key_mask)
-    else:
-        attend = functools.partial(vmem_attention.attend, rate=rate, **options)
-        seeds = vmem_attention.row_seeds(rng, batch, num_heads, length)
-        y = split_over_batch(attend, q, k, v, key_mask, seeds)
-    return jnp.swapaxes(y, 1, 2)
+        attend = functools.partial(vmem_attention.attend, **options)
+        return split_over_batch(attend, q, k, v, key_mask)
+    attend = functools.partial(vmem_attention.attend, rate=rate, **options)
+    seeds = vmem_attention.row_seeds(rng, batch, width // head_dim, length)
+    return split_over_batch(attend, q, k, v, key_mask, seeds)
+
+
+def heads_side_by_side(projection: nnx.Einsum, x: jax.Array) -> jax.Array:
+    """`projection(x)` of an input projection ('...d,dhk->...hk') as [B, T, H·D]: its kernel
+    and bias flattened, so that the matmul itself writes the heads side by side."""
+    kernel = projection.kernel[...]
+    x, kernel, bias = projection.promote_dtype(
+        (x, kernel.reshape(kernel.shape[0], -1), projection.bias[...].reshape(-1)),
+        dtype=projection.dtype,
+    )
+    return jnp.einsum("...d,de->...e", x, kernel) + bias
+
+
+def from_heads_side_by_side(projection: nnx.Einsum, y: jax.Array) -> jax.Array:
+    """`projection(y)` of the output projection ('...hk,hkd->...d') of y [B, T, H·D]."""
+    kernel = projection.kernel[...]
+    y, kernel, bias = projection.promote_dtype(
+        (y, kernel.reshape(-1, kernel.shape[-1]), projection.bias[...]), dtype=projection.dtype
+    )
+    return jnp.einsum("...e,ed->...d", y, kernel) + bias
 
 
 # jax 0.12's cuDNN attention differentiates only even sequence lengths (its backward treats a
@@ -397,18 +419,22 @@ class MultiHeadAttention(nnx.Module):
         implementation = attention_implementation(
             self.attention, self.dtype, self.head_dim, x.shape[1]
         )
-        if implementation == "splash" and not dropout:
+        if dropout and implementation in ("splash", "vmem"):
+            num_heads = x.shape[-1] // self.head_dim
+            why_not = vmem_attention.unsupported(x.shape[1], num_heads, self.dropout_rate, rng)
+            implementation = "xla" if why_not else "vmem"
+        if implementation == "splash":
             return self._splash(x, mask, is_causal)
+        if implementation == "vmem":
+            q, k, v = (heads_side_by_side(p, x) for p in (self.query, self.key, self.value))
+            rate = self.dropout_rate if dropout else 0.0
+            y = _vmem_attention(q, k, v, mask, is_causal, rate, rng, head_dim=self.head_dim)
+            return from_heads_side_by_side(self.out, y)
         q, k, v = self.query(x), self.key(x), self.value(x)
-        if implementation == "vmem" and not dropout:
-            return self.out(_vmem_attention(q, k, v, mask, is_causal))
         if dropout:
-            attend = _attention_with_dropout
-            if implementation in ("splash", "vmem") and not vmem_attention.unsupported(
-                x.shape[1], q.shape[2], self.dropout_rate, rng
-            ):
-                attend = _vmem_attention
-            return self.out(attend(q, k, v, mask, is_causal, self.dropout_rate, rng))
+            return self.out(
+                _attention_with_dropout(q, k, v, mask, is_causal, self.dropout_rate, rng)
+            )
         if implementation == "cudnn":
             return self.out(_cudnn_attention(q, k, v, mask, is_causal))
         y = jax.nn.dot_product_attention(

@@ -5,11 +5,16 @@ probabilities (BERT's text tower in training, as Hugging Face BERT trains it).
 XLA's written-out attention moves [B, H, T, T] arrays (logits, probabilities, their gradients)
 through HBM; splash attention needs sequences padded to a multiple of 128 tokens (ViT-B/16's 197
 to 256: the padding copies q, k and v, and a quarter of its work is on padding). These kernels
-take the sequence as it is: one grid step attends one sequence and one head, the whole [T, T]
-logits in VMEM (a block as long as the sequence needs no multiple of 128), so the softmax needs
-no online rescaling, and the backward kernel recomputes the logits, the softmax (its row maximum
-and sum included) and the keep-mask from q, k and the key: it reads q, k, v and the output's
-gradient, nothing [T, T] and no statistics saved by the forward kernel.
+take the sequence as it is, in the layout the projections write: [B, T, H·D], heads side by
+side, so nothing is transposed or padded around them and every array fills the TPU's 128 lanes
+(a [B, H, T, 64] array fills half of each tile). One grid step attends one sequence and the heads
+of one 128-lane block (`block_width`: two 64-wide heads), the whole [T, T] logits of each in
+VMEM (a block as long as the sequence needs no multiple of 128), so the softmax needs no online
+rescaling. A head sharing its block multiplies over all the block's lanes, the other head's
+zeroed: on v5e's 128-wide matrix units that costs no more than its own 64. The backward kernel
+recomputes the logits, the softmax (its row maximum and sum included) and the keep-mask from q,
+k and the key: it reads q, k, v and the output's gradient, nothing [T, T] and no statistics
+saved by the forward kernel.
 
 With dropout, the keep-mask is the one `jax.random.bernoulli(key, 1 - rate, (B, H, T, T))`
 draws with partitionable threefry (jax's default): element (b, h, q, k), flat index
@@ -19,6 +24,7 @@ same counts, so they are a drop-in for the written-out attention with the same r
 (`row_seeds` carries each sequence's global index, which shards of the batch need).
 """
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -35,6 +41,7 @@ from jax.extend.random import threefry2x32_p  # the hash, which Pallas lowers on
 # 64-wide heads within its default scoped VMEM limit (v5e, 2026-12-07).
 MAX_LENGTH = 512
 FORWARD_NAME, BACKWARD_NAME = "vmem_mha_fwd", "vmem_mha_bwd"  # the kernels in HLO
+LANES = 128  # a TPU vector register's lanes: a block's width is a multiple of them, or whole
 SEED_WORDS = 4  # per sequence: the key's two words, then the high and low words of its first index
 MASKED = float(jnp.finfo(jnp.float32).min)  # the logit of a masked key, as the XLA path uses
 
@@ -104,9 +111,20 @@ def row_seeds(rng: jax.Array, batch: int, num_heads: int, length: int) -> jax.Ar
     return jnp.stack([*jnp.broadcast_to(key, (batch, 2)).T, high, low], axis=1)
 
 
-def _keep_mask(seeds_ref: jax.Array, length: int, threshold: int) -> jax.Array:
-    """The grid step's keep-mask [T, T]: sequence `program_id(0)`, head `program_id(1)`."""
-    row, head = pl.program_id(0), pl.program_id(1)
+def block_width(width: int, head_dim: int) -> int:
+    """The lanes one grid step takes of [B, T, H·D]: a whole number of heads in a multiple of
+    128 lanes (two 64-wide heads), or all of them where none is (a block as wide as the array
+    needs no multiple)."""
+    if head_dim % LANES == 0:
+        return head_dim
+    if LANES % head_dim == 0 and width % LANES == 0:
+        return LANES
+    return width
+
+
+def _keep_mask(seeds_ref: jax.Array, length: int, threshold: int, head: jax.Array) -> jax.Array:
+    """The keep-mask [T, T] of sequence `program_id(0)` and head `head`."""
+    row = pl.program_id(0)
     words = [seeds_ref[row * SEED_WORDS + i] for i in range(SEED_WORDS)]
     key_1, key_2, first_high, first_low = (jnp.reshape(w, (1, 1)) for w in words)
     head_start = (head * (length * length)).astype(jnp.uint32)
@@ -120,11 +138,39 @@ def _keep_mask(seeds_ref: jax.Array, length: int, threshold: int) -> jax.Array:
     return (bits_1 ^ bits_2) < jnp.uint32(threshold)
 
 
-def _probabilities(q: jax.Array, k: jax.Array, key_mask: jax.Array, is_causal: bool) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class _Head:
+    """One head of a grid step's block: which lanes are its own, and its global index."""
+
+    lanes: jax.Array | None  # bool [1, block]; None: the block is this head alone
+    index: jax.Array
+
+    def only(self, x: jax.Array) -> jax.Array:
+        """x with the other heads' lanes zeroed: a product over all lanes is this head's."""
+        return x if self.lanes is None else jnp.where(self.lanes, x, jnp.zeros((), x.dtype))
+
+    def into(self, x: jax.Array, others: jax.Array | None) -> jax.Array:
+        """This head's lanes of x over `others` (the heads before it)."""
+        return x if others is None or self.lanes is None else jnp.where(self.lanes, x, others)
+
+
+def _heads(block: int, head_dim: int) -> list[_Head]:
+    """The heads of the grid step's block (`program_id(1)`)."""
+    per_block = block // head_dim
+    first = pl.program_id(1) * per_block
+    if per_block == 1:
+        return [_Head(None, first)]
+    lane_head = jax.lax.broadcasted_iota(jnp.int32, (1, block), 1) // head_dim
+    return [_Head(lane_head == i, first + i) for i in range(per_block)]
+
+
+def _probabilities(
+    q: jax.Array, k: jax.Array, key_mask: jax.Array, is_causal: bool, head_dim: int
+) -> jax.Array:
     """softmax(q·kᵀ/√d) over the allowed keys, float32 [T, T], as the XLA path computes it."""
     logits = jax.lax.dot_general(
         q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
-    ) / jnp.float32(math.sqrt(q.shape[-1]))
+    ) / jnp.float32(math.sqrt(head_dim))
     allowed = key_mask != 0  # [1, T]
     if is_causal:
         shape = logits.shape
@@ -142,60 +188,73 @@ def _seeds_and_refs(refs: tuple, rate: float) -> tuple[jax.Array | None, tuple]:
     return (refs[0], refs[1:]) if rate else (None, refs)
 
 
-def _forward_kernel(*refs: jax.Array, rate: float, is_causal: bool) -> None:
-    """o = (p∘keep / (1 - rate))·v, or p·v without dropout, for one sequence and head (Pallas
-    refs in VMEM: [seeds], q, k, v, key mask, o)."""
+def _forward_kernel(*refs: jax.Array, rate: float, is_causal: bool, head_dim: int) -> None:
+    """o = (p∘keep / (1 - rate))·v, or p·v without dropout, for one sequence and the heads of
+    one block (Pallas refs in VMEM: [seeds], q, k, v, key mask, o)."""
     seeds_ref, (q_ref, k_ref, v_ref, mask_ref, o_ref) = _seeds_and_refs(refs, rate)
-    probs = _probabilities(q_ref[...], k_ref[...], mask_ref[...], is_causal)
-    if rate:
-        keep = _keep_mask(seeds_ref, probs.shape[0], keep_threshold(rate))
-        probs = jnp.where(keep, probs / jnp.float32(1.0 - rate), 0.0)
-    v = v_ref[...]
-    o_ref[...] = jnp.dot(probs.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(
-        o_ref.dtype
-    )
+    q, k, v, mask = q_ref[...], k_ref[...], v_ref[...], mask_ref[...]
+    out = None
+    for head in _heads(q.shape[-1], head_dim):
+        probs = _probabilities(head.only(q), k, mask, is_causal, head_dim)
+        if rate:
+            keep = _keep_mask(seeds_ref, probs.shape[0], keep_threshold(rate), head.index)
+            probs = jnp.where(keep, probs / jnp.float32(1.0 - rate), 0.0)
+        o = jnp.dot(probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        out = head.into(o, out)
+    o_ref[...] = out.astype(o_ref.dtype)
 
 
-def _backward_kernel(*refs: jax.Array, rate: float, is_causal: bool) -> None:
-    """y = p∘z (z: keep / (1 - rate); 1 without dropout), o = y·v: dv = yᵀ·do,
+def _backward_kernel(*refs: jax.Array, rate: float, is_causal: bool, head_dim: int) -> None:
+    """Per head, y = p∘z (z: keep / (1 - rate); 1 without dropout), o = y·v: dv = yᵀ·do,
     dp = (do·vᵀ)∘z, ds = p∘(dp − rowsum(dp∘p)), dq = ds·k/√d, dk = dsᵀ·q/√d, in the XLA path's
     dtypes (refs: [seeds], q, k, v, key mask, do, dq, dk, dv)."""
     seeds_ref, refs = _seeds_and_refs(refs, rate)
     q_ref, k_ref, v_ref, mask_ref, do_ref, dq_ref, dk_ref, dv_ref = refs
-    q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
-    probs = _probabilities(q, k, mask_ref[...], is_causal)
-    dropped = probs
-    if rate:
-        keep = _keep_mask(seeds_ref, probs.shape[0], keep_threshold(rate))
-        dropped = jnp.where(keep, probs / jnp.float32(1.0 - rate), 0.0)
+    q, k, v, mask, do = q_ref[...], k_ref[...], v_ref[...], mask_ref[...], do_ref[...]
     transposed_lhs = (((0,), (0,)), ((), ()))
-    dv_ref[...] = jax.lax.dot_general(
-        dropped.astype(v.dtype), do, transposed_lhs, preferred_element_type=jnp.float32
-    ).astype(dv_ref.dtype)
-    d_probs = jax.lax.dot_general(
-        do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
-    )
-    if rate:
-        d_probs = jnp.where(keep, d_probs / jnp.float32(1.0 - rate), 0.0)
-    d_logits = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True))
-    d_logits = (d_logits / jnp.float32(math.sqrt(q.shape[-1]))).astype(q.dtype)
-    dq_ref[...] = jnp.dot(d_logits, k, preferred_element_type=jnp.float32).astype(dq_ref.dtype)
-    dk_ref[...] = jax.lax.dot_general(
-        d_logits, q, transposed_lhs, preferred_element_type=jnp.float32
-    ).astype(dk_ref.dtype)
+    dq = dk = dv = None
+    for head in _heads(q.shape[-1], head_dim):
+        probs = _probabilities(head.only(q), k, mask, is_causal, head_dim)
+        dropped = probs
+        if rate:
+            keep = _keep_mask(seeds_ref, probs.shape[0], keep_threshold(rate), head.index)
+            dropped = jnp.where(keep, probs / jnp.float32(1.0 - rate), 0.0)
+        dv = head.into(
+            jax.lax.dot_general(
+                dropped.astype(v.dtype), do, transposed_lhs, preferred_element_type=jnp.float32
+            ),
+            dv,
+        )
+        d_probs = jax.lax.dot_general(
+            head.only(do), v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+        )
+        if rate:
+            d_probs = jnp.where(keep, d_probs / jnp.float32(1.0 - rate), 0.0)
+        d_logits = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True))
+        d_logits = (d_logits / jnp.float32(math.sqrt(head_dim))).astype(q.dtype)
+        dq = head.into(jnp.dot(d_logits, k, preferred_element_type=jnp.float32), dq)
+        dk = head.into(
+            jax.lax.dot_general(d_logits, q, transposed_lhs, preferred_element_type=jnp.float32),
+            dk,
+        )
+    dq_ref[...] = dq.astype(dq_ref.dtype)
+    dk_ref[...] = dk.astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _cost(inputs: tuple, outputs: tuple, matmuls: int) -> pl.CostEstimate:
+def _cost(inputs: tuple, outputs: tuple, matmuls: int, head_dim: int) -> pl.CostEstimate:
     """What the kernel does, for XLA's cost model (libtpu prices a Mosaic kernel without one as
-    free: only the operands' traffic around it counts): `matmuls` [T, T]×[T, D] products and
-    one exp per probability per sequence and head, each operand read or written once. The
+    free: only the operands' traffic around it counts): per sequence and head, `matmuls`
+    [T, T]×[T, block] products (a head sharing its block computes over the block's lanes, the
+    others' zeroed) and one exp per probability, each operand read or written once. The
     threefry hashing (vector integer ops) is not counted, as libtpu does not count it in XLA's
     fusions either."""
-    batch, num_heads, length, head_dim = inputs[0].shape
-    steps = batch * num_heads
+    batch, length, width = inputs[0].shape
+    block = block_width(width, head_dim)
+    heads = batch * (width // head_dim)
     return pl.CostEstimate(
-        flops=steps * matmuls * 2 * length * length * head_dim,
-        transcendentals=steps * length * length,
+        flops=heads * matmuls * 2 * length * length * block,
+        transcendentals=heads * length * length,
         bytes_accessed=sum(x.size * x.dtype.itemsize for x in (*inputs, *outputs)),
     )
 
@@ -209,19 +268,20 @@ def _call(
     seeds: jax.Array | None,
     static: dict,
 ) -> tuple:
-    """Runs `kernel` over a (sequence, head) grid: the seeds (with dropout) whole in SMEM, the
-    key mask [B, 1, T] per sequence, every [B, H, T, D] array per sequence and head. The blocks
-    span whole sequences, so no length needs to be a multiple of the TPU's tiles."""
+    """Runs `kernel` over a (sequence, block of heads) grid: the seeds (with dropout) whole in
+    SMEM, the key mask [B, 1, T] per sequence, every [B, T, H·D] array per sequence and block.
+    The blocks span whole sequences, so no length needs to be a multiple of the TPU's tiles."""
     q, k, v, mask, *rest = inputs
-    batch, num_heads, length, head_dim = q.shape
+    batch, length, width = q.shape
     interpret = static.pop("interpret")
-    head_block = pl.BlockSpec((None, None, length, head_dim), lambda b, h: (b, h, 0, 0))
+    block = block_width(width, static["head_dim"])
+    head_block = pl.BlockSpec((None, length, block), lambda b, h: (b, 0, h))
     mask_block = pl.BlockSpec((None, 1, length), lambda b, h: (b, 0, 0))
     seeds_given = () if seeds is None else (seeds.reshape(-1),)
     return pl.pallas_call(
         functools.partial(kernel, **static),
         out_shape=[jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outputs],
-        grid=(batch, num_heads),
+        grid=(batch, width // block),
         in_specs=[
             *[pl.BlockSpec(memory_space=pltpu.SMEM)] * len(seeds_given),
             head_block,
@@ -234,22 +294,23 @@ def _call(
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
         interpret=interpret,
         name=name,
-        cost_estimate=_cost(inputs, outputs, matmuls),
+        cost_estimate=_cost(inputs, outputs, matmuls, static["head_dim"]),
     )(*seeds_given, q, k, v, mask, *rest)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
 def _attend(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
     mask: jax.Array,
     seeds: jax.Array | None,
+    head_dim: int,
     rate: float,
     is_causal: bool,
     interpret: bool,
 ) -> jax.Array:
-    static = dict(rate=rate, is_causal=is_causal, interpret=interpret)
+    static = dict(head_dim=head_dim, rate=rate, is_causal=is_causal, interpret=interpret)
     (o,) = _call(_forward_kernel, FORWARD_NAME, (q, k, v, mask), (v,), 2, seeds, static)
     return o
 
@@ -261,10 +322,15 @@ def _attend_forward(*args: jax.Array | float | bool | None) -> tuple[jax.Array, 
 
 
 def _attend_backward(
-    rate: float, is_causal: bool, interpret: bool, residuals: tuple, do: jax.Array
+    head_dim: int,
+    rate: float,
+    is_causal: bool,
+    interpret: bool,
+    residuals: tuple,
+    do: jax.Array,
 ) -> tuple[jax.Array | None, ...]:
     q, k, v, mask, seeds = residuals
-    static = dict(rate=rate, is_causal=is_causal, interpret=interpret)
+    static = dict(head_dim=head_dim, rate=rate, is_causal=is_causal, interpret=interpret)
     # q·kᵀ again, then dv, do·vᵀ, dq and dk.
     dq, dk, dv = _call(
         _backward_kernel, BACKWARD_NAME, (q, k, v, mask, do), (q, k, v), 5, seeds, static
@@ -282,17 +348,20 @@ def attend(
     key_mask: jax.Array,
     seeds: jax.Array | None = None,
     *,
+    head_dim: int,
     rate: float = 0.0,
     is_causal: bool,
     interpret: bool = False,
 ) -> jax.Array:
-    """softmax(q·kᵀ/√d, masked), with dropout at `rate` > 0, times v, for the rows given (a
-    shard of the batch).
+    """softmax(q·kᵀ/√d, masked), with dropout at `rate` > 0, times v, per head, for the rows
+    given (a shard of the batch).
 
-    q, k, v: [B, H, T, D], T up to `MAX_LENGTH`; key_mask: int32 [B, 1, T], nonzero for the keys
-    attended; seeds: `row_seeds` of these rows, with dropout only. Returns [B, H, T, D] in v's
-    dtype. Differentiable in q, k and v (custom VJP; the backward kernel redraws the same
-    mask)."""
+    q, k, v: [B, T, H·D], the heads side by side as a projection writes them, T up to
+    `MAX_LENGTH`; key_mask: int32 [B, 1, T], nonzero for the keys attended; seeds: `row_seeds`
+    of these rows, with dropout only. Returns [B, T, H·D] in v's dtype. Differentiable in q, k
+    and v (custom VJP; the backward kernel redraws the same mask)."""
     if (seeds is None) != (rate == 0):
         raise ValueError(f"dropout rate {rate} needs seeds (row_seeds), and no rate none")
-    return _attend(q, k, v, key_mask, seeds, rate, is_causal, interpret)
+    if q.shape[-1] % head_dim:
+        raise ValueError(f"width {q.shape[-1]} is not a whole number of {head_dim}-wide heads")
+    return _attend(q, k, v, key_mask, seeds, head_dim, rate, is_causal, interpret)
