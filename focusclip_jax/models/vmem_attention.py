@@ -11,7 +11,8 @@ side, so nothing is transposed or padded around them and every array fills the T
 of one 128-lane block (`block_width`: two 64-wide heads), the whole [T, T] logits of each in
 VMEM (a block as long as the sequence needs no multiple of 128), so the softmax needs no online
 rescaling. A head sharing its block multiplies over all the block's lanes, the other head's
-zeroed: on v5e's 128-wide matrix units that costs no more than its own 64. The backward kernel
+zeroed (no lane is sliced out; a 64-deep product fills half of a 128-wide matrix unit
+anyway). The backward kernel
 recomputes the logits, the softmax (its row maximum and sum included) and the keep-mask from q,
 k and the key: it reads q, k, v and the output's gradient, nothing [T, T] and no statistics
 saved by the forward kernel.
