@@ -24,6 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from focusclip_jax import checkpoint, config_checks, losses, models, run_record, sharding
+from focusclip_jax.models import layers
 from input_pipeline import pipeline
 from input_pipeline.benchmarks import readers
 from input_pipeline.errors import ConfigError, InputDataError, config_errors
@@ -79,8 +80,9 @@ class ModelSetup:
         new_model = lambda: models.create_model(
             model_config, nnx.Rngs(config.seed), loss_scalars=loss.scalars
         )
-        try:  # the model and its towers check their options as they are built
-            graphdef, abstract = nnx.split(nnx.eval_shape(new_model), nnx.Param)
+        try:  # the model and its towers check their options as they are built, for the mesh
+            with layers.built_for(mesh.devices.flat[0]):
+                graphdef, abstract = nnx.split(nnx.eval_shape(new_model), nnx.Param)
         except TypeError as error:  # a constructor argument the config should not have
             raise ConfigError(f"config model: {error}") from None
         except ValueError as error:

@@ -129,6 +129,38 @@ def test_attention_implementation_choice() -> None:
         layers.BlockStack(block=layers.PreNormBlock, depth=1, num_heads=1, mlp_dim=1, dropout=1.0)
 
 
+def test_a_kernel_that_cannot_run_fails_as_the_model_is_built() -> None:
+    """Towers check `attention` against their sequence length and the devices they are built
+    for (`ModelSetup.create` builds them `layers.built_for` the mesh's): the TPU kernels on GPUs,
+    and the whole-sequence kernels beyond 512 tokens (the tiny ViT, 8 px patches, at 192 px:
+    577), fail before tracing."""
+
+    def tiny_model_with(attention: str, image_size: int = 16) -> None:
+        nnx.eval_shape(
+            lambda: models.FocusCLIP(
+                image_size=image_size,
+                image={"name": "vit", "size": "tiny"},
+                text={"name": "bert", "size": "tiny", "vocab_size": 50, "max_len": 12},
+                embed_dim=8,
+                attention=attention,
+                rngs=nnx.Rngs(0),
+            )
+        )
+
+    with layers.built_for(TPU_MESH.abstract_device):
+        tiny_model_with("vmem")
+        with pytest.raises(ValueError, match=r"'vmem': 577 tokens: .* up to 512; use auto or"):
+            tiny_model_with("vmem", image_size=192)
+        tiny_model_with("auto", image_size=192)  # splash beyond 512 tokens
+    for kernel in ("splash", "vmem"):
+        with (
+            layers.built_for(H100_MESH.abstract_device),
+            pytest.raises(ValueError, match=rf"model\.attention='{kernel}' runs on TPUs"),
+        ):
+            tiny_model_with(kernel)
+    tiny_model_with("vmem")  # outside: this CPU, where Pallas interprets the kernels
+
+
 def test_compute_dtype_auto_is_bfloat16_on_accelerators_and_float32_on_cpus() -> None:
     """`model.dtype='auto'` from the mesh's platform (`setup` passes it), else from the devices
     traced for; the paper's float32 and explicit dtypes stay as given."""

@@ -21,10 +21,12 @@ the same keep-mask from the same key (`jax.random.bernoulli`'s, hashed in the TP
 `vmem_attention`).
 """
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import jax
@@ -105,11 +107,30 @@ def layer_norm(
     )
 
 
+_BUILT_FOR: contextvars.ContextVar[jax.Device | jax.sharding.AbstractDevice | None] = (
+    contextvars.ContextVar("built_for", default=None)
+)
+
+
+@contextlib.contextmanager
+def built_for(device: jax.Device | jax.sharding.AbstractDevice) -> Iterator[None]:
+    """Models built inside see `device` as `traced_device` (`setup.ModelSetup.create`: the
+    mesh's), so that options checked at build (the attention kernel) are checked for the target:
+    a GPU compiled for from a CPU host. Not a mesh: parameters stay unplaced."""
+    token = _BUILT_FOR.set(device)
+    try:
+        yield
+    finally:
+        _BUILT_FOR.reset(token)
+
+
 def traced_device() -> jax.Device | jax.sharding.AbstractDevice:
     """The device kind traced for: the context mesh's (`sharding.traced_on`: a step compiled
-    ahead of time for a TPU from a CPU host sees the TPU), else JAX's default device."""
+    ahead of time for a TPU from a CPU host sees the TPU), else the one a model is being
+    `built_for`, else JAX's default device."""
     mesh = jax.sharding.get_abstract_mesh()
     device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    device = device or _BUILT_FOR.get()
     return jax.devices()[0] if device is None else device
 
 
@@ -649,6 +670,12 @@ class BlockStack:
         check_number("width", width, integer=True, at_least=1)
         if width % self.num_heads:
             raise ValueError(f"num_heads={self.num_heads}: must divide the width {width}")
+
+    def check_attention(self, width: int, length: int) -> None:
+        """`attention` for the tower's sequences of `length` tokens on the devices the model is
+        built for (those of the context mesh: `setup.ModelSetup.create` builds under it), so that
+        a kernel that cannot run there fails as the model is built, not as the step is traced."""
+        attention_implementation(self.attention, jnp.float32, width // self.num_heads, length)
 
     def build(
         self, width: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs

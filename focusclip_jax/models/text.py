@@ -94,6 +94,7 @@ class BertTextEncoder(nnx.Module):
         _check_sizes(vocab_size=vocab_size, max_len=max_len, type_vocab_size=type_vocab_size)
         self.stack = BlockStack(block=PostNormBlock, **{"eps": 1e-12, **stack_options})
         self.stack.check_width(width)
+        self.stack.check_attention(width, max_len)
         self.width = width
         self.max_len = max_len
         self.pooling = pooling
@@ -157,6 +158,7 @@ class CausalTextEncoder(nnx.Module):
         _check_sizes(vocab_size=vocab_size, max_len=max_len)
         self.stack = BlockStack(block=PreNormBlock, **{**defaults, **stack_options})
         self.stack.check_width(width)
+        self.stack.check_attention(width, max_len)
         self.width = width
         self.max_len = max_len
         self.dtype = dtype

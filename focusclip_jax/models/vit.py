@@ -83,6 +83,7 @@ class ViT(nnx.Module):
         self.stack.check_width(width)
         eps = self.stack.eps
         num_patches = (image_size // patch_size) ** 2
+        self.stack.check_attention(width, num_patches + 1)  # the class token too
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.patch_embed = nnx.Linear(
             patch_size * patch_size * 3,
