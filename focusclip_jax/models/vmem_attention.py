@@ -38,8 +38,8 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.extend.random import threefry2x32_p  # the hash, which Pallas lowers on TPUs
 
 # One grid step holds several [T, T] float32 arrays in VMEM (logits, probabilities, the hash's
-# words, gradients): 1 MiB each at 512 tokens. libtpu compiles both kernels at 512 tokens and
-# 64-wide heads within its default scoped VMEM limit (v5e, 2026-12-07).
+# words, gradients): 1 MiB each at 512 tokens. libtpu compiles both kernels at 512 tokens, two
+# 64-wide heads a block, with dropout, within its default scoped VMEM limit (v5e, 2026-12-08).
 MAX_LENGTH = 512
 FORWARD_NAME, BACKWARD_NAME = "vmem_mha_fwd", "vmem_mha_bwd"  # the kernels in HLO
 LANES = 128  # a TPU vector register's lanes: a block's width is a multiple of them, or whole
