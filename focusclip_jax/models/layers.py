@@ -184,14 +184,13 @@ def attention_implementation(
             f"model.attention={requested!r} runs on TPUs (and interpreted on CPUs), not on "
             f"{device.platform} devices: use auto, xla or cudnn"
         )
-    if requested == "vmem" and length is not None and vmem_attention.too_long(length):
-        raise ValueError(
-            f"model.attention='vmem': {vmem_attention.too_long(length)}; use auto or splash"
-        )
+    too_long = None if length is None else vmem_attention.too_long(length)
+    if requested == "vmem" and too_long:
+        raise ValueError(f"model.attention='vmem': {too_long}; use auto or splash")
     if requested != "auto":
         return requested
     on_tpu_mesh = device.platform == "tpu" and not jax.sharding.get_abstract_mesh().empty
-    if on_tpu_mesh and length is not None and not vmem_attention.too_long(length):
+    if on_tpu_mesh and length is not None and not too_long:
         return "vmem"
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return "xla"

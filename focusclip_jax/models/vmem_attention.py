@@ -68,8 +68,8 @@ def too_long(length: int) -> str | None:
 def unsupported(length: int, num_heads: int, rate: float, rng: jax.Array) -> str | None:
     """Why the kernels cannot drop this attention's probabilities (the caller then writes it
     out), or None."""
-    if too_long(length):
-        return too_long(length)
+    if problem := too_long(length):
+        return problem
     if num_heads * length * length >= 2**31:
         return "one sequence's probabilities exceed 2**31 elements"
     if not 0.0 < rate < 1.0 or not 0 < keep_threshold(rate) < 2**32:
